@@ -1,0 +1,60 @@
+"""The core's tiny regression task (jaxlab/example): MLP on a planted signal.
+
+Run:
+  python scripts/train.py --config=configs/example.py:demo --workdir=runs/example
+  python scripts/evaluate.py --config=configs/example.py:demo --workdir=runs/example
+
+Expect: eval_mse about 0.02 (noise floor 0.0025) against a predict-the-mean baseline_mse of about
+0.57, in about 15 seconds on a laptop CPU.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from configs import common
+
+
+def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
+    config = common.get_common()
+    config.task = "jaxlab.example"
+
+    config.data = ml_collections.ConfigDict()
+    config.data.dir = ""  # defaults to <workdir>/data
+    config.data.synthetic = True  # write the dataset first when missing
+    config.data.num_train = 4096
+    config.data.num_eval = 512
+    config.data.num_features = 8
+
+    config.model = ml_collections.ConfigDict()
+    config.model.hidden = (64, 64)
+    config.model.dtype = "float32"
+
+    config.train.num_steps = 600
+    config.train.global_batch_size = 64
+    config.train.log_every = 50
+    config.train.eval_every = 200
+    config.train.ckpt_every = 200
+    config.eval.best_metric = "eval_mse"
+    config.eval.best_mode = "min"
+
+    config.optim.name = "adamw"
+    config.optim.lr = 3e-3
+    config.optim.schedule = "warmup_cosine"
+    config.optim.warmup_steps = 50
+    config.optim.weight_decay = 1e-4
+
+    if arg == "tiny":  # for tests: seconds on CPU
+        config.data.num_train = 256
+        config.data.num_eval = 64
+        config.model.hidden = (16,)
+        config.train.num_steps = 20
+        config.train.global_batch_size = 16
+        config.train.log_every = 5
+        config.train.eval_every = 10
+        config.train.ckpt_every = 10
+        config.eval.global_batch_size = 16
+        config.optim.warmup_steps = 2
+    elif arg != "demo":
+        raise ValueError(f"configs/example.py: unknown variant {arg!r}; use 'demo' or 'tiny'.")
+    return config

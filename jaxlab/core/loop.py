@@ -1,0 +1,164 @@
+"""Small helpers for the explicit train loops: cadence, progress, NaN guard, preemption, profiling.
+
+Each task's `train.py` owns its `for step in range(...)` loop; these functions only answer
+questions the loop asks ("log now?", "was SIGTERM received?", "is this loss finite?").
+"""
+
+from __future__ import annotations
+
+import logging as py_logging
+import math
+import signal
+import sys
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+from absl import logging
+
+
+def every(step: int, n: int | None) -> bool:
+    """True on multiples of `n` (never when n is 0/None). `step` counts steps done, from 1."""
+    return bool(n) and n > 0 and step % n == 0
+
+
+class NonFiniteError(FloatingPointError):
+    """Training produced NaN or Inf; the message names the step and the metric."""
+
+
+def check_finite(step: int, metrics: Mapping[str, Any]) -> None:
+    """Raises NonFiniteError naming the step and every non-finite metric (host values)."""
+    bad = {k: float(v) for k, v in metrics.items() if not math.isfinite(float(v))}
+    if bad:
+        names = ", ".join(f"{k}={v}" for k, v in sorted(bad.items()))
+        raise NonFiniteError(
+            f"Non-finite metric at step {step}: {names}. Stopping; the last good checkpoint is "
+            "kept. Lower the learning rate, enable clipping (optim.clip_norm) or check the input."
+        )
+
+
+class Progress:
+    """Step / total, loss, steps/s, examples/s and ETA, as log lines (and a live bar on a tty).
+
+    Call `report(step, scalars)` at log time only (it reads host values); it returns the rates so
+    the caller can write them with the other metrics.
+    """
+
+    def __init__(self, total_steps: int, global_batch_size: int, start_step: int = 0):
+        self.total_steps = total_steps
+        self.global_batch_size = global_batch_size
+        self._last_step = start_step
+        self._last_time = time.perf_counter()
+        self._live = sys.stderr.isatty() and jax.process_index() == 0
+
+    def report(self, step: int, scalars: Mapping[str, Any] | None = None) -> dict[str, float]:
+        now = time.perf_counter()
+        steps = step - self._last_step
+        elapsed = max(now - self._last_time, 1e-9)
+        self._last_step, self._last_time = step, now
+        steps_per_sec = steps / elapsed
+        rates = {
+            "steps_per_sec": steps_per_sec,
+            "examples_per_sec": steps_per_sec * self.global_batch_size,
+        }
+        eta = (self.total_steps - step) / steps_per_sec if steps_per_sec > 0 else float("inf")
+        loss = (scalars or {}).get("loss")
+        loss_text = f" | loss {float(loss):.4g}" if loss is not None else ""
+        line = (
+            f"step {step}/{self.total_steps} ({100.0 * step / max(self.total_steps, 1):.0f}%)"
+            f"{loss_text} | {steps_per_sec:.2f} steps/s | {rates['examples_per_sec']:.1f} ex/s"
+            f" | ETA {format_seconds(eta)}"
+        )
+        if self._live:
+            width = 30
+            filled = int(width * step / max(self.total_steps, 1))
+            sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {line}")
+            sys.stderr.flush()
+            if step >= self.total_steps:
+                sys.stderr.write("\n")
+        logging.info("%s", line)
+        return rates
+
+
+def format_seconds(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(seconds)
+    return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+class Preemption:
+    """Catches SIGTERM (the preemption notice of cloud VMs and SLURM) so the loop can checkpoint.
+
+    Use as a context manager around the loop; `requested(step)` is cheap. With several processes
+    the flag is agreed across processes (any process signalled -> all stop at the same step), but
+    only every `sync_every` steps, since agreeing costs a host collective.
+    """
+
+    def __init__(self, sync_every: int = 10):
+        self.sync_every = sync_every
+        self._flag = False
+        self._previous = None
+
+    def __enter__(self) -> Preemption:
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        signal.signal(signal.SIGTERM, self._previous or signal.SIG_DFL)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        del frame
+        logging.warning("Received signal %d: will checkpoint and exit.", signum)
+        self._flag = True
+
+    def requested(self, step: int) -> bool:
+        if jax.process_count() == 1:
+            return self._flag
+        if step % self.sync_every:
+            return False
+        from jax.experimental import multihost_utils
+
+        flags = multihost_utils.process_allgather(np.asarray(self._flag, np.int32))
+        return bool(np.any(flags))
+
+
+class ProfileWindow:
+    """A `jax.profiler` trace of steps [start, stop) into `logdir` (TensorBoard / Perfetto)."""
+
+    def __init__(self, start: int, stop: int, logdir: str):
+        self.start, self.stop, self.logdir = start, stop, logdir
+        self._active = False
+
+    def step(self, step: int, sync: Any = None) -> None:
+        """Call once per step with the step about to run; `sync` is blocked on before stopping."""
+        if self.stop <= self.start:
+            return
+        if step == self.start and not self._active:
+            jax.profiler.start_trace(self.logdir)
+            self._active = True
+        elif step == self.stop and self._active:
+            if sync is not None:
+                jax.block_until_ready(sync)
+            jax.profiler.stop_trace()
+            self._active = False
+            logging.info("Profile of steps [%d, %d) in %s", self.start, self.stop, self.logdir)
+
+
+class _DropLibraryInfo(py_logging.Filter):
+    """Drops the INFO records orbax and grain log on every save and restore."""
+
+    def filter(self, record: py_logging.LogRecord) -> bool:
+        if "/orbax/" not in record.pathname and "/grain/" not in record.pathname:
+            return True
+        # Orbax warns on every save without eval metrics; we save those on purpose.
+        return record.levelno > py_logging.INFO and "did not provide metrics" not in str(record.msg)
+
+
+def quiet_library_logs() -> None:
+    """Keeps the binaries' logs readable: our progress lines, library warnings and errors."""
+    handler = logging.get_absl_handler()
+    if not any(isinstance(f, _DropLibraryInfo) for f in handler.filters):
+        handler.addFilter(_DropLibraryInfo())

@@ -1,0 +1,55 @@
+"""Runs the absl binaries in subprocesses, as a user (or a cluster launcher) would."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import sys
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+def script_env(num_devices: int, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={num_devices}"
+    env["JAX_PLATFORMS"] = "cpu"
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+def command(script: str, config: str, workdir: str, *overrides: str) -> list[str]:
+    return [
+        sys.executable,
+        str(REPO / "scripts" / script),
+        f"--config={REPO / 'configs' / config}",
+        f"--workdir={workdir}",
+        *overrides,
+    ]
+
+
+def run(script: str, config: str, workdir: str, *overrides: str, num_devices: int = 8, **env):
+    """Runs to completion; returns the CompletedProcess (stdout+stderr in .stdout)."""
+    return subprocess.run(
+        command(script, config, workdir, *overrides),
+        env=script_env(num_devices, **env),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+
+def start(script: str, config: str, workdir: str, *overrides: str, num_devices: int = 8, **env):
+    """Starts without waiting; the caller signals / waits on the Popen."""
+    return subprocess.Popen(
+        command(script, config, workdir, *overrides),
+        env=script_env(num_devices, **env),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )

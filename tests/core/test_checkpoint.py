@@ -1,0 +1,92 @@
+"""Checkpoints: state + iterator as one step, retention, resharding onto another device count."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxlab.core import checkpoint
+from jaxlab.core import mesh as mesh_lib
+from jaxlab.core import state as state_lib
+from jaxlab.data import pipeline
+
+
+def _init_fn(rng):
+    params = {
+        "kernel": jax.random.normal(rng, (16, 8)),
+        "bias": jnp.zeros((8,)),
+    }
+    return state_lib.create_train_state(params, optax.adam(1e-3))
+
+
+def _assert_trees_equal(a, b):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_state_and_iterator_round_trip(tmp_path):
+    mesh = mesh_lib.make_mesh([("data", -1)])
+    rng = jax.random.key(0)
+    state, _ = state_lib.init_sharded(_init_fn, rng, mesh)
+    state = state.replace(step=state.step + 5)
+    source = [np.int32(i) for i in range(40)]
+    it = pipeline.train_iterator(source, global_batch_size=8, seed=0, process_count=1)
+    for _ in range(3):
+        next(it)
+    manager = checkpoint.make_manager(str(tmp_path), max_to_keep=2)
+    checkpoint.save(manager, 5, state, it)
+    expected_next = next(it)  # the loop moves on while the async save runs
+    checkpoint.wait(manager)
+
+    target, _ = state_lib.abstract_state(_init_fn, rng, mesh)
+    fresh_it = pipeline.train_iterator(source, global_batch_size=8, seed=0, process_count=1)
+    restored = checkpoint.restore(manager, target, fresh_it)
+    _assert_trees_equal(restored, state)
+    np.testing.assert_array_equal(next(fresh_it), expected_next)
+
+
+def test_keeps_latest_n_plus_best(tmp_path):
+    mesh = mesh_lib.make_mesh([("data", -1)])
+    state, _ = state_lib.init_sharded(_init_fn, jax.random.key(0), mesh)
+    manager = checkpoint.make_manager(
+        str(tmp_path), max_to_keep=2, best_metric="eval_loss", best_mode="min", keep_best=1
+    )
+    losses = {1: 3.0, 2: 0.5, 3: 2.0, 4: 4.0, 5: 5.0}
+    for step, loss in losses.items():
+        checkpoint.save(manager, step, state, metrics={"eval_loss": loss})
+        checkpoint.wait(manager)
+    assert sorted(manager.all_steps()) == [2, 4, 5]  # best (2) plus the latest two
+    assert checkpoint.best_step(manager, "eval_loss", "min") == 2
+    assert checkpoint.select_step(manager, "best", "eval_loss", "min") == 2
+    assert checkpoint.select_step(manager, "latest", "eval_loss", "min") == 5
+    with pytest.raises(ValueError, match="not in"):
+        checkpoint.select_step(manager, "3", "eval_loss", "min")
+
+
+def test_written_on_8_devices_restores_on_1(tmp_path):
+    rng = jax.random.key(1)
+    mesh8 = mesh_lib.make_mesh([("fsdp", -1)])
+    state8, shardings8 = state_lib.init_sharded(_init_fn, rng, mesh8, fsdp_min_size=64)
+    assert shardings8.params["kernel"].spec == jax.sharding.PartitionSpec("fsdp", None)
+    assert len(state8.params["kernel"].sharding.device_set) == 8
+    manager = checkpoint.make_manager(str(tmp_path))
+    checkpoint.save(manager, 1, state8)
+    checkpoint.wait(manager)
+
+    mesh1 = mesh_lib.make_mesh([("data", -1)], devices=jax.devices()[:1])
+    target, _ = state_lib.abstract_state(_init_fn, rng, mesh1)
+    restored = checkpoint.restore(checkpoint.make_manager(str(tmp_path), read_only=True), target)
+    assert restored.params["kernel"].sharding.device_set == {jax.devices()[0]}
+    _assert_trees_equal(restored, state8)
+
+
+def test_restore_or_init_and_missing_checkpoint(tmp_path):
+    mesh = mesh_lib.make_mesh([("data", -1)])
+    rng = jax.random.key(2)
+    target, shardings = state_lib.abstract_state(_init_fn, rng, mesh)
+    manager = checkpoint.make_manager(str(tmp_path))
+    fresh = checkpoint.restore_or_init(manager, target, lambda: _init_fn(rng))
+    assert int(fresh.step) == 0
+    with pytest.raises(FileNotFoundError, match=str(tmp_path)):
+        checkpoint.restore(manager, target)

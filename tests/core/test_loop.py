@@ -1,0 +1,38 @@
+"""Loop helpers: cadence, NaN guard, SIGTERM flag, progress rates."""
+
+import os
+import signal
+
+import numpy as np
+import pytest
+
+from jaxlab.core import loop
+
+
+def test_every():
+    assert [s for s in range(1, 11) if loop.every(s, 3)] == [3, 6, 9]
+    assert not any(loop.every(s, 0) for s in range(1, 5))
+    assert not any(loop.every(s, None) for s in range(1, 5))
+
+
+def test_check_finite_names_step_and_metric():
+    loop.check_finite(3, {"loss": np.float32(1.0), "acc": 0.5})
+    with pytest.raises(loop.NonFiniteError, match=r"step 7: grad_norm=inf, loss=nan"):
+        loop.check_finite(7, {"loss": np.float32("nan"), "grad_norm": np.inf, "acc": 1.0})
+
+
+def test_sigterm_sets_the_flag_and_handler_is_restored():
+    before = signal.getsignal(signal.SIGTERM)
+    with loop.Preemption() as preemption:
+        assert not preemption.requested(1)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert preemption.requested(2)
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_progress_reports_rates():
+    progress = loop.Progress(total_steps=100, global_batch_size=32, start_step=0)
+    rates = progress.report(10, {"loss": 0.5})
+    assert rates["steps_per_sec"] > 0
+    assert rates["examples_per_sec"] == pytest.approx(32 * rates["steps_per_sec"])
+    assert loop.format_seconds(3725) == "1:02:05"

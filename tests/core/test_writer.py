@@ -1,0 +1,145 @@
+"""Tests for jaxlab.core.writer: JSONL round trip, TensorBoard events, hparams, no-op mode."""
+
+import glob
+import json
+import logging
+import math
+import os
+import struct
+import subprocess
+import sys
+
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from tensorboardX.proto import event_pb2
+
+from jaxlab.core import writer as writer_lib
+
+
+def _read_events(workdir):
+    """(step, tag, value-proto) of every summary value in workdir/tb, parsed from TFRecords."""
+    paths = glob.glob(os.path.join(workdir, "tb", "events.out.tfevents.*"))
+    assert paths, f"no event file under {workdir}/tb"
+    found = []
+    for path in paths:
+        with open(path, "rb") as f:
+            data = f.read()
+        offset = 0
+        while offset < len(data):
+            (length,) = struct.unpack("<Q", data[offset : offset + 8])
+            payload = data[offset + 12 : offset + 12 + length]  # Skip length and its CRC.
+            offset += 12 + length + 4  # Skip the payload CRC.
+            event = event_pb2.Event.FromString(payload)
+            found += [(event.step, v.tag, v) for v in event.summary.value]
+    return found
+
+
+def test_scalars_round_trip(tmp_path, caplog):
+    workdir = str(tmp_path / "run")
+    caplog.set_level(logging.INFO)
+    with writer_lib.MetricWriter(workdir, enabled=True) as writer:
+        writer.write_scalars(1, {"loss": jnp.float32(0.5), "lr": np.float64(1e-3), "count": 3})
+        writer.write_scalars(
+            2, {"loss": jnp.array(float("nan")), "grad_norm": np.inf, "low": -float("inf")}
+        )
+
+    # Strict JSON: no NaN/Infinity tokens.
+    def reject(token):
+        raise AssertionError(f"non-strict JSON token {token}")
+
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        lines = [json.loads(line, parse_constant=reject) for line in f]
+    assert len(lines) == 2
+
+    records = writer_lib.read_metrics(workdir)
+    assert records[0] == {"step": 1, "loss": 0.5, "lr": pytest.approx(1e-3), "count": 3.0}
+    assert records[1]["step"] == 2
+    assert math.isnan(records[1]["loss"])
+    assert records[1]["grad_norm"] == math.inf
+    assert records[1]["low"] == -math.inf
+    assert "step 1 | loss 0.5000 | lr 1.00e-03 | count 3.0000" in caplog.text
+
+
+def test_tensorboard_scalars_images_and_hparams(tmp_path):
+    workdir = str(tmp_path)
+    config = ml_collections.ConfigDict(
+        {"seed": 0, "model": {"dim": 64, "sizes": (1, 2)}, "optim": {"lr": 1e-3, "name": "adamw"}}
+    )
+    with writer_lib.MetricWriter(workdir, enabled=True) as writer:
+        writer.write_hparams(config)
+        writer.write_scalars(7, {"loss": 0.25})
+        writer.write_images(
+            7,
+            {
+                "gray": np.linspace(0.0, 1.0, 12).reshape(3, 4),
+                "rgb": np.zeros((3, 4, 3), np.uint8),
+                "batch": np.ones((2, 3, 4, 1), np.float32),
+            },
+        )
+        with pytest.raises(ValueError, match="'bad'.*HW, HWC or NHWC"):
+            writer.write_images(7, {"bad": np.zeros(3)})
+        writer.flush()
+
+        events = _read_events(workdir)
+        scalars = {
+            (step, tag): v.simple_value for step, tag, v in events if v.HasField("simple_value")
+        }
+        assert scalars == {(7, "loss"): 0.25}
+        images = {tag for step, tag, v in events if v.HasField("image") and step == 7}
+        assert images == {"gray", "rgb", "batch"}
+        assert "_hparams_/session_start_info" in {tag for _, tag, _ in events}
+
+    with open(os.path.join(workdir, "hparams.json")) as f:
+        assert json.load(f) == {
+            "seed": 0,
+            "model.dim": 64,
+            "model.sizes": "(1, 2)",
+            "optim.lr": 1e-3,
+            "optim.name": "adamw",
+        }
+
+
+def test_disabled_writer_creates_nothing(tmp_path):
+    workdir = tmp_path / "run"
+    writer = writer_lib.MetricWriter(str(workdir), enabled=False)
+    writer.write_scalars(1, {"loss": 1.0})
+    writer.write_images(1, {"x": np.zeros((2, 2))})
+    writer.write_hparams({"a": {"b": 1}})
+    writer.flush()
+    writer.close()
+    assert not workdir.exists()
+
+
+def test_appends_across_writers(tmp_path):
+    for step in (1, 2):
+        with writer_lib.MetricWriter(str(tmp_path), enabled=True) as writer:
+            writer.write_scalars(step, {"loss": float(step)})
+    assert [r["step"] for r in writer_lib.read_metrics(str(tmp_path))] == [1, 2]
+
+
+def test_non_scalar_value_raises(tmp_path):
+    with (
+        writer_lib.MetricWriter(str(tmp_path), enabled=True) as writer,
+        pytest.raises(ValueError, match=r"'loss' has shape \(2,\)"),
+    ):
+        writer.write_scalars(1, {"loss": np.zeros(2)})
+
+
+def test_corrupt_line_error_names_file_and_line(tmp_path):
+    with writer_lib.MetricWriter(str(tmp_path), enabled=True) as writer:
+        writer.write_scalars(1, {"loss": 1.0})
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 2, "loss": \n')
+    with pytest.raises(ValueError, match=r"metrics\.jsonl, line 2"):
+        writer_lib.read_metrics(str(tmp_path))
+
+
+def test_import_pulls_in_neither_tensorflow_nor_torch():
+    code = (
+        "import sys, jaxlab.core.writer\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'torch')]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
