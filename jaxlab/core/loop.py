@@ -148,13 +148,19 @@ class ProfileWindow:
 
 
 class _DropLibraryInfo(py_logging.Filter):
-    """Drops the INFO records orbax and grain log on every save and restore."""
+    """Drops the INFO records orbax and grain log on every save and restore, and their warnings
+    about things we do on purpose (saves without eval metrics, read-only restores)."""
+
+    BENIGN = ("did not provide metrics", "read_only=True", "read only")
 
     def filter(self, record: py_logging.LogRecord) -> bool:
         if "/orbax/" not in record.pathname and "/grain/" not in record.pathname:
             return True
-        # Orbax warns on every save without eval metrics; we save those on purpose.
-        return record.levelno > py_logging.INFO and "did not provide metrics" not in str(record.msg)
+        if record.levelno <= py_logging.INFO:
+            return False
+        return record.levelno > py_logging.WARNING or not any(
+            text in str(record.msg) for text in self.BENIGN
+        )
 
 
 def quiet_library_logs() -> None:

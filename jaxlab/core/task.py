@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import pathlib
 import sys
 from types import ModuleType
 
@@ -22,6 +24,25 @@ def import_task(config: ml_collections.ConfigDict, entry_point: str) -> ModuleTy
     if not callable(getattr(module, entry_point, None)):
         raise ValueError(f"config.task = {name!r} has no function {entry_point}(config, workdir).")
     return module
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+    """`"configs/glitch.py:demo"` -> that file's `get_config("demo")` (no flags involved).
+
+    For scripts that run several configs in one process (demo, benchmark). Relative paths are
+    taken from the repository root, so `configs/common.py` imports resolve as in the binaries.
+    """
+    path, _, variant = spec.partition(":")
+    repo = pathlib.Path(__file__).resolve().parents[2]
+    file = pathlib.Path(path) if pathlib.Path(path).is_absolute() else repo / path
+    if not file.exists():
+        raise FileNotFoundError(f"Config file {file} does not exist.")
+    if str(repo) not in sys.path:
+        sys.path.insert(0, str(repo))
+    module_spec = importlib.util.spec_from_file_location(f"_config_{file.stem}", file)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(variant) if variant else module.get_config()
 
 
 def parse_flags(argv: list[str]) -> list[str]:
