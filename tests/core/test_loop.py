@@ -36,3 +36,15 @@ def test_progress_reports_rates():
     assert rates["steps_per_sec"] > 0
     assert rates["examples_per_sec"] == pytest.approx(32 * rates["steps_per_sec"])
     assert loop.format_seconds(3725) == "1:02:05"
+
+
+def test_profile_window_writes_a_trace(tmp_path):
+    import jax.numpy as jnp
+
+    window = loop.ProfileWindow(start=2, stop=4, logdir=str(tmp_path))
+    x = jnp.ones((64, 64))
+    for step in range(1, 6):
+        window.step(step, x)
+        x = x @ x / 64.0
+    traces = list(tmp_path.rglob("*.xplane.pb"))
+    assert traces and traces[0].stat().st_size > 0
