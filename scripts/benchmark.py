@@ -20,7 +20,6 @@ Prints one table and writes every number as JSON to `--out`. A task that fails i
 others still run, and the exit status is non-zero.
 """
 
-import importlib
 import json
 import pathlib
 import statistics
@@ -201,23 +200,13 @@ def mfu(
     return flops_per_step * steps_per_sec / (num_devices * peak_tflops * 1e12)
 
 
-def import_benchmark_setup(config: ml_collections.ConfigDict) -> Any:
-    """The task's `benchmark_setup`, exported by its package or, failing that, in its train.py."""
-    try:
-        return import_task(config, "benchmark_setup").benchmark_setup
-    except ValueError:
-        train = importlib.import_module(f"{config.task}.train")
-        if not callable(getattr(train, "benchmark_setup", None)):
-            raise
-        return train.benchmark_setup
-
-
 def benchmark_task(config_spec: str, peak: dict[str, Any], warmup: int, steps: int) -> dict:
     """Every measurement of one task's train step; see the module docstring."""
     config = load_config(config_spec)
     mesh = mesh_lib.make_mesh(config.mesh)
     start = time.perf_counter()
-    step_fn, state, batch = import_benchmark_setup(config)(config, mesh)
+    task = import_task(config, "benchmark_setup")
+    step_fn, state, batch = task.benchmark_setup(config, mesh)
     jax.block_until_ready((state, batch))
     setup_s = time.perf_counter() - start
 

@@ -6,6 +6,6 @@ loop, `evaluate.py` restoring a checkpoint.
 """
 
 from jaxlab.example.evaluate import evaluate
-from jaxlab.example.train import train_and_evaluate
+from jaxlab.example.train import benchmark_setup, train_and_evaluate
 
-__all__ = ["evaluate", "train_and_evaluate"]
+__all__ = ["benchmark_setup", "evaluate", "train_and_evaluate"]
