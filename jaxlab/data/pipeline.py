@@ -52,6 +52,7 @@ def train_iterator(
     global_batch_size: int,
     seed: int,
     transform: Callable[[Any], Any] | None = None,
+    random_transform: Callable[[Any, np.random.Generator], Any] | None = None,
     process_index: int | None = None,
     process_count: int | None = None,
     num_threads: int = 2,
@@ -61,9 +62,10 @@ def train_iterator(
 
     Args:
       source: random-access records (`__len__` / `__getitem__`, e.g. a task's reader).
-      transform: per-record function (augmentation, normalisation), applied after the shuffle. It
-        must be a function of the record alone (use a record-seeded rng for random augmentation)
-        so that a restored iterator yields bitwise the same batches.
+      transform: deterministic per-record function (decoding, normalisation).
+      random_transform: `(record, rng) -> record` for random augmentation. The generator is
+        seeded by the record's position in the global stream, so augmentations are the same for
+        any process count and after a restore (bitwise-identical resumed runs).
     Returns a grain iterator whose `get_state` / `set_state` the checkpoint saves and restores.
     """
     process_index = jax.process_index() if process_index is None else process_index
@@ -74,9 +76,12 @@ def train_iterator(
             f"({global_batch_size}); lower the batch size or add data."
         )
     ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat(None)
-    ds = ProcessSlice(ds, global_batch_size, process_index, process_count)
+    # Lazy: the transforms run only on the records this process's slice reads.
     if transform is not None:
         ds = ds.map(transform)
+    if random_transform is not None:
+        ds = ds.random_map(random_transform, seed=seed + 1)
+    ds = ProcessSlice(ds, global_batch_size, process_index, process_count)
     ds = ds.batch(global_batch_size // process_count, drop_remainder=True)
     options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
     return iter(ds.to_iter_dataset(options))
