@@ -158,7 +158,9 @@ def jit_cache_size(step_fn: Any) -> int | None:
 
 
 def time_steps(step_fn: Any, state: Any, batch: Any, warmup: int, steps: int) -> float:
-    """Seconds per step over `steps` steps after `warmup` ones; no host sync inside the window.
+    """Seconds per step over `steps` steps after `warmup` ones; no host transfer in the window.
+
+    Dispatch runs at most two steps ahead (`loop.StepThrottle`), as in the train loops.
 
     The first warmup call puts the executable compiled by `.lower().compile()` into the jit cache;
     the cache must not grow after it, or the step's output state does not match its input (shape,
@@ -170,9 +172,11 @@ def time_steps(step_fn: Any, state: Any, batch: Any, warmup: int, steps: int) ->
     for _ in range(warmup - 1):
         state, metrics = step_fn(state, batch)
     jax.block_until_ready((state, metrics))
+    throttle = loop.StepThrottle()
     start = time.perf_counter()
     for _ in range(steps):
         state, metrics = step_fn(state, batch)
+        throttle(metrics)
     jax.block_until_ready((state, metrics))
     seconds = time.perf_counter() - start
     if cache_size is not None and jit_cache_size(step_fn) != cache_size:

@@ -6,6 +6,7 @@ questions the loop asks ("log now?", "was SIGTERM received?", "is this loss fini
 
 from __future__ import annotations
 
+import collections
 import logging as py_logging
 import math
 import signal
@@ -22,6 +23,27 @@ from absl import logging
 def every(step: int, n: int | None) -> bool:
     """True on multiples of `n` (never when n is 0/None). `step` counts steps done, from 1."""
     return bool(n) and n > 0 and step % n == 0
+
+
+class StepThrottle:
+    """Bounds how many dispatched steps may be unfinished at once (default 2).
+
+    JAX dispatches asynchronously, so a loop without host syncs can queue hundreds of steps. That
+    holds every queued step's input buffers, and with several CPU devices in one process XLA's
+    in-process collectives deadlock once a few dozen multi-device programs are queued (seen with
+    jax 0.10 and 8 fake devices). Waiting for step N-2 before dispatching step N is not a host
+    transfer and still overlaps the next step's input work with the device computation.
+    """
+
+    def __init__(self, max_in_flight: int = 2):
+        self.max_in_flight = max(1, int(max_in_flight))
+        self._pending: collections.deque = collections.deque()
+
+    def __call__(self, step_output: Any) -> None:
+        """Registers a just-dispatched step's output (any small array of it, e.g. the loss)."""
+        self._pending.append(step_output)
+        while len(self._pending) > self.max_in_flight:
+            jax.block_until_ready(self._pending.popleft())
 
 
 class NonFiniteError(FloatingPointError):

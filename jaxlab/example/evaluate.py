@@ -13,7 +13,7 @@ import matplotlib
 import ml_collections
 import numpy as np
 
-from jaxlab.core import checkpoint, optim
+from jaxlab.core import checkpoint, loop, optim
 from jaxlab.core import mesh as mesh_lib
 from jaxlab.core import state as state_lib
 from jaxlab.data import pipeline
@@ -44,9 +44,11 @@ def make_eval_step(model: Any, mesh: Any):
 def predict_split(step, params, source, mesh, batch_size) -> tuple[dict[str, float], np.ndarray]:
     """One ordered pass with a `make_eval_step` function: ({"eval_mse"}, predictions [N])."""
     totals, preds = None, []
+    throttle = loop.StepThrottle()
     for local_batch, valid in pipeline.eval_batches(source, global_batch_size=batch_size):
         batch = mesh_lib.global_batch(local_batch, mesh)
         sums, pred = step(params, batch, mesh_lib.global_batch(valid, mesh))
+        throttle(pred)
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
         preds.append(pred)
     totals = jax.device_get(totals)

@@ -120,12 +120,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     start_step = int(state.step)
     progress = loop.Progress(tc.num_steps, tc.global_batch_size, start_step)
     profile = loop.ProfileWindow(tc.profile_start, tc.profile_stop, os.path.join(workdir, "tb"))
+    throttle = loop.StepThrottle(tc.max_in_flight)
     eval_metrics: dict[str, float] = {}
     with loop.Preemption() as preemption:
         for step in range(start_step + 1, tc.num_steps + 1):
             profile.step(step, state)
             batch = mesh_lib.global_batch(next(train_iter), mesh)
             state, metrics = step_fn(state, batch)
+            throttle(metrics["loss"])
 
             preempted = preemption.requested(step)
             last = step == tc.num_steps

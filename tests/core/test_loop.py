@@ -48,3 +48,41 @@ def test_profile_window_writes_a_trace(tmp_path):
         x = x @ x / 64.0
     traces = list(tmp_path.rglob("*.xplane.pb"))
     assert traces and traces[0].stat().st_size > 0
+
+
+_QUEUED_COLLECTIVES = """
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jaxlab.core import loop
+mesh = Mesh(np.array(jax.devices()), ("data",))
+x = jax.device_put(jnp.ones((64, 8)), NamedSharding(mesh, P("data")))
+w = jax.device_put(jnp.ones((8, 8)), NamedSharding(mesh, P()))
+step = jax.jit(lambda w, x: w - 1e-3 * jax.grad(lambda w: jnp.mean((x @ w) ** 2))(w))
+throttle = loop.StepThrottle(2)
+for _ in range(300):
+    w = step(w, x)
+    throttle(w)
+print("finished", float(w.sum()))
+"""
+
+
+def test_step_throttle_keeps_queued_multi_device_steps_bounded():
+    """300 queued 8-device steps deadlock XLA's CPU collectives without the throttle (jax 0.10)."""
+    import subprocess
+    import sys
+
+    from tests.core import scripts_util
+
+    result = subprocess.run(
+        [sys.executable, "-c", _QUEUED_COLLECTIVES],
+        env=scripts_util.script_env(8),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0 and "finished" in result.stdout, result.stderr[-2000:]
+    throttle = loop.StepThrottle(2)
+    for i in range(5):
+        throttle(np.float32(i))
+    assert len(throttle._pending) == 2
