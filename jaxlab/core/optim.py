@@ -1,6 +1,6 @@
 """Optax optimizer and learning-rate schedule from an `ml_collections` config.
 
-Every task builds its optimizer with `make_optimizer(config.optim, config.num_train_steps)`
+Every task builds its optimizer with `make_optimizer(config.optim, config.train.num_steps)`
 and calls, inside its jitted train step,
 
     updates, opt_state = tx.update(grads, opt_state, params, value=loss)
