@@ -1,0 +1,177 @@
+"""Hierarchical transformer: pulses -> DOM embeddings -> event direction (iceaggr).
+
+Shapes, for a batch of G packs (see `data.py`): pulse tokens [G, R, L], DOM tokens [G, R2, L2],
+event slots [G, E], d = d_model.
+
+  T1 (DOM level): each pulse row [L] is a packed sequence of several DOMs' pulses; segment-id
+      attention (`core.attention`) keeps every DOM's pulses to themselves. Pulse outputs are
+      mean-pooled per DOM (a segment sum over the pack's R2 * L2 DOM slots) -> [G, R2, L2, d].
+  T2 (event level): DOM embedding + embedded geometry (x, y, z, sensor_id); each DOM row is a
+      packed sequence of several events' DOMs, padding and other events masked out; mean-pooled
+      per event -> [G, E, d] -> MLP head -> [G, E, 3].
+
+The 3-vector is the direction for the angular loss (normalised there) and mu * kappa for the
+von Mises-Fisher loss (kappa = its norm). There are no positional encodings: pulses of a DOM and
+DOMs of an event are sets, ordered by their time and geometry features.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from jaxlab.core import attention
+from jaxlab.core import state as state_lib
+from jaxlab.neutrino import data
+
+
+class TransformerBlock(nn.Module):
+    """Pre-LayerNorm block: x + MHA(LN(x)); x + MLP(LN(x)), masked by packed segment ids."""
+
+    num_heads: int
+    mlp_dim: int
+    dropout_rate: float
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, segment_ids: jax.Array, *, deterministic: bool) -> jax.Array:
+        """x [B, T, d], segment_ids [B, T] int (0 = padding) -> [B, T, d]."""
+        h = nn.LayerNorm(dtype=self.dtype)(x)
+        h = attention.MultiHeadAttention(
+            num_heads=self.num_heads, dropout_rate=self.dropout_rate, dtype=self.dtype
+        )(h, segment_ids=segment_ids, deterministic=deterministic)
+        x = x + nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
+        h = nn.LayerNorm(dtype=self.dtype)(x)
+        h = nn.Dense(self.mlp_dim, dtype=self.dtype)(h)
+        h = nn.gelu(h)
+        h = nn.Dense(x.shape[-1], dtype=self.dtype)(h)
+        return x + nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
+
+
+class Encoder(nn.Module):
+    """Input projection + `num_layers` blocks + final LayerNorm over packed rows."""
+
+    d_model: int
+    num_layers: int
+    num_heads: int
+    mlp_dim: int
+    dropout_rate: float
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, segment_ids: jax.Array, *, deterministic: bool) -> jax.Array:
+        """x [B, T, F], segment_ids [B, T] -> [B, T, d_model]; padding tokens are zeroed."""
+        h = nn.Dense(self.d_model, dtype=self.dtype)(x)
+        h = nn.gelu(nn.Dense(self.d_model, dtype=self.dtype)(h))
+        for _ in range(self.num_layers):
+            h = TransformerBlock(self.num_heads, self.mlp_dim, self.dropout_rate, self.dtype)(
+                h, segment_ids, deterministic=deterministic
+            )
+        h = nn.LayerNorm(dtype=self.dtype)(h)
+        return jnp.where(segment_ids[..., None] > 0, h, 0)
+
+
+def segment_mean(values: jax.Array, segment: jax.Array, num_segments: int) -> jax.Array:
+    """Mean of `values` [G, N, d] per segment [G, N] in [0, num_segments] -> [G, num_segments, d].
+
+    Index `num_segments` is the dump slot of padding tokens and is dropped; empty segments are 0.
+    """
+
+    def one(v, s):
+        total = jax.ops.segment_sum(v, s, num_segments=num_segments + 1)
+        count = jax.ops.segment_sum(jnp.ones(s.shape, v.dtype), s, num_segments=num_segments + 1)
+        return (total / jnp.maximum(count, 1)[:, None])[:num_segments]
+
+    return jax.vmap(one)(values, segment)
+
+
+class HierarchicalTransformer(nn.Module):
+    d_model: int
+    dom_layers: int
+    event_layers: int
+    num_heads: int
+    mlp_dim: int
+    dropout_rate: float
+    dtype: Any = jnp.float32
+
+    def setup(self):
+        def encoder(layers):
+            return Encoder(
+                self.d_model, layers, self.num_heads, self.mlp_dim, self.dropout_rate, self.dtype
+            )
+
+        self.dom_encoder = encoder(self.dom_layers)
+        self.event_encoder = encoder(self.event_layers)
+        self.geometry = nn.Dense(self.d_model, dtype=self.dtype)
+        self.head_hidden = nn.Dense(self.d_model, dtype=self.dtype)
+        self.head_out = nn.Dense(3, dtype=self.dtype)
+
+    def dom_embeddings(self, batch: dict[str, jax.Array], *, deterministic: bool) -> jax.Array:
+        """T1: pulse rows -> one embedding per DOM slot [G, R2, L2, d] (0 for empty slots)."""
+        g, r, length, _ = batch["pulse_features"].shape
+        _, r2, l2, _ = batch["dom_features"].shape
+        chex.assert_shape([batch["pulse_segment"], batch["pulse_dom"]], (g, r, length))
+        tokens = self.dom_encoder(
+            batch["pulse_features"].reshape(g * r, length, data.PULSE_FEATURES),
+            batch["pulse_segment"].reshape(g * r, length),
+            deterministic=deterministic,
+        )  # [G * R, L, d]
+        pooled = segment_mean(
+            tokens.reshape(g, r * length, self.d_model),
+            batch["pulse_dom"].reshape(g, r * length),
+            r2 * l2,
+        )  # [G, R2 * L2, d]
+        return pooled.reshape(g, r2, l2, self.d_model)
+
+    def __call__(self, batch: dict[str, jax.Array], *, deterministic: bool = True) -> jax.Array:
+        """Packed batch (data.MODEL_KEYS) -> [G, E, 3] float32 (unnormalised direction)."""
+        g, _, _, _ = batch["pulse_features"].shape
+        _, r2, l2, _ = batch["dom_features"].shape
+        num_events = batch["direction"].shape[1]
+        chex.assert_shape([batch["dom_segment"], batch["dom_event"]], (g, r2, l2))
+
+        doms = self.dom_embeddings(batch, deterministic=deterministic)
+        tokens = self.event_encoder(
+            (doms + self.geometry(batch["dom_features"])).reshape(g * r2, l2, self.d_model),
+            batch["dom_segment"].reshape(g * r2, l2),
+            deterministic=deterministic,
+        )  # [G * R2, L2, d]
+        events = segment_mean(
+            tokens.reshape(g, r2 * l2, self.d_model),
+            batch["dom_event"].reshape(g, r2 * l2),
+            num_events,
+        )  # [G, E, d]
+        out = self.head_out(nn.gelu(self.head_hidden(events))).astype(jnp.float32)
+        chex.assert_shape(out, (g, num_events, 3))
+        return out
+
+
+def make_model(config: ml_collections.ConfigDict) -> HierarchicalTransformer:
+    m = config.model
+    return HierarchicalTransformer(
+        d_model=m.d_model,
+        dom_layers=m.dom_layers,
+        event_layers=m.event_layers,
+        num_heads=m.num_heads,
+        mlp_dim=m.mlp_dim,
+        dropout_rate=m.dropout,
+        dtype=jnp.dtype(m.dtype),
+    )
+
+
+def dummy_batch(spec: data.PackSpec, packs: int = 1) -> dict[str, jax.Array]:
+    """Zeros of a batch's shapes (for init)."""
+    pack = data.empty_pack(spec)
+    return {k: jnp.broadcast_to(pack[k], (packs, *pack[k].shape)) for k in data.MODEL_KEYS}
+
+
+def init_state(
+    rng: jax.Array, *, model: HierarchicalTransformer, tx: Any, spec: data.PackSpec
+) -> state_lib.TrainState:
+    params = model.init(rng, dummy_batch(spec))["params"]
+    return state_lib.create_train_state(params, tx)

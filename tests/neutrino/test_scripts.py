@@ -1,0 +1,51 @@
+"""The binaries on the neutrino task: SIGTERM + resume gives the same run (slow, subprocesses)."""
+
+import os
+import signal
+import time
+
+import pytest
+
+from jaxlab.core.writer import read_metrics
+from tests.core import scripts_util
+
+
+def _train_rows(workdir):
+    return {m["step"]: m for m in read_metrics(workdir) if "grad_norm" in m}
+
+
+@pytest.mark.slow
+def test_sigterm_then_resume_matches_uninterrupted_run(tmp_path):
+    num_steps = 120
+    overrides = (
+        f"--config.train.num_steps={num_steps}",
+        "--config.train.log_every=1",
+        "--config.train.ckpt_every=40",
+        "--config.train.eval_every=0",
+        f"--config.data.root={tmp_path / 'data'}",
+    )
+    reference, resumed = str(tmp_path / "reference"), str(tmp_path / "resumed")
+    result = scripts_util.run("train.py", "neutrino.py:tiny", reference, *overrides, num_devices=2)
+    assert result.returncode == 0, result.stdout[-3000:]
+
+    process = scripts_util.start("train.py", "neutrino.py:tiny", resumed, *overrides, num_devices=2)
+    metrics_file = os.path.join(resumed, "metrics.jsonl")
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        if os.path.exists(metrics_file) and len(read_metrics(resumed)) >= 50:
+            break
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output[-3000:]
+    stopped_at = max(_train_rows(resumed))
+    assert stopped_at < num_steps, "the run finished before SIGTERM arrived"
+
+    result = scripts_util.run("train.py", "neutrino.py:tiny", resumed, *overrides, num_devices=2)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert f"Restored step {stopped_at}" in result.stdout
+    want, got = _train_rows(reference), _train_rows(resumed)
+    assert sorted(got) == list(range(1, num_steps + 1))
+    for step in range(1, num_steps + 1):
+        for key in ("loss", "events", "pulses_truncated"):
+            assert got[step][key] == want[step][key], (step, key)
