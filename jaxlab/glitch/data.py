@@ -1,0 +1,371 @@
+"""Readers of the Gravity Spy training set (HDF5 and PNG tree) as random-access grain sources.
+
+HDF5 (`trainingsetv1d1.h5`, about 3.1 GB): `h5[label][sample_type][gravityspy_id]['<dur>.png']`,
+each dataset one grayscale spectrogram, (1, H, W) or (H, W) (*unverified* which; both are read,
+`[0]` of a leading axis of 1). The file is opened lazily, once per process, on the first
+`__getitem__` (never in `__init__`, never loaded whole): grain's workers, forked or threaded, each
+read only the samples they are asked for. The index of (label, split, id) is built once from the
+file's keys.
+
+PNG tree (the tarball): `<root>/<label>/<sample_type>/<ifo>_<id>_spectrogram_<dur>.png`, RGB plots
+that still carry axes; `crop` (a PIL box: left, top, right, bottom, in pixels) cuts the plot area
+out before the image is converted to grayscale.
+
+Both give records {"image": [V, S, S, 3] (multi-view) or [S, S, 3] float32, normalised,
+"label": int32, "index": int32 (row of `source.ids`)}; grayscale is replicated to 3 channels so
+ImageNet-pretrained (timm) weights apply unchanged.
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import os
+import re
+from collections.abc import Sequence
+
+import h5py
+import ml_collections
+import numpy as np
+from absl import logging
+from PIL import Image
+
+from jaxlab.glitch import synthetic
+
+DURATIONS = synthetic.DURATIONS
+SPLITS = synthetic.SPLITS
+PNG_PATTERN = re.compile(r"^(?P<ifo>[A-Za-z0-9]+)_(?P<id>.+)_spectrogram_(?P<dur>[0-9.]+)\.png$")
+
+
+def to_unit_range(array: np.ndarray, where: str) -> np.ndarray:
+    """A spectrogram as float32 in [0, 1]; uint8 and 0..255 floats are scaled. Raises on NaN."""
+    if array.dtype == np.uint8:
+        return array.astype(np.float32) / 255.0
+    if not np.issubdtype(array.dtype, np.floating) and not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(
+            f"{where}: dtype {array.dtype} is not numeric; expected a grayscale image."
+        )
+    image = array.astype(np.float32)
+    if not np.isfinite(image).all():
+        raise ValueError(f"{where}: holds NaN or Inf values; expected a grayscale image in [0, 1].")
+    lo, hi = float(image.min()), float(image.max())
+    if lo < -1e-3 or hi > 255.0 + 1e-3:
+        raise ValueError(
+            f"{where}: values in [{lo:.4g}, {hi:.4g}]; expected [0, 1] (or 0..255 levels)."
+        )
+    if hi > 1.0 + 1e-3:
+        image = image / 255.0
+    return np.clip(image, 0.0, 1.0)
+
+
+def decode_view(array: np.ndarray, where: str) -> np.ndarray:
+    """A stored view -> [H, W] float32 in [0, 1]. Accepts (1, H, W) (`[0]` is read) or (H, W)."""
+    if array.ndim == 3 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim != 2 or min(array.shape) < 2:
+        raise ValueError(f"{where}: shape {array.shape}; expected a (1, H, W) or (H, W) image.")
+    return to_unit_range(array, where)
+
+
+def resize(image: np.ndarray, size: int) -> np.ndarray:
+    """[H, W] float32 -> [size, size] float32, bilinear (PIL, antialiased when shrinking)."""
+    if image.shape == (size, size):
+        return image
+    resized = Image.fromarray(image, mode="F").resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(resized, np.float32)
+
+
+def to_record_image(views: list[np.ndarray], multi_view: bool, mean: float, std: float):
+    """[H, W] views (already resized) -> [V, S, S, 3] or [S, S, 3], normalised."""
+    stacked = (np.stack(views) - mean) / std  # [V, S, S]
+    stacked = np.repeat(stacked[..., None], 3, axis=-1).astype(np.float32)
+    return stacked if multi_view else stacked[0]
+
+
+def make_record(source, i: int) -> dict[str, np.ndarray]:
+    """Record i of a reader: its views read, resized (or taken from the reader's cache)."""
+    views = source._cache.get(i) if source._cache is not None else None
+    if views is None:
+        views = np.stack([resize(v, source.image_size) for v in source.read_views(i)])
+        if source._cache is not None:
+            source._cache[i] = views
+    return {
+        "image": to_record_image(list(views), source.multi_view, source.mean, source.std),
+        "label": np.int32(source.labels[i]),
+        "index": np.int32(i),
+    }
+
+
+class GravitySpyH5:
+    """Random-access records of one split of `trainingsetv1d1.h5`; opened lazily per process.
+
+    Attributes:
+      classes: label names, sorted, from the file's top-level groups.
+      ids: [N] gravityspy ids (str); labels: [N] int32 class indices (record i is sample
+        ids[i] of class labels[i]).
+    """
+
+    def __init__(
+        self,
+        path: str,
+        split: str,
+        *,
+        image_size: int,
+        multi_view: bool = True,
+        view: str = "1.0",
+        durations: Sequence[str] = DURATIONS,
+        mean: float = 0.5,
+        std: float = 0.5,
+        cache: bool = False,
+    ):
+        if not os.path.exists(path):
+            raise FileNotFoundError(
+                f"{path}: no such file; download trainingsetv1d1.h5 (Zenodo, Gravity Spy "
+                "training set v1d1) or set config.data.synthetic=True."
+            )
+        self.path, self.split = path, split
+        self.image_size, self.multi_view, self.mean, self.std = image_size, multi_view, mean, std
+        self.durations = tuple(durations) if multi_view else (view,)
+        # Resized views by record, kept when `cache` (a small dataset read every epoch).
+        self._cache: dict[int, np.ndarray] | None = {} if cache else None
+        self._file: h5py.File | None = None
+        self._pid: int | None = None
+        try:
+            f = h5py.File(path, "r")
+        except OSError as e:
+            raise ValueError(f"{path}: not a readable HDF5 file ({e}).") from e
+        with f:
+            self.classes = sorted(f.keys())
+            ids, labels, seen_splits = [], [], set()
+            for label_index, label in enumerate(self.classes):
+                group = f[label]
+                if not isinstance(group, h5py.Group):
+                    raise ValueError(f"{path}: /{label} is not a group; expected h5[label][split].")
+                seen_splits.update(group.keys())
+                if split not in group:
+                    continue
+                for gid in sorted(group[split].keys()):
+                    ids.append(gid)
+                    labels.append(label_index)
+            if not ids:
+                raise ValueError(
+                    f"{path}: no samples of split {split!r} (h5[label][{split!r}] missing for "
+                    f"every label); splits in the file: {sorted(seen_splits)}."
+                )
+            self.ids = np.asarray(ids)
+            self.labels = np.asarray(labels, np.int32)
+            self._check_views(f, 0)
+        missing = [c for c in range(len(self.classes)) if not np.any(self.labels == c)]
+        if missing:
+            logging.warning(
+                "%s: split %r has no samples of %s.",
+                path,
+                split,
+                [self.classes[c] for c in missing],
+            )
+
+    def _sample_path(self, i: int) -> str:
+        return f"/{self.classes[self.labels[i]]}/{self.split}/{self.ids[i]}"
+
+    def _check_views(self, f: h5py.File, i: int) -> None:
+        sample = f[self._sample_path(i)]
+        for dur in self.durations:
+            if f"{dur}.png" not in sample:
+                raise ValueError(
+                    f"{self.path}: {self._sample_path(i)} has no dataset '{dur}.png'; "
+                    f"found {sorted(sample.keys())}, expected one per duration {self.durations}."
+                )
+
+    def __getstate__(self):  # an open h5py handle must not travel to another process
+        cache = None if self._cache is None else {}
+        return {**self.__dict__, "_file": None, "_pid": None, "_cache": cache}
+
+    def _open(self) -> h5py.File:
+        if self._file is None or self._pid != os.getpid():
+            self._file, self._pid = h5py.File(self.path, "r"), os.getpid()
+        return self._file
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def read_views(self, i: int) -> list[np.ndarray]:
+        """The raw views of record i, decoded to [H, W] float32 in [0, 1] (not resized)."""
+        f = self._open()
+        sample = f[self._sample_path(i)]
+        views = []
+        for dur in self.durations:
+            name = f"{dur}.png"
+            where = f"{self.path}: {self._sample_path(i)}/{name}"
+            if name not in sample:
+                raise ValueError(
+                    f"{where} is missing; found {sorted(sample.keys())}, expected one dataset per "
+                    f"duration {self.durations}."
+                )
+            views.append(decode_view(np.asarray(sample[name]), where))
+        return views
+
+    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+        return make_record(self, int(i))
+
+
+class GravitySpyPngTree:
+    """Random-access records of one split of the tarball's PNG tree (same record layout).
+
+    Args:
+      root: directory holding `<label>/<sample_type>/<ifo>_<id>_spectrogram_<dur>.png`.
+      crop: PIL box (left, top, right, bottom) of the plot area inside each PNG, or None.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        split: str,
+        *,
+        image_size: int,
+        multi_view: bool = True,
+        view: str = "1.0",
+        durations: Sequence[str] = DURATIONS,
+        crop: Sequence[int] | None = None,
+        mean: float = 0.5,
+        std: float = 0.5,
+        cache: bool = False,
+    ):
+        if not os.path.isdir(root):
+            raise FileNotFoundError(f"{root}: no such directory (the unpacked PNG tarball).")
+        self.root, self.split = root, split
+        self.image_size, self.multi_view, self.mean, self.std = image_size, multi_view, mean, std
+        self.durations = tuple(durations) if multi_view else (view,)
+        self.crop = tuple(int(c) for c in crop) if crop else None
+        self._cache: dict[int, np.ndarray] | None = {} if cache else None
+        self.classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+        files: dict[tuple[int, str], dict[str, str]] = collections.defaultdict(dict)
+        for label_index, label in enumerate(self.classes):
+            directory = os.path.join(root, label, split)
+            if not os.path.isdir(directory):
+                continue
+            for name in sorted(os.listdir(directory)):
+                match = PNG_PATTERN.match(name)
+                if match:
+                    key = (label_index, f"{match['ifo']}_{match['id']}")
+                    files[key][match["dur"]] = os.path.join(directory, name)
+        if not files:
+            raise ValueError(
+                f"{root}: no '<label>/{split}/<ifo>_<id>_spectrogram_<dur>.png' files for split "
+                f"{split!r}."
+            )
+        self._files = []
+        for key in sorted(files):
+            missing = [d for d in self.durations if d not in files[key]]
+            if missing:
+                raise ValueError(
+                    f"{root}: {self.classes[key[0]]}/{split}/{key[1]}_spectrogram_<dur>.png "
+                    f"missing for durations {missing}; expected {self.durations}."
+                )
+            self._files.append([files[key][d] for d in self.durations])
+        self.labels = np.asarray([k[0] for k in sorted(files)], np.int32)
+        self.ids = np.asarray([k[1].split("_", 1)[1] for k in sorted(files)])
+
+    def __len__(self) -> int:
+        return len(self._files)
+
+    def read_views(self, i: int) -> list[np.ndarray]:
+        views = []
+        for path in self._files[i]:
+            with Image.open(path) as png:
+                if self.crop:
+                    if self.crop[2] > png.width or self.crop[3] > png.height:
+                        raise ValueError(
+                            f"{path}: crop box {self.crop} lies outside the {png.width} x "
+                            f"{png.height} image; set config.data.png_crop to the plot area."
+                        )
+                    png = png.crop(self.crop)
+                views.append(np.asarray(png.convert("L"), np.float32) / 255.0)
+        return views
+
+    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+        return make_record(self, int(i))
+
+
+METADATA_REQUIRED = ("gravityspy_id", "label", "sample_type", "ifo")
+
+
+def read_metadata(path: str) -> dict[str, dict[str, str]]:
+    """`trainingset_v1d1_metadata.csv` -> {gravityspy_id: row}; checks the needed columns."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such file (the metadata CSV).")
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in METADATA_REQUIRED if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{path}: missing columns {missing}; found {reader.fieldnames}.")
+        return {row["gravityspy_id"]: row for row in reader}
+
+
+def check_metadata(source, metadata: dict[str, dict[str, str]], path: str) -> None:
+    """Warns when the CSV disagrees with the images' labels (it never overrides them)."""
+    disagree = [
+        gid
+        for gid, label in zip(source.ids, source.labels, strict=True)
+        if gid in metadata and metadata[gid]["label"] != source.classes[label]
+    ]
+    absent = sum(gid not in metadata for gid in source.ids)
+    if disagree or absent:
+        logging.warning(
+            "%s: %d ids of split %r have another label in the CSV, %d are not in it.",
+            path,
+            len(disagree),
+            source.split,
+            absent,
+        )
+
+
+def class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """[C] weights n / (C_present * n_c) from training frequencies (sklearn's "balanced"); 0 for
+    classes absent from training."""
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    present = counts > 0
+    weights = np.zeros(num_classes)
+    weights[present] = counts.sum() / (present.sum() * counts[present])
+    return weights.astype(np.float32)
+
+
+def prepare(config: ml_collections.ConfigDict, workdir: str) -> str:
+    """The data directory, after writing the synthetic dataset there when configured."""
+    dc = config.data
+    data_dir = dc.dir or os.path.join(workdir, "data")
+    if dc.synthetic:
+        synthetic.write_dataset(
+            data_dir,
+            samples_per_class=dc.synthetic_samples_per_class,
+            imbalance_power=dc.synthetic_imbalance_power,
+            min_per_class=dc.synthetic_min_per_class,
+            image_shape=tuple(dc.synthetic_image_shape),
+            png_per_split=dc.synthetic_png_per_split,
+            seed=config.seed,
+        )
+    return data_dir
+
+
+def load(config: ml_collections.ConfigDict, data_dir: str, split: str):
+    """The configured reader (`config.data.format` "h5" or "png") for one split."""
+    dc = config.data
+    common = {
+        "image_size": dc.image_size,
+        "multi_view": dc.multi_view,
+        "view": dc.view,
+        "durations": tuple(dc.durations),
+        "mean": dc.mean,
+        "std": dc.std,
+        "cache": dc.cache,
+    }
+    if dc.format == "h5":
+        source = GravitySpyH5(os.path.join(data_dir, dc.h5_name), split, **common)
+    elif dc.format == "png":
+        crop = tuple(dc.png_crop) if dc.png_crop else None
+        source = GravitySpyPngTree(os.path.join(data_dir, dc.png_dir), split, crop=crop, **common)
+    else:
+        raise ValueError(f"config.data.format = {dc.format!r}; expected 'h5' or 'png'.")
+    metadata_path = os.path.join(data_dir, dc.metadata_name)
+    if dc.metadata_name and os.path.exists(metadata_path):
+        check_metadata(source, read_metadata(metadata_path), metadata_path)
+    return source

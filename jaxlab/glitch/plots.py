@@ -1,0 +1,75 @@
+"""Figures of the glitch evaluation, written as PNG (matplotlib Agg)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib
+import numpy as np
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def confusion_matrix(
+    confusion: np.ndarray, classes: Sequence[str], path: str, title: str = ""
+) -> None:
+    """Row-normalised confusion matrix (recall on the diagonal), counts annotated where > 0."""
+    confusion = np.asarray(confusion, np.float64)
+    rows = confusion.sum(axis=1, keepdims=True)
+    normalised = np.divide(confusion, rows, out=np.zeros_like(confusion), where=rows > 0)
+    n = len(classes)
+    fig, ax = plt.subplots(figsize=(0.45 * n + 3, 0.45 * n + 2))
+    image = ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(n), classes, rotation=90, fontsize=8)
+    ax.set_yticks(range(n), classes, fontsize=8)
+    ax.set(xlabel="predicted", ylabel="true", title=title or "confusion matrix (row-normalised)")
+    for i in range(n):
+        for j in range(n):
+            if confusion[i, j] > 0:
+                color = "white" if normalised[i, j] > 0.5 else "black"
+                ax.text(
+                    j,
+                    i,
+                    f"{normalised[i, j]:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=5,
+                    color=color,
+                )
+    fig.colorbar(image, ax=ax, fraction=0.04)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def view_importance(
+    view_weights: np.ndarray,
+    labels: np.ndarray,
+    classes: Sequence[str],
+    durations: Sequence[str],
+    path: str,
+) -> None:
+    """Mean fusion attention weight per view (columns) for each true class (rows)."""
+    n, v = len(classes), view_weights.shape[1]
+    table = np.full((n, v), np.nan)
+    for c in range(n):
+        if np.any(labels == c):
+            table[c] = view_weights[labels == c].mean(axis=0)
+    fig, ax = plt.subplots(figsize=(2 + 1.2 * v, 0.35 * n + 2))
+    image = ax.imshow(
+        table, cmap="viridis", vmin=0, vmax=max(np.nanmax(table), 1e-6), aspect="auto"
+    )
+    ax.set_xticks(range(v), [f"{d} s" for d in durations])
+    ax.set_yticks(range(n), classes, fontsize=8)
+    for i in range(n):
+        for j in range(v):
+            if np.isfinite(table[i, j]):
+                ax.text(
+                    j, i, f"{table[i, j]:.2f}", ha="center", va="center", fontsize=7, color="white"
+                )
+    ax.set(xlabel="view (time window)", title="mean fusion weight per view and class")
+    fig.colorbar(image, ax=ax, fraction=0.05)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

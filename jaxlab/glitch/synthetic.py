@@ -1,0 +1,367 @@
+"""Writes a small Gravity Spy training set in the published layout, with planted morphologies.
+
+Files (the names of the Zenodo "Gravity Spy training set" v1d1 record):
+
+    trainingsetv1d1.h5              h5[label][sample_type][gravityspy_id]['<dur>.png'],
+                                    each a float32 (1, H, W) grayscale spectrogram in [0, 1]
+    trainingset_v1d1_metadata.csv   one row per glitch: event_time, ifo, ..., gravityspy_id, label,
+                                    sample_type, url1..url4
+    png/<label>/<sample_type>/<ifo>_<gravityspy_id>_spectrogram_<dur>.png   (optional, a few)
+                                    RGB viridis plots with an axes frame, like the tarball
+
+Each glitch is one physical event drawn once and rendered in the four time windows
+(0.5, 1.0, 2.0 and 4.0 s, centred on the glitch) on a log-frequency axis, so the classes differ
+across time scales as real ones do: a Blip is a thin vertical line at 0.5 s and a dot at 4 s, the
+arches of Scattered_Light only show in the long windows, Repeating_Blips repeat every ~0.3 s.
+Rows are frequency (row 0 = highest), columns are time, as in the published images.
+
+Class sizes follow the shape of the real imbalance (Blip and Koi_Fish many; Paired_Doves,
+Wandering_Line and Chirp few), compressed by `imbalance_power` so a demo has every class in every
+split.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import string
+
+import h5py
+import numpy as np
+from PIL import Image
+
+H5_NAME = "trainingsetv1d1.h5"
+METADATA_NAME = "trainingset_v1d1_metadata.csv"
+DURATIONS = ("0.5", "1.0", "2.0", "4.0")
+SPLITS = ("train", "validation", "test")
+IMAGE_SHAPE = (140, 170)  # (frequency rows, time columns) of the published arrays
+
+# Approximate per-class counts of the v1d1 training set (the shape of the imbalance only).
+REAL_COUNTS = {
+    "1080Lines": 328,
+    "1400Ripples": 81,
+    "Air_Compressor": 58,
+    "Blip": 1821,
+    "Chirp": 60,
+    "Extremely_Loud": 447,
+    "Helix": 279,
+    "Koi_Fish": 706,
+    "Light_Modulation": 512,
+    "Low_Frequency_Burst": 621,
+    "Low_Frequency_Lines": 447,
+    "No_Glitch": 150,
+    "None_of_the_Above": 81,
+    "Paired_Doves": 27,
+    "Power_Line": 449,
+    "Repeating_Blips": 263,
+    "Scattered_Light": 443,
+    "Scratchy": 337,
+    "Tomte": 103,
+    "Violin_Mode": 412,
+    "Wandering_Line": 42,
+    "Whistle": 299,
+}
+CLASSES = tuple(sorted(REAL_COUNTS))
+
+METADATA_COLUMNS = (
+    "event_time",
+    "ifo",
+    "peak_time",
+    "peak_time_ns",
+    "start_time",
+    "start_time_ns",
+    "duration",
+    "event_id",
+    "peak_frequency",
+    "central_freq",
+    "bandwidth",
+    "amplitude",
+    "snr",
+    "gravityspy_id",
+    "label",
+    "sample_type",
+    "url1",
+    "url2",
+    "url3",
+    "url4",
+)
+
+BACKGROUND = 0.12
+NOISE_STD = 0.05
+
+
+def _gauss(x: np.ndarray, mu: float, sigma: float) -> np.ndarray:
+    return np.exp(-0.5 * np.square((x - mu) / sigma))
+
+
+def _band(y: np.ndarray, lo: float, hi: float, edge: float = 0.03) -> np.ndarray:
+    """Smooth indicator of lo <= y <= hi."""
+    return 1.0 / (1.0 + np.exp(-(y - lo) / edge)) / (1.0 + np.exp((y - hi) / edge))
+
+
+def _window(t: np.ndarray, lo: float, hi: float, edge: float = 0.01) -> np.ndarray:
+    return _band(t, lo, hi, edge)
+
+
+def _track(y: np.ndarray, y_of_t: np.ndarray, width: float) -> np.ndarray:
+    """A line following y_of_t (broadcast over time) with a Gaussian cross-section."""
+    return _gauss(y - y_of_t, 0.0, width)
+
+
+def render(label: str, params: dict, t: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Glitch intensity >= 0 of one class on a grid.
+
+    Args:
+      label: class name.
+      params: this glitch's random draws (shared by its four views), see `draw_params`.
+      t: [1, W] seconds from the glitch centre.
+      y: [H, 1] log-frequency position, 0 = lowest (10 Hz), 1 = highest (~2 kHz).
+
+    Returns:
+      [H, W] intensity.
+    """
+    p = params
+    t = t - p["shift"]
+    if label == "1080Lines":
+        gate = (np.sin(2 * np.pi * t / 0.3 + p["phase"]) > -0.3).astype(np.float64)
+        return _track(y, p["y0"] + 0.83, 0.012) * gate
+    if label == "1400Ripples":
+        out = 0.0
+        for k in range(3):
+            out = out + _gauss(t, (k - 1) * 0.07, 0.02)
+        return _track(y, p["y0"] + 0.9, 0.025) * out
+    if label == "Air_Compressor":
+        return 0.8 * _track(y, p["y0"] + 0.24, 0.02) * np.ones_like(t)
+    if label == "Blip":
+        return _gauss(t, 0.0, 0.008) * _band(y, 0.22, 0.62)
+    if label == "Chirp":
+        length = 0.25 + 0.1 * p["u"]
+        frac = np.clip((t + length) / length, 0.0, 1.0)
+        return _track(y, 0.15 + 0.6 * frac**3, 0.02) * _window(t, -length, 0.0)
+    if label == "Extremely_Loud":
+        return 1.6 * _gauss(t, 0.0, 0.12) * _band(y, 0.0, 1.0)
+    if label == "Helix":
+        out = 0.0
+        for y_k in (0.32, 0.47, 0.62):
+            out = out + _track(y, y_k + 0.04 * np.sin(2 * np.pi * t / 0.12 + p["phase"]), 0.012)
+        return out * _window(t, -0.6, 0.6)
+    if label == "Koi_Fish":
+        return 1.3 * _gauss(t, 0.0, 0.035) * _band(y, 0.05, 0.85) * (1.0 + _gauss(y, 0.3, 0.1))
+    if label == "Light_Modulation":
+        out = 0.0
+        for k in range(-10, 11):
+            out = out + _gauss(t, k * 0.5 + 0.25 * p["u"], 0.05)
+        return out * _band(y, 0.0, 0.42)
+    if label == "Low_Frequency_Burst":
+        return _gauss(t, 0.0, 0.35) * _track(y, 0.05 + 0.12 * _gauss(t, 0.0, 0.35), 0.05)
+    if label == "Low_Frequency_Lines":
+        return (_track(y, 0.07, 0.01) + _track(y, 0.16, 0.01)) * np.ones_like(t)
+    if label == "No_Glitch":
+        return np.zeros(np.broadcast_shapes(y.shape, t.shape))
+    if label == "None_of_the_Above":  # a falling line: no other class falls
+        return _track(y, 0.85 - 1.2 * (t + 0.2), 0.02) * _window(t, -0.2, 0.3)
+    if label == "Paired_Doves":  # a rising arc followed by its mirror image
+        rise = 0.3 + 0.4 * np.clip((t + 0.2) / 0.2, 0.0, 1.0) ** 2
+        fall = 0.3 + 0.4 * np.clip((0.2 - t) / 0.2, 0.0, 1.0) ** 2
+        return _track(y, np.where(t < 0, rise, fall), 0.02) * _window(t, -0.2, 0.2)
+    if label == "Power_Line":
+        pulses = 0.4 + 0.6 * (np.sin(2 * np.pi * t / 0.1 + p["phase"]) > 0)
+        return _track(y, p["y0"] + 0.36, 0.015) * pulses
+    if label == "Repeating_Blips":
+        out = 0.0
+        for k in range(-8, 9):
+            out = out + _gauss(t, k * 0.28 + 0.1 * p["u"], 0.008)
+        return out * _band(y, 0.25, 0.55)
+    if label == "Scattered_Light":
+        return 1.2 * _track(y, 0.04 + 0.22 * np.abs(np.sin(np.pi * t / 1.7 + p["phase"])), 0.02)
+    if label == "Scratchy":
+        out = 0.0
+        for t_k in p["times"]:
+            out = out + _gauss(t, t_k, 0.006)
+        return out * _band(y, 0.3, 0.6) * _window(t, -0.8, 0.8)
+    if label == "Tomte":
+        return 1.4 * _gauss(t, 0.0, 0.025) * _band(y, 0.02, 0.28) * (1.0 - y)
+    if label == "Violin_Mode":
+        return _track(y, p["y0"] + 0.56, 0.01) * np.ones_like(t)
+    if label == "Wandering_Line":
+        return _track(y, 0.74 + 0.06 * np.sin(2 * np.pi * t / 1.5 + p["phase"]), 0.012)
+    if label == "Whistle":  # a V at high frequency
+        return _track(y, 0.55 + 2.0 * np.abs(t), 0.015) * _window(t, -0.2, 0.2)
+    raise ValueError(f"synthetic.render: unknown class {label!r}; expected one of {CLASSES}.")
+
+
+def draw_params(rng: np.random.Generator) -> dict:
+    """The random draws of one glitch, shared by its four time windows."""
+    return {
+        "shift": rng.uniform(-0.01, 0.01),
+        "phase": rng.uniform(0, 2 * np.pi),
+        "u": rng.uniform(),
+        "y0": rng.uniform(-0.015, 0.015),
+        "times": rng.uniform(-0.8, 0.8, size=30),
+        "amplitude": rng.uniform(0.55, 0.9),
+    }
+
+
+def spectrograms(
+    label: str, rng: np.random.Generator, shape: tuple[int, int] = IMAGE_SHAPE
+) -> dict[str, np.ndarray]:
+    """One glitch: duration ('0.5', ...) -> float32 [H, W] image in [0, 1] (8-bit levels)."""
+    height, width = shape
+    params = draw_params(rng)
+    y = (1.0 - (np.arange(height) + 0.5) / height)[:, None]  # row 0 = highest frequency
+    images = {}
+    for dur in DURATIONS:
+        seconds = float(dur)
+        t = ((np.arange(width) + 0.5) / width * seconds - seconds / 2)[None, :]
+        glitch = params["amplitude"] * render(label, params, t, y)
+        noise = NOISE_STD * rng.standard_normal((height, width))
+        image = np.clip(BACKGROUND + 0.05 * (1 - y) + glitch + noise, 0.0, 1.0)
+        images[dur] = (np.round(image * 255) / 255).astype(np.float32)
+    return images
+
+
+def class_sizes(
+    samples_per_class: int, imbalance_power: float, min_per_class: int
+) -> dict[str, int]:
+    """Samples per class: median class gets `samples_per_class`, others follow the real shape."""
+    median = float(np.median(list(REAL_COUNTS.values())))
+    return {
+        label: max(min_per_class, round(samples_per_class * (count / median) ** imbalance_power))
+        for label, count in REAL_COUNTS.items()
+    }
+
+
+def split_counts(n: int, fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)) -> list[int]:
+    """train / validation / test sizes of a class of n; at least 2 in validation and test."""
+    n_val = max(2, round(n * fractions[1]))
+    n_test = max(2, round(n * fractions[2]))
+    return [n - n_val - n_test, n_val, n_test]
+
+
+def _gravityspy_id(rng: np.random.Generator) -> str:
+    alphabet = np.array(list(string.ascii_letters + string.digits))
+    return "".join(rng.choice(alphabet, size=10))
+
+
+def _metadata_row(label: str, split: str, gid: str, rng: np.random.Generator) -> dict:
+    gps = 1126400000 + rng.uniform(0, 5e7)
+    duration = rng.uniform(0.05, 2.0)
+    freq = rng.uniform(20, 1000)
+    urls = {
+        f"url{k}": f"https://example.invalid/{gid}_spectrogram_{d}.png"
+        for k, d in enumerate(DURATIONS, start=1)
+    }
+    return {
+        "event_time": f"{gps:.3f}",
+        "ifo": rng.choice(["H1", "L1"]),
+        "peak_time": int(gps),
+        "peak_time_ns": int((gps % 1) * 1e9),
+        "start_time": int(gps - duration / 2),
+        "start_time_ns": 0,
+        "duration": f"{duration:.4f}",
+        "event_id": _gravityspy_id(rng),
+        "peak_frequency": f"{freq:.2f}",
+        "central_freq": f"{freq:.2f}",
+        "bandwidth": f"{rng.uniform(5, 2000):.2f}",
+        "amplitude": f"{rng.uniform(1e-23, 1e-21):.3e}",
+        "snr": f"{rng.uniform(7.5, 200):.2f}",
+        "gravityspy_id": gid,
+        "label": label,
+        "sample_type": split,
+        **urls,
+    }
+
+
+def write_dataset(
+    directory: str,
+    *,
+    samples_per_class: int = 45,
+    imbalance_power: float = 0.35,
+    min_per_class: int = 24,
+    image_shape: tuple[int, int] = IMAGE_SHAPE,
+    png_per_split: int = 0,
+    seed: int = 0,
+) -> str:
+    """Writes the h5 + metadata CSV (and optionally a PNG tree) into `directory`; idempotent.
+
+    Args:
+      samples_per_class: size of the median class.
+      imbalance_power: 0 = balanced, 1 = the real imbalance.
+      min_per_class: floor on every class's size (every class in every split).
+      image_shape: (H, W) of the stored arrays; the published ones are 140 x 170.
+      png_per_split: also write this many glitches per class and split as a PNG tree under
+        `directory/png` (0 = none).
+
+    Returns:
+      The path of the h5 file.
+    """
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, H5_NAME)
+    if os.path.exists(path):
+        return path
+    rng = np.random.default_rng(seed)
+    sizes = class_sizes(samples_per_class, imbalance_power, min_per_class)
+    rows = []
+    # Written under a temporary name then renamed: processes of a multi-host job may race.
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with h5py.File(tmp, "w") as f:
+        for label in CLASSES:
+            for split, count in zip(SPLITS, split_counts(sizes[label]), strict=True):
+                group = f.create_group(f"{label}/{split}")
+                for i in range(count):
+                    gid = _gravityspy_id(rng)
+                    images = spectrograms(label, rng, image_shape)
+                    sample = group.create_group(gid)
+                    for dur, image in images.items():
+                        sample.create_dataset(
+                            f"{dur}.png", data=image[None], compression="gzip", shuffle=True
+                        )
+                    row = _metadata_row(label, split, gid, rng)
+                    rows.append(row)
+                    if i < png_per_split:
+                        write_png_sample(
+                            os.path.join(directory, "png"), label, split, row["ifo"], gid, images
+                        )
+    csv_tmp = os.path.join(directory, f"{METADATA_NAME}.{os.getpid()}.tmp")
+    with open(csv_tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=METADATA_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(csv_tmp, os.path.join(directory, METADATA_NAME))
+    os.replace(tmp, path)
+    return path
+
+
+# Plot margins of the synthetic PNGs, in pixels: (left, top, right, bottom) around the axes.
+PNG_MARGINS = (60, 30, 20, 45)
+
+
+def png_name(ifo: str, gid: str, dur: str) -> str:
+    return f"{ifo}_{gid}_spectrogram_{dur}.png"
+
+
+def write_png_sample(
+    root: str, label: str, split: str, ifo: str, gid: str, images: dict[str, np.ndarray]
+) -> None:
+    """Writes the four views as viridis RGB PNGs with white margins and a black axes frame.
+
+    The plot area (the spectrogram) is at PIL box (left, top, left + W, top + H) with
+    (left, top) = PNG_MARGINS[:2]; the frame is drawn one pixel outside it.
+    """
+    from matplotlib import colormaps
+
+    viridis = colormaps["viridis"]
+    left, top, right, bottom = PNG_MARGINS
+    directory = os.path.join(root, label, split)
+    os.makedirs(directory, exist_ok=True)
+    for dur, image in images.items():
+        height, width = image.shape
+        canvas = np.full((top + height + bottom, left + width + right, 3), 255, np.uint8)
+        canvas[top - 1 : top + height + 1, left - 1 : left + width + 1] = 0  # the frame
+        canvas[top : top + height, left : left + width] = np.round(
+            viridis(image)[..., :3] * 255
+        ).astype(np.uint8)
+        for k in range(5):  # tick marks on the time axis
+            x = left + k * (width - 1) // 4
+            canvas[top + height + 1 : top + height + 6, x] = 0
+        Image.fromarray(canvas).save(os.path.join(directory, png_name(ifo, gid, dur)))
