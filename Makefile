@@ -16,10 +16,10 @@ demo: $(STAMP)
 	$(PY) scripts/demo.py --workdir=runs/demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PY) -m pytest -q -n 2 --dist loadfile -m "not slow" tests
 
 bench: $(STAMP)
 	$(PY) scripts/benchmark.py --out=runs/benchmark.json

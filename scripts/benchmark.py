@@ -44,6 +44,10 @@ from jaxlab.core.task import import_task, load_config  # noqa: E402
 # Task name -> config file. Each task issue adds its line when the task is finished.
 TASKS = {
     "example": "configs/example.py",
+    "glitch": "configs/glitch.py",
+    "neutrino": "configs/neutrino.py",
+    "vegetation": "configs/vegetation.py",
+    "sales": "configs/sales.py",
 }
 
 MATMUL_REPEATS = 7  # timed matmul runs per dtype; the median is reported
@@ -204,13 +208,28 @@ def mfu(
     return flops_per_step * steps_per_sec / (num_devices * peak_tflops * 1e12)
 
 
+def task_extras(extras: dict[str, float], step_s: float) -> dict[str, float]:
+    """A task's own numbers: `<what>_per_step` counts also become `<what>_per_sec` rates.
+
+    `benchmark_setup` may return a fourth element, e.g. {"events_per_step": 73,
+    "real_tokens_per_step": 1500, "padding_efficiency": 0.97}, for batches whose example count
+    is not `global_batch_size` (packed sequences).
+    """
+    out = dict(extras)
+    for key, value in extras.items():
+        if key.endswith("_per_step"):
+            out[key.removesuffix("_per_step") + "_per_sec"] = float(value) / step_s
+    return out
+
+
 def benchmark_task(config_spec: str, peak: dict[str, Any], warmup: int, steps: int) -> dict:
     """Every measurement of one task's train step; see the module docstring."""
     config = load_config(config_spec)
     mesh = mesh_lib.make_mesh(config.mesh)
     start = time.perf_counter()
     task = import_task(config, "benchmark_setup")
-    step_fn, state, batch = task.benchmark_setup(config, mesh)
+    step_fn, state, batch, *rest = task.benchmark_setup(config, mesh)
+    extras = rest[0] if rest else {}
     jax.block_until_ready((state, batch))
     setup_s = time.perf_counter() - start
 
@@ -227,6 +246,7 @@ def benchmark_task(config_spec: str, peak: dict[str, Any], warmup: int, steps: i
     dtype = model_dtype(config)
     batch_size = config.train.global_batch_size
     return {
+        **task_extras(extras, step_s),
         "config": config_spec,
         "task": config.task,
         "mesh": dict(mesh.shape),

@@ -18,10 +18,14 @@ from jaxlab.core import loop  # noqa: E402
 from jaxlab.core import mesh as mesh_lib  # noqa: E402
 from jaxlab.core.task import import_task, load_config  # noqa: E402
 
-# (task, config file, headline metric, baseline metric it should beat). Each task issue adds its
-# line when the task is finished.
+# (task, config file, headline metric, baseline metric it should beat, "lower"/"higher" is
+# better). Each task issue adds its line when the task is finished.
 DEMOS = [
-    ("example", "configs/example.py", "eval_mse", "baseline_mse"),
+    ("example", "configs/example.py", "eval_mse", "baseline_mse", "lower"),
+    ("glitch", "configs/glitch.py", "accuracy", "baseline_majority_accuracy", "higher"),
+    ("neutrino", "configs/neutrino.py", "mean_angular_error", "baseline_constant", "lower"),
+    ("vegetation", "configs/vegetation.py", "ndvi_rmse", "persistence_ndvi_rmse", "lower"),
+    ("sales", "configs/sales.py", "discriminative_score", "discriminative_score_naive", "lower"),
 ]
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Parent directory of the task workdirs.")
@@ -41,11 +45,17 @@ def run_demo(task_name: str, config_file: str, workdir: pathlib.Path) -> dict[st
     return module.evaluate(config, str(workdir))
 
 
-def summary_table(rows: list[tuple[str, str, float, float, float]]) -> str:
-    header = f"{'task':<12} {'metric':<14} {'value':>10} {'baseline':>10} {'minutes':>8}"
+def summary_table(rows: list[tuple[str, str, float, float, str, float]]) -> str:
+    header = (
+        f"{'task':<12} {'metric':<20} {'value':>10} {'baseline':>10} {'beats it':>9} {'minutes':>8}"
+    )
     lines = [header, "-" * len(header)]
-    for task, metric, value, baseline, minutes in rows:
-        lines.append(f"{task:<12} {metric:<14} {value:>10.4g} {baseline:>10.4g} {minutes:>8.2f}")
+    for task, metric, value, baseline, better, minutes in rows:
+        beats = value < baseline if better == "lower" else value > baseline
+        lines.append(
+            f"{task:<12} {metric:<20} {value:>10.4g} {baseline:>10.4g} "
+            f"{'yes' if beats else 'NO':>9} {minutes:>8.2f}"
+        )
     return "\n".join(lines)
 
 
@@ -56,11 +66,11 @@ def main(argv):
     mesh_lib.maybe_initialize_distributed()
     selected = [d for d in DEMOS if _TASKS.value is None or d[0] in _TASKS.value]
     rows = []
-    for task_name, config_file, metric, baseline in selected:
+    for task_name, config_file, metric, baseline, better in selected:
         start = time.time()
         metrics = run_demo(task_name, config_file, pathlib.Path(_WORKDIR.value) / task_name)
         minutes = (time.time() - start) / 60
-        rows.append((task_name, metric, metrics[metric], metrics[baseline], minutes))
+        rows.append((task_name, metric, metrics[metric], metrics[baseline], better, minutes))
     print("\n" + summary_table(rows), flush=True)
 
 

@@ -1,0 +1,220 @@
+"""Flax Linen modules: condition encoder, GRU generator, spectrally normalised Conv1D critic, LSTM
+forecaster and the GRU real-vs-synthetic classifier of the discriminative score.
+
+Shapes: B batch, H history days (30), T target days (7), F = 10 daily features (8 temporal:
+day-of-week one-hot + is_weekend; 2 review: running mean rating, log review count), F_t = 8.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from jaxlab.sales.data import NUM_TEMPORAL
+
+SPECTRAL = "spectral"  # variable collection of the power-iteration vectors
+
+
+def _l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
+    return x / (jnp.linalg.norm(x) + eps)
+
+
+def power_iteration(kernel: jax.Array, u: jax.Array, num_iterations: int = 1):
+    """Top singular value of `kernel` [in, out] by power iteration from `u` [out].
+
+    v = K u / |K u|, u = K^T v / |K^T v|, sigma = v^T K u. Returns (sigma, u); u and v are treated
+    as constants (stop_gradient), so d sigma / d K = v u^T as in Miyato et al. (2018).
+    """
+    for _ in range(num_iterations):
+        v = _l2_normalize(kernel @ u)
+        u = _l2_normalize(kernel.T @ v)
+    u, v = jax.lax.stop_gradient(u), jax.lax.stop_gradient(v)
+    return v @ kernel @ u, u
+
+
+class SpectralDense(nn.Module):
+    """Dense layer with weight W / sigma(W) (spectral normalisation, Miyato et al. 2018).
+
+    The power-iteration vector u lives in the `spectral` collection; it advances by one iteration
+    per call with `update_stats=True` (pass `mutable=["spectral"]`).
+    """
+
+    features: int
+    num_iterations: int = 1
+
+    @nn.compact
+    def __call__(self, x: jax.Array, update_stats: bool = False) -> jax.Array:
+        kernel = self.param(
+            "kernel", nn.initializers.lecun_normal(), (x.shape[-1], self.features), jnp.float32
+        )
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+        u = self.variable(
+            SPECTRAL,
+            "u",
+            lambda: _l2_normalize(jax.random.normal(self.make_rng("params"), (self.features,))),
+        )
+        sigma, u_new = power_iteration(kernel, u.value, self.num_iterations)
+        if update_stats and not self.is_initializing():
+            u.value = u_new
+        return x @ (kernel / sigma) + bias
+
+
+class ConditionEncoder(nn.Module):
+    """History and calendar -> condition [B, cond_dim].
+
+    LSTM over the sales history (with each history day's calendar features, so the LSTM knows
+    which weekday each value fell on), a dense layer over the target days' calendar features and
+    one over the history's review features, fused by a dense layer.
+    """
+
+    lstm_size: int
+    temporal_size: int
+    review_size: int
+    cond_dim: int
+    spectral_norm: bool = False
+
+    def _dense(self, features: int, name: str):
+        return (
+            SpectralDense(features, name=name)
+            if self.spectral_norm
+            else nn.Dense(features, name=name)
+        )
+
+    def _apply_dense(self, layer, x, update_stats):
+        return layer(x, update_stats) if self.spectral_norm else layer(x)
+
+    @nn.compact
+    def __call__(self, history_sales, history_features, target_features, update_stats=False):
+        batch, history = history_sales.shape
+        chex.assert_shape(history_features, (batch, history, None))
+        chex.assert_shape(target_features, (batch, None, NUM_TEMPORAL))
+        lstm_in = jnp.concatenate(
+            [history_sales[..., None], history_features[..., :NUM_TEMPORAL]], axis=-1
+        )
+        (_, h_sales), _ = nn.RNN(nn.OptimizedLSTMCell(self.lstm_size), return_carry=True)(lstm_in)
+        temporal = self._dense(self.temporal_size, "temporal")
+        h_time = nn.relu(
+            self._apply_dense(temporal, target_features.reshape(batch, -1), update_stats)
+        )
+        review = self._dense(self.review_size, "review")
+        review_in = history_features[..., NUM_TEMPORAL:].reshape(batch, -1)
+        h_review = nn.relu(self._apply_dense(review, review_in, update_stats))
+        fuse = self._dense(self.cond_dim, "fuse")
+        fused = jnp.concatenate([h_sales, h_time, h_review], axis=-1)
+        return nn.relu(self._apply_dense(fuse, fused, update_stats))
+
+
+class Generator(nn.Module):
+    """(noise [B, T, Z], condition inputs) -> 7-day sequence [B, T] >= 0 (ReLU output).
+
+    The GRU decoder starts from a state made of the first day's noise and the condition and reads,
+    at each target day, that day's calendar features and its own noise; the output layer sees the
+    day's noise too. Fresh noise per day lets samples carry day-to-day (Poisson-like) variation
+    instead of smooth curves.
+    """
+
+    encoder: ConditionEncoder
+    hidden: int
+
+    @nn.compact
+    def __call__(self, noise, history_sales, history_features, target_features):
+        cond = self.encoder(history_sales, history_features, target_features)
+        batch, horizon, _ = target_features.shape
+        chex.assert_shape(noise, (batch, horizon, None))
+        h0 = jnp.tanh(nn.Dense(self.hidden, name="init")(jnp.concatenate([noise[:, 0], cond], -1)))
+        steps = jnp.concatenate([target_features, noise], axis=-1)
+        out = nn.RNN(nn.GRUCell(self.hidden), name="decoder")(steps, initial_carry=h0)
+        out = nn.relu(nn.Dense(self.hidden, name="mix")(jnp.concatenate([out, noise], -1)))
+        sequence = nn.relu(nn.Dense(1, name="out")(out)[..., 0])
+        chex.assert_shape(sequence, (batch, horizon))
+        return sequence
+
+
+class Critic(nn.Module):
+    """(sequence [B, T], condition inputs) -> raw score [B] (no sigmoid: a Wasserstein critic).
+
+    Conv1D over the sequence stacked with its calendar features, fused with the condition; every
+    dense layer (the condition encoder's included) is spectrally normalised.
+    """
+
+    encoder: ConditionEncoder
+    channels: int
+    hidden: int
+
+    @nn.compact
+    def __call__(
+        self, sequence, history_sales, history_features, target_features, update_stats=False
+    ):
+        batch, horizon = sequence.shape
+        cond = self.encoder(history_sales, history_features, target_features, update_stats)
+        x = jnp.concatenate([sequence[..., None], target_features], axis=-1)
+        x = nn.leaky_relu(nn.Conv(self.channels, (3,), name="conv1")(x), 0.2)
+        x = nn.leaky_relu(nn.Conv(self.channels, (3,), name="conv2")(x), 0.2)
+        x = jnp.concatenate([x.reshape(batch, -1), cond], axis=-1)
+        x = nn.leaky_relu(SpectralDense(self.hidden, name="dense1")(x, update_stats), 0.2)
+        score = SpectralDense(1, name="score")(x, update_stats)[:, 0]
+        chex.assert_shape(score, (batch,))
+        return score
+
+
+class Forecaster(nn.Module):
+    """LSTM over the history (sales + features) and the target calendar -> 7 days [B, T]."""
+
+    lstm_size: int
+    hidden: int
+    horizon: int
+
+    @nn.compact
+    def __call__(self, history_sales, history_features, target_features):
+        batch = history_sales.shape[0]
+        x = jnp.concatenate([history_sales[..., None], history_features], axis=-1)
+        (_, h), _ = nn.RNN(nn.OptimizedLSTMCell(self.lstm_size), return_carry=True)(x)
+        x = jnp.concatenate([h, target_features.reshape(batch, -1)], axis=-1)
+        x = nn.relu(nn.Dense(self.hidden)(x))
+        return nn.Dense(self.horizon)(x)
+
+
+class SequenceClassifier(nn.Module):
+    """GRU over [B, T, C] -> logit [B] that the sequence is real (the discriminative score)."""
+
+    hidden: int
+
+    @nn.compact
+    def __call__(self, x):
+        carry, _ = nn.RNN(nn.GRUCell(self.hidden), return_carry=True)(x)
+        return nn.Dense(1)(carry)[:, 0]
+
+
+def make_encoder(config: ml_collections.ConfigDict, spectral_norm: bool) -> ConditionEncoder:
+    mc = config.model
+    return ConditionEncoder(
+        lstm_size=mc.lstm_size,
+        temporal_size=mc.temporal_size,
+        review_size=mc.review_size,
+        cond_dim=mc.cond_dim,
+        spectral_norm=spectral_norm,
+    )
+
+
+def make_gan(config: ml_collections.ConfigDict) -> tuple[Generator, Critic]:
+    mc = config.model
+    generator = Generator(encoder=make_encoder(config, False), hidden=mc.gen_hidden)
+    critic = Critic(
+        encoder=make_encoder(config, True), channels=mc.critic_channels, hidden=mc.critic_hidden
+    )
+    return generator, critic
+
+
+def make_forecaster(config: ml_collections.ConfigDict) -> Forecaster:
+    fc = config.forecaster
+    return Forecaster(lstm_size=fc.lstm_size, hidden=fc.hidden, horizon=config.data.horizon)
+
+
+def condition(batch: dict[str, Any]) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The condition inputs of a window batch, in the modules' argument order."""
+    return batch["history_sales"], batch["history_features"], batch["target_features"]

@@ -1,0 +1,163 @@
+"""Spectral norm, gradient penalty, generator output, the WGAN-GP update and the metrics."""
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import sales as sales_config
+from jaxlab.core import mesh as mesh_lib
+from jaxlab.core import state as state_lib
+from jaxlab.sales import gan as gan_lib
+from jaxlab.sales import metrics as metrics_lib
+from jaxlab.sales import model as model_lib
+from jaxlab.sales import train
+from jaxlab.sales.evaluate import discriminative_score
+
+
+def test_power_iteration_converges_to_top_singular_value():
+    kernel = jax.random.normal(jax.random.key(0), (24, 10))
+    u = model_lib._l2_normalize(jax.random.normal(jax.random.key(1), (10,)))
+    sigma, _ = model_lib.power_iteration(kernel, u, num_iterations=100)
+    top = np.linalg.svd(np.asarray(kernel), compute_uv=False)[0]
+    assert float(sigma) == pytest.approx(top, rel=1e-4)
+
+
+def test_spectral_dense_normalises_the_kernel_as_u_is_updated():
+    layer = model_lib.SpectralDense(6)
+    x = jnp.ones((2, 9))
+    variables = layer.init(jax.random.key(0), x)
+    kernel = variables["params"]["kernel"] * 5.0  # top singular value far from 1
+    variables = {
+        "params": {**variables["params"], "kernel": kernel},
+        "spectral": variables["spectral"],
+    }
+    first, _ = layer.apply(variables, x, update_stats=True, mutable=["spectral"])
+    for _ in range(60):  # u advances one power iteration per call
+        _, updates = layer.apply(variables, x, update_stats=True, mutable=["spectral"])
+        variables = {**variables, "spectral": updates["spectral"]}
+    sigma, _ = model_lib.power_iteration(kernel, variables["spectral"]["u"], 1)
+    assert float(sigma) == pytest.approx(np.linalg.svd(np.asarray(kernel))[1][0], rel=1e-4)
+    # The effective weight W / sigma has spectral norm 1.
+    effective = np.asarray(kernel / sigma)
+    assert np.linalg.svd(effective, compute_uv=False)[0] == pytest.approx(1.0, rel=1e-4)
+
+
+def test_gradient_penalty_of_a_linear_critic_is_analytic():
+    w = jnp.array([0.5, -2.0, 1.0, 0.25, 3.0, 0.0, -1.0])
+    real = jax.random.uniform(jax.random.key(0), (16, 7))
+    fake = jax.random.uniform(jax.random.key(1), (16, 7))
+    gp = gan_lib.gradient_penalty(lambda x: x @ w, real, fake, jax.random.key(2))
+    assert float(gp) == pytest.approx((float(jnp.linalg.norm(w)) - 1.0) ** 2, rel=1e-5)
+    # A 1-Lipschitz linear critic with unit gradient has zero penalty.
+    gp_unit = gan_lib.gradient_penalty(
+        lambda x: x @ (w / jnp.linalg.norm(w)), real, fake, jax.random.key(2)
+    )
+    assert float(gp_unit) == pytest.approx(0.0, abs=1e-6)
+
+
+def _tiny():
+    return sales_config.get_config("tiny")
+
+
+def test_generator_is_non_negative_with_the_right_shape():
+    config = _tiny()
+    generator, critic = model_lib.make_gan(config)
+    batch = train.random_windows(config)
+    cond = model_lib.condition(batch)
+    noise = jax.random.normal(jax.random.key(0), (len(batch["index"]), 7, config.gan.noise_dim))
+    params = generator.init(jax.random.key(1), noise, *cond)["params"]
+    params["out"]["bias"] = params["out"]["bias"] - 0.3  # push many pre-activations below 0
+    out = generator.apply({"params": params}, 3.0 * noise, *cond)
+    chex.assert_shape(out, (len(batch["index"]), config.data.horizon))
+    assert float(jnp.min(out)) >= 0.0 and float(jnp.mean(out == 0.0)) > 0.05
+    critic_vars = critic.init(jax.random.key(2), out, *cond)
+    scores = critic.apply(critic_vars, out, *cond)
+    chex.assert_shape(scores, (len(batch["index"]),))
+
+
+def _gan_setup(config, mesh):
+    generator, critic, gen_tx, critic_tx, init_fn, _, _ = train.gan_parts(config, mesh)
+    state, shardings = state_lib.init_sharded(init_fn, jax.random.key(0), mesh)
+    return generator, critic, gen_tx, critic_tx, state, shardings
+
+
+def test_gan_update_compiles_once_and_moves_both_networks():
+    config = _tiny()
+    mesh = mesh_lib.make_mesh([("data", -1)])
+    generator, critic, gen_tx, critic_tx, state, shardings = _gan_setup(config, mesh)
+    before = jax.device_get((state.gen_params, state.critic_params, state.spectral))
+    chex.clear_trace_counter()
+    counted = chex.assert_max_traces(gan_lib.gan_update, n=1)
+    step = jax.jit(
+        functools.partial(
+            counted,
+            rng=jax.random.key(0),
+            generator=generator,
+            critic=critic,
+            gen_tx=gen_tx,
+            critic_tx=critic_tx,
+            n_critic=config.gan.n_critic,
+            lambda_gp=config.gan.lambda_gp,
+            noise_dim=config.gan.noise_dim,
+        ),
+        in_shardings=(shardings, mesh_lib.data_sharding(mesh)),
+        out_shardings=(shardings, mesh_lib.replicated(mesh)),
+        donate_argnums=0,
+    )
+    batch = mesh_lib.global_batch(train.random_windows(config), mesh)
+    for _ in range(3):  # a second trace raises
+        state, metrics = step(state, batch)
+    assert int(state.step) == 3
+    metrics = jax.device_get(metrics)
+    assert all(np.isfinite(v) for v in metrics.values())
+    assert metrics["gradient_penalty"] >= 0
+    after = jax.device_get((state.gen_params, state.critic_params, state.spectral))
+    for old, new in zip(before, after, strict=True):
+        diffs = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), old, new)
+        assert max(jax.tree.leaves(diffs)) > 0  # generator, critic and u vectors all moved
+
+
+def test_paired_bootstrap_matches_direct_formulas():
+    rng = np.random.default_rng(0)
+    target = rng.random((200, 7))
+    pred_a = target + rng.normal(0, 0.2, target.shape)
+    pred_b = target + rng.normal(0, 0.3, target.shape)
+    out = metrics_lib.paired_bootstrap(
+        metrics_lib.forecast_errors(pred_a, target),
+        metrics_lib.forecast_errors(pred_b, target),
+        num_resamples=500,
+        seed=0,
+    )
+    mae_a, mae_b = np.abs(pred_a - target).mean(), np.abs(pred_b - target).mean()
+    assert out["mae_diff"] == pytest.approx(mae_b - mae_a)
+    rmse_a = np.sqrt(np.square(pred_a - target).mean())
+    assert out["rmse_a"] == pytest.approx(rmse_a)
+    assert out["mae_diff_lo"] < out["mae_diff"] < out["mae_diff_hi"]
+    assert out["mae_diff_lo"] > 0  # b is clearly worse
+
+
+def test_discriminative_score_separates_only_different_distributions():
+    config = _tiny()
+    config.eval.disc_steps = 150
+    rng = np.random.default_rng(0)
+    n = 400
+    features = np.zeros((n, 7, 8), np.float32)
+    real = rng.random((n, 7)).astype(np.float32)
+    same = rng.random((n, 7)).astype(np.float32)
+    shifted = (rng.random((n, 7)) + 1.0).astype(np.float32)
+    assert discriminative_score(real, same, features, config.eval, 0) < 0.1
+    assert discriminative_score(real, shifted, features, config.eval, 0) > 0.4
+
+
+def test_weekday_profile_and_autocorrelation():
+    values = np.tile(np.arange(7, dtype=float), (3, 1))
+    profile = metrics_lib.weekday_profile(values, np.array([0, 0, 0]))
+    np.testing.assert_allclose(profile, np.arange(7))
+    shifted = metrics_lib.weekday_profile(values, np.array([3, 3, 3]))
+    np.testing.assert_allclose(shifted, np.roll(np.arange(7), 3))
+    alternating = np.tile([1.0, -1.0] * 3 + [1.0], (2, 1))
+    assert metrics_lib.autocorrelation(alternating, 1)[0] < -0.8
