@@ -188,6 +188,9 @@ class MetricWriter:
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
     """Parses workdir/metrics.jsonl into one dict per line, non-finite values as floats.
 
+    A last line without its newline is a write still in progress (the file of a live run): it is
+    left out rather than reported as corrupt.
+
     Raises:
       FileNotFoundError: when the file does not exist.
       ValueError: naming the file and line number of a line that is not a JSON object.
@@ -196,7 +199,7 @@ def read_metrics(workdir: str) -> list[dict[str, Any]]:
     records = []
     with open(path) as f:
         for line_number, line in enumerate(f, start=1):
-            if not line.strip():
+            if not line.strip() or not line.endswith("\n"):
                 continue
             try:
                 record = json.loads(line)

@@ -61,7 +61,8 @@ def test_benchmark_reports_example_task(tmp_path):
 
 def test_benchmark_failed_task_exits_nonzero(tmp_path):
     out = tmp_path / "benchmark.json"
-    result = _run_benchmark(out, "--steps=1", "--warmup=1", "--matmul_size=64", "--variant=nope")
+    flags = ["--tasks=example", "--steps=1", "--warmup=1", "--matmul_size=64", "--variant=nope"]
+    result = _run_benchmark(out, *flags)
     assert result.returncode != 0
     assert "Benchmark failed for task(s) ['example']" in result.stdout
     assert "unknown variant 'nope'" in json.loads(out.read_text())["tasks"]["example"]["error"]

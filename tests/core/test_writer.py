@@ -143,3 +143,13 @@ def test_import_pulls_in_neither_tensorflow_nor_torch():
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_read_metrics_skips_a_line_still_being_written(tmp_path):
+    with open(tmp_path / "metrics.jsonl", "w") as f:
+        f.write('{"step": 1, "loss": 0.5}\n{"step": 2, "lo')
+    assert writer_lib.read_metrics(str(tmp_path)) == [{"step": 1, "loss": 0.5}]
+    with open(tmp_path / "metrics.jsonl", "w") as f:
+        f.write('{"step": 1, "lo\n{"step": 2}\n')
+    with pytest.raises(ValueError, match="line 1"):
+        writer_lib.read_metrics(str(tmp_path))
