@@ -48,6 +48,7 @@ TASKS = {
     "neutrino": "configs/neutrino.py",
     "vegetation": "configs/vegetation.py",
     "sales": "configs/sales.py",
+    "weather": "configs/weather.py",
 }
 
 MATMUL_REPEATS = 7  # timed matmul runs per dtype; the median is reported
@@ -67,6 +68,9 @@ _MATMUL_SIZE = flags.DEFINE_integer(
     lower_bound=1,
 )
 _VARIANT = flags.DEFINE_string("variant", "demo", "Config variant of every task (configs/X.py:V).")
+_BATCH_SIZE = flags.DEFINE_integer(
+    "batch_size", None, "Override config.train.global_batch_size (e.g. paper configs on CPU)."
+)
 
 
 def device_info() -> dict[str, Any]:
@@ -225,11 +229,15 @@ def task_extras(extras: dict[str, float], step_s: float) -> dict[str, float]:
 def benchmark_task(config_spec: str, peak: dict[str, Any], warmup: int, steps: int) -> dict:
     """Every measurement of one task's train step; see the module docstring."""
     config = load_config(config_spec)
+    if _BATCH_SIZE.value:
+        config.train.global_batch_size = _BATCH_SIZE.value
     mesh = mesh_lib.make_mesh(config.mesh)
     start = time.perf_counter()
     task = import_task(config, "benchmark_setup")
     step_fn, state, batch, *rest = task.benchmark_setup(config, mesh)
     extras = rest[0] if rest else {}
+    if callable(getattr(task, "benchmark_sampling", None)):  # generative tasks: inference speed
+        extras = {**extras, **task.benchmark_sampling(config, mesh)}
     jax.block_until_ready((state, batch))
     setup_s = time.perf_counter() - start
 
@@ -316,7 +324,12 @@ def main(argv):
         raise app.UsageError(f"--tasks: unknown {unknown}; known: {sorted(TASKS)}.")
     info = device_info()
     peak = machine_peak(_MATMUL_SIZE.value or default_matmul_size(info["platform"]))
-    settings = {"steps": _STEPS.value, "warmup": _WARMUP.value, "variant": _VARIANT.value}
+    settings = {
+        "steps": _STEPS.value,
+        "warmup": _WARMUP.value,
+        "variant": _VARIANT.value,
+        "batch_size": _BATCH_SIZE.value,
+    }
     report = {"device": info, "settings": settings, "matmul_peak": peak, "tasks": {}}
     for name, config_file in TASKS.items():
         if _TASKS.value is None or name in _TASKS.value:

@@ -26,6 +26,7 @@ DEMOS = [
     ("neutrino", "configs/neutrino.py", "mean_angular_error", "baseline_constant", "lower"),
     ("vegetation", "configs/vegetation.py", "ndvi_rmse", "persistence_ndvi_rmse", "lower"),
     ("sales", "configs/sales.py", "discriminative_score", "discriminative_score_naive", "lower"),
+    ("weather", "configs/weather.py", "crps", "persistence_crps", "lower"),
 ]
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Parent directory of the task workdirs.")
