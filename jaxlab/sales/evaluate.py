@@ -93,6 +93,8 @@ def comparison_table(m: dict[str, float]) -> str:
         f"{'real + generated':<22} {m['augmented_mae']:>9.4f} {m['augmented_rmse']:>10.4f}",
         f"{'generated only (TSTR)':<22} {m['tstr_mae']:>9.4f} {m['tstr_rmse']:>10.4f}",
         f"{'history mean (naive)':<22} {m['naive_mae']:>9.4f} {m['naive_rmse']:>10.4f}",
+        f"{'same weekday (s-naive)':<22} {m['seasonal_naive_mae']:>9.4f} "
+        f"{m['seasonal_naive_rmse']:>10.4f}",
         f"augmented - real: MAE {m['mae_diff']:+.4f} [{m['mae_diff_lo']:+.4f}, "
         f"{m['mae_diff_hi']:+.4f}], RMSE {m['rmse_diff']:+.4f} [{m['rmse_diff_lo']:+.4f}, "
         f"{m['rmse_diff_hi']:+.4f}] (95% paired bootstrap)",
@@ -116,6 +118,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
     rng = jax.random.fold_in(jax.random.key(config.seed), 4)
     fake = train.generate(sampler, gan_state.gen_params, source, mesh, ec.global_batch_size, rng)
     naive = np.repeat(history.mean(axis=1, keepdims=True), real.shape[1], axis=1)
+    seasonal_naive = np.asarray(
+        model_lib.weekday_history(history, stack_field(source, "history_features"), features)
+    )[..., 0]
 
     metrics: dict[str, float] = {"gan_checkpoint_step": gan_step, "num_windows": len(source)}
     metrics["discriminative_score"] = discriminative_score(real, fake, features, ec, config.seed)
@@ -148,6 +153,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
             "tstr_rmse": float(np.sqrt(errors["synthetic"]["sq"].mean())),
             "naive_mae": float(np.abs(naive - real).mean()),
             "naive_rmse": float(np.sqrt(np.square(naive - real).mean())),
+            "seasonal_naive_mae": float(np.abs(seasonal_naive - real).mean()),
+            "seasonal_naive_rmse": float(np.sqrt(np.square(seasonal_naive - real).mean())),
         }
     )
     table = comparison_table(metrics)

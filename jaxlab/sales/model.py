@@ -64,6 +64,34 @@ class SpectralDense(nn.Module):
         return x @ (kernel / sigma) + bias
 
 
+def weekday_history(
+    history_sales: jax.Array, history_features: jax.Array, target_features: jax.Array
+) -> jax.Array:
+    """Per target day, what the history says about that weekday: [B, T, 2].
+
+    Channel 0 is the mean history sale on the target day's weekday (the seasonal-naive forecast),
+    channel 1 that minus the history mean (the weekly offset). The weekly pattern is the strongest
+    structure in daily retail sales; handing both networks this aligned summary lets the
+    generator copy a product's weekly shape and lets the critic check it day by day, instead of
+    each having to discover weekday arithmetic through an LSTM from a few hundred updates.
+    history_sales [B, H], history_features [B, H, F >= 7], target_features [B, T, F_t >= 7]; the
+    first 7 feature columns are the day-of-week one-hot.
+    """
+    history_dow = history_features[..., :7]
+    sums = jnp.einsum("bh,bhd->bd", history_sales, history_dow)
+    counts = jnp.sum(history_dow, axis=1)
+    profile = sums / jnp.maximum(counts, 1.0)  # [B, 7]
+    seasonal = jnp.einsum("btd,bd->bt", target_features[..., :7], profile)
+    offset = seasonal - jnp.mean(history_sales, axis=1, keepdims=True)
+    return jnp.stack([seasonal, offset], axis=-1)
+
+
+def _seasonal_naive_init(key, shape, dtype=jnp.float32):
+    """Kernel [2, 1] that maps `weekday_history` to its channel 0 (the seasonal-naive value)."""
+    del key
+    return jnp.zeros(shape, dtype).at[0].set(1.0)
+
+
 class ConditionEncoder(nn.Module):
     """History and calendar -> condition [B, cond_dim].
 
@@ -113,8 +141,9 @@ class Generator(nn.Module):
     """(noise [B, T, Z], condition inputs) -> 7-day sequence [B, T] >= 0 (ReLU output).
 
     The GRU decoder starts from a state made of the first day's noise and the condition and reads,
-    at each target day, that day's calendar features and its own noise; the output layer sees the
-    day's noise too. Fresh noise per day lets samples carry day-to-day (Poisson-like) variation
+    at each target day, that day's calendar features, the history's value for that weekday
+    (`weekday_history`) and its own noise; the output layer sees the weekday value and the day's
+    noise too. Fresh noise per day lets samples carry day-to-day (Poisson-like) variation
     instead of smooth curves.
     """
 
@@ -127,10 +156,17 @@ class Generator(nn.Module):
         batch, horizon, _ = target_features.shape
         chex.assert_shape(noise, (batch, horizon, None))
         h0 = jnp.tanh(nn.Dense(self.hidden, name="init")(jnp.concatenate([noise[:, 0], cond], -1)))
-        steps = jnp.concatenate([target_features, noise], axis=-1)
+        weekly = weekday_history(history_sales, history_features, target_features)
+        steps = jnp.concatenate([target_features, weekly, noise], axis=-1)
         out = nn.RNN(nn.GRUCell(self.hidden), name="decoder")(steps, initial_carry=h0)
-        out = nn.relu(nn.Dense(self.hidden, name="mix")(jnp.concatenate([out, noise], -1)))
-        sequence = nn.relu(nn.Dense(1, name="out")(out)[..., 0])
+        mixed = jnp.concatenate([out, weekly, noise], -1)
+        out = nn.relu(nn.Dense(self.hidden, name="mix")(mixed))
+        # A linear path from the weekday summary to the output, initialised to the seasonal-naive
+        # forecast (weight 1 on the weekday level, 0 on the offset): training starts from "repeat
+        # the product's usual week" and learns how far to move from it; the GRU path adds the
+        # trend, promotions and the day-to-day noise.
+        skip = nn.Dense(1, kernel_init=_seasonal_naive_init, name="weekly_skip")(weekly)
+        sequence = nn.relu((nn.Dense(1, name="out")(out) + skip)[..., 0])
         chex.assert_shape(sequence, (batch, horizon))
         return sequence
 
@@ -138,8 +174,9 @@ class Generator(nn.Module):
 class Critic(nn.Module):
     """(sequence [B, T], condition inputs) -> raw score [B] (no sigmoid: a Wasserstein critic).
 
-    Conv1D over the sequence stacked with its calendar features, fused with the condition; every
-    dense layer (the condition encoder's included) is spectrally normalised.
+    Conv1D over the sequence stacked with its calendar features and `weekday_history`, so it can
+    compare each day with the product's usual level for that weekday, fused with the condition;
+    every dense layer (the condition encoder's included) is spectrally normalised.
     """
 
     encoder: ConditionEncoder
@@ -152,7 +189,8 @@ class Critic(nn.Module):
     ):
         batch, horizon = sequence.shape
         cond = self.encoder(history_sales, history_features, target_features, update_stats)
-        x = jnp.concatenate([sequence[..., None], target_features], axis=-1)
+        weekly = weekday_history(history_sales, history_features, target_features)
+        x = jnp.concatenate([sequence[..., None], target_features, weekly], axis=-1)
         x = nn.leaky_relu(nn.Conv(self.channels, (3,), name="conv1")(x), 0.2)
         x = nn.leaky_relu(nn.Conv(self.channels, (3,), name="conv2")(x), 0.2)
         x = jnp.concatenate([x.reshape(batch, -1), cond], axis=-1)

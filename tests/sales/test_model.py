@@ -70,7 +70,7 @@ def test_generator_is_non_negative_with_the_right_shape():
     cond = model_lib.condition(batch)
     noise = jax.random.normal(jax.random.key(0), (len(batch["index"]), 7, config.gan.noise_dim))
     params = generator.init(jax.random.key(1), noise, *cond)["params"]
-    params["out"]["bias"] = params["out"]["bias"] - 0.3  # push many pre-activations below 0
+    params["out"]["bias"] = params["out"]["bias"] - 1.0  # push many pre-activations below 0
     out = generator.apply({"params": params}, 3.0 * noise, *cond)
     chex.assert_shape(out, (len(batch["index"]), config.data.horizon))
     assert float(jnp.min(out)) >= 0.0 and float(jnp.mean(out == 0.0)) > 0.05
@@ -161,3 +161,40 @@ def test_weekday_profile_and_autocorrelation():
     np.testing.assert_allclose(shifted, np.roll(np.arange(7), 3))
     alternating = np.tile([1.0, -1.0] * 3 + [1.0], (2, 1))
     assert metrics_lib.autocorrelation(alternating, 1)[0] < -0.8
+
+
+def test_weekday_history_matches_a_direct_per_weekday_mean():
+    rng = np.random.default_rng(0)
+    batch, history, horizon = 3, 30, 7
+    first_dow = rng.integers(0, 7, size=batch)
+    hist_dow = (first_dow[:, None] + np.arange(history)) % 7
+    target_dow = (first_dow[:, None] + history + np.arange(horizon)) % 7
+    sales = rng.random((batch, history)).astype(np.float32)
+    history_features = np.concatenate(
+        [np.eye(7)[hist_dow], rng.random((batch, history, 3))], axis=-1
+    ).astype(np.float32)
+    target_features = np.concatenate(
+        [np.eye(7)[target_dow], np.zeros((batch, horizon, 1))], axis=-1
+    ).astype(np.float32)
+    weekly = np.asarray(model_lib.weekday_history(sales, history_features, target_features))
+    chex.assert_shape(weekly, (batch, horizon, 2))
+    for b in range(batch):
+        for t in range(horizon):
+            same_day = sales[b][hist_dow[b] == target_dow[b, t]]
+            assert weekly[b, t, 0] == pytest.approx(same_day.mean(), rel=1e-5)
+            assert weekly[b, t, 1] == pytest.approx(same_day.mean() - sales[b].mean(), abs=1e-6)
+
+
+def test_generator_starts_as_the_seasonal_naive_forecast_plus_a_learned_term():
+    """With the GRU path's output layer zeroed, the sample is relu(seasonal naive)."""
+    config = sales_config.get_config("tiny")
+    generator, _ = model_lib.make_gan(config)
+    windows = train.random_windows(config)
+    cond = tuple(jnp.asarray(windows[k]) for k in ("history_sales", "history_features"))
+    cond += (jnp.asarray(windows["target_features"]),)
+    noise = jax.random.normal(jax.random.key(0), (len(windows["index"]), 7, config.gan.noise_dim))
+    params = generator.init(jax.random.key(1), noise, *cond)["params"]
+    params["out"] = jax.tree.map(jnp.zeros_like, params["out"])
+    sample = generator.apply({"params": params}, noise, *cond)
+    seasonal = model_lib.weekday_history(*cond)[..., 0]
+    np.testing.assert_allclose(sample, np.maximum(seasonal, 0.0), rtol=1e-6, atol=1e-7)
