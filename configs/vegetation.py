@@ -23,6 +23,17 @@ Published OOD-t numbers to compare with (unverified copy): Contextformer RMSE 0.
 climatology RMSE 0.18, R^2 0.58; persistence RMSE 0.23.
 
 Variants: demo, paper, paper_bf16, bench_b1, bench_b1_bf16 (benchmark sizes at 128 x 128), tiny.
+
+Benchmark, paper model at (10, 128, 128) -> (20, 128, 128, 4), 2-core CPU shared with 2-3 other
+jobs (load ~8), 1 device, `--steps=2 --warmup=1`:
+  python scripts/benchmark.py --tasks=vegetation --variant=paper --batch_size=1 --steps=2 --warmup=1
+  (and --variant=paper_bf16; bf16 = config.model.dtype, params stay float32)
+  batch  dtype  step s  samples/s  compile s  GFLOP/step  XLA temp MB  max RSS MB
+  1      fp32   46.5    0.022      85         447         1130         2360
+  1      bf16   36.8    0.027      56         445          835         1930
+Batch 4 and 8 were not measured on this CPU (about 3 and 6 minutes per step at these rates);
+XLA's temp memory scales with the batch, ~1.1 GB a sample in fp32, so about 16 would fit in
+24 GiB of RAM. Measure them on an accelerator with --batch_size=8 (or more).
 """
 
 from __future__ import annotations

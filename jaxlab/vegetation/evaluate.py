@@ -75,6 +75,51 @@ def _json_safe(value):
     return value
 
 
+def read_climatology(clim_dir: str, region: str, name: str, times, engine: str):
+    """The climatology baseline of one cube, NDVI [T, H, W] at `times`, or None if not given.
+
+    `clim_dir` holds official-layout predictions (`<region>/<cubename>.nc`, `ndvi_pred`), e.g. the
+    GreenEarthNet climatology; an empty `clim_dir` or a cube it lacks gives None.
+    """
+    if not clim_dir:
+        return None
+    path = os.path.join(clim_dir, region, name)
+    if not os.path.exists(path):
+        return None
+    return read_prediction(path, times, engine)
+
+
+def summarize_scores(scores: dict[str, list]) -> dict[str, Any]:
+    """Dataset scores of the model and baselines from per-cube `metrics.pixel_scores`.
+
+    Args:
+      scores: "model", "persistence" and "climatology" -> [(cube id, pixel scores)]; climatology
+        may be empty (not available).
+    Returns:
+      `ndvi_*` (model), `persistence_ndvi_*`, `climatology_ndvi_*` and `climatology_num_cubes`
+      when climatology was scored, and `outperform_vs_<reference>` with the mean gains, the
+      reference being climatology (as in the paper) when available, else persistence.
+    """
+    results: dict[str, Any] = {}
+    persistence_official = metrics.summarize(scores["persistence"])
+    persistence_r0 = metrics.summarize(scores["persistence"], undefined_r=0.0)
+    for key, value in metrics.summarize(scores["model"]).items():
+        results[f"ndvi_{key.lower()}"] = value
+    for key, value in persistence_official.items():
+        results[f"persistence_ndvi_{key.lower()}"] = value
+    # The official R^2 of a constant forecast is NaN (undefined r); 0 is its limit.
+    results["persistence_ndvi_r2_official"] = persistence_official["R2"]
+    results["persistence_ndvi_r2"] = persistence_r0["R2"]
+    reference = "climatology" if scores["climatology"] else "persistence"
+    if scores["climatology"]:
+        results["climatology_num_cubes"] = len(scores["climatology"])
+        for key, value in metrics.summarize(scores["climatology"]).items():
+            results[f"climatology_ndvi_{key.lower()}"] = value
+    for key, value in metrics.outperformance(scores["model"], scores[reference]).items():
+        results[f"{key}_vs_{reference}"] = value
+    return results
+
+
 def restore_params(config, workdir: str, mesh, b) -> tuple[Any, int]:
     manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints"), read_only=True)
     step = checkpoint.select_step(
@@ -86,6 +131,11 @@ def restore_params(config, workdir: str, mesh, b) -> tuple[Any, int]:
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Restores `config.eval.checkpoint`, scores `config.eval.split`; returns the metrics."""
+    if config.eval.climatology_dir and not os.path.isdir(config.eval.climatology_dir):
+        raise FileNotFoundError(
+            f"eval.climatology_dir={config.eval.climatology_dir!r} is not a directory; expected "
+            "climatology predictions as <dir>/<region>/<cubename>.nc with `ndvi_pred`."
+        )
     mesh = mesh_lib.make_mesh(config.mesh)
     b = train.build(config, workdir, mesh)
     params, step = restore_params(config, workdir, mesh, b)
@@ -142,13 +192,11 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
             scores["persistence"].append(
                 (cube_id, metrics.pixel_scores(target, persistence_ndvi, target_index))
             )
-            if config.eval.climatology_dir:
-                clim_path = os.path.join(config.eval.climatology_dir, region, name)
-                if os.path.exists(clim_path):
-                    clim = read_prediction(clim_path, times, d.engine)
-                    scores["climatology"].append(
-                        (cube_id, metrics.pixel_scores(target, clim, target_index))
-                    )
+            clim = read_climatology(config.eval.climatology_dir, region, name, times, d.engine)
+            if clim is not None:
+                scores["climatology"].append(
+                    (cube_id, metrics.pixel_scores(target, clim, target_index))
+                )
             mask = record["target_mask"][..., None]
             amp_true += np.sum(mask * np.abs(record["target_delta"]), axis=(1, 2, 3))
             amp_pred += np.sum(mask * np.abs(pred[i]), axis=(1, 2, 3))
@@ -169,22 +217,14 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
             record_index += 1
 
     results: dict[str, Any] = {"checkpoint_step": step, "num_cubes": record_index}
-    model_summary = metrics.summarize(scores["model"])
-    persistence_official = metrics.summarize(scores["persistence"])
-    persistence_r0 = metrics.summarize(scores["persistence"], undefined_r=0.0)
-    for key, value in model_summary.items():
-        results[f"ndvi_{key.lower()}"] = value
-    for key, value in persistence_official.items():
-        results[f"persistence_ndvi_{key.lower()}"] = value
-    # The official R^2 of a constant forecast is NaN (undefined r); 0 is its limit.
-    results["persistence_ndvi_r2_official"] = persistence_official["R2"]
-    results["persistence_ndvi_r2"] = persistence_r0["R2"]
-    reference = "climatology" if scores["climatology"] else "persistence"
-    if scores["climatology"]:
-        for key, value in metrics.summarize(scores["climatology"]).items():
-            results[f"climatology_ndvi_{key.lower()}"] = value
-    for key, value in metrics.outperformance(scores["model"], scores[reference]).items():
-        results[f"{key}_vs_{reference}"] = value
+    if config.eval.climatology_dir and len(scores["climatology"]) < record_index:
+        logging.warning(
+            "Climatology predictions found for %d of %d cubes in %s; scored on those.",
+            len(scores["climatology"]),
+            record_index,
+            config.eval.climatology_dir,
+        )
+    results.update(summarize_scores(scores))
     results["delta_amplitude_true"] = (amp_true / np.maximum(amp_count, 1)).tolist()
     results["delta_amplitude_pred"] = (amp_pred / np.maximum(amp_count, 1)).tolist()
     results = {k: _json_safe(v) for k, v in results.items()}
@@ -206,6 +246,14 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
         results["persistence_ndvi_r2"] or np.nan,
         record_index,
     )
+    if "climatology_ndvi_rmse" in results:
+        logging.info(
+            "Climatology (%d cubes): NDVI RMSE %.4f, R^2 %.3f; outperformance %.3f",
+            results["climatology_num_cubes"],
+            results["climatology_ndvi_rmse"] or np.nan,
+            results["climatology_ndvi_r2"] or np.nan,
+            results["outperform_vs_climatology"] or np.nan,
+        )
     return results
 
 

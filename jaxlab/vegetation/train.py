@@ -180,18 +180,52 @@ def benchmark_setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
     return step, state, mesh_lib.global_batch(batch, mesh)
 
 
-def _early_stopping_state(workdir: str) -> dict[str, Any]:
-    path = os.path.join(workdir, EARLY_STOP_FILE)
-    if os.path.exists(path):
-        with open(path) as f:
-            return json.load(f)
+def fresh_early_stopping() -> dict[str, Any]:
+    """Early-stopping state before the first evaluation."""
     return {"best": None, "bad_evals": 0, "stopped_at": None}
 
 
-def _save_early_stopping_state(workdir: str, es: dict[str, Any]) -> None:
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, EARLY_STOP_FILE), "w") as f:
-            json.dump(es, f)
+def _read_early_stopping_file(path: str) -> dict[str, dict[str, Any]]:
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        states = json.load(f)
+    if not all(str(key).isdigit() for key in states):  # not keyed by step (older layout)
+        return {}
+    return states
+
+
+def load_early_stopping(workdir: str, step: int) -> dict[str, Any]:
+    """The early-stopping state that belongs to the checkpoint of `step` (fresh at step 0).
+
+    `early_stopping.json` maps step -> state and gets each step's entry *before* that step's
+    checkpoint is saved, so whichever checkpoint a resumed run restores has its entry, including
+    an older one when a preemption cut the newest save short (its entry is then ignored, and
+    rewritten before that step is checkpointed again).
+    """
+    if step == 0:
+        return fresh_early_stopping()
+    path = os.path.join(workdir, EARLY_STOP_FILE)
+    states = _read_early_stopping_file(path)
+    if str(step) not in states:
+        logging.warning(
+            "%s has no early-stopping state for the restored step %d; counting afresh.", path, step
+        )
+        return fresh_early_stopping()
+    return dict(states[str(step)])
+
+
+def save_early_stopping(workdir: str, step: int, es: dict[str, Any]) -> None:
+    """Records `es` as the state of `step`, atomically (a whole new file renamed into place)."""
+    if jax.process_index() != 0:
+        return
+    path = os.path.join(workdir, EARLY_STOP_FILE)
+    states = _read_early_stopping_file(path)
+    states[str(step)] = dict(es)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(states, f)
+    os.replace(tmp, path)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
@@ -245,8 +279,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     lr_fn = jax.jit(functools.partial(optim.current_learning_rate, b["optim"], num_steps))
 
     # Loop.
-    es = _early_stopping_state(workdir)
     start_step = int(state.step)
+    es = load_early_stopping(workdir, start_step)
     eval_every = t.eval_every_epochs * steps_per_epoch
     progress = loop.Progress(num_steps, t.global_batch_size, start_step)
     profile = loop.ProfileWindow(t.profile_start, t.profile_stop, os.path.join(workdir, "tb"))
@@ -289,10 +323,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                         "Early stopping at step %d (best val_loss %.4g).", step, es["best"]
                     )
             if evaluate_now or preempted:
+                save_early_stopping(workdir, step, es)  # first: see load_early_stopping
                 checkpoint.save(
                     manager, step, state, train_iter, metrics=val_metrics if evaluate_now else None
                 )
-                _save_early_stopping_state(workdir, es)
             if preempted:
                 logging.warning("Preempted: checkpointed step %d, exiting.", step)
                 break
