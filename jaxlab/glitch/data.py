@@ -201,7 +201,13 @@ class GravitySpyH5:
                     f"{where} is missing; found {sorted(sample.keys())}, expected one dataset per "
                     f"duration {self.durations}."
                 )
-            views.append(decode_view(np.asarray(sample[name]), where))
+            try:
+                array = np.asarray(sample[name])
+            except OSError as e:  # h5py's error for bytes it cannot decode names no dataset
+                raise ValueError(
+                    f"{where}: unreadable dataset, the file may be corrupt ({e})."
+                ) from e
+            views.append(decode_view(array, where))
         return views
 
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:

@@ -4,14 +4,19 @@ Stages: logging, mesh, input, model + optimizer, state (restored or initialised,
 timm weights), step, loop. Once per epoch the loop logs train and validation loss, accuracy,
 balanced accuracy and F1 (macro, weighted), saves a checkpoint carrying `val_accuracy` (the
 manager keeps the best by it and the latest ones) and stops after `train.patience` epochs without
-a better validation accuracy. A SIGTERM checkpoints the current step and exits; rerunning resumes
-(the partial epoch's train metrics then cover only the steps after the restart).
+a better validation accuracy. A SIGTERM checkpoints the current step and exits; rerunning resumes.
+
+What the loop carries between steps besides the `TrainState` (the early-stopping state and the
+current epoch's train-metric accumulators) goes to `workdir/loop_state.json`, one entry per saved
+step, written atomically before that step's checkpoint. A resumed run therefore stops at the same
+epoch and logs the same epoch metrics as an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import copy
 import functools
+import json
 import os
 from typing import Any
 
@@ -30,6 +35,66 @@ from jaxlab.data import pipeline
 from jaxlab.glitch import data, losses, metrics, timm_import
 from jaxlab.glitch import model as model_lib
 from jaxlab.glitch.evaluate import make_eval_step, predict_split
+
+LOOP_STATE = "loop_state.json"
+
+
+def read_loop_states(workdir: str) -> dict[int, dict[str, Any]]:
+    """{step: loop state} from `workdir/loop_state.json` ({} when there is none)."""
+    path = os.path.join(workdir, LOOP_STATE)
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return {int(step): entry for step, entry in json.load(f).items()}
+
+
+def write_loop_state(workdir: str, step: int, entry: dict[str, Any]) -> None:
+    """Adds `step`'s entry to loop_state.json atomically (write a temporary file, rename).
+
+    Called before the step's checkpoint is saved, so every checkpoint has its entry; entries of
+    later steps (left by a run that died before their checkpoint committed) are dropped.
+    """
+    if jax.process_index() != 0:
+        return
+    states = {s: e for s, e in read_loop_states(workdir).items() if s < step}
+    states[step] = entry
+    path = os.path.join(workdir, LOOP_STATE)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump({str(s): states[s] for s in sorted(states)}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def initial_loop_state(workdir: str, manager: Any, step: int, steps_per_epoch: int) -> dict:
+    """The loop state saved with checkpoint `step`; a fresh one at step 0.
+
+    Checkpoints written without loop_state.json (older runs) fall back to the best kept
+    checkpoint's val_accuracy; that ignores ties and the partial epoch's train metrics.
+    """
+    fresh = {
+        "stopped": False,
+        "best_val": -1.0,
+        "best_epoch": 0,
+        "epoch_loss": 0.0,
+        "epoch_steps": 0,
+        "epoch_confusion": None,
+        "val_record": {},
+    }
+    if step == 0:
+        return fresh
+    states = read_loop_states(workdir)
+    if step in states:
+        return {**fresh, **states[step]}
+    logging.warning(
+        "No entry for step %d in %s; early stopping state is approximate.", step, LOOP_STATE
+    )
+    best = checkpoint.best_step(manager, "val_accuracy", "max")
+    if best is not None:
+        fresh["best_val"] = float(manager.metrics(best)["val_accuracy"])
+        fresh["best_epoch"] = best // steps_per_epoch
+    return fresh
 
 
 def schedule(
@@ -118,7 +183,10 @@ def build(config, num_classes: int, num_train: int):
 
 
 def benchmark_setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
-    """(jitted step, initial state, one global batch) for scripts/benchmark.py; no files."""
+    """(jitted step, initial state, one global batch, extras) for scripts/benchmark.py; no files.
+
+    extras: images_per_step (batch * views; the benchmark turns it into images/s).
+    """
     batch_size = config.train.global_batch_size
     num_classes = 22
     model, tx, init_fn, _, _ = build(config, num_classes, num_train=100 * batch_size)
@@ -130,7 +198,9 @@ def benchmark_setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
         "index": np.arange(batch_size, dtype=np.int32),
     }
     step_fn = make_train_step(config, model, tx, shardings, mesh, num_classes)
-    return step_fn, state, mesh_lib.global_batch(batch, mesh)
+    views = len(config.data.durations) if config.data.multi_view else 1
+    extras = {"images_per_step": batch_size * views}
+    return step_fn, state, mesh_lib.global_batch(batch, mesh), extras
 
 
 def shift_augment(max_shift: int):
@@ -231,22 +301,41 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     eval_step_fn = make_eval_step(model, mesh, config.loss)
     lr_fn = jax.jit(functools.partial(optim.current_learning_rate, optim_config, num_steps))
 
-    # Early stopping state, recovered from the checkpoints' metrics on resume.
+    # Early stopping state and the epoch's train-metric accumulators, as saved with the checkpoint.
     start_step = int(state.step)
-    best_step = checkpoint.best_step(manager, "val_accuracy", "max")
-    best_val = float(manager.metrics(best_step)["val_accuracy"]) if best_step else -1.0
-    best_epoch = (best_step or 0) // steps_per_epoch
+    resumed = initial_loop_state(workdir, manager, start_step, steps_per_epoch)
+    best_val, best_epoch = resumed["best_val"], resumed["best_epoch"]
+    val_record: dict[str, float] = resumed["val_record"]
+    epoch_confusion = jnp.zeros((num_classes, num_classes), jnp.int32)
+    if resumed["epoch_confusion"] is not None:
+        epoch_confusion = jnp.asarray(resumed["epoch_confusion"], jnp.int32)
+    epoch_loss = jnp.asarray(resumed["epoch_loss"], jnp.float32)
+    epoch_steps = resumed["epoch_steps"]
+
+    def loop_state(stopped: bool, partial_epoch: bool) -> dict[str, Any]:
+        """What the loop needs besides the TrainState to go on exactly (host values)."""
+        return {
+            "stopped": stopped,
+            "best_val": best_val,
+            "best_epoch": best_epoch,
+            "epoch_loss": float(jax.device_get(epoch_loss)),
+            "epoch_steps": epoch_steps,
+            "epoch_confusion": jax.device_get(epoch_confusion).tolist() if partial_epoch else None,
+            "val_record": val_record,
+        }
 
     # Loop.
     progress = loop.Progress(num_steps, tc.global_batch_size, start_step)
     profile = loop.ProfileWindow(tc.profile_start, tc.profile_stop, os.path.join(workdir, "tb"))
-    epoch_confusion = jnp.zeros((num_classes, num_classes), jnp.int32)
-    epoch_loss, epoch_steps = jnp.zeros((), jnp.float32), 0
-    val_record: dict[str, float] = {}
     epoch = start_step // steps_per_epoch
     throttle = loop.StepThrottle(tc.max_in_flight)
+    if resumed["stopped"]:
+        logging.info(
+            "Early stopped at epoch %d (best %.4f at epoch %d).", epoch, best_val, best_epoch
+        )
+    first_step = num_steps + 1 if resumed["stopped"] else start_step + 1
     with loop.Preemption() as preemption:
-        for step in range(start_step + 1, num_steps + 1):
+        for step in range(first_step, num_steps + 1):
             profile.step(step, state)
             batch = mesh_lib.global_batch(next(train_iter), mesh)
             state, step_metrics = step_fn(state, batch)
@@ -264,6 +353,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 lr = lr_fn(state.opt_state, state.step)
                 writer.write_scalars(step, {**scalars, **progress.report(step, scalars), "lr": lr})
 
+            stopped = False
             if end_of_epoch:
                 epoch = step // steps_per_epoch
                 train_record = epoch_record(
@@ -274,13 +364,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 )
                 val_record = epoch_record("val", val["confusion"], val["loss"])
                 writer.write_scalars(step, {"epoch": epoch, **train_record, **val_record})
-                checkpoint.save(
-                    manager,
-                    step,
-                    state,
-                    train_iter,
-                    metrics={"val_accuracy": val_record["val_accuracy"]},
-                )
                 epoch_confusion = jnp.zeros_like(epoch_confusion)
                 epoch_loss, epoch_steps = jnp.zeros((), jnp.float32), 0
                 if val_record["val_accuracy"] > best_val:
@@ -295,9 +378,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                         best_epoch,
                         tc.patience,
                     )
-                    break
+                    stopped = True
+                write_loop_state(workdir, step, loop_state(stopped, partial_epoch=False))
+                checkpoint.save(
+                    manager,
+                    step,
+                    state,
+                    train_iter,
+                    metrics={"val_accuracy": val_record["val_accuracy"]},
+                )
             elif preempted:
+                write_loop_state(workdir, step, loop_state(False, partial_epoch=True))
                 checkpoint.save(manager, step, state, train_iter)
+            if stopped:
+                break
             if preempted:
                 logging.warning("Preempted: checkpointed step %d, exiting.", step)
                 break

@@ -115,6 +115,43 @@ def test_missing_duration_is_clear(data_dir, tmp_path):
         source[int(blip)]
 
 
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_unreadable_h5_file_is_clear(data_dir, tmp_path, damage):
+    path = str(tmp_path / synthetic.H5_NAME)
+    with open(_h5(data_dir), "rb") as f:
+        content = f.read()
+    with open(path, "wb") as f:
+        f.write(b"not an hdf5 file" * 64 if damage == "garbage" else content[: len(content) // 2])
+    with pytest.raises(ValueError, match=f"{path}: not a readable HDF5 file"):
+        data.GravitySpyH5(path, "train", image_size=16)
+
+
+def test_corrupt_dataset_bytes_are_clear(data_dir, tmp_path):
+    def find_chunk(f):
+        gid = sorted(f["Whistle/test"].keys())[0]
+        info = f[f"Whistle/test/{gid}/1.0.png"].id.get_chunk_info(0)
+        offsets.append((gid, info.byte_offset, info.size))
+
+    offsets = []
+    path = _copy_with(data_dir, tmp_path, find_chunk)
+    gid, offset, size = offsets[0]
+    with open(path, "r+b") as f:  # overwrite the gzip stream of one view
+        f.seek(offset)
+        f.write(b"\xff" * size)
+    source = data.GravitySpyH5(path, "test", image_size=16)
+    whistle = int(np.flatnonzero(source.ids == gid)[0])
+    with pytest.raises(ValueError, match=rf"Whistle/test/{gid}/1\.0\.png: unreadable dataset"):
+        source[whistle]
+
+
+def test_metadata_missing_columns_is_clear(tmp_path):
+    path = str(tmp_path / "meta.csv")
+    with open(path, "w") as f:
+        f.write("gravityspy_id,label\n0a1b,Blip\n")
+    with pytest.raises(ValueError, match=r"missing columns \['sample_type', 'ifo'\]"):
+        data.read_metadata(path)
+
+
 @pytest.mark.parametrize(
     "bad, message",
     [

@@ -106,12 +106,14 @@ def test_nan_guard_names_step(tmp_path):
 def test_benchmark_setup_tiny_and_vit_b16_multiview_shapes():
     config = glitch_config.get_config("tiny")
     mesh = mesh_lib.make_mesh([("data", -1)])
-    step_fn, state, batch = glitch_task.benchmark_setup(config, mesh)
+    step_fn, state, batch, extras = glitch_task.benchmark_setup(config, mesh)
     assert batch["image"].shape == (16, 4, 32, 32, 3)
+    assert extras == {"images_per_step": 16 * 4}
     state, metrics = step_fn(state, batch)
     assert np.isfinite(float(metrics["loss"]))
     # The paper-size setup, abstractly (86M params are never materialised in tests).
     config = glitch_config.get_config("vit_b16_multiview")
+    assert glitch_config.get_config("vit_b16_multiview_bf16").model.dtype == "bfloat16"
     _, _, init_fn, num_steps, _ = train.build(config, 22, 100 * config.train.global_batch_size)
     abstract = jax.eval_shape(init_fn, jax.random.key(0))
     assert 85_798_656 < state_lib.param_count(abstract.params) < 89_000_000  # + fusion, head
