@@ -12,10 +12,22 @@ Real data (see jaxlab/weather/README.md):
 Expect (demo, 8 members, DPM-Solver++ 15 steps, 3 hourly lead steps, 8 held-out cases): ensemble
 CRPS averaged over the 7 variables and 3 leads in standardised units `crps` 0.32 against
 persistence `persistence_crps` 0.38 and a per-gridpoint Gaussian climatology 0.47; spread/skill
-0.81 (measured; jaxlab/weather/README.md has the per-lead numbers). Training takes 900 s on a
-heavily shared 2-core CPU (a few minutes idle), evaluation about 80 s. Variants: demo, tiny (tests),
-fullres_minimal (the seed: 81K-param minimal U-Net at 1059 x 1799, cosine, 1000 steps, batch 1
-with gradient accumulation 8, lr 2e-4), unet_cropped (standard U-Net on 256 x 256 crops).
+0.81 (1.05 at 1 h). DEF sweep at 1 h (`def_*/level<L>`): CRPS 0.264 / 0.251 / 0.224 and
+spread/skill 0.07 / 0.18 / 0.57 at levels 100 / 500 / 900, against direct sampling's CRPS 0.192
+and spread/skill 1.05 (measured; jaxlab/weather/README.md has the per-lead numbers). Training
+takes 900 s on a heavily shared 2-core CPU (a few minutes idle), evaluation about 80 s plus about
+60 s per DEF level.
+
+Variants: demo (`minimal_unet`, 84,839 params), tiny (tests), fullres_minimal (the seed's
+network layer for layer, `seed_minimal_unet`: 82,119 params = the seed's 81,111 + the first
+conv's 1,008 condition weights; 1059 x 1799, cosine, 1000 steps, batch 1 with gradient
+accumulation 8, lr 2e-4), unet_cropped (standard U-Net on 256 x 256 crops).
+
+Benchmark (fullres_minimal at 1059 x 1799, batch 1, random params; one step = one micro-batch):
+  python scripts/benchmark.py --tasks=weather --variant=fullres_minimal --steps=1 --warmup=1
+On the shared 2-core CPU (load ~8, 1 CPU device): 105.6 s per micro-batch step, i.e. 845 s per
+optimizer step of 8 accumulated micro-batches; 779 GFLOP per micro-batch; compile 28.8 s; XLA
+temp memory 8.64 GiB; sampling 20 DPM-Solver++ steps 303 s per member (0.0033 members/s).
 """
 
 from __future__ import annotations
@@ -54,10 +66,10 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     config.diffusion.clip_x0 = 10.0  # clip sampled x0 predictions (unit-variance units); 0: off
 
     config.model = ml_collections.ConfigDict()
-    config.model.name = "minimal_unet"  # "minimal_unet" or "unet"
+    config.model.name = "minimal_unet"  # "seed_minimal_unet", "minimal_unet" or "unet"
     config.model.base_dim = 16
     config.model.channel_mults = (1, 2)
-    config.model.emb_mult = 1  # minimal_unet: embedding width = base_dim * emb_mult
+    config.model.emb_mult = 1  # (seed_)minimal_unet: time-MLP width = base_dim * emb_mult
     config.model.num_res_blocks = 1  # unet
     config.model.attention_heads = 4  # unet, coarsest level
     config.model.use_lead = True
@@ -88,7 +100,11 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     config.eval.num_cases = 8  # held-out start times, evenly spaced
     config.eval.rollout_steps = 3  # autoregressive lead steps of data.leads[0] hours
     config.eval.use_ema = True
-    config.eval.def_level = 200  # DEF: noise the initial state to this step (0: off)
+    # DEF: noise the initial state's change to each of these diffusion steps, denoise, forecast;
+    # scored per level against direct sampling (() : off).
+    config.eval.def_levels = (100, 500, 900)
+    config.eval.bench_members = 0  # scripts/benchmark.py sampling: members (0: num_members)
+    config.eval.bench_repeats = 3  # scripts/benchmark.py sampling: timed forecast steps
     config.eval.thresholds = (("refc", 35.0), ("cape", 1000.0))  # exceedance events
     config.eval.products = True  # NetCDF + PNG folders for the first case
     config.eval.sample_members_plotted = 4
@@ -108,7 +124,7 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
         config.eval.num_members = 8
         config.eval.num_cases = 2
         config.eval.rollout_steps = 2
-        config.eval.def_level = 100
+        config.eval.def_levels = (100, 500)
         config.eval.sample_members_plotted = 2
     elif arg == "fullres_minimal":  # the seed
         config.data.synthetic = False
@@ -116,6 +132,8 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
         config.data.dx_m = 3000.0
         config.data.crop = ()
         config.data.preload_max_mb = 0.0
+        config.model.name = "seed_minimal_unet"  # 82,119 params: the seed's 81,111 + condition
+        config.model.emb_mult = 4  # the seed's time MLP: base_dim -> 4 base_dim
         config.train.global_batch_size = 1
         config.optim.grad_accum_steps = 8
         config.optim.lr = 2e-4
@@ -126,6 +144,8 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
         config.diffusion.sample_steps = 20
         config.eval.num_members = 8
         config.eval.global_batch_size = 1
+        config.eval.bench_members = 1  # 20 network evaluations at 1059 x 1799: minutes on CPU
+        config.eval.bench_repeats = 1
     elif arg == "unet_cropped":
         config.data.synthetic = False
         config.data.shape = (1059, 1799)

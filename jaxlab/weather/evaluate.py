@@ -11,10 +11,11 @@ normaliser's transformed, standardised space) so the variables can be averaged:
 - `spread_skill`: spread * sqrt((M+1)/M) / RMSE of the ensemble mean, 1 when calibrated;
 - per variable and lead: `crps/<var>/lead<h>`, `rmse/...`, `spread/...`; rank histogram;
   Brier score and reliability for exceedance events in physical units (REFC >= 35 dBZ, ...).
-- DEF mode (`eval.def_level` > 0): the initial state is perturbed by noising its change from the
-  previous hour to diffusion step `def_level` and denoising it (SDEdit-style), then each perturbed
-  state is forecast with the deterministic probability-flow ODE (DPM-Solver++ from x_T = 0); its
-  `def_crps` / `def_spread_skill` at the first lead compare with direct sampling.
+- DEF mode (`eval.def_levels`, e.g. (100, 500, 900)): the initial state is perturbed by noising
+  its change from the previous hour to each diffusion step and denoising it (SDEdit-style), then
+  each perturbed state is forecast with the deterministic probability-flow ODE (DPM-Solver++
+  from x_T = 0); `def_crps/level<L>` / `def_spread_skill/level<L>` at the first lead compare
+  with direct sampling's `crps/lead1` / `spread_skill/lead1` (same cases, members, formulas).
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
             product_case, product_score = (i, init, ens, truth), convection
         logging.info("evaluate: case %d/%d (time %s) done", c + 1, len(cases), source.times[i])
     results = acc.summary()
-    if ec.def_level > 0:
+    if ec.def_levels:
         results.update(
             def_scores(config, model, sched, mesh, params, res_std, source, cases, lead, root)
         )
@@ -198,6 +199,7 @@ class _Accumulator:
         r["spread_skill"] = float(np.mean(spread * np.sqrt((m + 1) / m)) / rmse.mean())
         for k in range(crps.shape[0]):
             r[f"crps/lead{k + 1}"] = float(crps[k].mean())
+            r[f"spread_skill/lead{k + 1}"] = spread_skill(self.sq_err[k] / n, self.var[k] / n, m)
             r[f"persistence_crps/lead{k + 1}"] = float(persist[k].mean())
             for v, name in enumerate(data.VARIABLES):
                 r[f"crps/{name}/lead{k + 1}"] = float(crps[k, v])
@@ -218,38 +220,62 @@ class _Accumulator:
         return r
 
 
+def spread_skill(sq_err: np.ndarray, var: np.ndarray, members: int) -> float:
+    """Mean over variables of spread * sqrt((M+1)/M) over the mean ensemble-mean RMSE.
+
+    sq_err, var [C]: mean squared error of the ensemble mean and mean ensemble variance per
+    variable (already averaged over cases); the same aggregation for direct sampling and DEF.
+    """
+    spread, rmse = np.sqrt(var), np.sqrt(sq_err)
+    return float(np.mean(spread * np.sqrt((members + 1) / members)) / rmse.mean())
+
+
 def def_scores(config, model, sched, mesh, params, res_std, source, cases, lead, root):
-    """DEF at the first lead: perturb x_i via its change from x_{i-1}, forecast with the ODE."""
-    ec, m = config.eval, config.eval.num_members
-    level = int(ec.def_level)
-    perturb = ensemble.make_forecast_step(
-        model, sched, config, mesh, m, with_init=True, start_step=level
-    )
+    """DEF at the first lead, one score set per level in `eval.def_levels`.
+
+    For each case i and level L: the change x_i - x_{i-1} (scaled like a training target) is
+    noised to step L with member keys and denoised by the sampler conditioned on x_{i-1}
+    (DPM-Solver++ from step L), giving M perturbed analyses; each is forecast one lead ahead
+    with the deterministic probability-flow ODE (DPM-Solver++ from x_T = 0), so all ensemble
+    spread comes from the initial perturbation. Keys `def_crps/level<L>`, `def_spread_skill/..`,
+    `def_rmse/..`, `def_spread/..` compare with `crps/lead1` and `spread_skill/lead1`.
+    """
+    m = config.eval.num_members
     ode = ensemble.make_forecast_step(model, sched, config, mesh, m, with_init=True)
-    crps, sq_err, var = 0.0, 0.0, 0.0
     std = np.asarray(res_std)
-    for c, i in enumerate(cases):
-        prev, init, truth = source.state(i - 1), source.state(i), source.state(i + lead)
-        keys = ensemble.member_keys(jax.random.fold_in(root, 10_000), c, m, 0)
-        change = np.broadcast_to((init - prev) / std, (m, *init.shape))
-        noise = jax.vmap(functools.partial(jax.random.normal, shape=init.shape))(keys)
-        noised = diffusion.q_sample(sched, jnp.asarray(change), jnp.full((m,), level), noise)
-        prev_b = jnp.broadcast_to(prev, (m, *prev.shape))
-        ones = jnp.ones((m,), jnp.float32)
-        perturbed = perturb(params, prev_b, ones, keys, res_std, noised)
-        zeros = jnp.zeros((m, *init.shape))
-        fc = np.asarray(ode(params, perturbed, jnp.full((m,), float(lead)), keys, res_std, zeros))
-        crps += float(jnp.mean(metrics.crps_ensemble(jnp.asarray(fc), jnp.asarray(truth))))
-        sq_err += float(np.mean((fc.mean(0) - truth) ** 2))
-        var += float(np.mean(fc.var(0, ddof=1)))
-    n = len(cases)
-    rmse, spread = np.sqrt(sq_err / n), np.sqrt(var / n)
-    return {
-        "def_crps": crps / n,
-        "def_rmse": float(rmse),
-        "def_spread": float(spread),
-        "def_spread_skill": float(spread * np.sqrt((m + 1) / m) / rmse),
-    }
+    ones = jnp.ones((m,), jnp.float32)
+    out = {}
+    for level in (int(v) for v in config.eval.def_levels):
+        perturb = ensemble.make_forecast_step(
+            model, sched, config, mesh, m, with_init=True, start_step=level
+        )
+        crps, sq_err, var = 0.0, 0.0, 0.0
+        for c, i in enumerate(cases):
+            prev, init, truth = source.state(i - 1), source.state(i), source.state(i + lead)
+            keys = ensemble.member_keys(jax.random.fold_in(root, 10_000), c, m, 0)
+            change = np.broadcast_to((init - prev) / std, (m, *init.shape))
+            noise = jax.vmap(functools.partial(jax.random.normal, shape=init.shape))(keys)
+            noised = diffusion.q_sample(sched, jnp.asarray(change), jnp.full((m,), level), noise)
+            prev_b = jnp.broadcast_to(prev, (m, *prev.shape))
+            perturbed = perturb(params, prev_b, ones, keys, res_std, noised)
+            zeros = jnp.zeros((m, *init.shape))
+            fc = ode(params, perturbed, jnp.full((m,), float(lead)), keys, res_std, zeros)
+            fc = np.asarray(fc)
+            crps += float(jnp.mean(metrics.crps_ensemble(jnp.asarray(fc), jnp.asarray(truth))))
+            sq_err = sq_err + ((fc.mean(0) - truth) ** 2).mean(axis=(0, 1))
+            var = var + fc.var(0, ddof=1).mean(axis=(0, 1))
+        n = len(cases)
+        out[f"def_crps/level{level}"] = crps / n
+        out[f"def_rmse/level{level}"] = float(np.sqrt(sq_err / n).mean())
+        out[f"def_spread/level{level}"] = float(np.sqrt(var / n).mean())
+        out[f"def_spread_skill/level{level}"] = spread_skill(sq_err / n, var / n, m)
+        logging.info(
+            "DEF level %d: crps %.4f, spread/skill %.2f",
+            level,
+            out[f"def_crps/level{level}"],
+            out[f"def_spread_skill/level{level}"],
+        )
+    return out
 
 
 def write_products(out_dir, source, i, lead, init, ens, thresholds, num_plotted):

@@ -3,11 +3,16 @@
 Both take (x_t [B, H, W, C] noisy target, cond [B, H, W, C] current state, t [B] diffusion step,
 lead [B] hours) and return eps [B, H, W, C]. Conditioning is by concatenating the current state
 to the noisy target; the diffusion step and the lead time enter through a sinusoidal embedding
-added inside every residual block.
+added inside every block.
 
-- `MinimalUNet`: the seed's network, no down/upsampling and no attention, so it runs at the full
-  1059 x 1799 HRRR grid: conv-in, an encoder of residual blocks widening to 2 x base_dim, a middle
-  block, a decoder with skip connections, GroupNorm + SiLU + conv-out (base_dim 16: ~81K params).
+- `SeedMinimalUNet`: the seed's ultra-minimal network layer for layer (six conv blocks d, 2d, 2d,
+  2d, d, d with GroupNorm and a time-embedding MLP; no down/upsampling, skips, residuals or
+  attention), so it runs at the full 1059 x 1799 HRRR grid; base_dim 16: 82,119 params (the
+  seed's 81,111 + 1,008 first-conv weights for the 7 condition channels). `fullres_minimal`.
+- `MinimalUNet`: the same no-downsampling idea with residual blocks and encoder-decoder skips
+  (84,839 params at base_dim 16), used by the demo: on the demo data it learns several times
+  faster than the seed's plain stack (demo eval noise-MSE 0.14 vs 0.63 after 500 steps, 0.078
+  vs 0.47 after 1000; same data, optimizer and seed).
 - `UNet`: a standard U-Net (Ho et al. 2020 style) with strided-conv downsampling, nearest
   upsampling, and self-attention at the coarsest level, for cropped training at higher quality.
 """
@@ -53,23 +58,83 @@ class ResBlock(nn.Module):
 
 
 class Embedding(nn.Module):
-    """Diffusion step (and lead time) -> [B, dim] embedding."""
+    """Diffusion step (and lead time) -> sinusoid [B, sin_dim] -> MLP -> [B, dim].
 
+    The lead time (hours, x 10 so hours differ in phase) adds its own sinusoid: no parameters.
+    """
+
+    sin_dim: int
     dim: int
     use_lead: bool = True
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, t: jax.Array, lead: jax.Array) -> jax.Array:
-        emb = sinusoidal_embedding(t.astype(jnp.float32), self.dim)
+        emb = sinusoidal_embedding(t.astype(jnp.float32), self.sin_dim)
         if self.use_lead:
-            emb = emb + sinusoidal_embedding(lead.astype(jnp.float32) * 10.0, self.dim)
+            emb = emb + sinusoidal_embedding(lead.astype(jnp.float32) * 10.0, self.sin_dim)
         emb = nn.silu(nn.Dense(self.dim, dtype=self.dtype)(emb))
         return nn.Dense(self.dim, dtype=self.dtype)(emb)
 
 
+class ConvBlock(nn.Module):
+    """The seed's block: conv3x3 -> GroupNorm(8) -> SiLU -> + Dense(emb) -> conv3x3 -> GN -> SiLU.
+
+    No residual connection (as in the seed). x [B, H, W, Cin], emb [B, E] -> [B, H, W, channels].
+    """
+
+    channels: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, emb: jax.Array) -> jax.Array:
+        groups = _groups(self.channels)
+        h = nn.Conv(self.channels, (3, 3), dtype=self.dtype)(x)
+        h = nn.silu(nn.GroupNorm(groups, dtype=self.dtype)(h))
+        h = h + nn.Dense(self.channels, dtype=self.dtype)(emb)[:, None, None, :]
+        h = nn.Conv(self.channels, (3, 3), dtype=self.dtype)(h)
+        return nn.silu(nn.GroupNorm(groups, dtype=self.dtype)(h))
+
+
+class SeedMinimalUNet(nn.Module):
+    """The seed's `UltraMinimalDDPM` layer for layer, plus the concatenated condition.
+
+    No down/upsampling, no skips, no attention, so every block sees the full 1059 x 1799 grid
+    (receptive field 25 x 25 points: 12 convs of 3 x 3). Layers (d = base_dim, E = emb_mult * d):
+    embedding sinusoid(d) -> Dense(E) -> SiLU -> Dense(E); ConvBlocks 2C -> d -> 2d -> 2d
+    (encoder) -> 2d -> d -> d (decoder); a 1 x 1 conv to C. With C = 7 variables, d = 16 and
+    E = 64 that is 82,119 parameters: the seed's 81,111 ("about 81K", C input channels) plus
+    1,008 = 7 x 16 x 9 for the 7 condition channels of the first conv.
+    """
+
+    out_channels: int
+    base_dim: int = 16
+    channel_mults: Sequence[int] = (1, 2)
+    use_lead: bool = True
+    dtype: jnp.dtype = jnp.float32
+    emb_mult: int = 4
+
+    @nn.compact
+    def __call__(self, xt, cond, t, lead):
+        chex.assert_equal_shape([xt, cond])
+        chex.assert_rank(xt, 4)
+        d = self.base_dim
+        emb = Embedding(d, d * self.emb_mult, self.use_lead, self.dtype)(t, lead)
+        h = jnp.concatenate([xt, cond], axis=-1).astype(self.dtype)
+        widths = [d * m for m in self.channel_mults]  # encoder d, 2d; then 2d; mirrored
+        for width in [*widths, widths[-1], *reversed(widths), widths[0]]:
+            h = ConvBlock(width, self.dtype)(h, emb)
+        out = nn.Conv(self.out_channels, (1, 1), dtype=self.dtype)(h)
+        return out.astype(jnp.float32)
+
+
 class MinimalUNet(nn.Module):
-    """No downsampling: every block sees the full grid (receptive field 2 x 3x3 per block)."""
+    """Residual variant of the seed's network, used by the demo (see the module docstring).
+
+    No downsampling: conv-in; residual blocks d, 2d (encoder), 2d (middle), 2d, d (decoder, each
+    fed the concatenated encoder skip); GroupNorm + SiLU + 3x3 conv-out. base_dim 16 with
+    emb_mult 1: 84,839 parameters.
+    """
 
     out_channels: int
     base_dim: int = 16
@@ -82,7 +147,8 @@ class MinimalUNet(nn.Module):
     def __call__(self, xt, cond, t, lead):
         chex.assert_equal_shape([xt, cond])
         chex.assert_rank(xt, 4)
-        emb = Embedding(self.base_dim * self.emb_mult, self.use_lead, self.dtype)(t, lead)
+        dim = self.base_dim * self.emb_mult
+        emb = Embedding(dim, dim, self.use_lead, self.dtype)(t, lead)
         h = jnp.concatenate([xt, cond], axis=-1).astype(self.dtype)
         h = nn.Conv(self.base_dim, (3, 3), dtype=self.dtype)(h)
         skips = [h]
@@ -130,7 +196,7 @@ class UNet(nn.Module):
         b, height, width, _ = xt.shape
         factor = 2 ** (len(self.channel_mults) - 1)
         pad_h, pad_w = (-height) % factor, (-width) % factor
-        emb = Embedding(self.base_dim * 4, self.use_lead, self.dtype)(t, lead)
+        emb = Embedding(self.base_dim * 4, self.base_dim * 4, self.use_lead, self.dtype)(t, lead)
         h = jnp.concatenate([xt, cond], axis=-1).astype(self.dtype)
         h = jnp.pad(h, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))
         h = nn.Conv(self.base_dim, (3, 3), dtype=self.dtype)(h)
@@ -167,6 +233,10 @@ def make_model(config: ml_collections.ConfigDict) -> nn.Module:
     m = config.model
     dtype = jnp.dtype(m.dtype)
     channels = len(config.data.variables)
+    if m.name == "seed_minimal_unet":
+        return SeedMinimalUNet(
+            channels, m.base_dim, tuple(m.channel_mults), m.use_lead, dtype, m.emb_mult
+        )
     if m.name == "minimal_unet":
         return MinimalUNet(
             channels, m.base_dim, tuple(m.channel_mults), m.use_lead, dtype, m.emb_mult
@@ -181,7 +251,9 @@ def make_model(config: ml_collections.ConfigDict) -> nn.Module:
             m.use_lead,
             dtype,
         )
-    raise ValueError(f"model.name must be 'minimal_unet' or 'unet', got {m.name!r}.")
+    raise ValueError(
+        f"model.name must be 'seed_minimal_unet', 'minimal_unet' or 'unet', got {m.name!r}."
+    )
 
 
 def init_params(model: nn.Module, rng: jax.Array, shape: tuple[int, int, int]):

@@ -171,7 +171,7 @@ def simulate(shape: tuple[int, int], num_times: int, *, dx_m: float, seed: int):
         u = speed * np.cos(theta) + 0.8 * wind_pattern_u
         v = speed * np.sin(theta) + 0.8 * wind_pattern_v
         u_cells, v_cells = u * 3600.0 / dx_m, v * 3600.0 / dx_m
-        day = max(0.0, np.sin(2 * np.pi * (hour - 12) / 24.0 + np.pi / 2))  # peak ~18 UTC
+        day = max(0.0, np.sin(2 * np.pi * (hour - 12) / 24.0 + np.pi / 2))  # peak 12 UTC
         # Advect the anomaly patterns and the cells with the current wind.
         temp_anom = _advect(temp_anom, u_cells, v_cells)
         moist_anom = _advect(moist_anom, u_cells, v_cells)

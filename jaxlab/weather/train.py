@@ -185,7 +185,12 @@ def train_grid_shape(config, source) -> tuple[int, int, int]:
 
 
 def benchmark_setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
-    """(jitted step, state, batch) at the config's training shape; no files are written."""
+    """(jitted step, state, batch, extras) at the config's training shape; no files written.
+
+    The step is one micro-batch of `train.global_batch_size`; with `optim.grad_accum_steps` = k
+    the optimizer updates every k steps (optax.MultiSteps), so an optimizer step costs k step
+    times (`extras["optimizer_updates_per_sec"]` in the benchmark report).
+    """
     crop = tuple(config.data.crop) if config.data.crop else tuple(config.data.shape)
     channels = len(config.data.variables)
     grid = (*crop, channels)
@@ -201,7 +206,13 @@ def benchmark_setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
         "index": np.arange(b, dtype=np.int32),
     }
     step = make_train_step(model, tx, sched, config, shardings, mesh)
-    return step, state, mesh_lib.global_batch(batch, mesh)
+    k = config.optim.grad_accum_steps
+    extras = {  # one step is one micro-batch; an optimizer update takes k of them
+        "grad_accum_steps": k,
+        "optimizer_updates_per_step": 1.0 / k,
+        "grid_points_per_step": b * crop[0] * crop[1],
+    }
+    return step, state, mesh_lib.global_batch(batch, mesh), extras
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:

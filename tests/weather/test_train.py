@@ -54,12 +54,16 @@ def test_training_learns_and_evaluation_writes_products(trained):
         "persistence_crps",
         "climatology_crps",
         "spread_skill",
-        "def_crps",
+        "def_crps/level100",
+        "def_spread_skill/level500",
+        "spread_skill/lead1",
         "brier/refc>=35",
         "crps/refc/lead1",
     ):
         assert np.all(np.isfinite(results[key])), key
     assert results["crps_fair"] <= results["crps"]  # the fair score removes a positive bias
+    # DEF: noising the initial state to a later diffusion step perturbs it more.
+    assert results["def_spread/level500"] > results["def_spread/level100"] > 0.0
     # (Beating the baselines needs the demo's training; see README for its numbers.)
     assert sum(results["rank_histogram/t2m"]) == 2 * 16 * 24  # cases x grid
     for folder in (
@@ -81,10 +85,11 @@ def test_training_learns_and_evaluation_writes_products(trained):
 def test_train_step_compiles_once_and_loss_is_finite():
     config = tiny_config()
     mesh = mesh_lib.make_mesh(config.mesh)
-    step, state, batch = train.benchmark_setup(config, mesh)
+    step, state, batch, extras = train.benchmark_setup(config, mesh)
     for _ in range(3):
         state, metrics = step(state, batch)
     assert step._cache_size() == 1  # one trace and compilation for all steps
+    assert extras["optimizer_updates_per_step"] == 1.0 / config.optim.grad_accum_steps
     assert np.isfinite(float(jax.device_get(metrics["loss"])))
     assert int(state.step) == 3
 
