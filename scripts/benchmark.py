@@ -22,6 +22,7 @@ others still run, and the exit status is non-zero.
 
 import json
 import pathlib
+import resource
 import statistics
 import sys
 import time
@@ -70,6 +71,12 @@ _MATMUL_SIZE = flags.DEFINE_integer(
 _VARIANT = flags.DEFINE_string("variant", "demo", "Config variant of every task (configs/X.py:V).")
 _BATCH_SIZE = flags.DEFINE_integer(
     "batch_size", None, "Override config.train.global_batch_size (e.g. paper configs on CPU)."
+)
+_COMPILE_ONLY = flags.DEFINE_bool(
+    "compile_only",
+    False,
+    "Lower and compile only: FLOPs and XLA's memory plan without running a step, to find the "
+    "largest batch that fits quickly (step time, MFU and sampling are left out).",
 )
 
 
@@ -153,6 +160,12 @@ def compiled_memory(compiled: Any) -> dict[str, int | None]:
     }
 
 
+def host_peak_rss_bytes() -> int:
+    """Peak resident memory of this process (the only peak there is on CPU, where device memory
+    is host memory)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
 def device_peak_bytes() -> int | None:
     """Peak bytes in use on the first local device since the process started; None on CPU."""
     stats = jax.local_devices()[0].memory_stats()
@@ -226,7 +239,9 @@ def task_extras(extras: dict[str, float], step_s: float) -> dict[str, float]:
     return out
 
 
-def benchmark_task(config_spec: str, peak: dict[str, Any], warmup: int, steps: int) -> dict:
+def benchmark_task(
+    config_spec: str, peak: dict[str, Any], warmup: int, steps: int, compile_only: bool = False
+) -> dict:
     """Every measurement of one task's train step; see the module docstring."""
     config = load_config(config_spec)
     if _BATCH_SIZE.value:
@@ -236,8 +251,9 @@ def benchmark_task(config_spec: str, peak: dict[str, Any], warmup: int, steps: i
     task = import_task(config, "benchmark_setup")
     step_fn, state, batch, *rest = task.benchmark_setup(config, mesh)
     extras = rest[0] if rest else {}
-    if callable(getattr(task, "benchmark_sampling", None)):  # generative tasks: inference speed
-        extras = {**extras, **task.benchmark_sampling(config, mesh)}
+    sampling = getattr(task, "benchmark_sampling", None)
+    if callable(sampling) and not compile_only:  # generative tasks: inference speed
+        extras = {**extras, **sampling(config, mesh)}
     jax.block_until_ready((state, batch))
     setup_s = time.perf_counter() - start
 
@@ -250,11 +266,28 @@ def benchmark_task(config_spec: str, peak: dict[str, Any], warmup: int, steps: i
 
     flops_per_device = flops_from_cost_analysis(compiled.cost_analysis())
     flops = flops_per_device * mesh.size if flops_per_device is not None else None
-    step_s = time_steps(step_fn, state, batch, warmup, steps)
     dtype = model_dtype(config)
     batch_size = config.train.global_batch_size
+    memory = {
+        **compiled_memory(compiled),
+        "device_peak_bytes_in_use": device_peak_bytes(),
+        "host_peak_rss_bytes": host_peak_rss_bytes(),
+    }
+    if compile_only:
+        step = {"step_time_ms": None, "steps_per_sec": None, "examples_per_sec": None, "mfu": None}
+    else:
+        step_s = time_steps(step_fn, state, batch, warmup, steps)
+        memory["device_peak_bytes_in_use"] = device_peak_bytes()
+        memory["host_peak_rss_bytes"] = host_peak_rss_bytes()
+        step = {
+            **task_extras(extras, step_s),
+            "step_time_ms": 1e3 * step_s,
+            "steps_per_sec": 1 / step_s,
+            "examples_per_sec": batch_size / step_s,
+            "mfu": mfu(flops, 1 / step_s, peak[dtype]["tflops_per_device"], mesh.size),
+        }
     return {
-        **task_extras(extras, step_s),
+        **step,
         "config": config_spec,
         "task": config.task,
         "mesh": dict(mesh.shape),
@@ -265,11 +298,7 @@ def benchmark_task(config_spec: str, peak: dict[str, Any], warmup: int, steps: i
         "compile_time_s": compile_s,
         "flops_per_step_per_device": flops_per_device,
         "flops_per_step": flops,
-        "memory": {**compiled_memory(compiled), "device_peak_bytes_in_use": device_peak_bytes()},
-        "step_time_ms": 1e3 * step_s,
-        "steps_per_sec": 1 / step_s,
-        "examples_per_sec": batch_size / step_s,
-        "mfu": mfu(flops, 1 / step_s, peak[dtype]["tflops_per_device"], mesh.size),
+        "memory": memory,
         "mfu_peak": dtype,
         "mfu_peak_tflops_per_device": peak[dtype]["tflops_per_device"],
     }
@@ -289,7 +318,8 @@ def report_table(report: dict[str, Any]) -> str:
     ]
     header = (
         f"{'task':<12} {'lower s':>7} {'compile s':>9} {'step ms':>9} {'steps/s':>9} {'ex/s':>10} "
-        f"{'GFLOP/step':>10} {'MFU':>7} {'peak':>5} {'temp MB':>8} {'dev peak MB':>11}"
+        f"{'GFLOP/step':>10} {'MFU':>7} {'peak':>5} {'temp MB':>8} {'dev peak MB':>11} "
+        f"{'RSS MB':>8}"
     )
     lines += [header, "-" * len(header)]
     for name, entry in report["tasks"].items():
@@ -299,11 +329,13 @@ def report_table(report: dict[str, Any]) -> str:
         memory = entry["memory"]
         lines.append(
             f"{name:<12} {entry['lower_time_s']:>7.2f} {entry['compile_time_s']:>9.2f} "
-            f"{entry['step_time_ms']:>9.3f} {entry['steps_per_sec']:>9.1f} "
-            f"{entry['examples_per_sec']:>10.1f} {_fmt(entry['flops_per_step'], '>10.4g', 1e9)} "
+            f"{_fmt(entry['step_time_ms'], '>9.3f')} {_fmt(entry['steps_per_sec'], '>9.1f')} "
+            f"{_fmt(entry['examples_per_sec'], '>10.1f')} "
+            f"{_fmt(entry['flops_per_step'], '>10.4g', 1e9)} "
             f"{_fmt(entry['mfu'], '>7.2%')} {_SHORT_DTYPE[entry['mfu_peak']]:>5} "
             f"{_fmt(memory['temp_bytes'], '>8.1f', 2**20)} "
-            f"{_fmt(memory['device_peak_bytes_in_use'], '>11.1f', 2**20)}"
+            f"{_fmt(memory['device_peak_bytes_in_use'], '>11.1f', 2**20)} "
+            f"{_fmt(memory['host_peak_rss_bytes'], '>8.0f', 2**20)}"
         )
     return "\n".join(lines)
 
@@ -329,6 +361,7 @@ def main(argv):
         "warmup": _WARMUP.value,
         "variant": _VARIANT.value,
         "batch_size": _BATCH_SIZE.value,
+        "compile_only": _COMPILE_ONLY.value,
     }
     report = {"device": info, "settings": settings, "matmul_peak": peak, "tasks": {}}
     for name, config_file in TASKS.items():
@@ -336,7 +369,9 @@ def main(argv):
             logging.info("=== %s (%s:%s)", name, config_file, _VARIANT.value)
             try:
                 spec = f"{config_file}:{_VARIANT.value}"
-                report["tasks"][name] = benchmark_task(spec, peak, _WARMUP.value, _STEPS.value)
+                report["tasks"][name] = benchmark_task(
+                    spec, peak, _WARMUP.value, _STEPS.value, _COMPILE_ONLY.value
+                )
             except Exception as e:  # report it, go on with the other tasks, exit non-zero
                 logging.error("Task %s failed:\n%s", name, traceback.format_exc())
                 report["tasks"][name] = {"error": f"{type(e).__name__}: {e}"}

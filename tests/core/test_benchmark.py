@@ -66,3 +66,15 @@ def test_benchmark_failed_task_exits_nonzero(tmp_path):
     assert result.returncode != 0
     assert "Benchmark failed for task(s) ['example']" in result.stdout
     assert "unknown variant 'nope'" in json.loads(out.read_text())["tasks"]["example"]["error"]
+
+
+def test_benchmark_compile_only_reports_memory_without_running(tmp_path):
+    out = tmp_path / "benchmark.json"
+    flags = ["--tasks=example", "--variant=tiny", "--compile_only", "--matmul_size=64"]
+    result = _run_benchmark(out, *flags, "--batch_size=64")
+    assert result.returncode == 0, result.stdout
+    entry = json.loads(out.read_text())["tasks"]["example"]
+    assert entry["step_time_ms"] is None and entry["mfu"] is None
+    assert entry["global_batch_size"] == 64
+    assert entry["flops_per_step"] > 0 and entry["memory"]["argument_bytes"] > 0
+    assert entry["memory"]["host_peak_rss_bytes"] > 10 * 2**20
