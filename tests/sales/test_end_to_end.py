@@ -98,6 +98,7 @@ def test_samples_follow_the_weekly_pattern_of_the_condition(tmp_path):
     config = sales_config.get_config("demo")
     config.data.num_products = 120
     config.train.num_steps = 300
+    config.train.eval_every = config.train.ckpt_every = 300  # only the final evaluation
     workdir = str(tmp_path)
     mesh = mesh_lib.make_mesh(config.mesh)
     sources = data.load_windows(config, data.prepare(config, workdir))

@@ -12,7 +12,6 @@ import jax
 import numpy as np
 import pytest
 import xarray as xr
-from jax.experimental.compilation_cache import compilation_cache
 
 import jaxlab.vegetation as vegetation
 from jaxlab.core import checkpoint, loop
@@ -21,27 +20,6 @@ from jaxlab.core.writer import read_metrics
 from jaxlab.vegetation import data, metrics, train
 from jaxlab.vegetation.evaluate import write_prediction
 from tests.vegetation import helpers
-
-_CACHE_OPTIONS = {
-    "jax_persistent_cache_min_compile_time_secs": 0.0,
-    "jax_persistent_cache_min_entry_size_bytes": -1,
-}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache_dir(tmp_path_factory):
-    """A persistent XLA cache shared by this module's runs, which compile the same programs: the
-    unrolled ConvLSTM takes about a minute of CPU to compile, so only the first run pays it."""
-    old = {name: getattr(jax.config, name) for name in _CACHE_OPTIONS}
-    for name, value in _CACHE_OPTIONS.items():
-        jax.config.update(name, value)
-    compilation_cache.set_cache_dir(str(tmp_path_factory.mktemp("xla_cache")))
-    compilation_cache.reset_cache()  # re-initialise with the directory
-    yield
-    jax.config.update("jax_compilation_cache_dir", None)
-    for name, value in old.items():
-        jax.config.update(name, value)
-    compilation_cache.reset_cache()
 
 
 def _write_climatology(workdir: str, clim_dir: str, track: str, offset: float) -> None:

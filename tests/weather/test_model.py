@@ -4,7 +4,6 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from configs import weather as weather_config
 from jaxlab.core import mesh as mesh_lib
@@ -91,13 +90,3 @@ def test_members_do_not_depend_on_ensemble_size_or_devices():
     chex.assert_shape(runs[8], (2, 8, 8, 8, 7))
     np.testing.assert_allclose(runs[8][:, :4], runs[4], rtol=1e-3, atol=1e-2)
     assert np.abs(runs[8][:, 0] - runs[8][:, 1]).max() > 1e-3  # members differ
-
-
-@pytest.mark.slow  # ~40 s on the shared CPU: compiles the sampler; a smoke test of the hook
-def test_benchmark_sampling_reports_per_member_time():
-    config = weather_config.get_config("tiny")
-    config.eval.bench_members, config.eval.bench_repeats = 2, 1
-    mesh = mesh_lib.make_mesh([("data", -1)], devices=jax.devices()[:1])
-    out = ensemble.benchmark_sampling(config, mesh)
-    assert out["sampling_members"] == 2 and out["sampling_solver_steps"] == 4
-    assert out["sampling_members_per_sec"] * out["sampling_s_per_member"] == pytest.approx(1.0)
