@@ -24,6 +24,10 @@ one device, shared with other jobs (load average ~10, so times are inflated and 
   bf16: step 40.5 s, 0.20 images/s, compile 52 s (+ lower 6.4 s), 855 GFLOP/step, MFU 95% of the
         measured bf16 matmul peak (0.022 TFLOP/s; this CPU has no fast bf16 matmul, 54% of the
         fp32 peak of the same run), 1.0 GiB arguments + 2.1 GiB temp.
+Same commands on the idle machine (load < 2): fp32 13.6 s/step, 0.59 images/s, compile 12 s,
+MFU 35% of the measured fp32 peak (0.18 TFLOP/s), host peak RSS 4.0 GiB; bf16 13.8 s/step,
+compile 23 s (this CPU's bf16 matmul peak, 0.08 TFLOP/s, is below its fp32 one, so bf16 gains
+nothing here and its MFU is not meaningful).
 GPU numbers need a GPU run of the same command (raise --batch_size).
 
 Variants: demo, tiny (tests), vit_b16_multiview (the seed's setup), vit_b16_multiview_bf16 (the
