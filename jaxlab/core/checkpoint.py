@@ -184,3 +184,38 @@ def wait(manager: ocp.CheckpointManager) -> None:
     """Blocks until async saves are on disk (before exiting or reading them back)."""
     manager.wait_until_finished()
     jax.effects_barrier()
+
+
+def read_step_entries(path: str) -> dict[int, dict[str, Any]]:
+    """{step: entry} from a step-keyed JSON file written by `write_step_entry` ({} if absent).
+
+    A file not keyed by step (an older layout) is ignored with a warning rather than misread.
+    """
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        entries = json.load(f)
+    if not all(str(key).isdigit() for key in entries):
+        logging.warning("%s is not keyed by step; ignoring it.", path)
+        return {}
+    return {int(step): entry for step, entry in entries.items()}
+
+
+def write_step_entry(path: str, step: int, entry: dict[str, Any]) -> None:
+    """Records the loop's host-side state (early stopping, epoch accumulators) for `step`.
+
+    Call it *before* `save(manager, step, ...)`: then every checkpoint a resumed run can restore
+    has its entry, even when a preemption cuts the newest save short. Entries of later steps (left
+    by a run that died before their checkpoints committed) are dropped. Atomic: a whole new file
+    is written, synced and renamed into place. Process 0 only.
+    """
+    if jax.process_index() != 0:
+        return
+    entries = {s: e for s, e in read_step_entries(path).items() if s < step}
+    entries[step] = entry
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump({str(s): entries[s] for s in sorted(entries)}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import json
 import os
 from typing import Any
 
@@ -41,30 +40,12 @@ LOOP_STATE = "loop_state.json"
 
 def read_loop_states(workdir: str) -> dict[int, dict[str, Any]]:
     """{step: loop state} from `workdir/loop_state.json` ({} when there is none)."""
-    path = os.path.join(workdir, LOOP_STATE)
-    if not os.path.exists(path):
-        return {}
-    with open(path) as f:
-        return {int(step): entry for step, entry in json.load(f).items()}
+    return checkpoint.read_step_entries(os.path.join(workdir, LOOP_STATE))
 
 
 def write_loop_state(workdir: str, step: int, entry: dict[str, Any]) -> None:
-    """Adds `step`'s entry to loop_state.json atomically (write a temporary file, rename).
-
-    Called before the step's checkpoint is saved, so every checkpoint has its entry; entries of
-    later steps (left by a run that died before their checkpoint committed) are dropped.
-    """
-    if jax.process_index() != 0:
-        return
-    states = {s: e for s, e in read_loop_states(workdir).items() if s < step}
-    states[step] = entry
-    path = os.path.join(workdir, LOOP_STATE)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump({str(s): states[s] for s in sorted(states)}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Adds `step`'s entry to loop_state.json; called before the step's checkpoint is saved."""
+    checkpoint.write_step_entry(os.path.join(workdir, LOOP_STATE), step, entry)
 
 
 def initial_loop_state(workdir: str, manager: Any, step: int, steps_per_epoch: int) -> dict:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import json
 import os
 from typing import Any
 
@@ -185,16 +184,6 @@ def fresh_early_stopping() -> dict[str, Any]:
     return {"best": None, "bad_evals": 0, "stopped_at": None}
 
 
-def _read_early_stopping_file(path: str) -> dict[str, dict[str, Any]]:
-    if not os.path.exists(path):
-        return {}
-    with open(path) as f:
-        states = json.load(f)
-    if not all(str(key).isdigit() for key in states):  # not keyed by step (older layout)
-        return {}
-    return states
-
-
 def load_early_stopping(workdir: str, step: int) -> dict[str, Any]:
     """The early-stopping state that belongs to the checkpoint of `step` (fresh at step 0).
 
@@ -206,26 +195,18 @@ def load_early_stopping(workdir: str, step: int) -> dict[str, Any]:
     if step == 0:
         return fresh_early_stopping()
     path = os.path.join(workdir, EARLY_STOP_FILE)
-    states = _read_early_stopping_file(path)
-    if str(step) not in states:
+    states = checkpoint.read_step_entries(path)
+    if step not in states:
         logging.warning(
             "%s has no early-stopping state for the restored step %d; counting afresh.", path, step
         )
         return fresh_early_stopping()
-    return dict(states[str(step)])
+    return dict(states[step])
 
 
 def save_early_stopping(workdir: str, step: int, es: dict[str, Any]) -> None:
-    """Records `es` as the state of `step`, atomically (a whole new file renamed into place)."""
-    if jax.process_index() != 0:
-        return
-    path = os.path.join(workdir, EARLY_STOP_FILE)
-    states = _read_early_stopping_file(path)
-    states[str(step)] = dict(es)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(states, f)
-    os.replace(tmp, path)
+    """Records `es` as the state of `step` (before that step's checkpoint is saved)."""
+    checkpoint.write_step_entry(os.path.join(workdir, EARLY_STOP_FILE), step, dict(es))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
