@@ -29,7 +29,7 @@ import time
 import traceback
 from typing import Any
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # for configs/
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # for jaxlab/configs/
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -44,12 +44,12 @@ from jaxlab.core.task import import_task, load_config  # noqa: E402
 
 # Task name -> config file. Each task issue adds its line when the task is finished.
 TASKS = {
-    "example": "configs/example.py",
-    "glitch": "configs/glitch.py",
-    "neutrino": "configs/neutrino.py",
-    "vegetation": "configs/vegetation.py",
-    "sales": "configs/sales.py",
-    "weather": "configs/weather.py",
+    "example": "example",
+    "glitch": "glitch",
+    "neutrino": "neutrino",
+    "vegetation": "vegetation",
+    "sales": "sales",
+    "weather": "weather",
 }
 
 MATMUL_REPEATS = 7  # timed matmul runs per dtype; the median is reported
@@ -68,7 +68,7 @@ _MATMUL_SIZE = flags.DEFINE_integer(
     "Side of the peak-FLOPs matmul (default: 4096 on GPU/TPU, 1024 on CPU).",
     lower_bound=1,
 )
-_VARIANT = flags.DEFINE_string("variant", "demo", "Config variant of every task (configs/X.py:V).")
+_VARIANT = flags.DEFINE_string("variant", "demo", "Config variant of every task (X:V).")
 _BATCH_SIZE = flags.DEFINE_integer(
     "batch_size", None, "Override config.train.global_batch_size (e.g. paper configs on CPU)."
 )
@@ -248,9 +248,8 @@ def benchmark_task(
         config.train.global_batch_size = _BATCH_SIZE.value
     mesh = mesh_lib.make_mesh(config.mesh)
     start = time.perf_counter()
-    task = import_task(config, "benchmark_setup")
-    step_fn, state, batch, *rest = task.benchmark_setup(config, mesh)
-    extras = rest[0] if rest else {}
+    task = import_task(config, "steps")
+    step_fn, state, batch, extras = task.benchmark_setup(config, mesh)
     sampling = getattr(task, "benchmark_sampling", None)
     if callable(sampling) and not compile_only:  # generative tasks: inference speed
         extras = {**extras, **sampling(config, mesh)}

@@ -14,11 +14,11 @@ import json
 import pathlib
 import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # for configs/
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # for jaxlab/configs/
 
 from absl import app, flags, logging  # noqa: E402
 
-from configs import vegetation as vegetation_config  # noqa: E402
+from jaxlab.configs import vegetation as vegetation_config  # noqa: E402
 from jaxlab.vegetation import datacheck  # noqa: E402
 
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Root holding the track folders.")

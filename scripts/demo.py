@@ -10,7 +10,7 @@ import shutil
 import sys
 import time
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # for configs/
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # for jaxlab/configs/
 
 from absl import app, flags, logging  # noqa: E402
 
@@ -21,12 +21,12 @@ from jaxlab.core.task import import_task, load_config  # noqa: E402
 # (task, config file, headline metric, baseline metric it should beat, "lower"/"higher" is
 # better). Each task issue adds its line when the task is finished.
 DEMOS = [
-    ("example", "configs/example.py", "eval_mse", "baseline_mse", "lower"),
-    ("glitch", "configs/glitch.py", "accuracy", "baseline_majority_accuracy", "higher"),
-    ("neutrino", "configs/neutrino.py", "mean_angular_error", "baseline_constant", "lower"),
-    ("vegetation", "configs/vegetation.py", "ndvi_rmse", "persistence_ndvi_rmse", "lower"),
-    ("sales", "configs/sales.py", "discriminative_score", "discriminative_score_naive", "lower"),
-    ("weather", "configs/weather.py", "crps", "persistence_crps", "lower"),
+    ("example", "example", "eval_mse", "baseline_mse", "lower"),
+    ("glitch", "glitch", "accuracy", "baseline_majority_accuracy", "higher"),
+    ("neutrino", "neutrino", "mean_angular_error", "baseline_constant", "lower"),
+    ("vegetation", "vegetation", "ndvi_rmse", "persistence_ndvi_rmse", "lower"),
+    ("sales", "sales", "discriminative_score", "discriminative_score_naive", "lower"),
+    ("weather", "weather", "crps", "persistence_crps", "lower"),
 ]
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Parent directory of the task workdirs.")
@@ -37,13 +37,14 @@ _FRESH = flags.DEFINE_bool("fresh", True, "Delete an earlier demo run of each ta
 def run_demo(task_name: str, config_file: str, workdir: pathlib.Path) -> dict[str, float]:
     """Trains then evaluates one task's demo config; returns the evaluation metrics."""
     config = load_config(f"{config_file}:demo")
-    module = import_task(config, "train_and_evaluate")
+    train = import_task(config, "train")
+    evaluate = import_task(config, "evaluate")
     if _FRESH.value and workdir.exists():
         shutil.rmtree(workdir)
     logging.info("=== %s: training (%s:demo) in %s", task_name, config_file, workdir)
-    module.train_and_evaluate(config, str(workdir))
+    train.train_and_evaluate(config, str(workdir))
     logging.info("=== %s: evaluating from checkpoint", task_name)
-    return module.evaluate(config, str(workdir))
+    return evaluate.evaluate(config, str(workdir))
 
 
 def summary_table(rows: list[tuple[str, str, float, float, str, float]]) -> str:

@@ -1,6 +1,6 @@
 """Evaluates a trained task from its workdir's checkpoint (best by default).
 
-`python scripts/evaluate.py --config=configs/glitch.py:demo --workdir=runs/glitch`
+`python scripts/evaluate.py --config=glitch:demo --workdir=runs/glitch`
 writes metrics.json, data products and PNG figures under `<workdir>/eval/<split>/`. Choose the
 checkpoint with `--config.eval.checkpoint=latest|best|<step>` and the split with
 `--config.eval.split=...`. Any device count works: the checkpoint is resharded on restore.
@@ -10,7 +10,7 @@ import json
 import pathlib
 import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # for configs/
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # for jaxlab/configs/
 
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402

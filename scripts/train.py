@@ -1,4 +1,4 @@
-"""Trains one task: `python scripts/train.py --config=configs/glitch.py:demo --workdir=runs/glitch`.
+"""Trains one task: `python scripts/train.py --config=glitch:demo --workdir=runs/glitch`.
 
 Config values are overridden with flags such as `--config.optim.lr=1e-4`. Rerunning with the same
 workdir resumes from its latest checkpoint. Multi-process jobs: see README ("Several GPUs / TPU
@@ -8,7 +8,7 @@ hosts").
 import pathlib
 import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # for configs/
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # for jaxlab/configs/
 
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
@@ -28,7 +28,7 @@ def main(argv):
     mesh_lib.maybe_initialize_distributed()
     loop.quiet_library_logs()
     config = _CONFIG.value
-    task = import_task(config, "train_and_evaluate")
+    task = import_task(config, "train")
     logging.info("Training %s in %s with config:\n%s", config.task, _WORKDIR.value, config)
     task.train_and_evaluate(config, _WORKDIR.value)
 

@@ -1,10 +1,11 @@
-"""Checkpoints: the train state and the grain iterator state, saved together as one step.
+"""Checkpoints: the train state, the grain iterator state and the loop state, saved as one step.
 
-A step directory holds two items, `state` (the `TrainState` pytree, each process writing its own
-shards) and `data` (one small JSON per process with its grain iterator position). Saving both in
-one `CheckpointManager.save` call makes them a consistent pair, so a resumed run sees exactly the
-batches the uninterrupted run would have seen (kauldron's rule: the loop advances the iterator only
-after the save).
+A step directory holds up to three items: `state` (the `TrainState` pytree, each process writing
+its own shards), `data` (one small JSON per process with its grain iterator position) and `loop`
+(a JSON dict of the loop's host-side state: early stopping, epoch accumulators). Saving them in one
+`CheckpointManager.save` call makes them a consistent set that orbax commits atomically, so a
+resumed run sees exactly the batches, and takes exactly the decisions, of the uninterrupted run
+(kauldron's rule: the loop advances the iterator only after the save).
 
 Retention: the latest `max_to_keep` steps, plus the best `keep_best` by an eval metric when one is
 named. Restore takes an abstract target whose leaves carry the *current* mesh's shardings, which is
@@ -25,6 +26,7 @@ from orbax.checkpoint import checkpoint_managers
 
 STATE = "state"
 DATA = "data"
+LOOP = "loop"
 
 
 def make_manager(
@@ -67,7 +69,24 @@ def make_manager(
         item_handlers={
             STATE: ocp.StandardCheckpointHandler(),
             DATA: grain.checkpoint.CheckpointHandler(),
+            LOOP: ocp.JsonCheckpointHandler(),
         },
+    )
+
+
+def manager_from_config(
+    config: Any, workdir: str, *, read_only: bool = False
+) -> ocp.CheckpointManager:
+    """The manager of `workdir/checkpoints` with the retention and async settings of `config`."""
+    if read_only:
+        return make_manager(os.path.join(workdir, "checkpoints"), read_only=True)
+    return make_manager(
+        os.path.join(workdir, "checkpoints"),
+        max_to_keep=config.train.max_to_keep,
+        best_metric=config.eval.best_metric or None,
+        best_mode=config.eval.best_mode,
+        keep_best=config.train.keep_best,
+        async_save=config.train.async_checkpoint,
     )
 
 
@@ -77,14 +96,19 @@ def save(
     state: Any,
     data_iterator: Any = None,
     metrics: dict[str, float] | None = None,
+    loop_state: dict[str, Any] | None = None,
 ) -> None:
-    """Saves state (and the iterator position, if given) as `step`; async where enabled.
+    """Saves state (and the iterator position and loop state, if given) as `step`.
 
-    The iterator's position is read here, synchronously, so the loop may move on at once.
+    Async where enabled. The iterator's position and the loop state are copied here,
+    synchronously, so the loop may move on (and mutate its own dicts) at once. `loop_state` must
+    be JSON-serialisable (plain floats, ints, lists, dicts, None).
     """
     items = {STATE: ocp.args.StandardSave(state)}
     if data_iterator is not None:
         items[DATA] = grain.checkpoint.CheckpointSave(_IteratorPosition(data_iterator))
+    if loop_state is not None:
+        items[LOOP] = ocp.args.JsonSave(json.loads(json.dumps(loop_state)))
     manager.save(int(step), args=ocp.args.Composite(**items), metrics=metrics, force=True)
 
 
@@ -145,6 +169,14 @@ def restore_or_init(
     return restore(manager, target, data_iterator)
 
 
+def restore_loop_state(manager: ocp.CheckpointManager, step: int) -> dict[str, Any] | None:
+    """The loop state saved with `step`, or None when that step has none (an older run)."""
+    if not os.path.isdir(os.path.join(str(manager.directory), str(step), LOOP)):
+        return None
+    restored = manager.restore(step, args=ocp.args.Composite(**{LOOP: ocp.args.JsonRestore()}))
+    return dict(restored[LOOP])
+
+
 def best_step(manager: ocp.CheckpointManager, metric: str, mode: str = "min") -> int | None:
     """The kept step with the best `metric` (saved with `save(..., metrics=...)`), else None."""
     scored = []
@@ -184,38 +216,3 @@ def wait(manager: ocp.CheckpointManager) -> None:
     """Blocks until async saves are on disk (before exiting or reading them back)."""
     manager.wait_until_finished()
     jax.effects_barrier()
-
-
-def read_step_entries(path: str) -> dict[int, dict[str, Any]]:
-    """{step: entry} from a step-keyed JSON file written by `write_step_entry` ({} if absent).
-
-    A file not keyed by step (an older layout) is ignored with a warning rather than misread.
-    """
-    if not os.path.exists(path):
-        return {}
-    with open(path) as f:
-        entries = json.load(f)
-    if not all(str(key).isdigit() for key in entries):
-        logging.warning("%s is not keyed by step; ignoring it.", path)
-        return {}
-    return {int(step): entry for step, entry in entries.items()}
-
-
-def write_step_entry(path: str, step: int, entry: dict[str, Any]) -> None:
-    """Records the loop's host-side state (early stopping, epoch accumulators) for `step`.
-
-    Call it *before* `save(manager, step, ...)`: then every checkpoint a resumed run can restore
-    has its entry, even when a preemption cuts the newest save short. Entries of later steps (left
-    by a run that died before their checkpoints committed) are dropped. Atomic: a whole new file
-    is written, synced and renamed into place. Process 0 only.
-    """
-    if jax.process_index() != 0:
-        return
-    entries = {s: e for s, e in read_step_entries(path).items() if s < step}
-    entries[step] = entry
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        json.dump({str(s): entries[s] for s in sorted(entries)}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

@@ -61,6 +61,10 @@ def check_finite(step: int, metrics: Mapping[str, Any]) -> None:
         )
 
 
+def log_preempted(step: int) -> None:
+    logging.warning("Preempted: checkpointed step %d, exiting.", step)
+
+
 class Progress:
     """Step / total, loss, steps/s, examples/s and ETA, as log lines (and a live bar on a tty).
 

@@ -11,34 +11,68 @@ from types import ModuleType
 import ml_collections
 from absl import flags
 
+# The module of a task each binary imports, and the function it calls there.
+ENTRY_POINTS = {
+    "train": "train_and_evaluate",
+    "evaluate": "evaluate",
+    "steps": "benchmark_setup",
+}
+CONFIG_PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
-def import_task(config: ml_collections.ConfigDict, entry_point: str) -> ModuleType:
-    """Imports `config.task` and checks it defines `entry_point` (e.g. "train_and_evaluate")."""
+
+def import_task(config: ml_collections.ConfigDict, module: str) -> ModuleType:
+    """Imports `<config.task>.<module>` (e.g. jaxlab.glitch.train) and checks its entry point."""
     name = config.get("task", "")
     if not name:
-        raise ValueError("config.task is empty: set it to a task module, e.g. 'jaxlab.glitch'.")
+        raise ValueError("config.task is empty: set it to a task package, e.g. 'jaxlab.glitch'.")
+    full_name = f"{name}.{module}"
     try:
-        module = importlib.import_module(name)
+        task_module = importlib.import_module(full_name)
     except ModuleNotFoundError as e:
-        raise ValueError(f"config.task = {name!r} cannot be imported: {e}.") from e
-    if not callable(getattr(module, entry_point, None)):
-        raise ValueError(f"config.task = {name!r} has no function {entry_point}(config, workdir).")
-    return module
+        raise ValueError(f"config.task = {name!r}: cannot import {full_name}: {e}.") from e
+    entry_point = ENTRY_POINTS[module]
+    if not callable(getattr(task_module, entry_point, None)):
+        raise ValueError(f"{full_name} has no function {entry_point}(...).")
+    return task_module
+
+
+def config_names() -> list[str]:
+    """The task configs that ship inside the package (`jaxlab/configs/<name>.py`)."""
+    return sorted(
+        p.stem for p in CONFIG_PACKAGE.glob("*.py") if p.stem not in ("__init__", "common")
+    )
+
+
+def config_file(spec: str) -> tuple[pathlib.Path, str]:
+    """`"glitch:demo"` or `"path/to/file.py:demo"` -> (config file, variant).
+
+    A bare name resolves to the package's `jaxlab/configs/<name>.py` from any working directory;
+    anything with a `/` or ending in `.py` is a file path (relative to the working directory,
+    then to the repository root).
+    """
+    path, _, variant = spec.partition(":")
+    if "/" not in path and not path.endswith(".py"):
+        file = CONFIG_PACKAGE / f"{path}.py"
+        if path in ("common", "__init__") or not file.exists():
+            raise FileNotFoundError(
+                f"Unknown config {path!r}; the configs are: {', '.join(config_names())} "
+                "(or give a file path, e.g. my_configs/glitch.py:demo)."
+            )
+        return file, variant
+    file = pathlib.Path(path)
+    if not file.is_absolute() and not file.exists():
+        file = pathlib.Path(__file__).resolve().parents[2] / path
+    if not file.exists():
+        raise FileNotFoundError(f"Config file {path} does not exist.")
+    return file, variant
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
-    """`"configs/glitch.py:demo"` -> that file's `get_config("demo")` (no flags involved).
+    """`"glitch:demo"` (or a file path with `:variant`) -> its `get_config("demo")`, no flags.
 
-    For scripts that run several configs in one process (demo, benchmark). Relative paths are
-    taken from the repository root, so `configs/common.py` imports resolve as in the binaries.
+    For code that runs several configs in one process (demo, benchmark, tests).
     """
-    path, _, variant = spec.partition(":")
-    repo = pathlib.Path(__file__).resolve().parents[2]
-    file = pathlib.Path(path) if pathlib.Path(path).is_absolute() else repo / path
-    if not file.exists():
-        raise FileNotFoundError(f"Config file {file} does not exist.")
-    if str(repo) not in sys.path:
-        sys.path.insert(0, str(repo))
+    file, variant = config_file(spec)
     module_spec = importlib.util.spec_from_file_location(f"_config_{file.stem}", file)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
@@ -52,6 +86,11 @@ def parse_flags(argv: list[str]) -> list[str]:
     a value of the wrong type; pass this as `app.run(main, flags_parser=parse_flags)`.
     """
     try:
+        argv = [argv[0], *(_resolve_config_flag(arg) for arg in argv[1:])]
+    except FileNotFoundError as e:
+        print(f"FATAL config error: {e}", file=sys.stderr)
+        sys.exit(1)
+    try:
         return flags.FLAGS(argv)
     except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
         lines = [line.strip("'\\\" ") for line in str(e).replace("\\n", "\n").splitlines()]
@@ -63,3 +102,11 @@ def parse_flags(argv: list[str]) -> list[str]:
         overrides = [a for a in argv[1:] if a.startswith("--config")]
         print(f"FATAL config error: {detail} (flags: {' '.join(overrides)})", file=sys.stderr)
         sys.exit(1)
+
+
+def _resolve_config_flag(arg: str) -> str:
+    """`--config=glitch:demo` -> `--config=/abs/path/jaxlab/configs/glitch.py:demo`."""
+    if not arg.startswith("--config="):
+        return arg
+    file, variant = config_file(arg.removeprefix("--config="))
+    return f"--config={file}:{variant}" if variant else f"--config={file}"

@@ -41,8 +41,15 @@ class RegressionSource:
         return self.x.shape[1]
 
 
-def load(directory: str, split: str) -> RegressionSource:
-    return RegressionSource(synthetic.split_path(directory, split))
+def load(directory: str, split: str, num_features: int | None = None) -> RegressionSource:
+    """The split's records; with `num_features`, checks the file has that many columns."""
+    source = RegressionSource(synthetic.split_path(directory, split))
+    if num_features is not None and source.num_features != num_features:
+        raise ValueError(
+            f"{synthetic.split_path(directory, split)}: x has {source.num_features} features; "
+            f"config.data.num_features is {num_features}."
+        )
+    return source
 
 
 def prepare(config: ml_collections.ConfigDict, workdir: str) -> str:

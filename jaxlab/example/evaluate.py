@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import os
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -13,41 +13,24 @@ import matplotlib
 import ml_collections
 import numpy as np
 
-from jaxlab.core import checkpoint, loop, optim
+from jaxlab.core import loop, run
 from jaxlab.core import mesh as mesh_lib
-from jaxlab.core import state as state_lib
 from jaxlab.data import pipeline
-from jaxlab.example import data
-from jaxlab.example import model as model_lib
+from jaxlab.example import data, steps
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def eval_step(params: Any, batch: dict[str, jax.Array], valid: jax.Array, *, model: Any):
-    """Sums over valid rows: squared error, count. Also returns predictions [B] for plots."""
-    pred = model.apply({"params": params}, batch["x"])
-    weight = valid.astype(jnp.float32)
-    sums = {"sq_err": jnp.sum(weight * jnp.square(pred - batch["y"])), "count": jnp.sum(weight)}
-    return sums, pred
-
-
-def make_eval_step(model: Any, mesh: Any):
-    """`eval_step` jitted once for this mesh: (params, batch, valid) -> (sums, predictions)."""
-    return jax.jit(
-        functools.partial(eval_step, model=model),
-        in_shardings=(mesh_lib.replicated(mesh), mesh_lib.data_sharding(mesh), None),
-        out_shardings=(mesh_lib.replicated(mesh), mesh_lib.replicated(mesh)),
-    )
-
-
-def predict_split(step, params, source, mesh, batch_size) -> tuple[dict[str, float], np.ndarray]:
-    """One ordered pass with a `make_eval_step` function: ({"eval_mse"}, predictions [N])."""
+def evaluate_split(
+    eval_step: Callable, params: Any, source: Any, mesh: Any, batch_size: int
+) -> tuple[dict[str, float], np.ndarray]:
+    """One ordered pass with `Parts.eval_step`: ({"eval_mse"}, predictions [N])."""
     totals, preds = None, []
     throttle = loop.StepThrottle()
     for local_batch, valid in pipeline.eval_batches(source, global_batch_size=batch_size):
         batch = mesh_lib.global_batch(local_batch, mesh)
-        sums, pred = step(params, batch, mesh_lib.global_batch(valid, mesh))
+        sums, pred = eval_step(params, batch, mesh_lib.global_batch(valid, mesh))
         throttle(pred)
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
         preds.append(pred)
@@ -60,25 +43,13 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
     """Restores `config.eval.checkpoint` from workdir; writes metrics.json and a PNG there."""
     mesh = mesh_lib.make_mesh(config.mesh)
     data_dir = data.prepare(config, workdir)
-    source = data.load(data_dir, config.eval.split)
-    train_source = data.load(data_dir, "train")
-    model = model_lib.make_model(config)
-    tx = optim.make_optimizer(config.optim, config.train.num_steps)
-    init_fn = functools.partial(
-        model_lib.init_state, model=model, tx=tx, num_features=source.num_features
-    )
-    target, _ = state_lib.abstract_state(
-        init_fn, jax.random.key(config.seed), mesh, config.fsdp_min_size
-    )
-    manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints"), read_only=True)
-    step = checkpoint.select_step(
-        manager, config.eval.checkpoint, config.eval.best_metric, config.eval.best_mode
-    )
-    state = checkpoint.restore(manager, target, step=step)
+    source = data.load(data_dir, config.eval.split, config.data.num_features)
+    train_source = data.load(data_dir, "train", config.data.num_features)
+    parts = steps.build(config, mesh)
+    state, step = run.restore_for_eval(config, workdir, parts)
 
-    eval_step_fn = make_eval_step(model, mesh)
-    metrics, predictions = predict_split(
-        eval_step_fn, state.params, source, mesh, config.eval.global_batch_size
+    metrics, predictions = evaluate_split(
+        parts.eval_step, state.params, source, mesh, config.eval.global_batch_size
     )
     metrics["baseline_mse"] = float(np.mean(np.square(source.y - train_source.y.mean())))
     metrics["checkpoint_step"] = step

@@ -23,7 +23,7 @@ def command(script: str, config: str, workdir: str, *overrides: str) -> list[str
     return [
         sys.executable,
         str(REPO / "scripts" / script),
-        f"--config={REPO / 'configs' / config}",
+        f"--config={REPO / 'jaxlab' / 'configs' / config}",
         f"--workdir={workdir}",
         *overrides,
     ]

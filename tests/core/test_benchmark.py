@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from configs import example as example_config
+from jaxlab.configs import example as example_config
 from tests.core import scripts_util
 
 

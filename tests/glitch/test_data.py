@@ -6,7 +6,7 @@ import h5py
 import numpy as np
 import pytest
 
-from configs import glitch as glitch_config
+from jaxlab.configs import glitch as glitch_config
 from jaxlab.glitch import data, synthetic
 
 

@@ -10,7 +10,7 @@ import pytest
 from safetensors.numpy import save_file
 from scipy.special import erf
 
-from configs import glitch as glitch_config
+from jaxlab.configs import glitch as glitch_config
 from jaxlab.glitch import model as model_lib
 from jaxlab.glitch import timm_import
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import jaxlab.glitch as glitch_task
-from configs import glitch as glitch_config
+from jaxlab.configs import glitch as glitch_config
 from jaxlab.core import loop
 from jaxlab.core import mesh as mesh_lib
 from jaxlab.core import state as state_lib

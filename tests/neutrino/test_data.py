@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from configs import neutrino as neutrino_config
+from jaxlab.configs import neutrino as neutrino_config
 from jaxlab.neutrino import data, synthetic
 
 

@@ -11,7 +11,7 @@ import pyarrow.csv as pa_csv
 import pytest
 
 import jaxlab.neutrino as neutrino_task
-from configs import neutrino as neutrino_config
+from jaxlab.configs import neutrino as neutrino_config
 from jaxlab.core import mesh as mesh_lib
 from jaxlab.core import optim
 from jaxlab.core import state as state_lib

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import jaxlab.sales as sales_task
-from configs import sales as sales_config
+from jaxlab.configs import sales as sales_config
 from jaxlab.core import loop
 from jaxlab.core import mesh as mesh_lib
 from jaxlab.core.writer import read_metrics

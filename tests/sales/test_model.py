@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import sales as sales_config
+from jaxlab.configs import sales as sales_config
 from jaxlab.core import mesh as mesh_lib
 from jaxlab.core import state as state_lib
 from jaxlab.sales import gan as gan_lib

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pandas as pd
 
-from configs import vegetation as vegetation_config
+from jaxlab.configs import vegetation as vegetation_config
 from jaxlab.vegetation import synthetic
 
 

@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from configs import weather as weather_config
+from jaxlab.configs import weather as weather_config
 from jaxlab.core import mesh as mesh_lib
 from jaxlab.weather import diffusion, ensemble
 from jaxlab.weather import model as model_lib

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from configs import weather as weather_config
+from jaxlab.configs import weather as weather_config
 from jaxlab.core import mesh as mesh_lib
 from jaxlab.weather import train
 from jaxlab.weather.evaluate import evaluate

@@ -1,12 +1,12 @@
 """HRRR convection: conditional DDPM forecaster, DPM-Solver++ ensembles (jaxlab/weather).
 
 Run (demo: synthetic GRIB2 -> Zarr -> train -> ensemble evaluation, CPU):
-  python scripts/train.py --config=configs/weather.py:demo --workdir=runs/weather
-  python scripts/evaluate.py --config=configs/weather.py:demo --workdir=runs/weather
+  python scripts/train.py --config=weather:demo --workdir=runs/weather
+  python scripts/evaluate.py --config=weather:demo --workdir=runs/weather
 
 Real data (see jaxlab/weather/README.md):
   python scripts/prepare_weather.py --grib_dir=/data/hrrr --store=/data/hrrr.zarr
-  python scripts/train.py --config=configs/weather.py:unet_cropped --workdir=runs/hrrr \
+  python scripts/train.py --config=weather:unet_cropped --workdir=runs/hrrr \
       --config.data.dir=/data --config.data.synthetic=False
 
 Expect (demo, 8 members, DPM-Solver++ 15 steps, 3 hourly lead steps, 8 held-out cases): ensemble
@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import common
+from jaxlab.configs import common
 
 
 def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
@@ -164,7 +164,7 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
         config.diffusion.sample_steps = 20
     elif arg != "demo":
         raise ValueError(
-            f"configs/weather.py: unknown variant {arg!r}; use demo, tiny, fullres_minimal or "
+            f"config weather: unknown variant {arg!r}; use demo, tiny, fullres_minimal or "
             "unet_cropped."
         )
     return config

@@ -1,8 +1,8 @@
 """IceCube neutrino direction: hierarchical transformer (pulses -> DOMs -> event), packed batches.
 
 Run (synthetic demo, data written to <workdir>/data in the Kaggle layout):
-  python scripts/train.py --config=configs/neutrino.py:demo --workdir=runs/neutrino
-  python scripts/evaluate.py --config=configs/neutrino.py:demo --workdir=runs/neutrino
+  python scripts/train.py --config=neutrino:demo --workdir=runs/neutrino
+  python scripts/evaluate.py --config=neutrino:demo --workdir=runs/neutrino
 
 Expect (demo): mean angular error (`mean_angular_error`, competition formula) about 0.53 rad
 (median about 0.26) on the 4000 held-out synthetic events, against `baseline_constant` 1.57 rad
@@ -11,9 +11,9 @@ minutes measured on a heavily shared one). Packing: ~0.97 of pulse tokens and ~0
 are real, ~35 events per pack.
 
 Real data (Kaggle "icecube-neutrinos-in-deep-ice", unzipped to /data/icecube):
-  python scripts/train.py --config=configs/neutrino.py:baseline_1m --workdir=runs/neutrino_1m \
+  python scripts/train.py --config=neutrino:baseline_1m --workdir=runs/neutrino_1m \
       --config.data.root=/data/icecube
-  python scripts/evaluate.py --config=configs/neutrino.py:baseline_1m \
+  python scripts/evaluate.py --config=neutrino:baseline_1m \
       --workdir=runs/neutrino_1m --config.data.root=/data/icecube
   (add --config.eval.split=test for a submission.csv of the unlabelled test events)
 
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import common
+from jaxlab.configs import common
 
 
 def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
@@ -164,7 +164,7 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
         config.optim.warmup_steps = 2
     else:
         raise ValueError(
-            f"configs/neutrino.py: unknown variant {arg!r}; use 'demo', 'baseline_1m' or 'tiny'."
+            f"config neutrino: unknown variant {arg!r}; use 'demo', 'baseline_1m' or 'tiny'."
         )
     config.train.global_batch_size = config.data.packs_per_batch  # packs, for progress rates
     config.eval.global_batch_size = config.eval.packs_per_batch

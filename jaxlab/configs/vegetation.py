@@ -5,8 +5,8 @@ weather in; 20 frames (100 days) of reflectance deltas from the last BAP out; sc
 official GreenEarthNet NDVI metrics (RMSE, NSE, R^2, |bias|, outperformance) against persistence.
 
 Demo (synthetic minicubes written in the real NetCDF layout, 32 x 32 pixels, 2-core CPU):
-  python scripts/train.py --config=configs/vegetation.py:demo --workdir=runs/vegetation
-  python scripts/evaluate.py --config=configs/vegetation.py:demo --workdir=runs/vegetation
+  python scripts/train.py --config=vegetation:demo --workdir=runs/vegetation
+  python scripts/evaluate.py --config=vegetation:demo --workdir=runs/vegetation
 Expect on the 4 held-out synthetic `ood-t_chopped` cubes: ndvi_rmse about 0.08 against
 persistence_ndvi_rmse about 0.21, ndvi_r2 about 0.82 against persistence 0 (a constant forecast),
 NSE about 0.68 against -0.98; a few minutes on an idle 2-core CPU (12 minutes measured with the
@@ -15,9 +15,9 @@ CPU shared four ways).
 Real data (GreenEarthNet download, `<dir>/<track>/<region>/<cube>.nc`):
   python scripts/check_vegetation_data.py --data_dir=/data/greenearthnet \
       --tracks=train,ood-t_chopped
-  python scripts/train.py --config=configs/vegetation.py:paper --workdir=runs/veg_paper \
+  python scripts/train.py --config=vegetation:paper --workdir=runs/veg_paper \
       --config.data.dir=/data/greenearthnet
-  python scripts/evaluate.py --config=configs/vegetation.py:paper --workdir=runs/veg_paper \
+  python scripts/evaluate.py --config=vegetation:paper --workdir=runs/veg_paper \
       --config.data.dir=/data/greenearthnet --config.eval.split=ood-t_chopped
 Published OOD-t numbers to compare with (unverified copy): Contextformer RMSE 0.14, R^2 0.62;
 climatology RMSE 0.18, R^2 0.58; persistence RMSE 0.23.
@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import common
+from jaxlab.configs import common
 
 # Which 7 of the 8 E-OBS variables, and why (the weather features are (20, 3 * 7) = (20, 21)):
 #   tg, tn, tx  mean / min / max temperature: heat stress and the growing-degree clock (tx drives
@@ -191,7 +191,7 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
         o.lr = 3e-3
     else:
         raise ValueError(
-            f"configs/vegetation.py: unknown variant {arg!r}; use demo, paper, paper_bf16, "
+            f"config vegetation: unknown variant {arg!r}; use demo, paper, paper_bf16, "
             "bench_b1, bench_b1_bf16 or tiny."
         )
     return config

@@ -1,16 +1,16 @@
 """GravityViT on Gravity Spy (jaxlab/glitch): 22-class LIGO glitch classification.
 
 Demo (synthetic Gravity Spy h5 in the published layout, a small multi-view ViT, 2-core CPU):
-  python scripts/train.py --config=configs/glitch.py:demo --workdir=runs/glitch
-  python scripts/evaluate.py --config=configs/glitch.py:demo --workdir=runs/glitch
+  python scripts/train.py --config=glitch:demo --workdir=runs/glitch
+  python scripts/evaluate.py --config=glitch:demo --workdir=runs/glitch
 Expect: test accuracy 0.986 measured (>= 0.90; chance 1/22, majority class 0.08), about 2 minutes;
 runs/glitch/eval/test/ holds metrics.json, classification_report.txt, confusion_matrix.png,
 view_importance.png and predictions.csv.
 
 Real data (trainingsetv1d1.h5 + trainingset_v1d1_metadata.csv in DIR; jaxlab/glitch/README.md):
-  python scripts/train.py --config=configs/glitch.py:vit_b16_multiview --workdir=runs/gvit \
+  python scripts/train.py --config=glitch:vit_b16_multiview --workdir=runs/gvit \
       --config.data.dir=DIR --config.model.pretrained=vit_b16.safetensors
-  python scripts/evaluate.py --config=configs/glitch.py:vit_b16_multiview --workdir=runs/gvit \
+  python scripts/evaluate.py --config=glitch:vit_b16_multiview --workdir=runs/gvit \
       --config.data.dir=DIR
 Expect (literature, not reproduced here): CNN ensemble 98.2% (Bahaadini et al. 2018), transfer
 learning > 98.8% (George et al.); the seed reports its multi-view ViT in that range.
@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import common
+from jaxlab.configs import common
 
 DURATIONS = ("0.5", "1.0", "2.0", "4.0")
 
@@ -173,7 +173,7 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
             config.eval.global_batch_size = 32
     else:
         raise ValueError(
-            f"configs/glitch.py: unknown variant {arg!r}; use demo, tiny, vit_b16_multiview, "
+            f"config glitch: unknown variant {arg!r}; use demo, tiny, vit_b16_multiview, "
             "vit_b16_multiview_bf16, vit_b16_single or cnn_baseline."
         )
     return config

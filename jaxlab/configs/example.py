@@ -1,8 +1,8 @@
 """The core's tiny regression task (jaxlab/example): MLP on a planted signal.
 
 Run:
-  python scripts/train.py --config=configs/example.py:demo --workdir=runs/example
-  python scripts/evaluate.py --config=configs/example.py:demo --workdir=runs/example
+  python scripts/train.py --config=example:demo --workdir=runs/example
+  python scripts/evaluate.py --config=example:demo --workdir=runs/example
 
 Expect: eval_mse about 0.02 (noise floor 0.0025) against a predict-the-mean baseline_mse of about
 0.57, in about 15 seconds on a laptop CPU.
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import common
+from jaxlab.configs import common
 
 
 def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
@@ -56,5 +56,5 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
         config.eval.global_batch_size = 16
         config.optim.warmup_steps = 2
     elif arg != "demo":
-        raise ValueError(f"configs/example.py: unknown variant {arg!r}; use 'demo' or 'tiny'.")
+        raise ValueError(f"config example: unknown variant {arg!r}; use 'demo' or 'tiny'.")
     return config

@@ -1,12 +1,12 @@
 """Olist sales: conditional WGAN-GP sequence generator, LSTM forecaster, augmentation study.
 
 Run (synthetic Olist-format CSVs are written first):
-  python scripts/train.py --config=configs/sales.py:demo --workdir=runs/sales
-  python scripts/evaluate.py --config=configs/sales.py:demo --workdir=runs/sales
+  python scripts/train.py --config=sales:demo --workdir=runs/sales
+  python scripts/evaluate.py --config=sales:demo --workdir=runs/sales
 
 Real data: put the Olist CSVs in a folder, build the panel once, then train on it:
   python scripts/prepare_sales.py --csv_dir=/data/olist --out=/data/olist/panel.parquet
-  python scripts/train.py --config=configs/sales.py:paper --workdir=runs/sales_paper \
+  python scripts/train.py --config=sales:paper --workdir=runs/sales_paper \
       --config.data.panel_path=/data/olist/panel.parquet
 
 Expect (demo; measured with 1 CPU device on a 2-core machine shared with other jobs, load ~9:
@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import common
+from jaxlab.configs import common
 from jaxlab.core import optim
 
 
@@ -167,7 +167,7 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
             config.eval.disc_steps = 2000
     else:
         raise ValueError(
-            f"configs/sales.py: unknown variant {arg!r}; use demo, quick_run, paper or tiny."
+            f"config sales: unknown variant {arg!r}; use demo, quick_run, paper or tiny."
         )
     config.train.global_batch_size = config.gan.batch_size * config.gan.n_critic
     return config
