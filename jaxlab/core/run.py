@@ -26,6 +26,17 @@ from jaxlab.core import state as state_lib
 from jaxlab.core.writer import MetricWriter
 
 
+def open_workdir(config: ml_collections.ConfigDict, workdir: str) -> MetricWriter:
+    """Opens `workdir` for a training run: its metric writer, with the config recorded.
+
+    The first line of every task's `train_and_evaluate`. Closing the writer (done by
+    `loop_helpers` on exit) ends the run's hold on the workdir.
+    """
+    writer = MetricWriter(workdir)
+    writer.write_hparams(config.to_dict())
+    return writer
+
+
 def jit_train_step(step_fn: Callable, shardings: Any, mesh: jax.sharding.Mesh) -> Callable:
     """`step_fn(state, batch) -> (state, metrics)` jitted once; the state's buffers are donated.
 

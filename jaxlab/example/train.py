@@ -14,7 +14,6 @@ import ml_collections
 
 from jaxlab.core import checkpoint, loop, optim, rng, run
 from jaxlab.core import mesh as mesh_lib
-from jaxlab.core.writer import MetricWriter
 from jaxlab.data import pipeline
 from jaxlab.example import data, evaluate, steps
 
@@ -22,8 +21,7 @@ from jaxlab.example import data, evaluate, steps
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Trains to `config.train.num_steps`, resuming from `workdir`; returns last eval metrics."""
     tc = config.train
-    writer = MetricWriter(workdir)
-    writer.write_hparams(config.to_dict())
+    writer = run.open_workdir(config, workdir)
 
     # Mesh.
     mesh = mesh_lib.make_mesh(config.mesh)
