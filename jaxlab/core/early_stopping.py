@@ -24,11 +24,13 @@ def update(
     A strictly better value (lower for mode "min", higher for "max") resets the count; a tie or a
     worse one counts as a bad evaluation, and the run stops when `patience` bad evaluations in a
     row are reached (`patience` <= 0 never stops). A non-finite value is never an improvement.
-    Returns a new dict; the input is not modified.
+    Once stopped, the state no longer changes. Returns a new dict; the input is not modified.
     """
     if mode not in ("min", "max"):
         raise ValueError(f"early stopping mode must be 'min' or 'max', got {mode!r}.")
     new = dict(state)
+    if state["stopped_at"] is not None:
+        return new
     best = state["best"]
     improved = math.isfinite(value) and (
         best is None or (value < best if mode == "min" else value > best)
@@ -37,7 +39,7 @@ def update(
         new.update(best=float(value), best_at=int(at), bad_evals=0)
     else:
         new["bad_evals"] = int(state["bad_evals"]) + 1
-        if patience > 0 and new["bad_evals"] >= patience and state["stopped_at"] is None:
+        if patience > 0 and new["bad_evals"] >= patience:
             new["stopped_at"] = int(at)
     return new
 
