@@ -1,0 +1,64 @@
+"""Predictions of the example task on new, unlabelled data: an `.npz` with `x` [N, F] -> a CSV.
+
+`predict(model, inputs, out)` takes a training workdir or an exported bundle (`jaxlab.export`);
+both give bitwise the same predictions.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+
+import jax
+import numpy as np
+from absl import logging
+
+from jaxlab import export
+from jaxlab.example import model as model_lib
+
+PREDICTIONS_FILE = "predictions.csv"
+
+
+def read_inputs(path: str, num_features: int) -> np.ndarray:
+    """x [N, F] float32 from an .npz holding at least `x` (a `y`, if present, is ignored)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such input file.")
+    with np.load(path) as f:
+        if "x" not in f:
+            raise ValueError(f"{path}: missing array 'x'; found {sorted(f.files)}.")
+        x = np.asarray(f["x"], np.float32)
+    if x.ndim != 2 or x.shape[1] != num_features:
+        raise ValueError(f"{path}: 'x' has shape {list(x.shape)}; expected [N, {num_features}].")
+    if not np.isfinite(x).all():
+        raise ValueError(f"{path}: 'x' holds {int(np.sum(~np.isfinite(x)))} NaN or Inf values.")
+    return x
+
+
+def predict_array(config, params, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+    """Predictions [N] in fixed-size batches (the last one padded), so one compile serves all."""
+    model = model_lib.make_model(config)
+    apply = jax.jit(lambda p, xb: model.apply({"params": p}, xb))
+    out = []
+    for start in range(0, len(x), batch_size):
+        chunk = x[start : start + batch_size]
+        padded = np.zeros((batch_size, x.shape[1]), np.float32)
+        padded[: len(chunk)] = chunk
+        out.append(np.asarray(apply(params, padded))[: len(chunk)])
+    return np.concatenate(out) if out else np.zeros((0,), np.float32)
+
+
+def predict(model: str, inputs: str, out: str, config=None) -> str:
+    """Writes `out/predictions.csv` (index, prediction) for every row of `inputs`."""
+    config, params, info = export.load_model(model, config, task="jaxlab.example")
+    x = read_inputs(inputs, config.data.num_features)
+    predictions = predict_array(config, params, x)
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, PREDICTIONS_FILE)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["index", "prediction"])
+        writer.writerows((i, f"{p:.9g}") for i, p in enumerate(predictions))
+    logging.info(
+        "Predicted %d rows with step %d of %s -> %s", len(x), info["checkpoint_step"], model, path
+    )
+    return path

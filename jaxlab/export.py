@@ -1,0 +1,210 @@
+"""Portable model bundles: inference parameters as safetensors, the resolved config, a model card.
+
+A bundle is a directory a colleague or a server can use without the training workdir:
+
+    bundle/
+      params.safetensors   the inference parameters (EMA ones where the task keeps them), one
+                           tensor per leaf named by its path ("encoder/block_0/attn/kernel")
+      config.json          the resolved config the model was trained with
+      bundle.json          task, checkpoint step, metrics at that step, git SHA, package versions
+      model_card.md        the same facts for a person
+
+No optimizer state. A task's `steps.py` may define `inference_params(state) -> params` (default:
+`state.params`). `load_model(path)` accepts a bundle or a training workdir, so `predict` and
+`evaluate` can take either; both give bitwise the same parameters.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import json
+import os
+import subprocess
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from safetensors import numpy as safetensors_np
+
+from jaxlab.core import checkpoint, run
+from jaxlab.core import mesh as mesh_lib
+from jaxlab.core import task as task_lib
+
+PARAMS_FILE = "params.safetensors"
+CONFIG_FILE = "config.json"
+INFO_FILE = "bundle.json"
+CARD_FILE = "model_card.md"
+BUNDLE_FORMAT = 1
+VERSIONED_PACKAGES = ("jaxlab", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy")
+
+
+def flatten_params(params: Any) -> dict[str, np.ndarray]:
+    """{"a/b/kernel": array} for every leaf of a nested-dict parameter tree."""
+    flat = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        name = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+        flat[name] = np.asarray(jax.device_get(leaf))
+    return flat
+
+
+def unflatten_params(flat: dict[str, np.ndarray], abstract: Any, source: str) -> Any:
+    """The tree of `abstract` (ShapeDtypeStructs) filled from `flat`, checked leaf by leaf.
+
+    Raises one ValueError naming the first missing, unexpected or mis-shaped parameter.
+    """
+    expected = flatten_params(jax.tree.map(lambda x: np.zeros((), x.dtype), abstract))
+    names = list(expected)
+    shapes = {
+        name: leaf.shape
+        for name, leaf in zip(names, jax.tree.leaves(abstract), strict=True)  # same order
+    }
+    missing = [n for n in names if n not in flat]
+    unexpected = [n for n in flat if n not in shapes]
+    if missing or unexpected:
+        raise ValueError(
+            f"{source}: parameters do not match the config's model: missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]} ({len(missing)} missing, {len(unexpected)} unexpected)."
+        )
+    for name in names:
+        if flat[name].shape != tuple(shapes[name]) or flat[name].dtype != expected[name].dtype:
+            raise ValueError(
+                f"{source}: parameter {name!r} is {flat[name].dtype}{list(flat[name].shape)}; "
+                f"the config's model expects {expected[name].dtype}{list(shapes[name])}."
+            )
+    treedef = jax.tree.structure(abstract)
+    return jax.tree.unflatten(treedef, [flat[n] for n in names])
+
+
+def _inference_params_fn(steps: Any) -> Callable[[Any], Any]:
+    return getattr(steps, "inference_params", lambda state: state.params)
+
+
+def _single_device_parts(config: ml_collections.ConfigDict) -> tuple[Any, Any]:
+    steps = task_lib.import_task(config, "steps")
+    mesh = mesh_lib.make_mesh([("data", -1)], devices=jax.devices()[:1])
+    return steps, steps.build(config, mesh)
+
+
+def git_sha() -> str | None:
+    """The repository's HEAD when jaxlab runs from a git checkout, else None."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=os.path.dirname(os.path.abspath(__file__)),
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except OSError:
+        return None
+    return out.stdout.strip() or None
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for name in VERSIONED_PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def export_bundle(
+    config: ml_collections.ConfigDict, workdir: str, out: str, which: str | None = None
+) -> str:
+    """Writes the bundle of checkpoint `which` (default `config.eval.checkpoint`) to `out`."""
+    steps, parts = _single_device_parts(config)
+    state, step = run.restore_for_eval(config, workdir, parts, which)
+    params = _inference_params_fn(steps)(state)
+    manager = checkpoint.manager_from_config(config, workdir, read_only=True)
+    metrics = {k: float(v) for k, v in (manager.metrics(step) or {}).items()}
+    manager.close()
+
+    os.makedirs(out, exist_ok=True)
+    flat = flatten_params(params)
+    safetensors_np.save_file(
+        flat, os.path.join(out, PARAMS_FILE), metadata={"task": config.task, "step": str(step)}
+    )
+    with open(os.path.join(out, CONFIG_FILE), "w") as f:
+        f.write(config.to_json_best_effort(indent=2))
+    info = {
+        "format": BUNDLE_FORMAT,
+        "task": config.task,
+        "checkpoint_step": int(step),
+        "training_steps": int(parts.num_steps),
+        "metrics": metrics,
+        "num_parameters": int(sum(v.size for v in flat.values())),
+        "git_sha": git_sha(),
+        "versions": package_versions(),
+        "exported_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "source_workdir": os.path.abspath(workdir),
+    }
+    with open(os.path.join(out, INFO_FILE), "w") as f:
+        json.dump(info, f, indent=2)
+    with open(os.path.join(out, CARD_FILE), "w") as f:
+        f.write(model_card(info))
+    logging.info("Exported step %d of %s to %s (%d tensors)", step, workdir, out, len(flat))
+    return out
+
+
+def model_card(info: dict[str, Any]) -> str:
+    metrics = "\n".join(f"| {k} | {v:.6g} |" for k, v in sorted(info["metrics"].items()))
+    versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items())
+    return (
+        f"# {info['task']} model\n\n"
+        f"- checkpoint step {info['checkpoint_step']} of {info['training_steps']} training steps\n"
+        f"- {info['num_parameters']:,} parameters (inference weights only, no optimizer state)\n"
+        f"- trained in {info['source_workdir']}\n"
+        f"- git {info['git_sha'] or 'unknown'}; {versions}\n"
+        f"- exported {info['exported_at']}\n\n"
+        "The config it was trained with is `config.json`; the data it expects is described in "
+        "the task's README.\n\n"
+        f"| metric at export | value |\n|---|---|\n{metrics or '| (none saved) | |'}\n"
+    )
+
+
+def is_bundle(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, INFO_FILE))
+
+
+def read_config(path: str) -> ml_collections.ConfigDict:
+    """The resolved config saved in a bundle or a workdir (`config.json`)."""
+    file = os.path.join(path, CONFIG_FILE)
+    if not os.path.isfile(file):
+        raise FileNotFoundError(
+            f"{path} has no {CONFIG_FILE}: it is neither a jaxlab bundle nor a workdir of a run "
+            "that recorded its config; pass --config as at training time."
+        )
+    with open(file) as f:
+        return ml_collections.ConfigDict(json.load(f))
+
+
+def load_model(
+    path: str, config: ml_collections.ConfigDict | None = None, task: str | None = None
+) -> tuple[ml_collections.ConfigDict, Any, dict[str, Any]]:
+    """(config, inference params, info) from a bundle or a training workdir.
+
+    `task` (e.g. "jaxlab.example"), when given, must match the model's. A workdir needs `config`
+    unless it holds a `config.json`.
+    """
+    if config is None:
+        config = read_config(path)
+    if task is not None and config.task != task:
+        raise ValueError(f"{path} holds a {config.task} model; this command needs a {task} model.")
+    steps, parts = _single_device_parts(config)
+    abstract = jax.eval_shape(_inference_params_fn(steps), parts.abstract_state)
+    if is_bundle(path):
+        with open(os.path.join(path, INFO_FILE)) as f:
+            info = json.load(f)
+        file = os.path.join(path, PARAMS_FILE)
+        params = unflatten_params(safetensors_np.load_file(file), abstract, file)
+        return config, params, info
+    state, step = run.restore_for_eval(config, path, parts)
+    params = jax.device_get(_inference_params_fn(steps)(state))
+    return config, params, {"task": config.task, "checkpoint_step": int(step)}
