@@ -1,19 +1,23 @@
-# Each target bootstraps .venv itself: it is (re)built when missing or older than pyproject.toml.
+# Each target bootstraps .venv itself: it is (re)built when missing or older than pyproject.toml
+# or requirements.lock. Dependencies install at the exact versions of requirements.lock; jaxlab
+# itself installs editable on top (`--no-deps`), which also puts the `jaxlab` command in .venv/bin.
 PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 PY := $(VENV)/bin/python
+JAXLAB := $(VENV)/bin/jaxlab
 
-.PHONY: demo test test-fast bench lint format clean
+.PHONY: demo test test-fast bench lint format clean lock
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) scripts/demo.py --workdir=runs/demo
+	JAX_PLATFORMS=cpu $(JAXLAB) demo --workdir=runs/demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadfile tests
@@ -22,7 +26,7 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadfile -m "not slow" tests
 
 bench: $(STAMP)
-	$(PY) scripts/benchmark.py --out=runs/benchmark.json
+	$(JAXLAB) bench --out=runs/benchmark.json
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -31,6 +35,18 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
+
+# Newest releases within pyproject's ranges -> requirements.lock (README: Upgrading dependencies).
+lock:
+	rm -rf .venv-lock
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install --quiet --upgrade pip
+	.venv-lock/bin/python -m pip install --quiet '.[test]'
+	{ echo "# Exact versions \`make\` installs (pip freeze of a working .venv, CPU)."; \
+	  echo "# Regenerate with \`make lock\` (README: Upgrading dependencies)."; \
+	  .venv-lock/bin/python -m pip freeze --exclude-editable | grep -v -i '^jaxlab'; \
+	} > requirements.lock
+	rm -rf .venv-lock
 
 clean:
 	rm -rf runs .pytest_cache

@@ -26,6 +26,9 @@ def get_common() -> ml_collections.ConfigDict:
     config.train.max_to_keep = 3  # latest checkpoints kept, besides the best
     config.train.keep_best = 1  # best checkpoints kept by config.eval.best_metric
     config.train.async_checkpoint = True
+    # Resume even when the config differs from workdir/config.json in keys that change the trained
+    # model (batch size, data, model, optimizer, seed); the differences are logged.
+    config.train.allow_config_change = False
     config.train.max_in_flight = 2  # dispatched-but-unfinished steps allowed (loop.StepThrottle)
     config.train.profile_start = 0  # jax.profiler trace of steps [start, stop); off when equal
     config.train.profile_stop = 0

@@ -12,12 +12,15 @@ import math
 import signal
 import sys
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, TypeVar
 
 import jax
 import numpy as np
+import tqdm
 from absl import logging
+
+T = TypeVar("T")
 
 
 def every(step: int, n: int | None) -> bool:
@@ -66,46 +69,104 @@ def log_preempted(step: int) -> None:
 
 
 class Progress:
-    """Step / total, loss, steps/s, examples/s and ETA, as log lines (and a live bar on a tty).
+    """Step / total, loss, steps/s, examples/s and ETA: a tqdm bar on a tty, log lines otherwise.
 
     Call `report(step, scalars)` at log time only (it reads host values); it returns the rates so
-    the caller can write them with the other metrics.
+    the caller can write them with the other metrics. Timing starts at the first report: the
+    steps before it include compilation (and restoring), which would make the first rates and
+    the ETA wrong, so the first report returns no rates ({}) and later ones measure from it.
     """
 
     def __init__(self, total_steps: int, global_batch_size: int, start_step: int = 0):
         self.total_steps = total_steps
         self.global_batch_size = global_batch_size
-        self._last_step = start_step
-        self._last_time = time.perf_counter()
-        self._live = sys.stderr.isatty() and jax.process_index() == 0
+        self._last_step: int | None = None  # set by the first report
+        self._last_time = 0.0
+        self._bar = None
+        if _is_live():
+            self._bar = tqdm.tqdm(
+                total=total_steps,
+                initial=start_step,
+                unit="step",
+                dynamic_ncols=True,
+                bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]",
+            )
 
     def report(self, step: int, scalars: Mapping[str, Any] | None = None) -> dict[str, float]:
         now = time.perf_counter()
-        steps = step - self._last_step
-        elapsed = max(now - self._last_time, 1e-9)
+        rates: dict[str, float] = {}
+        if self._last_step is not None and step > self._last_step:
+            steps_per_sec = (step - self._last_step) / max(now - self._last_time, 1e-9)
+            rates = {
+                "steps_per_sec": steps_per_sec,
+                "examples_per_sec": steps_per_sec * self.global_batch_size,
+            }
         self._last_step, self._last_time = step, now
-        steps_per_sec = steps / elapsed
-        rates = {
-            "steps_per_sec": steps_per_sec,
-            "examples_per_sec": steps_per_sec * self.global_batch_size,
-        }
+        steps_per_sec = rates.get("steps_per_sec", 0.0)
         eta = (self.total_steps - step) / steps_per_sec if steps_per_sec > 0 else float("inf")
         loss = (scalars or {}).get("loss")
-        loss_text = f" | loss {float(loss):.4g}" if loss is not None else ""
-        line = (
-            f"step {step}/{self.total_steps} ({100.0 * step / max(self.total_steps, 1):.0f}%)"
-            f"{loss_text} | {steps_per_sec:.2f} steps/s | {rates['examples_per_sec']:.1f} ex/s"
-            f" | ETA {format_seconds(eta)}"
-        )
-        if self._live:
-            width = 30
-            filled = int(width * step / max(self.total_steps, 1))
-            sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {line}")
-            sys.stderr.flush()
+        parts = [f"loss {float(loss):.4g}"] if loss is not None else []
+        if rates:
+            parts += [f"{steps_per_sec:.2f} steps/s", f"{rates['examples_per_sec']:.1f} ex/s"]
+        parts.append(f"ETA {format_seconds(eta)}")
+        if self._bar is not None:
+            self._bar.update(step - self._bar.n)
+            self._bar.set_postfix_str(" | ".join(parts), refresh=True)
             if step >= self.total_steps:
-                sys.stderr.write("\n")
-        logging.info("%s", line)
+                self._bar.close()
+        else:
+            percent = 100.0 * step / max(self.total_steps, 1)
+            logging.info(
+                "step %d/%d (%.0f%%) | %s", step, self.total_steps, percent, " | ".join(parts)
+            )
         return rates
+
+
+def _is_live() -> bool:
+    """A live bar only for a person watching: stderr is a terminal, and on process 0 only."""
+    return sys.stderr.isatty() and jax.process_index() == 0
+
+
+def progress_bar(
+    iterable: Iterable[T], total: int | None = None, desc: str = "", log_every_s: float = 30.0
+) -> Iterator[T]:
+    """Yields `iterable`'s items, showing progress: tqdm on a tty, else a log line every
+    `log_every_s` seconds and at the end. For long evaluations and data conversions.
+
+    `total` defaults to `len(iterable)` when it has one.
+    """
+    if total is None and hasattr(iterable, "__len__"):
+        total = len(iterable)
+    if _is_live():
+        yield from tqdm.tqdm(iterable, total=total, desc=desc, dynamic_ncols=True)
+        return
+    start = last = time.perf_counter()
+    count = 0
+    for item in iterable:
+        yield item
+        count += 1
+        now = time.perf_counter()
+        if now - last >= log_every_s:
+            last = now
+            _log_progress(desc, count, total, now - start)
+    _log_progress(desc, count, total, time.perf_counter() - start)
+
+
+def _log_progress(desc: str, count: int, total: int | None, elapsed: float) -> None:
+    rate = count / max(elapsed, 1e-9)
+    if total:
+        eta = (total - count) / rate if rate > 0 else float("inf")
+        logging.info(
+            "%s %d/%d (%.0f%%) | %.2f it/s | ETA %s",
+            desc,
+            count,
+            total,
+            100.0 * count / total,
+            rate,
+            format_seconds(eta),
+        )
+    else:
+        logging.info("%s %d | %.2f it/s", desc, count, rate)
 
 
 def format_seconds(seconds: float) -> str:

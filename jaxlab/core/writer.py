@@ -5,7 +5,8 @@ get a writer whose methods do nothing), so multi-host runs produce one copy of e
 
     workdir/metrics.jsonl   one strict-JSON object per `write_scalars` call, flushed at once,
                             so a crash loses nothing; read back with `read_metrics`.
-    workdir/tb/             TensorBoard events (scalars, images, hparams), via tensorboardX,
+    workdir/tb/             TensorBoard events (scalars, images, text, hparams with their
+                            metrics), via tensorboardX,
                             which needs neither TensorFlow nor torch (clu's writers import TF).
                             Written synchronously: tensorboardX's SummaryWriter queues events
                             for a thread and its flush() does not wait for that queue.
@@ -78,6 +79,16 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def _as_dict(tree: Any) -> Any:
+    return tree.to_dict() if isinstance(tree, ml_collections.ConfigDict) else tree
+
+
+def _markdown_table(flat: Mapping[str, Any]) -> str:
+    """{"a.b": 1} -> a two-column markdown table, for TensorBoard's Text tab."""
+    rows = [f"| `{key}` | `{value}` |" for key, value in sorted(flat.items())]
+    return "\n".join(["| key | value |", "|---|---|", *rows])
+
+
 class MetricWriter:
     """Writes scalars, images and hparams on process 0; a no-op elsewhere.
 
@@ -98,7 +109,8 @@ class MetricWriter:
         self._tb = None
         if self.enabled:
             os.makedirs(os.path.join(workdir, TB_DIR), exist_ok=True)
-            # Appending: a resumed run continues the same file.
+            # Appending: a resumed run continues the same file, minus a torn last line.
+            _drop_torn_tail(os.path.join(workdir, METRICS_FILE))
             self._jsonl = open(os.path.join(workdir, METRICS_FILE), "a")  # noqa: SIM115
             self._tb = EventsWriter(
                 os.path.join(workdir, TB_DIR, "events"),
@@ -129,6 +141,36 @@ class MetricWriter:
             " | ".join([f"step {step}"] + [f"{k} {_format(v)}" for k, v in values.items()])
         )
 
+    def truncate_after(self, step: int) -> None:
+        """Drops metrics.jsonl records of steps after `step` (atomic rewrite), on resume.
+
+        A run killed after its last checkpoint logged steps the resumed run trains again; without
+        this they would appear twice. Lines that do not parse are kept as they are.
+        """
+        if not self.enabled:
+            return
+        path = os.path.join(self.workdir, METRICS_FILE)
+        self._jsonl.flush()
+        with open(path) as f:
+            lines = f.readlines()
+        kept = [line for line in lines if _record_step(line) is None or _record_step(line) <= step]
+        if len(kept) == len(lines):
+            return
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.writelines(kept)
+            f.flush()
+            os.fsync(f.fileno())
+        self._jsonl.close()
+        os.replace(tmp, path)
+        self._jsonl = open(path, "a")  # noqa: SIM115
+        logging.info(
+            "%s: dropped %d records of steps after %d (logged after that checkpoint).",
+            path,
+            len(lines) - len(kept),
+            step,
+        )
+
     def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
         """Writes images to TensorBoard only.
 
@@ -149,20 +191,63 @@ class MetricWriter:
             self._write_summary(step, tb_summary.image(key, image, dataformats=formats))
 
     def write_hparams(self, hparams: Mapping[str, Any]) -> None:
-        """Writes the flattened hparams ("model.dim": 64) to TensorBoard and hparams.json.
+        """Writes the flattened hparams ("model.dim": 64) to hparams.json and as TensorBoard text.
+
+        The TensorBoard HParams entry is written once the run has metrics, by
+        `write_hparams_with_metrics`: TensorBoard keeps the first hparams summary of a run, so an
+        entry without metrics written here would hide the later one.
 
         Args:
           hparams: nested mapping or `ml_collections.ConfigDict`, e.g. the whole config.
         """
         if not self.enabled:
             return
-        if isinstance(hparams, ml_collections.ConfigDict):
-            hparams = hparams.to_dict()
-        flat = _flatten(hparams)
+        flat = _flatten(_as_dict(hparams))
         with open(os.path.join(self.workdir, HPARAMS_FILE), "w") as f:
             json.dump(flat, f, indent=2, sort_keys=True)
-        for summary in tb_summary.hparams(flat, {}):
-            self._write_summary(0, summary)
+        self.write_text(0, {"config": _markdown_table(flat)})
+
+    def write_hparams_with_metrics(
+        self, hparams: Mapping[str, Any], metrics: Mapping[str, Any], step: int = 0
+    ) -> None:
+        """The run's TensorBoard HParams entry: flattened hparams and their metric values.
+
+        Like tensorboardX's `add_hparams`, but into this run's own event files: the hparams
+        plugin's experiment / session summaries name each metric tag, and each metric is written
+        as a scalar under that tag at `step`, so the HParams tab compares runs (one workdir each)
+        by these values. Call once a run has its final metrics (`jaxlab train` does).
+
+        Args:
+          hparams: nested mapping or `ml_collections.ConfigDict`.
+          metrics: tag -> scalar, e.g. {"final/eval_mse": 0.02}.
+          step: the step the metrics belong to.
+        """
+        if not self.enabled:
+            return
+        flat = _flatten(_as_dict(hparams))
+        host = jax.device_get(dict(metrics))
+        values = {key: _to_float(key, host[key]) for key in metrics}
+        for summary in tb_summary.hparams(flat, values):
+            self._write_summary(step, summary)
+        self.write_summary_scalars(step, values)
+
+    def write_summary_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+        """Writes scalars to TensorBoard only (not metrics.jsonl): results computed outside the
+        train loop, such as a separate evaluation's metrics."""
+        if not self.enabled:
+            return
+        host = jax.device_get(dict(scalars))
+        for key in scalars:
+            self._write_summary(step, tb_summary.scalar(key, _to_float(key, host[key])))
+        self._tb.flush()
+
+    def write_text(self, step: int, texts: Mapping[str, str]) -> None:
+        """Writes markdown text to TensorBoard's Text tab (run records: config, provenance)."""
+        if not self.enabled:
+            return
+        for key, text in texts.items():
+            self._write_summary(step, tb_summary.text(key, text))
+        self._tb.flush()
 
     def flush(self) -> None:
         """Pushes buffered TensorBoard events to disk (metrics.jsonl is flushed on every write)."""
@@ -183,6 +268,39 @@ class MetricWriter:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+def _drop_torn_tail(path: str) -> None:
+    """Cuts a last line without its newline (a write killed midway) off the file at `path`."""
+    if not os.path.exists(path) or os.path.getsize(path) == 0:
+        return
+    with open(path, "rb+") as f:
+        f.seek(0, os.SEEK_END)
+        size = f.tell()
+        f.seek(max(0, size - (1 << 20)))
+        tail = f.read()
+        if tail.endswith(b"\n"):
+            return
+        cut = tail.rfind(b"\n")
+        keep = (
+            size - len(tail) + cut + 1
+            if cut >= 0
+            else (size - len(tail) if size > len(tail) else 0)
+        )
+        logging.warning(
+            "%s: dropping a torn last line (%d bytes) left by a killed run.", path, size - keep
+        )
+        f.truncate(keep)
+
+
+def _record_step(line: str) -> int | None:
+    """The "step" of a metrics.jsonl line, or None when the line is not a record."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    step = record.get("step") if isinstance(record, dict) else None
+    return step if isinstance(step, int) else None
 
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:

@@ -1,4 +1,5 @@
-"""scripts/benchmark.py run as `make bench` runs it, on 2 fake CPU devices and tiny configs."""
+"""`jaxlab bench` (through scripts/benchmark.py) as `make bench` runs it, on 2 fake CPU devices
+and tiny configs."""
 
 import json
 import subprocess
@@ -37,10 +38,11 @@ def _mlp_train_flops(config) -> float:
 
 def test_benchmark_reports_example_task(tmp_path):
     out = tmp_path / "bench" / "benchmark.json"
-    flags = ["--steps=3", "--warmup=1", "--matmul_size=256", "--variant=tiny"]
+    flags = ["--tasks=example", "--steps=3", "--warmup=1", "--matmul_size=256", "--variant=tiny"]
     result = _run_benchmark(out, *flags)
     assert result.returncode == 0, result.stdout
     assert "example" in result.stdout  # the table
+    assert "jaxlab bench: backend cpu, 2 x cpu" in result.stdout  # where it ran
     report = json.loads(out.read_text())
 
     assert report["device"]["device_count"] == 2

@@ -98,13 +98,24 @@ def test_train_learns_planted_signal_and_evaluate_restores_best(tmp_path):
     assert os.path.getsize(os.path.join(out, "predictions.png")) > 1000
 
 
-def test_nan_guard_stops_naming_step_and_metric(tmp_path):
-    config = tiny_config(log_every=2, ckpt_every=100, eval_every=100)
+def test_nan_guard_stops_naming_step_and_keeps_a_finite_checkpoint(tmp_path):
+    config = tiny_config(log_every=1, ckpt_every=1, eval_every=100)
     config.optim.name = "sgd"
     config.optim.schedule = "constant"
-    config.optim.lr = 1e30
-    with pytest.raises(loop.NonFiniteError, match=r"Non-finite metric at step \d+: .*loss="):
-        train.train_and_evaluate(config, str(tmp_path))
+    config.optim.lr = 1e30  # step 1 is finite (and saved), the loss overflows after it
+    workdir = str(tmp_path)
+    with pytest.raises(loop.NonFiniteError, match=r"Non-finite (metric|values) at step (\d+)") as e:
+        train.train_and_evaluate(config, workdir)
+    failed = int(e.value.args[0].split("at step ")[1].split()[0].rstrip(":"))
+    records = read_metrics(workdir)
+    assert records[-1]["step"] == failed  # the failing step's metrics are written
+    mesh = mesh_lib.make_mesh([("data", -1)])
+    manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints"), read_only=True)
+    step, state = checkpoint.restore_latest_intact(
+        manager, steps.build(config, mesh).abstract_state
+    )
+    assert 1 <= step < failed and not checkpoint.nonfinite_leaves(state)
+    assert not [n for n in os.listdir(os.path.join(workdir, "checkpoints")) if "tmp" in n]
 
 
 def test_bad_config_override_is_one_clear_error(tmp_path):
@@ -112,7 +123,7 @@ def test_bad_config_override_is_one_clear_error(tmp_path):
         "train.py", "example.py:tiny", str(tmp_path), "--config.optim.lrr=3", num_devices=1
     )
     assert result.returncode == 1
-    assert "unknown config key 'lrr'" in result.stdout and 'Did you mean "lr"' in result.stdout
+    assert "unknown config key 'optim.lrr'. Did you mean 'optim.lr'?" in result.stdout
     assert "Traceback" not in result.stdout
 
 

@@ -89,7 +89,9 @@ def test_tensorboard_scalars_images_and_hparams(tmp_path):
         assert scalars == {(7, "loss"): 0.25}
         images = {tag for step, tag, v in events if v.HasField("image") and step == 7}
         assert images == {"gray", "rgb", "batch"}
-        assert "_hparams_/session_start_info" in {tag for _, tag, _ in events}
+        # The config as text; the HParams entry waits for the metrics (one per run in TB).
+        assert "config/text_summary" in {tag for _, tag, _ in events}
+        assert "_hparams_/session_start_info" not in {tag for _, tag, _ in events}
 
     with open(os.path.join(workdir, "hparams.json")) as f:
         assert json.load(f) == {
@@ -153,3 +155,39 @@ def test_read_metrics_skips_a_line_still_being_written(tmp_path):
         f.write('{"step": 1, "lo\n{"step": 2}\n')
     with pytest.raises(ValueError, match="line 1"):
         writer_lib.read_metrics(str(tmp_path))
+
+
+def test_hparams_with_metrics_read_back_by_tensorboard(tmp_path):
+    """What TensorBoard's HParams tab reads: the experiment names the metric tags, the session
+    holds the hparam values, and each metric's value is a scalar under its tag at `step`."""
+    from tensorboard.backend.event_processing import event_accumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    config = ml_collections.ConfigDict({"model": {"dim": 64, "dtype": "float32"}, "seed": 3})
+    with writer_lib.MetricWriter(str(tmp_path), enabled=True) as writer:
+        writer.write_scalars(5, {"loss": 2.0})
+        writer.write_hparams_with_metrics(
+            config, {"final/acc": np.float32(0.75), "final/loss": jnp.array(0.5)}, step=9
+        )
+        writer.write_text(9, {"run_info": "**sha** abc"})
+
+    accumulator = event_accumulator.EventAccumulator(str(tmp_path / "tb"))
+    accumulator.Reload()
+    assert [(e.step, e.value) for e in accumulator.Scalars("final/acc")] == [(9, 0.75)]
+    assert [(e.step, e.value) for e in accumulator.Scalars("final/loss")] == [(9, 0.5)]
+    assert [(e.step, e.value) for e in accumulator.Scalars("loss")] == [(5, 2.0)]
+    content = accumulator.PluginTagToContent("hparams")
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(
+        content["_hparams_/experiment"]
+    ).experiment
+    assert sorted(m.name.tag for m in experiment.metric_infos) == ["final/acc", "final/loss"]
+    assert {h.name for h in experiment.hparam_infos} == {"model.dim", "model.dtype", "seed"}
+    session = plugin_data_pb2.HParamsPluginData.FromString(
+        content["_hparams_/session_start_info"]
+    ).session_start_info
+    assert session.hparams["model.dim"].number_value == 64
+    assert session.hparams["model.dtype"].string_value == "float32"
+    (text,) = accumulator.Tensors("run_info/text_summary")
+    assert text.tensor_proto.string_val == [b"**sha** abc"]
+    # metrics.jsonl holds only what write_scalars wrote.
+    assert writer_lib.read_metrics(str(tmp_path)) == [{"step": 5, "loss": 2.0}]
