@@ -1,25 +1,30 @@
-"""IceCube neutrino direction: hierarchical transformer (pulses -> DOMs -> event), packed batches.
+"""IceCube neutrino direction (jaxlab/neutrino): hierarchical transformer over packed pulses.
 
-Run (synthetic demo, data written to <workdir>/data in the Kaggle layout):
+Demo (synthetic events written to <workdir>/data in the Kaggle layout, 2-core CPU):
   python scripts/train.py --config=neutrino:demo --workdir=runs/neutrino
   python scripts/evaluate.py --config=neutrino:demo --workdir=runs/neutrino
+Expect: mean angular error (`mean_angular_error`, competition formula) about 0.53 rad (median
+about 0.26) on the 4000 held-out synthetic events, against `baseline_constant` 1.57 rad (the mean
+training direction as a constant guess); about 3 minutes on an idle 2-core CPU. Packing: ~0.97 of
+pulse tokens and ~0.88 of DOM tokens are real, ~35 events per pack. runs/neutrino/eval/eval/ holds
+metrics.json, submission.csv, error_vs_size.png and zenith.png.
 
-Expect (demo): mean angular error (`mean_angular_error`, competition formula) about 0.53 rad
-(median about 0.26) on the 4000 held-out synthetic events, against `baseline_constant` 1.57 rad
-(the mean training direction as a constant guess); about 3 minutes on an idle 2-core CPU (6.4
-minutes measured on a heavily shared one). Packing: ~0.97 of pulse tokens and ~0.88 of DOM tokens
-are real, ~35 events per pack.
-
-Real data (Kaggle "icecube-neutrinos-in-deep-ice", unzipped to /data/icecube):
-  python scripts/train.py --config=neutrino:baseline_1m --workdir=runs/neutrino_1m \
-      --config.data.root=/data/icecube
-  python scripts/evaluate.py --config=neutrino:baseline_1m \
-      --workdir=runs/neutrino_1m --config.data.root=/data/icecube
+Real data (Kaggle "icecube-neutrinos-in-deep-ice" unzipped to DIR; jaxlab/neutrino/README.md):
+  python scripts/train.py --config=neutrino:paper --workdir=runs/neutrino_paper \
+      --config.data.root=DIR
+  python scripts/evaluate.py --config=neutrino:paper --workdir=runs/neutrino_paper \
+      --config.data.root=DIR
   (add --config.eval.split=test for a submission.csv of the unlabelled test events)
+Expect (paper: the seed's 1.6M-parameter model, vMF loss, ~900K training events = batches 1-5,
+held-out batch 6): no number is verified here; for scale, published full-data scores are about
+1.02 (GraphNeT DynEdge) and 0.96 (the winner); a line fit scores about 1.18.
 
-Expect (baseline_1m, the seed's 1.6M-parameter model, about 900K training events = batches 1-5):
-no number is verified here; for scale, published full-data scores are about 1.02 (GraphNeT
-DynEdge) and 0.96 (the winner); a line fit scores about 1.18.
+Variants: demo, tiny (tests; derived from demo), paper (the seed's setup on the real data; the old
+name baseline_1m is an alias). Keys to vary: data.train_batches / data.eval_batches (batch files
+of train_meta.parquet), the pack shapes data.pulse_rows x data.pulse_row_len and data.dom_rows x
+data.dom_row_len with data.pack_events slots, train.global_batch_size (packs per step, a multiple
+of the devices), data.max_doms / data.max_pulses_per_dom (truncation), train.loss ("angular" or
+"vmf"), model.*. Logged rates: `events_per_sec` counts events; `examples_per_sec` counts packs.
 """
 
 from __future__ import annotations
@@ -30,33 +35,46 @@ from jaxlab.configs import common
 
 
 def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
+    if arg in ("paper", "baseline_1m"):
+        return paper()
+    if arg == "demo":
+        return demo()
+    if arg == "tiny":
+        return tiny()
+    raise ValueError(
+        f"config neutrino: unknown variant {arg!r}; use 'demo', 'tiny' or 'paper' "
+        "('baseline_1m' is an alias of 'paper')."
+    )
+
+
+def paper() -> ml_collections.ConfigDict:
+    """The seed's setup: 1.6M-parameter model, vMF loss, Kaggle batches 1-5, eval on batch 6."""
     config = common.get_common()
     config.task = "jaxlab.neutrino"
 
     config.data = ml_collections.ConfigDict()
-    config.data.root = ""  # the Kaggle folder; defaults to <workdir>/data (synthetic)
-    config.data.synthetic = True  # write the synthetic dataset first when missing
+    config.data.root = ""  # the Kaggle folder (required for real data); synthetic: <workdir>/data
+    config.data.synthetic = False  # True: write the synthetic dataset to data.root first
     # Batch files of train_meta.parquet used for training / held-out evaluation ("1-8", "1,3",
     # or a tuple); "" means every batch of the meta file. "test" reads test_meta.parquet.
     config.data.train_batches = "1-5"
     config.data.eval_batches = "6"
     config.data.test_batches = ""
     config.data.cache_files = 2  # decoded batch files kept per process
-    # Per-event caps (truncation rule in jaxlab/neutrino/data.py).
+    # Per-event caps (truncation rule in jaxlab/neutrino/data_packing.py).
     config.data.max_doms = 128
     config.data.max_pulses_per_dom = 16
     # One pack: pulse_rows x pulse_row_len pulse tokens, dom_rows x dom_row_len DOM tokens,
-    # pack_events event slots. A batch is packs_per_batch packs (a multiple of the devices).
+    # pack_events event slots. A batch is train.global_batch_size packs.
     config.data.pulse_rows = 16
     config.data.pulse_row_len = 128
     config.data.dom_rows = 12
     config.data.dom_row_len = 128
     config.data.pack_events = 96
-    config.data.packs_per_batch = 8
     config.data.num_threads = 2
     config.data.prefetch = 64
 
-    # Synthetic dataset (jaxlab/neutrino/synthetic.py).
+    # Synthetic dataset (jaxlab/neutrino/synthetic.py), used when data.synthetic is True.
     config.data.synth = ml_collections.ConfigDict()
     config.data.synth.train_batches = 6  # batch 6 is held out by data.eval_batches
     config.data.synth.test_batches = 1
@@ -78,12 +96,14 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     config.model.dtype = "float32"
 
     config.train.loss = "vmf"  # "angular" or "vmf"
-    config.train.num_steps = 20_000
+    # Packs per step: 8 x 2048 pulse tokens, ~250 events at ~70 pulses per event (seed: 256).
+    config.train.global_batch_size = 8
+    config.train.num_steps = 40_000
     config.train.log_every = 100
     config.train.eval_every = 2000
     config.train.ckpt_every = 2000
     config.eval.split = "eval"
-    config.eval.packs_per_batch = 8
+    config.eval.global_batch_size = 8  # packs
     config.eval.best_metric = "mean_angular_error"
     config.eval.best_mode = "min"
     # Event-size bins of the error breakdown (lower edges; the last bin is open).
@@ -96,76 +116,69 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     config.optim.warmup_steps = 1000
     config.optim.clip_norm = 1.0
     config.optim.weight_decay = 1e-2
+    return config
 
-    if arg == "baseline_1m":
-        # ~900K events: Kaggle train batches 1-5 (~200K events each) minus nothing; eval on 6.
-        config.data.synthetic = False
-        config.data.root = "/data/icecube"
-        # 8 packs x 2048 pulse tokens: ~250 events per step at ~70 pulses per event (seed: 256).
-        config.data.packs_per_batch = 8
-        config.train.num_steps = 40_000
-    elif arg == "demo":
-        config.data.max_doms = 64
-        config.data.max_pulses_per_dom = 8
-        config.data.pulse_rows = 12
-        config.data.pulse_row_len = 64
-        config.data.dom_rows = 10
-        config.data.dom_row_len = 64
-        config.data.pack_events = 64
-        config.data.packs_per_batch = 2
-        config.data.synth.events_per_batch = 4000
-        config.data.synth.train_batches = 4
-        config.data.train_batches = "1-3"
-        config.data.eval_batches = "4"
-        config.model.d_model = 64
-        config.model.dom_layers = 1
-        config.model.event_layers = 2
-        config.model.num_heads = 4
-        config.model.mlp_dim = 128
-        config.model.dropout = 0.0
-        config.train.loss = "angular"
-        config.train.num_steps = 1000
-        config.train.log_every = 100
-        config.train.eval_every = 500
-        config.train.ckpt_every = 500
-        config.eval.packs_per_batch = 8
-        config.optim.lr = 2e-3
-        config.optim.warmup_steps = 100
-    elif arg == "tiny":  # for tests: seconds on CPU, 8 fake devices
-        config.data.max_doms = 32
-        config.data.max_pulses_per_dom = 4
-        config.data.pulse_rows = 4
-        config.data.pulse_row_len = 32
-        config.data.dom_rows = 2
-        config.data.dom_row_len = 32
-        config.data.pack_events = 16
-        config.data.packs_per_batch = 8
-        config.data.synth.events_per_batch = 300
-        config.data.synth.train_batches = 3
-        config.data.synth.max_pulses = 64
-        config.data.synth.energy_scale = 6.0  # bigger, cleaner events: learnable in ~100 steps
-        config.data.synth.track_half_length = 500.0
-        config.data.synth.noise_hits = 2.0
-        config.data.train_batches = "1-2"
-        config.data.eval_batches = "3"
-        config.model.d_model = 32
-        config.model.dom_layers = 1
-        config.model.event_layers = 1
-        config.model.num_heads = 2
-        config.model.mlp_dim = 64
-        config.model.dropout = 0.0
-        config.train.loss = "angular"
-        config.train.num_steps = 20
-        config.train.log_every = 5
-        config.train.eval_every = 10
-        config.train.ckpt_every = 10
-        config.eval.packs_per_batch = 8
-        config.optim.lr = 3e-3
-        config.optim.warmup_steps = 2
-    else:
-        raise ValueError(
-            f"config neutrino: unknown variant {arg!r}; use 'demo', 'baseline_1m' or 'tiny'."
-        )
-    config.train.global_batch_size = config.data.packs_per_batch  # packs, for progress rates
-    config.eval.global_batch_size = config.eval.packs_per_batch
+
+def demo() -> ml_collections.ConfigDict:
+    """A small model on synthetic data: minutes on a laptop CPU."""
+    config = paper()
+    config.data.synthetic = True
+    config.data.max_doms = 64
+    config.data.max_pulses_per_dom = 8
+    config.data.pulse_rows = 12
+    config.data.pulse_row_len = 64
+    config.data.dom_rows = 10
+    config.data.dom_row_len = 64
+    config.data.pack_events = 64
+    config.data.synth.events_per_batch = 4000
+    config.data.synth.train_batches = 4
+    config.data.train_batches = "1-3"
+    config.data.eval_batches = "4"
+    config.model.d_model = 64
+    config.model.dom_layers = 1
+    config.model.event_layers = 2
+    config.model.num_heads = 4
+    config.model.mlp_dim = 128
+    config.model.dropout = 0.0
+    config.train.loss = "angular"
+    config.train.global_batch_size = 2
+    config.train.num_steps = 1000
+    config.train.log_every = 100
+    config.train.eval_every = 500
+    config.train.ckpt_every = 500
+    config.eval.global_batch_size = 8
+    config.optim.lr = 2e-3
+    config.optim.warmup_steps = 100
+    return config
+
+
+def tiny() -> ml_collections.ConfigDict:
+    """The demo shrunk for tests: seconds on CPU, 8 packs for 8 fake devices."""
+    config = demo()
+    config.data.max_doms = 32
+    config.data.max_pulses_per_dom = 4
+    config.data.pulse_rows = 4
+    config.data.pulse_row_len = 32
+    config.data.dom_rows = 2
+    config.data.dom_row_len = 32
+    config.data.pack_events = 16
+    config.data.synth.events_per_batch = 300
+    config.data.synth.train_batches = 3
+    config.data.synth.max_pulses = 64
+    config.data.synth.energy_scale = 6.0  # bigger, cleaner events: learnable in ~100 steps
+    config.data.synth.track_half_length = 500.0
+    config.data.synth.noise_hits = 2.0
+    config.data.train_batches = "1-2"
+    config.data.eval_batches = "3"
+    config.model.d_model = 32
+    config.model.event_layers = 1
+    config.model.num_heads = 2
+    config.model.mlp_dim = 64
+    config.train.global_batch_size = 8
+    config.train.num_steps = 20
+    config.train.log_every = 5
+    config.train.eval_every = 10
+    config.train.ckpt_every = 10
+    config.optim.lr = 3e-3
+    config.optim.warmup_steps = 2
     return config

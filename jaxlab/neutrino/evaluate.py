@@ -2,56 +2,54 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 
-from jaxlab.core import checkpoint
+from jaxlab.core import loop, run
 from jaxlab.core import mesh as mesh_lib
-from jaxlab.neutrino import data, metrics, plots
-
-
-def eval_step(params: Any, batch: dict[str, jax.Array], *, model: Any) -> jax.Array:
-    """Raw direction vectors [G, E, 3] (deterministic)."""
-    return model.apply({"params": params}, batch, deterministic=True)
-
-
-def make_eval_step(model: Any, mesh: jax.sharding.Mesh):
-    """`eval_step` jitted once for this mesh: (params, batch) -> predictions, replicated."""
-    return jax.jit(
-        functools.partial(eval_step, model=model),
-        in_shardings=(mesh_lib.replicated(mesh), mesh_lib.data_sharding(mesh)),
-        out_shardings=mesh_lib.replicated(mesh),
-    )
+from jaxlab.neutrino import data, data_packing, data_pipeline, metrics, plots, steps, synthetic
 
 
 def predict_split(
-    step: Any,
+    eval_step: Any,
     params: Any,
     source: data.IceCubeSource,
-    processor: data.EventProcessor,
-    spec: data.PackSpec,
+    processor: data_packing.EventProcessor,
+    spec: data_packing.PackSpec,
     mesh: jax.sharding.Mesh,
     packs_per_batch: int,
 ) -> dict[str, np.ndarray]:
-    """One ordered pass over `source`: per event (in source order) event_id, prediction [N, 3],
-    true direction [N, 3], num_pulses, num_doms, plus `has_labels`."""
+    """One ordered pass with `Parts.eval_step` over `source`.
+
+    Returns per event (in source order) event_id, prediction [N, 3], true direction [N, 3],
+    num_pulses, num_doms; `has_labels`; and `sums` (the eval step's on-device sums).
+    """
     keys = ("event_id", "direction", "num_pulses", "num_doms")
-    collected: dict[str, list] = {k: [] for k in (*keys, "pred")}
-    for local, full in data.eval_batches(source, processor, spec, packs_per_batch=packs_per_batch):
-        pred = step(params, mesh_lib.global_batch(data.model_inputs(local), mesh))
-        valid = full["event_valid"]
-        collected["pred"].append(np.asarray(jax.device_get(pred))[valid])
+    collected: dict[str, list] = {k: [] for k in keys}
+    preds, keeps, totals = [], [], None
+    throttle = loop.StepThrottle()
+    batches = data_pipeline.eval_batches(source, processor, spec, packs_per_batch=packs_per_batch)
+    for local, full in batches:
+        batch = mesh_lib.global_batch(data_packing.model_inputs(local), mesh)
+        valid = mesh_lib.global_batch(local["event_valid"], mesh)
+        sums, pred = eval_step(params, batch, valid)
+        throttle(pred)
+        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+        preds.append(pred)
+        keeps.append(full["event_valid"])
         for k in keys:
-            collected[k].append(full[k][valid])
+            collected[k].append(full[k][full["event_valid"]])
+    collected["pred"] = [p[keep] for p, keep in zip(jax.device_get(preds), keeps, strict=True)]
     result = {k: np.concatenate(v) for k, v in collected.items()}
+    result["sums"] = {k: float(v) for k, v in jax.device_get(totals).items()}
     if len(result["event_id"]) != len(source):
         raise RuntimeError(
             f"Evaluation saw {len(result['event_id'])} events, the split has {len(source)}."
@@ -79,8 +77,6 @@ def event_errors(result: dict[str, np.ndarray]) -> np.ndarray:
 
 def constant_baseline(train_meta: dict[str, np.ndarray], result: dict[str, np.ndarray]) -> float:
     """Score of always predicting the mean training direction (about pi / 2 when isotropic)."""
-    from jaxlab.neutrino import synthetic
-
     mean = synthetic.direction_vector(train_meta["azimuth"], train_meta["zenith"]).mean(0)
     if np.linalg.norm(mean) < 1e-9:
         mean = np.array([0.0, 0.0, 1.0])
@@ -105,27 +101,21 @@ def write_submission(result: dict[str, np.ndarray], path: str) -> None:
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Restores `config.eval.checkpoint`; writes metrics.json, submission.csv and PNGs."""
-    from jaxlab.neutrino import train  # build() lives with the train step
-
     mesh = mesh_lib.make_mesh(config.mesh)
     root = data.prepare(config, workdir)
     source = data.load_split(config, root, config.eval.split)
-    processor = data.make_processor(config, root)
-    model, _, spec, _, target, _ = train.build(config, mesh)
-    manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints"), read_only=True)
-    step = checkpoint.select_step(
-        manager, config.eval.checkpoint, config.eval.best_metric, config.eval.best_mode
-    )
-    state = checkpoint.restore(manager, target, step=step)
+    processor = data_packing.make_processor(config, root)
+    parts = steps.build(config, mesh)
+    state, step = run.restore_for_eval(config, workdir, parts)
 
     result = predict_split(
-        make_eval_step(model, mesh),
+        parts.eval_step,
         state.params,
         source,
         processor,
-        spec,
+        parts.spec,
         mesh,
-        config.eval.packs_per_batch,
+        config.eval.global_batch_size,
     )
     out: dict[str, Any] = {"checkpoint_step": step, "num_events": len(result["event_id"])}
     out_dir = os.path.join(workdir, "eval", config.eval.split)

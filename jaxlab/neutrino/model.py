@@ -1,7 +1,7 @@
 """Hierarchical transformer: pulses -> DOM embeddings -> event direction (iceaggr).
 
-Shapes, for a batch of G packs (see `data.py`): pulse tokens [G, R, L], DOM tokens [G, R2, L2],
-event slots [G, E], d = d_model.
+Shapes, for a batch of G packs (see `data_packing.py`): pulse tokens [G, R, L], DOM tokens
+[G, R2, L2], event slots [G, E], d = d_model.
 
   T1 (DOM level): each pulse row [L] is a packed sequence of several DOMs' pulses; segment-id
       attention (`core.attention`) keeps every DOM's pulses to themselves. Pulse outputs are
@@ -27,7 +27,7 @@ import ml_collections
 
 from jaxlab.core import attention
 from jaxlab.core import state as state_lib
-from jaxlab.neutrino import data
+from jaxlab.neutrino import data_packing
 
 
 class TransformerBlock(nn.Module):
@@ -117,7 +117,7 @@ class HierarchicalTransformer(nn.Module):
         _, r2, l2, _ = batch["dom_features"].shape
         chex.assert_shape([batch["pulse_segment"], batch["pulse_dom"]], (g, r, length))
         tokens = self.dom_encoder(
-            batch["pulse_features"].reshape(g * r, length, data.PULSE_FEATURES),
+            batch["pulse_features"].reshape(g * r, length, data_packing.PULSE_FEATURES),
             batch["pulse_segment"].reshape(g * r, length),
             deterministic=deterministic,
         )  # [G * R, L, d]
@@ -129,7 +129,7 @@ class HierarchicalTransformer(nn.Module):
         return pooled.reshape(g, r2, l2, self.d_model)
 
     def __call__(self, batch: dict[str, jax.Array], *, deterministic: bool = True) -> jax.Array:
-        """Packed batch (data.MODEL_KEYS) -> [G, E, 3] float32 (unnormalised direction)."""
+        """Packed batch (data_packing.MODEL_KEYS) -> [G, E, 3] float32 (unnormalised direction)."""
         g, _, _, _ = batch["pulse_features"].shape
         _, r2, l2, _ = batch["dom_features"].shape
         num_events = batch["direction"].shape[1]
@@ -164,14 +164,14 @@ def make_model(config: ml_collections.ConfigDict) -> HierarchicalTransformer:
     )
 
 
-def dummy_batch(spec: data.PackSpec, packs: int = 1) -> dict[str, jax.Array]:
+def dummy_batch(spec: data_packing.PackSpec, packs: int = 1) -> dict[str, jax.Array]:
     """Zeros of a batch's shapes (for init)."""
-    pack = data.empty_pack(spec)
-    return {k: jnp.broadcast_to(pack[k], (packs, *pack[k].shape)) for k in data.MODEL_KEYS}
+    pack = data_packing.empty_pack(spec)
+    return {k: jnp.broadcast_to(pack[k], (packs, *pack[k].shape)) for k in data_packing.MODEL_KEYS}
 
 
 def init_state(
-    rng: jax.Array, *, model: HierarchicalTransformer, tx: Any, spec: data.PackSpec
+    rng: jax.Array, *, model: HierarchicalTransformer, tx: Any, spec: data_packing.PackSpec
 ) -> state_lib.TrainState:
     params = model.init(rng, dummy_batch(spec))["params"]
     return state_lib.create_train_state(params, tx)

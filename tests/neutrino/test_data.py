@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from jaxlab.configs import neutrino as neutrino_config
-from jaxlab.neutrino import data, synthetic
+from jaxlab.neutrino import data, data_packing, data_pipeline, synthetic
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +117,14 @@ def test_sensor_id_out_of_range_is_a_clear_error(root, tmp_path):
         source[0]
 
 
+def test_real_data_without_root_is_a_clear_error():
+    config = neutrino_config.get_config("paper")
+    assert config.data.root == "" and not config.data.synthetic
+    with pytest.raises(ValueError, match=r"config.data.root is empty.*sensor_geometry.csv"):
+        data.prepare(config, "unused")
+    assert neutrino_config.get_config("baseline_1m") == config  # the old name is an alias
+
+
 def test_processor_groups_by_dom_and_truncates_by_the_documented_rule():
     geometry = np.arange(30, dtype=np.float32).reshape(10, 3)
     event = {
@@ -129,7 +137,7 @@ def test_processor_groups_by_dom_and_truncates_by_the_documented_rule():
         "azimuth": 0.0,
         "zenith": 0.0,
     }
-    out = data.EventProcessor(geometry, max_doms=2, max_pulses_per_dom=3)(event)
+    out = data_packing.EventProcessor(geometry, max_doms=2, max_pulses_per_dom=3)(event)
     # Kept: DOM 3 (clean charge 5) and DOM 7 (clean charge 2), not DOM 1 (auxiliary only).
     np.testing.assert_allclose(out["dom_features"][:, 3] * 5160, [3, 7], atol=1e-3)
     np.testing.assert_array_equal(out["dom_lengths"], [3, 2])
@@ -146,15 +154,15 @@ def test_processor_groups_by_dom_and_truncates_by_the_documented_rule():
 
 def _events(root, config, count=None):
     source = data.IceCubeSource(root, "train", (1, 2))
-    processor = data.make_processor(config, root)
+    processor = data_packing.make_processor(config, root)
     return [processor(source[i]) for i in range(count or len(source))]
 
 
 def test_packs_hold_every_pulse_once_with_consistent_ids(root):
     config = _config(root)
-    spec = data.PackSpec.from_config(config)
+    spec = data_packing.PackSpec.from_config(config)
     events = _events(root, config, 60)
-    packs = data.pack_events(events, spec)
+    packs = data_packing.pack_events(events, spec)
     assert sum(int(p["event_valid"].sum()) for p in packs) == 60
     e = 0
     for pack in packs:
@@ -181,15 +189,26 @@ def test_packs_hold_every_pulse_once_with_consistent_ids(root):
             e += 1
         assert np.all((pack["pulse_segment"] > 0) == (pack["pulse_dom"] < spec.dom_tokens))
 
+    # The logged packing statistics, against counts taken from the events themselves.
+    stats = data_packing.packing_stats([{k: np.stack([p[k] for p in packs]) for k in packs[0]}])
+    real_pulses = sum(len(event["pulses"]) for event in events)
+    pulse_tokens = len(packs) * spec.pulse_rows * spec.pulse_row_len
+    assert stats["pulse_token_efficiency"] == pytest.approx(real_pulses / pulse_tokens)
+    real_doms = sum(len(event["dom_lengths"]) for event in events)
+    assert stats["dom_token_efficiency"] == pytest.approx(
+        real_doms / (len(packs) * spec.dom_tokens)
+    )
+    assert stats["events_per_pack"] == pytest.approx(60 / len(packs))
+    assert stats["pulses_truncated"] == sum(int(event["pulses_truncated"]) for event in events)
+    assert stats["pulses_truncated"] > 0
+
 
 def test_padding_efficiency_on_long_tailed_sizes():
     """The demo's pack shapes on the synthetic long-tailed event sizes."""
-    from jaxlab.neutrino import train
-
     config = neutrino_config.get_config("demo")
-    config.data.packs_per_batch = 16
-    spec = data.PackSpec.from_config(config)
-    stats = train.packing_stats([train.synthetic_batch(config, spec)])
+    config.train.global_batch_size = 16
+    spec = data_packing.PackSpec.from_config(config)
+    stats = data_packing.packing_stats([data_packing.synthetic_batch(config, spec, 0)])
     assert stats["pulse_token_efficiency"] >= 0.9, stats
     assert stats["events_per_pack"] > 5
 
@@ -201,11 +220,11 @@ def _ids(batch):
 def test_train_iterator_resumes_exactly_and_reads_file_by_file(root):
     config = _config(root)
     source = data.IceCubeSource(root, "train", (1, 2))
-    processor = data.make_processor(config, root)
-    spec = data.PackSpec.from_config(config)
+    processor = data_packing.make_processor(config, root)
+    spec = data_packing.PackSpec.from_config(config)
 
     def make():
-        return data.train_iterator(
+        return data_pipeline.train_iterator(
             source, processor, spec, packs_per_batch=2, seed=3, process_count=1, process_index=0
         )
 
@@ -232,11 +251,11 @@ def test_train_iterator_resumes_exactly_and_reads_file_by_file(root):
 def test_eval_batches_cover_every_event_once(root):
     config = _config(root)
     source = data.IceCubeSource(root, "train", (3,))
-    processor = data.make_processor(config, root)
-    spec = data.PackSpec.from_config(config)
+    processor = data_packing.make_processor(config, root)
+    spec = data_packing.PackSpec.from_config(config)
     seen = []
     for p in range(2):
-        for local, full in data.eval_batches(
+        for local, full in data_pipeline.eval_batches(
             source, processor, spec, packs_per_batch=4, process_index=p, process_count=2
         ):
             assert local["event_valid"].shape[0] == 2 and full["event_valid"].shape[0] == 4

@@ -4,18 +4,35 @@ import os
 import signal
 import time
 
+import jax
+import numpy as np
 import pytest
 
+from jaxlab.configs import neutrino as neutrino_config
+from jaxlab.core import checkpoint
+from jaxlab.core import mesh as mesh_lib
 from jaxlab.core.writer import read_metrics
+from jaxlab.neutrino import steps
 from tests.core import scripts_util
+
+pytestmark = pytest.mark.slow  # every test here launches scripts/train.py
+
+
+def _final_state(workdir, step):
+    """The checkpoint of `step`, restored on a 2-device mesh like the runs'."""
+    mesh = mesh_lib.make_mesh([("data", -1)], devices=jax.devices()[:2])
+    parts = steps.build(neutrino_config.get_config("tiny"), mesh)
+    manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints"), read_only=True)
+    state = checkpoint.restore(manager, parts.abstract_state, step=step)
+    manager.close()
+    return jax.device_get(state)
 
 
 def _train_rows(workdir):
     return {m["step"]: m for m in read_metrics(workdir) if "grad_norm" in m}
 
 
-@pytest.mark.slow
-def test_sigterm_then_resume_matches_uninterrupted_run(tmp_path):
+def test_sigterm_then_resume_is_bitwise_identical(tmp_path):
     num_steps = 120
     overrides = (
         f"--config.train.num_steps={num_steps}",
@@ -49,3 +66,9 @@ def test_sigterm_then_resume_matches_uninterrupted_run(tmp_path):
     for step in range(1, num_steps + 1):
         for key in ("loss", "events", "pulses_truncated"):
             assert got[step][key] == want[step][key], (step, key)
+    # The final parameters and optimizer state are bitwise those of the uninterrupted run.
+    want_state, got_state = _final_state(reference, num_steps), _final_state(resumed, num_steps)
+    for want_leaf, got_leaf in zip(
+        jax.tree.leaves(want_state), jax.tree.leaves(got_state), strict=True
+    ):
+        np.testing.assert_array_equal(np.asarray(got_leaf), np.asarray(want_leaf))
