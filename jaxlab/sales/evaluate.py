@@ -11,13 +11,16 @@
 - Figures: real vs generated sequences for the same condition, per-day-of-week means,
   autocorrelation and value histograms, the GAN's training curves.
 
-All values are on the normalised scale (per-product min-max of the training period).
+All values are on the normalised scale (per-product min-max of the training period). The ordered
+passes `generate` and `forecast_pass` also serve train.py's evaluations.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -26,11 +29,53 @@ import numpy as np
 import optax
 from absl import logging
 
+from jaxlab.core import loop, rng, run
 from jaxlab.core import mesh as mesh_lib
 from jaxlab.core.writer import read_metrics
-from jaxlab.sales import data, forecast, plots, train
+from jaxlab.data import pipeline
+from jaxlab.sales import data, data_windows, forecast, plots, steps
 from jaxlab.sales import metrics as metrics_lib
 from jaxlab.sales import model as model_lib
+
+
+def ordered_pass(
+    eval_step: Callable, params: Any, source: Any, mesh: Any, batch_size: int, *extra: Any
+) -> tuple[dict[str, float], np.ndarray]:
+    """`eval_step(params, batch, valid, *extra)` over `source` in order.
+
+    Returns the sums over all batches (on the host) and the outputs of the N records [N, ...].
+    """
+    totals, outputs = None, []
+    throttle = loop.StepThrottle()
+    for local_batch, valid in pipeline.eval_batches(source, global_batch_size=batch_size):
+        batch = mesh_lib.global_batch(local_batch, mesh)
+        sums, out = eval_step(params, batch, mesh_lib.global_batch(valid, mesh), *extra)
+        throttle(out)
+        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+        outputs.append(out)
+    return jax.device_get(totals), np.concatenate(jax.device_get(outputs))[: len(source)]
+
+
+def generate(
+    eval_step: Callable, gen_params: Any, source: Any, mesh: Any, batch_size: int, key: jax.Array
+) -> tuple[dict[str, float], np.ndarray]:
+    """One generated sequence per window of `source` with `steps.Parts.eval_step`:
+    (`metrics.sample_statistics` of them vs the real targets, generated [N, T])."""
+    totals, generated = ordered_pass(eval_step, gen_params, source, mesh, batch_size, key)
+    return metrics_lib.sample_statistics(totals), generated
+
+
+def forecast_pass(
+    eval_step: Callable, params: Any, source: Any, mesh: Any, batch_size: int
+) -> tuple[dict[str, float], np.ndarray]:
+    """Forecasts of every window of `source` with `ForecasterParts.eval_step`:
+    ({"val_mae", "val_rmse"}, forecasts [N, T])."""
+    totals, pred = ordered_pass(eval_step, params, source, mesh, batch_size)
+    metrics = {
+        "val_mae": float(totals["abs_err_sum"] / totals["count"]),
+        "val_rmse": float(np.sqrt(totals["sq_err_sum"] / totals["count"])),
+    }
+    return metrics, pred
 
 
 def discriminative_score(
@@ -43,11 +88,13 @@ def discriminative_score(
     """|accuracy - 0.5| of a GRU real-vs-fake classifier on held-out windows.
 
     real, fake [N, T] (fake[i] generated for the condition of real[i]); features [N, T, 8] the
-    target days' calendar. Both sequences of a window fall on the same side of the split.
+    target days' calendar. Both sequences of a window fall on the same side of the split. `seed`
+    fixes the split, the minibatches (numpy) and the classifier's initialisation (the
+    "discriminator" stream), so scores of two generators are paired.
     """
     n = len(real)
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(n)
+    gen = np.random.default_rng(seed)
+    order = gen.permutation(n)
     num_test = max(1, int(round(ec.disc_test_fraction * n)))
     test_idx, train_idx = order[:num_test], order[num_test:]
 
@@ -60,7 +107,7 @@ def discriminative_score(
     x_train, y_train = inputs(train_idx)
     x_test, y_test = inputs(test_idx)
     model = model_lib.SequenceClassifier(hidden=ec.disc_hidden)
-    params = model.init(jax.random.key(seed), x_train[:1])["params"]
+    params = model.init(rng.stream(seed, "discriminator"), x_train[:1])["params"]
     tx = optax.adam(ec.disc_lr)
     opt_state = tx.init(params)
 
@@ -75,15 +122,11 @@ def discriminative_score(
 
     batch = min(ec.disc_batch_size, len(x_train))
     for _ in range(ec.disc_steps):
-        idx = rng.integers(0, len(x_train), size=batch)
+        idx = gen.integers(0, len(x_train), size=batch)
         params, opt_state, _ = step(params, opt_state, x_train[idx], y_train[idx])
     logits = jax.jit(lambda p, x: model.apply({"params": p}, x))(params, x_test)
     accuracy = float(np.mean((np.asarray(logits) > 0) == (y_test > 0.5)))
     return abs(accuracy - 0.5)
-
-
-def stack_field(source, name: str) -> np.ndarray:
-    return np.stack([source[i][name] for i in range(len(source))])
 
 
 def comparison_table(m: dict[str, float]) -> str:
@@ -104,19 +147,30 @@ def comparison_table(m: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
+def stack_field(source, name: str) -> np.ndarray:
+    return np.stack([source[i][name] for i in range(len(source))])
+
+
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Restores the GAN and the three forecasters; writes metrics.json, comparison.txt, PNGs."""
     ec = config.eval
     mesh = mesh_lib.make_mesh(config.mesh)
-    sources = data.load_windows(config, data.prepare(config, workdir))
+    sources = data_windows.load_windows(config, data.prepare(config, workdir))
     source = sources[ec.split]
     real = stack_field(source, "target")
     features = stack_field(source, "target_features")
     history = stack_field(source, "history_sales")
 
-    _, sampler, gan_state, gan_step = train.restore_gan(config, workdir, mesh, ec.checkpoint)
-    rng = jax.random.fold_in(jax.random.key(config.seed), 4)
-    fake = train.generate(sampler, gan_state.gen_params, source, mesh, ec.global_batch_size, rng)
+    parts = steps.build(config, mesh)
+    gan_state, gan_step = run.restore_for_eval(config, workdir, parts)
+    sample_stats, fake = generate(
+        parts.eval_step,
+        gan_state.params,
+        source,
+        mesh,
+        ec.global_batch_size,
+        rng.stream(config.seed, "eval_samples"),
+    )
     naive = np.repeat(history.mean(axis=1, keepdims=True), real.shape[1], axis=1)
     seasonal_naive = np.asarray(
         model_lib.weekday_history(history, stack_field(source, "history_features"), features)
@@ -127,16 +181,17 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
     metrics["discriminative_score_naive"] = discriminative_score(
         real, naive, features, ec, config.seed
     )
-    metrics.update(
-        {k.replace("eval_", "gen_"): v for k, v in train.sample_statistics(fake, real).items()}
-    )
+    metrics.update({k.replace("eval_", "gen_"): v for k, v in sample_stats.items()})
 
-    _, _, _, target, _ = forecast.abstract_target(config, mesh)
-    predict_fn = forecast.make_predict(model_lib.make_forecaster(config), mesh)
+    forecaster_parts = forecast.build(config, mesh)
     errors = {}
     for name in forecast.NAMES:
-        params, step = forecast.restore_params(config, forecast.forecast_dir(workdir, name), target)
-        pred = forecast.predict(predict_fn, params, source, mesh, ec.global_batch_size)
+        params, step = forecast.restore_params(
+            config, forecast.forecast_dir(workdir, name), forecaster_parts
+        )
+        _, pred = forecast_pass(
+            forecaster_parts.eval_step, params, source, mesh, ec.global_batch_size
+        )
         errors[name] = metrics_lib.forecast_errors(pred, real)
         metrics[f"{name}_checkpoint_step"] = step
     boot = metrics_lib.paired_bootstrap(
@@ -167,29 +222,27 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
             json.dump(metrics, f, indent=2)
         with open(os.path.join(out_dir, "comparison.txt"), "w") as f:
             f.write(table + "\n")
-        write_figures(
-            config, sampler, gan_state, source, real, fake, features, workdir, out_dir, mesh
-        )
+        write_figures(config, parts, gan_state.params, source, real, fake, workdir, out_dir, mesh)
     return metrics
 
 
-def write_figures(config, sampler, gan_state, source, real, fake, features, workdir, out_dir, mesh):
+def write_figures(config, parts, gen_params, source, real, fake, workdir, out_dir, mesh) -> None:
+    """distributions.png, samples.png (several samples per window) and training_curves.png."""
     ec = config.eval
-    first_dow = np.argmax(features[:, 0, :7], axis=-1)
+    first_dow = np.argmax(stack_field(source, "target_features")[:, 0, :7], axis=-1)
     plots.plot_distributions(real, fake, first_dow, os.path.join(out_dir, "distributions.png"))
     picks = np.linspace(0, len(source) - 1, ec.num_plot_windows).round().astype(np.int64)
-    subset = train.Subset(source, picks)
-    root = jax.random.fold_in(jax.random.key(config.seed), 5)
+    subset = data_windows.Subset(source, picks)
     samples = np.stack(
         [
-            train.generate(
-                sampler,
-                gan_state.gen_params,
+            generate(
+                parts.eval_step,
+                gen_params,
                 subset,
                 mesh,
                 ec.global_batch_size,
-                jax.random.fold_in(root, s),
-            )
+                rng.stream(config.seed, "plot_samples", s),
+            )[1]
             for s in range(ec.plot_samples)
         ],
         axis=1,

@@ -71,3 +71,27 @@ def profile_correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     b = b - b.mean(axis=1, keepdims=True)
     denom = np.sqrt(np.sum(a**2, axis=1) * np.sum(b**2, axis=1))
     return np.where(denom > 1e-12, np.sum(a * b, axis=1) / np.maximum(denom, 1e-12), 0.0)
+
+
+def sample_statistics(sums: dict[str, float]) -> dict[str, float]:
+    """How far generated sequences are from the real targets of the same windows.
+
+    sums: the totals of `steps.eval_step` over a pass (count of values, first and second moments
+    of generated and real values, sum of |generated - real|). Returns the mean absolute gap per
+    value, the gaps of the means and of the standard deviations, and their sum (the GAN's
+    checkpoint metric).
+    """
+    count = float(sums["count"])
+    moments = {}
+    for name in ("gen", "real"):
+        mean = float(sums[f"{name}_sum"]) / count
+        variance = float(sums[f"{name}_sq_sum"]) / count - mean**2
+        moments[name] = (mean, np.sqrt(max(variance, 0.0)))
+    mean_gap = abs(moments["gen"][0] - moments["real"][0])
+    std_gap = abs(moments["gen"][1] - moments["real"][1])
+    return {
+        "eval_sample_mae": float(sums["abs_err_sum"]) / count,
+        "eval_mean_gap": mean_gap,
+        "eval_std_gap": std_gap,
+        "eval_moment_gap": mean_gap + std_gap,
+    }

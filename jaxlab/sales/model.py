@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from jaxlab.sales.data import NUM_TEMPORAL
+from jaxlab.sales.data_windows import NUM_TEMPORAL
 
 SPECTRAL = "spectral"  # variable collection of the power-iteration vectors
 

@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from jaxlab.sales import data, synthetic
+from jaxlab.configs import sales as sales_config
+from jaxlab.sales import data, data_windows, synthetic
 
 
 def _order(order_id, status, timestamp):
@@ -151,11 +152,11 @@ def _long_panel(num_days=200, seed=0):
 
 def test_normalisation_uses_training_period_only():
     panel = _long_panel()
-    arrays = data.make_panel_arrays(panel)
+    arrays = data_windows.make_panel_arrays(panel)
     changed = panel.copy()
     late = changed["date"] >= pd.Timestamp(arrays.train_end)
     changed.loc[late, "sales"] = 1000  # a huge spike after the training period
-    arrays_changed = data.make_panel_arrays(changed)
+    arrays_changed = data_windows.make_panel_arrays(changed)
     np.testing.assert_array_equal(arrays.sales_min, arrays_changed.sales_min)
     np.testing.assert_array_equal(arrays.sales_scale, arrays_changed.sales_scale)
     in_train = arrays.dates < arrays.train_end
@@ -174,10 +175,10 @@ def test_normalisation_uses_training_period_only():
 
 
 def test_splits_are_chronological_and_windows_stay_inside():
-    arrays = data.make_panel_arrays(_long_panel())
+    arrays = data_windows.make_panel_arrays(_long_panel())
     assert arrays.train_end == np.datetime64("2017-01-02") + np.timedelta64(140, "D")
     assert arrays.val_end == np.datetime64("2017-01-02") + np.timedelta64(170, "D")
-    sources = {s: data.WindowSource(arrays, s, 30, 7, 1) for s in data.SPLITS}
+    sources = {s: data_windows.WindowSource(arrays, s, 30, 7, 1) for s in data_windows.SPLITS}
     first = {s: v.target_dates() for s, v in sources.items()}
     last = {s: d + np.timedelta64(6, "D") for s, d in first.items()}
     assert last["train"].max() < arrays.train_end <= first["val"].min()
@@ -205,3 +206,26 @@ def test_synthetic_csvs_have_real_headers_and_quoted_text(tmp_path):
     assert reviews["review_comment_message"].tolist() == [r["review_comment_message"] for r in rows]
     panel, report = data.build_panel(str(tmp_path), min_sales=5)
     assert report["products_kept"] > 0 and panel["sales"].sum() > 0
+
+
+def test_real_data_without_a_path_is_one_clear_error(tmp_path):
+    config = sales_config.get_config("paper")
+    with pytest.raises(ValueError, match=r"config.data.panel_path .* config.data.csv_dir"):
+        data.prepare(config, str(tmp_path))
+
+
+def test_generated_parquet_round_trip_and_augmented_set(tmp_path):
+    arrays = data_windows.make_panel_arrays(_long_panel())
+    source = data_windows.WindowSource(arrays, "train", 30, 7, 5)
+    samples = np.random.default_rng(0).random((len(source), 2, 7)).astype(np.float32)
+    path = str(tmp_path / "generated.parquet")
+    data_windows.write_generated(path, source, samples)
+    window, target = data_windows.read_generated(path, 7)
+    np.testing.assert_array_equal(target, samples.reshape(-1, 7))
+    np.testing.assert_array_equal(window, np.repeat(np.arange(len(source)), 2))
+    augmented = data_windows.AugmentedSource(source, window, target, ratio=0.5, seed=0)
+    assert len(augmented) == len(source) + round(0.5 * len(source))
+    record = augmented[len(source)]  # the first generated record: a real window, new target
+    real = source[int(augmented.window[0])]
+    np.testing.assert_array_equal(record["history_sales"], real["history_sales"])
+    assert record["is_synthetic"] == 1 and not np.array_equal(record["target"], real["target"])

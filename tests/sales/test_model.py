@@ -10,11 +10,11 @@ import pytest
 
 from jaxlab.configs import sales as sales_config
 from jaxlab.core import mesh as mesh_lib
-from jaxlab.core import state as state_lib
+from jaxlab.core import rng, run
+from jaxlab.sales import evaluate, forecast, steps
 from jaxlab.sales import gan as gan_lib
 from jaxlab.sales import metrics as metrics_lib
 from jaxlab.sales import model as model_lib
-from jaxlab.sales import train
 from jaxlab.sales.evaluate import discriminative_score
 
 
@@ -66,7 +66,7 @@ def _tiny():
 def test_generator_is_non_negative_with_the_right_shape():
     config = _tiny()
     generator, critic = model_lib.make_gan(config)
-    batch = train.random_windows(config)
+    batch = steps.random_windows(config)
     cond = model_lib.condition(batch)
     noise = jax.random.normal(jax.random.key(0), (len(batch["index"]), 7, config.gan.noise_dim))
     params = generator.init(jax.random.key(1), noise, *cond)["params"]
@@ -79,46 +79,88 @@ def test_generator_is_non_negative_with_the_right_shape():
     chex.assert_shape(scores, (len(batch["index"]),))
 
 
-def _gan_setup(config, mesh):
-    generator, critic, gen_tx, critic_tx, init_fn, _, _ = train.gan_parts(config, mesh)
-    state, shardings = state_lib.init_sharded(init_fn, jax.random.key(0), mesh)
-    return generator, critic, gen_tx, critic_tx, state, shardings
-
-
-def test_gan_update_compiles_once_and_moves_both_networks():
+def test_train_step_compiles_once_and_moves_both_networks():
     config = _tiny()
-    mesh = mesh_lib.make_mesh([("data", -1)])
-    generator, critic, gen_tx, critic_tx, state, shardings = _gan_setup(config, mesh)
-    before = jax.device_get((state.gen_params, state.critic_params, state.spectral))
+    mesh = mesh_lib.make_mesh([("data", -1)], devices=jax.devices()[:2])
+    parts = steps.build(config, mesh)
+    state = jax.jit(parts.init_fn, out_shardings=parts.shardings)(jax.random.key(0))
+    before = jax.device_get((state.params, state.extra))
     chex.clear_trace_counter()
-    counted = chex.assert_max_traces(gan_lib.gan_update, n=1)
-    step = jax.jit(
+    counted = chex.assert_max_traces(steps.train_step, n=1)
+    step = run.jit_train_step(
         functools.partial(
             counted,
-            rng=jax.random.key(0),
-            generator=generator,
-            critic=critic,
-            gen_tx=gen_tx,
-            critic_tx=critic_tx,
+            key=rng.stream(config.seed, "gan"),
+            generator=parts.model,
+            critic=parts.critic,
+            gen_tx=parts.optimizer,
+            critic_tx=parts.critic_optimizer,
             n_critic=config.gan.n_critic,
             lambda_gp=config.gan.lambda_gp,
             noise_dim=config.gan.noise_dim,
         ),
-        in_shardings=(shardings, mesh_lib.data_sharding(mesh)),
-        out_shardings=(shardings, mesh_lib.replicated(mesh)),
-        donate_argnums=0,
+        parts.shardings,
+        mesh,
     )
-    batch = mesh_lib.global_batch(train.random_windows(config), mesh)
+    batch = mesh_lib.global_batch(steps.random_windows(config), mesh)
     for _ in range(3):  # a second trace raises
         state, metrics = step(state, batch)
     assert int(state.step) == 3
     metrics = jax.device_get(metrics)
     assert all(np.isfinite(v) for v in metrics.values())
     assert metrics["gradient_penalty"] >= 0
-    after = jax.device_get((state.gen_params, state.critic_params, state.spectral))
-    for old, new in zip(before, after, strict=True):
-        diffs = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), old, new)
-        assert max(jax.tree.leaves(diffs)) > 0  # generator, critic and u vectors all moved
+    after = jax.device_get((state.params, state.extra))
+    moved = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), before, after)
+    gen_moved, critic_moved = moved
+    # generator, critic parameters and the critic's power-iteration vectors all moved
+    for tree in (gen_moved, critic_moved.params, critic_moved.spectral):
+        assert max(jax.tree.leaves(tree)) > 0
+
+
+def _records(batch):
+    n = len(batch["index"])
+    return [{k: v[i] for k, v in batch.items()} for i in range(n)]
+
+
+def test_gan_eval_pass_matches_numpy_sample_statistics():
+    """The sums of `steps.eval_step` over a padded ordered pass give the statistics numpy
+    computes directly from the generated and real sequences (padding rows count zero times)."""
+    config = _tiny()
+    mesh = mesh_lib.make_mesh([("data", -1)], devices=jax.devices()[:2])
+    parts = steps.build(config, mesh)
+    state = jax.jit(parts.init_fn, out_shardings=parts.shardings)(jax.random.key(0))
+    source = _records(steps.random_windows(config))[:70]  # 2 batches of 64, the second padded
+    stats, generated = evaluate.generate(
+        parts.eval_step, state.params, source, mesh, 64, rng.stream(0, "t")
+    )
+    real = np.stack([r["target"] for r in source]).astype(np.float64)
+    fake = generated.astype(np.float64)
+    chex.assert_shape(fake, real.shape)
+    expected = {
+        "eval_sample_mae": np.abs(fake - real).mean(),
+        "eval_mean_gap": abs(fake.mean() - real.mean()),
+        "eval_std_gap": abs(fake.std() - real.std()),
+    }
+    expected["eval_moment_gap"] = expected["eval_mean_gap"] + expected["eval_std_gap"]
+    for name, value in expected.items():
+        assert stats[name] == pytest.approx(value, rel=1e-4, abs=1e-6), name
+    # Noise is keyed by window index: the same window gets the same sample in another batch.
+    again = evaluate.generate(
+        parts.eval_step, state.params, source[::-1], mesh, 64, rng.stream(0, "t")
+    )[1]
+    np.testing.assert_array_equal(again[::-1], generated)
+
+
+def test_forecaster_eval_pass_matches_numpy_errors():
+    config = _tiny()
+    mesh = mesh_lib.make_mesh([("data", -1)], devices=jax.devices()[:2])
+    parts = forecast.build(config, mesh)
+    state = jax.jit(parts.init_fn, out_shardings=parts.shardings)(jax.random.key(0))
+    source = _records(steps.random_windows(config))[:70]
+    metrics, pred = evaluate.forecast_pass(parts.eval_step, state.params, source, mesh, 64)
+    real = np.stack([r["target"] for r in source]).astype(np.float64)
+    assert metrics["val_mae"] == pytest.approx(np.abs(pred - real).mean(), rel=1e-5)
+    assert metrics["val_rmse"] == pytest.approx(np.sqrt(np.square(pred - real).mean()), rel=1e-5)
 
 
 def test_paired_bootstrap_matches_direct_formulas():
@@ -189,7 +231,7 @@ def test_generator_starts_as_the_seasonal_naive_forecast_plus_a_learned_term():
     """With the GRU path's output layer zeroed, the sample is relu(seasonal naive)."""
     config = sales_config.get_config("tiny")
     generator, _ = model_lib.make_gan(config)
-    windows = train.random_windows(config)
+    windows = steps.random_windows(config)
     cond = tuple(jnp.asarray(windows[k]) for k in ("history_sales", "history_features"))
     cond += (jnp.asarray(windows["target_features"]),)
     noise = jax.random.normal(jax.random.key(0), (len(windows["index"]), 7, config.gan.noise_dim))
