@@ -1,6 +1,6 @@
 """Range / NaN / cloud-fraction report of GreenEarthNet minicubes, per variable and track.
 
-  python scripts/check_vegetation_data.py --data_dir=/data/greenearthnet \
+  python scripts/check_vegetation_data.py --data_dir=<greenearthnet> \
       --tracks=train,val_chopped,ood-t_chopped --max_cubes=200
 
 For every track: cubes found, cubes that fail the reader's checks (missing variable, wrong dims,

@@ -18,6 +18,9 @@ Record (numpy, H = W = image size; reflectance normalised per band to the traini
   target_delta     [20, H, W, 4]  target - last BAP (0 where cloudy)
   bap              [H, W, 4]      last BAP frame, the persistence forecast
   index            []             record index
+
+The pure feature functions (BAP composite, weather aggregation, time features) are in
+data_features.py; this module reads files, checks them and builds records.
 """
 
 from __future__ import annotations
@@ -34,10 +37,8 @@ import pandas as pd
 import xarray as xr
 from absl import logging
 
-from jaxlab.vegetation import synthetic
+from jaxlab.vegetation import data_features, synthetic
 
-S2_MASKS = ("s2_mask", "s2_SCL", "s2_dlmask")
-STATIC = ("esawc_lc",)
 # Above this a band is not on the 0..1 reflectance scale (e.g. 0..10000 digital numbers).
 MAX_REFLECTANCE = 5.0
 
@@ -46,86 +47,7 @@ class CubeError(ValueError):
     """A cube file that does not match the GreenEarthNet layout; names file and variable."""
 
 
-# ----------------------------------------------------------------------------- pure features
-
-
-def best_available_pixel(values: np.ndarray, clear: np.ndarray, fallback: np.ndarray) -> np.ndarray:
-    """Best-available-pixel composite of a frame sequence.
-
-    Each cloudy pixel takes the most recent clear observation before it; pixels cloudy since
-    the first frame take the first clear observation of the sequence (filled backwards); pixels
-    never clear take `fallback`.
-
-    Args:
-      values: [T, H, W, C] reflectance (any value where not clear, NaN allowed).
-      clear: [T, H, W] bool.
-      fallback: [C] value for pixels never clear.
-    Returns:
-      [T, H, W, C] float32 without NaN.
-    """
-    num_frames = values.shape[0]
-    out = np.empty(values.shape, np.float32)
-    last = np.full(values.shape[1:], np.nan, np.float32)
-    for t in range(num_frames):
-        last = np.where(clear[t][..., None], values[t], last)
-        out[t] = last
-    first_clear = np.full(values.shape[1:], np.nan, np.float32)
-    for t in reversed(range(num_frames)):
-        first_clear = np.where(clear[t][..., None], values[t], first_clear)
-    out = np.where(np.isnan(out), first_clear[None], out)
-    out = np.where(np.isnan(out), np.asarray(fallback, np.float32), out)
-    return out.astype(np.float32)
-
-
-def rolling_mean(x: np.ndarray, window: int) -> np.ndarray:
-    """Centred rolling mean over axis 0 with shrinking windows at the edges (min_periods=1).
-
-    x: [D, V] -> [D, V]; same as pandas `rolling(window, center=True, min_periods=1).mean()`.
-    """
-    days = x.shape[0]
-    before = window // 2
-    after = window - 1 - before
-    cumsum = np.concatenate([np.zeros((1,) + x.shape[1:]), np.cumsum(x, axis=0)])
-    lo = np.clip(np.arange(days) - before, 0, days)
-    hi = np.clip(np.arange(days) + after + 1, 0, days)
-    return (cumsum[hi] - cumsum[lo]) / (hi - lo).reshape((-1,) + (1,) * (x.ndim - 1))
-
-
-def fill_gaps(x: np.ndarray) -> np.ndarray:
-    """Linear interpolation over NaN days, per column of x [D, V] (constant at the edges)."""
-    x = np.array(x, np.float64)
-    days = np.arange(x.shape[0])
-    for v in range(x.shape[1]):
-        ok = np.isfinite(x[:, v])
-        if ok.any() and not ok.all():
-            x[:, v] = np.interp(days, days[ok], x[ok, v])
-    return x
-
-
-def weather_features(
-    daily: np.ndarray, *, window: int, frame_days: np.ndarray, frame_stride: int
-) -> np.ndarray:
-    """Per target frame and variable: (min anomaly, max anomaly, mean climatology).
-
-    climatology = centred `window`-day rolling mean of the daily series; anomaly = daily -
-    climatology (the seasonal trend removed). Frame f covers days (f - stride, f].
-
-    Args:
-      daily: [D, V] daily values without NaN.
-      frame_days: [F] day index (into D) of each target frame.
-    Returns:
-      [F, 3 V] float32, variable-major: columns 3v, 3v+1, 3v+2 are min / max anomaly / mean clim.
-    """
-    clim = rolling_mean(daily, window)
-    anomaly = daily - clim
-    features = []
-    for day in frame_days:
-        days = slice(day - frame_stride + 1, day + 1)
-        stats = np.stack(
-            [anomaly[days].min(0), anomaly[days].max(0), clim[days].mean(0)], axis=-1
-        )  # [V, 3]
-        features.append(stats.reshape(-1))
-    return np.asarray(features, np.float32)
+# ----------------------------------------------------------------------------- variables
 
 
 def landcover_onehot(
@@ -143,21 +65,6 @@ def landcover_onehot(
             f"classes {list(classes)} (aliases {list(aliases)}) or 0 / NaN for no data."
         )
     return (codes[..., None] == np.asarray(classes)).astype(np.float32)
-
-
-def time_features(
-    dates: pd.DatetimeIndex, target_dates: pd.DatetimeIndex, year_center: float, year_scale: float
-) -> dict[str, np.ndarray]:
-    """Temporal metadata: [3] (year, sin doy, cos doy of the window start), [1], [20] doys."""
-    start = dates[0]
-    angle = 2 * np.pi * start.day_of_year / 365.25
-    return {
-        "time_meta": np.array(
-            [(start.year - year_center) / year_scale, np.sin(angle), np.cos(angle)], np.float32
-        ),
-        "target_start_doy": np.array([target_dates[0].day_of_year / 365.25], np.float32),
-        "target_doy": target_dates.day_of_year.to_numpy().astype(np.float32),
-    }
 
 
 def clear_mask(frames: dict[str, np.ndarray], kind: str, scl_clear: tuple[int, ...]) -> np.ndarray:
@@ -253,7 +160,7 @@ def read_daily_weather(ds: xr.Dataset, path: str, names: tuple[str, ...], days: 
     all_nan = [n for n, col in zip(names, daily.T, strict=True) if not np.isfinite(col).any()]
     if all_nan:
         logging.warning("%s: E-OBS %s all NaN; using the training mean climatology.", path, all_nan)
-    return fill_gaps(daily), all_nan
+    return data_features.fill_gaps(daily), all_nan
 
 
 def list_cubes(root: str, track: str) -> list[str]:
@@ -405,7 +312,7 @@ class CubeSource:
                 f"pixels; expected reflectance on a 0..1 scale (not 0..10000 digital numbers)."
             )
         target_days = self.frame_days[d.num_context :]
-        weather = weather_features(
+        weather = data_features.weather_features(
             daily, window=d.climatology_window, frame_days=target_days, frame_stride=d.frame_stride
         )
         return {
@@ -433,7 +340,7 @@ class CubeSource:
         nc = d.num_context
         fallback = norm.bands(self._fallback(raw))
         if d.bap_fill:
-            context = best_available_pixel(frames[:nc], clear[:nc], fallback)
+            context = data_features.best_available_pixel(frames[:nc], clear[:nc], fallback)
         else:
             context = np.where(clear[:nc, ..., None], frames[:nc], fallback).astype(np.float32)
         bap = context[-1]
@@ -452,7 +359,9 @@ class CubeSource:
                 raw["path"],
             ),
             "weather": norm.weather(weather),
-            **time_features(raw["dates"], raw["frame_dates"][nc:], d.year_center, d.year_scale),
+            **data_features.time_features(
+                raw["dates"], raw["frame_dates"][nc:], d.year_center, d.year_scale
+            ),
             "target_mask": target_clear.astype(np.float32),
             "target_delta": delta.astype(np.float32),
             "bap": bap,
@@ -472,6 +381,12 @@ class CubeSource:
 
 
 def data_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
+    """`config.data.dir`; for synthetic data it may be empty (then `<workdir>/data`)."""
+    if not config.data.dir and not config.data.synthetic:
+        raise ValueError(
+            "config.data.dir is empty: set --config.data.dir to the GreenEarthNet root holding "
+            "<track>/<region>/<cube>.nc (or data.synthetic=True to write synthetic cubes)."
+        )
     return config.data.dir or os.path.join(workdir, "data")
 
 

@@ -1,11 +1,13 @@
 """Evaluation from a checkpoint: official GreenEarthNet NDVI scores of the model and baselines.
 
 For every cube of `config.eval.split`: forecast deltas, reflectance = BAP + delta, NDVI; write
-`<pred_dir>/<region>/<cubename>.nc` (`ndvi_pred` on the cube's 20 target timestamps, the layout
-the official scorer reads); score against the full daily target cube with `metrics.py`, as are
-persistence (the last BAP) and, when `config.eval.climatology_dir` holds the official
-climatology predictions, climatology. Outperformance is against climatology when given, else
-persistence. Writes metrics.json and figures under `<workdir>/eval/<split>/`.
+`<pred_dir>/<region>/<cubename>.nc` (`ndvi_pred` and the four predicted bands on the cube's 20
+target timestamps, the layout the official scorer reads; clipped to the physical range, NDVI to
+[-1, 1] and reflectance to [0, 1], with the clipped values counted and logged); score against
+the full daily target cube with `metrics.py`, as are persistence (the last BAP) and, when
+`config.eval.climatology_dir` holds the official climatology predictions, climatology.
+Outperformance is against climatology when given, else persistence. Writes metrics.json and
+figures under `<workdir>/eval/<split>/`. `validation_metrics` is the training loop's pass.
 """
 
 from __future__ import annotations
@@ -16,15 +18,16 @@ import os
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import xarray as xr
 from absl import logging
 
-from jaxlab.core import checkpoint
+from jaxlab.core import loop, run
 from jaxlab.core import mesh as mesh_lib
 from jaxlab.data import pipeline
-from jaxlab.vegetation import data, metrics, plots, train
+from jaxlab.vegetation import data, metrics, plots, steps
 
 TARGET_VARIABLES = ("s2_B8A", "s2_B04", "s2_dlmask", "s2_SCL")
 
@@ -42,23 +45,55 @@ def read_target(path: str, engine: str, start: int, days: int) -> dict[str, Any]
             if name not in ds.variables:
                 raise data.CubeError(f"{path}: missing variable {name!r}, which the scorer reads.")
         window = ds.isel(time=slice(start, start + days))
-        out = {name: np.asarray(window[name].values, np.float32) for name in TARGET_VARIABLES}
+        # The file's own dtype, as the scorer computes in it (r of a near-constant series is
+        # rounding-level, so it depends on the dtype).
+        out = {name: np.asarray(window[name].values) for name in TARGET_VARIABLES}
         out["esawc_lc"] = np.asarray(ds["esawc_lc"].values)
         out["time"] = window["time"].values
         out["lat"], out["lon"] = ds["lat"].values, ds["lon"].values
     return out
 
 
-def write_prediction(path: str, ndvi_pred: np.ndarray, time, lat, lon) -> None:
-    """`ndvi_pred` (time, lat, lon) float32 NetCDF at `path` (official prediction layout)."""
+def clip_counted(x: np.ndarray, low: float, high: float) -> tuple[np.ndarray, int]:
+    """(x clipped to [low, high], how many values lay outside); NaN stays NaN, uncounted."""
+    with np.errstate(invalid="ignore"):
+        outside = int(np.sum((x < low) | (x > high)))
+    return np.clip(x, low, high), outside
+
+
+def write_prediction(
+    path: str,
+    ndvi_pred: np.ndarray,
+    time,
+    lat,
+    lon,
+    bands: dict[str, np.ndarray] | None = None,
+) -> dict[str, int]:
+    """NetCDF at `path` in the official prediction layout, clipped to the physical range.
+
+    Args:
+      ndvi_pred: [T, H, W] NDVI, written as `ndvi_pred` clipped to [-1, 1] (as the scorer reads).
+      bands: band name (e.g. "s2_B04") -> [T, H, W] reflectance, written clipped to [0, 1].
+    Returns:
+      {"ndvi": values clipped, "reflectance": values clipped (all bands), "ndvi_values": size,
+      "reflectance_values": size}.
+    """
+    dims = ("time", "lat", "lon")
+    ndvi_pred, ndvi_clipped = clip_counted(np.asarray(ndvi_pred, np.float32), -1.0, 1.0)
+    variables = {"ndvi_pred": (dims, ndvi_pred)}
+    counts = {"ndvi": ndvi_clipped, "ndvi_values": int(ndvi_pred.size)}
+    counts.update(reflectance=0, reflectance_values=0)
+    for name, values in (bands or {}).items():
+        values, clipped = clip_counted(np.asarray(values, np.float32), 0.0, 1.0)
+        variables[name] = (dims, values)
+        counts["reflectance"] += clipped
+        counts["reflectance_values"] += int(values.size)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    ds = xr.Dataset(
-        {"ndvi_pred": (("time", "lat", "lon"), ndvi_pred.astype(np.float32))},
-        coords={"time": time, "lat": lat, "lon": lon},
-    )
+    ds = xr.Dataset(variables, coords={"time": time, "lat": lat, "lon": lon})
     tmp = f"{path}.{os.getpid()}.tmp"
     ds.to_netcdf(tmp, engine="h5netcdf")
     os.replace(tmp, path)
+    return counts
 
 
 def read_prediction(path: str, times, engine: str) -> np.ndarray:
@@ -97,19 +132,17 @@ def summarize_scores(scores: dict[str, list]) -> dict[str, Any]:
         may be empty (not available).
     Returns:
       `ndvi_*` (model), `persistence_ndvi_*`, `climatology_ndvi_*` and `climatology_num_cubes`
-      when climatology was scored, and `outperform_vs_<reference>` with the mean gains, the
-      reference being climatology (as in the paper) when available, else persistence.
+      when climatology was scored, and `outperform_vs_<reference>` with every mean gain
+      (`gain_<metric>_mean_vs_<reference>`), the reference being climatology (as in the paper)
+      when available, else persistence. The official scorer's numbers, NaN rules included.
     """
     results: dict[str, Any] = {}
-    persistence_official = metrics.summarize(scores["persistence"])
-    persistence_r0 = metrics.summarize(scores["persistence"], undefined_r=0.0)
     for key, value in metrics.summarize(scores["model"]).items():
         results[f"ndvi_{key.lower()}"] = value
-    for key, value in persistence_official.items():
+    # Persistence is a constant forecast: its official R^2 is rounding-level (see
+    # metrics.pearson_r), reported as computed.
+    for key, value in metrics.summarize(scores["persistence"]).items():
         results[f"persistence_ndvi_{key.lower()}"] = value
-    # The official R^2 of a constant forecast is NaN (undefined r); 0 is its limit.
-    results["persistence_ndvi_r2_official"] = persistence_official["R2"]
-    results["persistence_ndvi_r2"] = persistence_r0["R2"]
     reference = "climatology" if scores["climatology"] else "persistence"
     if scores["climatology"]:
         results["climatology_num_cubes"] = len(scores["climatology"])
@@ -120,13 +153,23 @@ def summarize_scores(scores: dict[str, list]) -> dict[str, Any]:
     return results
 
 
-def restore_params(config, workdir: str, mesh, b) -> tuple[Any, int]:
-    manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints"), read_only=True)
-    step = checkpoint.select_step(
-        manager, config.eval.checkpoint, config.eval.best_metric, config.eval.best_mode
-    )
-    state = checkpoint.restore(manager, b["target"], step=step)
-    return state.params, step
+def validation_metrics(eval_step, params, source, mesh, batch_size) -> dict[str, float]:
+    """One ordered pass with `Parts.eval_step`: val_loss (mean per record) and the clear-pixel
+    delta RMSE of the model and of persistence (delta 0), in normalised units."""
+    totals = None
+    throttle = loop.StepThrottle()
+    for local_batch, valid in pipeline.eval_batches(source, global_batch_size=batch_size):
+        batch = mesh_lib.global_batch(local_batch, mesh)
+        sums, _ = eval_step(params, batch, mesh_lib.global_batch(valid, mesh))
+        throttle(sums)
+        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    t = jax.device_get(totals)
+    count = max(float(t["count"]), 1.0)
+    return {
+        "val_loss": float(t["loss"] / t["records"]),
+        "val_delta_rmse": float(np.sqrt(t["sq_err"] / count)),
+        "val_persistence_delta_rmse": float(np.sqrt(t["sq_err_persistence"] / count)),
+    }
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
@@ -137,11 +180,13 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
             "climatology predictions as <dir>/<region>/<cubename>.nc with `ndvi_pred`."
         )
     mesh = mesh_lib.make_mesh(config.mesh)
-    b = train.build(config, workdir, mesh)
-    params, step = restore_params(config, workdir, mesh, b)
-    norm, d = b["norm"], config.data
-    source = data.load(config, b["root"], config.eval.split, norm)
-    eval_fn = train.make_eval_step(b["model"], config, mesh)
+    d = config.data
+    root = data.prepare(config, workdir)
+    norm = data.normalisation(config, workdir, root)
+    source = data.load(config, root, config.eval.split, norm)
+    parts = steps.build(config, mesh)
+    state, step = run.restore_for_eval(config, workdir, parts)
+    params = state.params
 
     out_dir = os.path.join(workdir, "eval", config.eval.split)
     pred_dir = config.eval.pred_dir or os.path.join(out_dir, "preds")
@@ -154,10 +199,12 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
     amp_count = np.zeros(d.num_target)
     plotted = 0
     record_index = 0
+    clipped = {"model": [], "persistence": []}
+    by_band = lambda refl: {b: refl[..., i] for i, b in enumerate(d.bands)}  # noqa: E731
     batches = pipeline.eval_batches(source, global_batch_size=config.eval.global_batch_size)
     for local_batch, valid in batches:
         batch = mesh_lib.global_batch(local_batch, mesh)
-        _, pred = eval_fn(params, batch, mesh_lib.global_batch(valid, mesh))
+        _, pred = parts.eval_step(params, batch, mesh_lib.global_batch(valid, mesh))
         pred = np.asarray(jax.device_get(pred))  # [B, T, H, W, 4]
         for i in np.flatnonzero(valid):
             record = {k: v[i] for k, v in local_batch.items()}
@@ -172,19 +219,19 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
             bap_refl = norm.unbands(record["bap"])
             persistence_ndvi = np.broadcast_to(ndvi(bap_refl), model_ndvi.shape)
             file_name = name if start == 0 else name.replace(".nc", f"_{start}.nc")
-            write_prediction(
-                os.path.join(pred_dir, region, file_name),
-                model_ndvi,
-                times,
-                target["lat"],
-                target["lon"],
+            where = (times, target["lat"], target["lon"])
+            clipped["model"].append(
+                write_prediction(
+                    os.path.join(pred_dir, region, file_name), model_ndvi, *where, by_band(refl)
+                )
             )
-            write_prediction(
-                os.path.join(persistence_dir, region, file_name),
-                persistence_ndvi,
-                times,
-                target["lat"],
-                target["lon"],
+            clipped["persistence"].append(
+                write_prediction(
+                    os.path.join(persistence_dir, region, file_name),
+                    persistence_ndvi,
+                    *where,
+                    by_band(np.broadcast_to(bap_refl, refl.shape)),
+                )
             )
             scores["model"].append(
                 (cube_id, metrics.pixel_scores(target, model_ndvi, target_index))
@@ -225,6 +272,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
             config.eval.climatology_dir,
         )
     results.update(summarize_scores(scores))
+    results.update(clip_summary(clipped))
     results["delta_amplitude_true"] = (amp_true / np.maximum(amp_count, 1)).tolist()
     results["delta_amplitude_pred"] = (amp_pred / np.maximum(amp_count, 1)).tolist()
     results = {k: _json_safe(v) for k, v in results.items()}
@@ -255,6 +303,26 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
             results["outperform_vs_climatology"] or np.nan,
         )
     return results
+
+
+def clip_summary(clipped: dict[str, list[dict[str, int]]]) -> dict[str, int]:
+    """Totals of `write_prediction`'s clip counts per forecast, logged; e.g. clipped_ndvi_model."""
+    out = {}
+    for forecast, counts in clipped.items():
+        for kind, low, high in (("ndvi", -1, 1), ("reflectance", 0, 1)):
+            n = sum(c[kind] for c in counts)
+            total = sum(c[f"{kind}_values"] for c in counts)
+            out[f"clipped_{kind}_{forecast}"] = n
+            logging.info(
+                "%s predictions: clipped %d of %d %s values to [%d, %d] in the written files.",
+                forecast,
+                n,
+                total,
+                kind,
+                low,
+                high,
+            )
+    return out
 
 
 def plot_cube(

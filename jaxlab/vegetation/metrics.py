@@ -12,9 +12,9 @@ Over the dataset (`summarize`): per (cube id, land cover) mean nnse / rmse / r^2
 mean per land cover, then mean over land covers; NSE = 2 - 1 / mean NNSE. `outperformance`:
 per pixel gains against a reference, per-group means, >2 of 4 thresholds passed.
 
-NaN handling follows xarray / pandas: means skip NaN, a group or land cover with no value is
-NaN. A constant prediction (persistence) has an undefined r (NaN), so its official R^2 is NaN;
-`summarize(..., undefined_r=0.0)` counts such pixels as r = 0 (no explained variance) instead.
+NaN handling follows xarray / pandas, as eval.py: r is `xr.corr`'s (see `pearson_r`, the one rule
+for an undefined correlation), every mean skips NaN, and a group or land cover with no value is
+NaN.
 """
 
 from __future__ import annotations
@@ -22,10 +22,13 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import xarray as xr
 
 VALID_SCL = (1, 2, 4, 5, 6, 7)
 HORIZON_BLOCKS = ((0, 5), (5, 10), (10, 15), (15, 20))
 LANDCOVER_NAMES = {10: "forest", 20: "shrub", 30: "grass", 40: "crop"}
+# A group outperforms the reference when more than 2 of its mean gains pass these.
+THRESHOLDS = {"rmse": 0.01, "nnse": 0.05, "R2": 0.05, "biasabs": 0.01}
 
 
 def target_ndvi(nir, red, dlmask, scl) -> tuple[np.ndarray, np.ndarray]:
@@ -91,23 +94,25 @@ def pixel_scores(
 
 
 def pearson_r(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """xr.corr over axis 0: pairs where either is NaN dropped; NaN for < 2 pairs / zero variance.
+    """Pearson r over axis 0 of x, y [T, ...]: the official scorer's `xr.corr(targ, pred, "time")`.
 
-    A series whose sum of squared deviations is below 1e-12 counts as constant (float rounding
-    of a constant forecast's mean would otherwise give an arbitrary r).
+    This is the one rule for an undefined correlation, used by `summarize` and `outperformance`
+    alike: r is what `xr.corr` returns (pairs where either value is NaN dropped), so it is NaN
+    only where xarray's is (no finite pair, or a series whose standard deviation, as float
+    arithmetic computes it, is exactly 0), and every later mean skips NaN as pandas does. Why:
+    a constant forecast such as persistence is a near-constant series for `xr.corr` whenever
+    its float mean is off by a rounding error, and then gets a rounding-level r (r^2 ~ 1e-14,
+    no explained variance) instead of NaN. The official R^2 of persistence, the R^2 gains
+    against it and so its outperformance count those pixels; calling their r undefined (or
+    thresholding near-zero variances) drops the R^2 criterion from every comparison with
+    persistence and changes the official numbers. Calling xarray itself reproduces them to the
+    bit for the same input dtypes.
     """
-    ok = np.isfinite(x) & np.isfinite(y)
-    n = ok.sum(0)
-    x = np.where(ok, x, np.nan)
-    y = np.where(ok, y, np.nan)
-    with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
+    dims = ("time",) + tuple(f"axis{i}" for i in range(1, np.ndim(x)))
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        dx = x - np.nanmean(x, 0)
-        dy = y - np.nanmean(y, 0)
-        cov = np.nansum(dx * dy, 0)
-        ssx, ssy = np.nansum(dx * dx, 0), np.nansum(dy * dy, 0)
-        r = cov / np.sqrt(ssx * ssy)
-    return np.where((n >= 2) & (ssx > 1e-12) & (ssy > 1e-12), r, np.nan)
+        r = xr.corr(xr.DataArray(x, dims=dims), xr.DataArray(y, dims=dims), dim="time")
+    return np.asarray(r.values)
 
 
 def _group_table(scores: list[tuple[str, dict[str, np.ndarray]]]) -> dict[str, np.ndarray]:
@@ -134,16 +139,12 @@ def _landcover_mean(table, values: np.ndarray) -> dict[float, float]:
     return {lc: _nanmean(np.asarray(v, np.float64)) for lc, v in sorted(per_lc.items())}
 
 
-def summarize(
-    scores: list[tuple[str, dict[str, np.ndarray]]], undefined_r: float | None = None
-) -> dict[str, float]:
+def summarize(scores: list[tuple[str, dict[str, np.ndarray]]]) -> dict[str, float]:
     """Dataset scores from per-cube `pixel_scores` ((cube id, scores) pairs), as eval.py."""
     table = _group_table(scores)
     if len(table.get("landcover", [])) == 0:
         return {"nse": np.nan, "rmse": np.nan, "R2": np.nan, "biasabs": np.nan, "num_pixels": 0}
     r = table["r"]
-    if undefined_r is not None:
-        r = np.where(np.isnan(r), undefined_r, r)
     per = {
         "nnse": _landcover_mean(table, table["nnse"]),
         "rmse": _landcover_mean(table, table["rmse"]),
@@ -173,35 +174,43 @@ def outperformance(
     scores: list[tuple[str, dict[str, np.ndarray]]],
     reference: list[tuple[str, dict[str, np.ndarray]]],
 ) -> dict[str, float]:
-    """Gains against a reference on the pixels both score (eval.py's `compare_dir` branch).
+    """Gains against a reference, per pixel and then per group (eval.py's `compare_dir` branch).
 
-    Pixels are matched by (cube id, pixel position); a (cube id, land cover) group outperforms
-    when more than 2 of: rmse gain > 0.01, nnse gain (1/nnse_ref - 1/nnse) > 0.05, R^2 gain >
-    0.05, |bias| gain > 0.01. Returns mean gains (per group, per land cover, over land covers)
-    and `outperform`, the fraction of groups.
+    Pixels are matched by (cube id, pixel position) over the high-quality pixels of either side,
+    as pandas aligns the two score tables: a pixel scored on one side only has NaN gains. Per
+    pixel: rmse gain = rmse_ref - rmse, nnse gain = 1/nnse_ref - 1/nnse, R^2 gain = r^2 -
+    r_ref^2, |bias| gain = |bias_ref| - |bias| (NaN where an r is NaN, see `pearson_r`). A
+    (cube id, land cover) group outperforms when more than 2 of its NaN-skipping mean gains pass
+    rmse > 0.01, nnse > 0.05, R^2 > 0.05, |bias| > 0.01 (a NaN mean passes none).
+    Returns `outperform` (the fraction of groups) and `gain_<metric>_mean` (mean per group, per
+    land cover, then over land covers, NaN skipped).
     """
-    ref = dict(reference)
-    rows: dict[tuple, dict[str, list[float]]] = {}
-    for cube_id, s in scores:
-        if cube_id not in ref:
-            continue
-        r_ = ref[cube_id]
-        both = s["quality"] & r_["quality"]
-        gains = {
-            "rmse": r_["rmse"] - s["rmse"],
-            "nnse": 1 / r_["nnse"] - 1 / s["nnse"],
-            "R2": np.square(s["r"]) - np.square(r_["r"]),
-            "biasabs": np.abs(r_["bias"]) - np.abs(s["bias"]),
-        }
-        for lc in np.unique(s["landcover"][both]):
-            sel = both & (s["landcover"] == lc)
+    mine, ref = dict(scores), dict(reference)
+    rows: dict[tuple, dict[str, float]] = {}
+    for cube_id in sorted(set(mine) | set(ref)):
+        s, r_ = mine.get(cube_id), ref.get(cube_id)
+        shown = s if s is not None else r_
+        nan = np.full(np.shape(shown["quality"]), np.nan)
+        if s is None or r_ is None:
+            either, gains = shown["quality"], dict.fromkeys(THRESHOLDS, nan)
+        else:
+            either = s["quality"] | r_["quality"]
+            both = s["quality"] & r_["quality"]
+            gains = {
+                "rmse": r_["rmse"] - s["rmse"],
+                "nnse": 1 / r_["nnse"] - 1 / s["nnse"],
+                "R2": np.square(s["r"]) - np.square(r_["r"]),
+                "biasabs": np.abs(r_["bias"]) - np.abs(s["bias"]),
+            }
+            gains = {k: np.where(both, v, np.nan) for k, v in gains.items()}
+        for lc in np.unique(shown["landcover"][either]):
+            sel = either & (shown["landcover"] == lc)
             rows[(cube_id, float(lc))] = {k: _nanmean(v[sel]) for k, v in gains.items()}
     if not rows:
         return {"outperform": float("nan")}
-    thresholds = {"rmse": 0.01, "nnse": 0.05, "R2": 0.05, "biasabs": 0.01}
-    passed = [sum(float(g[k] > t) for k, t in thresholds.items()) > 2 for g in rows.values()]
+    passed = [sum(float(g[k] > t) for k, t in THRESHOLDS.items()) > 2 for g in rows.values()]
     out = {"outperform": float(np.mean(passed))}
-    for k in thresholds:
+    for k in THRESHOLDS:
         per_lc: dict[float, list[float]] = {}
         for (_, lc), g in rows.items():
             per_lc.setdefault(lc, []).append(g[k])

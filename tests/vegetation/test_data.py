@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from jaxlab.vegetation import data
+from jaxlab.vegetation import data, data_features
 from tests.vegetation import helpers
 
 
@@ -12,7 +12,7 @@ def test_bap_fill_hand_made_sequence():
     # One row of 3 pixels, 1 band, 4 frames.
     values = np.array([[1.0, 9.0, 9.0], [9.0, 9.0, 9.0], [3.0, 5.0, 9.0], [9.0, 9.0, 9.0]])
     clear = np.array([[1, 0, 0], [0, 0, 0], [1, 1, 0], [0, 0, 0]], bool)
-    out = data.best_available_pixel(
+    out = data_features.best_available_pixel(
         values[:, None, :, None], clear[:, None, :], fallback=np.array([7.0])
     )[:, 0, :, 0]
     # Pixel 0: last clear carried forward. Pixel 1: first clear (t=2) filled backwards.
@@ -25,21 +25,21 @@ def test_bap_fill_hand_made_sequence():
 def test_bap_ignores_nan_of_cloudy_frames():
     values = np.array([2.0, np.nan, np.nan])[:, None, None, None]
     clear = np.array([True, False, False])[:, None, None]
-    out = data.best_available_pixel(values, clear, np.array([0.0]))
+    out = data_features.best_available_pixel(values, clear, np.array([0.0]))
     np.testing.assert_array_equal(out.ravel(), [2, 2, 2])
 
 
 def test_rolling_mean_matches_pandas():
     x = np.random.default_rng(0).normal(size=(40, 3))
     expected = pd.DataFrame(x).rolling(21, center=True, min_periods=1).mean().to_numpy()
-    np.testing.assert_allclose(data.rolling_mean(x, 21), expected, rtol=1e-10)
+    np.testing.assert_allclose(data_features.rolling_mean(x, 21), expected, rtol=1e-10)
 
 
 def test_weather_features_match_direct_numpy():
     rng = np.random.default_rng(1)
     daily = rng.normal(size=(150, 7)).cumsum(0)
     frame_days = 4 + 5 * np.arange(10, 30)
-    got = data.weather_features(daily, window=21, frame_days=frame_days, frame_stride=5)
+    got = data_features.weather_features(daily, window=21, frame_days=frame_days, frame_stride=5)
     assert got.shape == (20, 21)
     for f, day in enumerate(frame_days):
         for v in range(7):
@@ -58,7 +58,7 @@ def test_weather_features_match_direct_numpy():
 
 def test_fill_gaps_interpolates():
     x = np.array([[1.0], [np.nan], [3.0], [np.nan]])
-    np.testing.assert_allclose(data.fill_gaps(x).ravel(), [1, 2, 3, 3])
+    np.testing.assert_allclose(data_features.fill_gaps(x).ravel(), [1, 2, 3, 3])
 
 
 def test_landcover_onehot_aliases_and_errors():

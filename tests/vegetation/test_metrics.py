@@ -96,13 +96,18 @@ def test_summarize_aggregates_per_cube_then_landcover():
     np.testing.assert_allclose(out["nse"], 2 - 1 / np.mean([crop, nnse["g"]]), rtol=1e-6)
 
 
-def test_constant_forecast_has_undefined_r():
-    ndvi = _ramp()
-    pred = np.full((T, 1, 1), 0.4)
-    s = metrics.pixel_scores(_cube(ndvi, [[40]]), pred, PRED_INDEX)
-    assert np.isnan(s["r"][0, 0])
-    assert np.isnan(metrics.summarize([("a", s)])["R2"])
-    assert metrics.summarize([("a", s)], undefined_r=0.0)["R2"] == 0.0
+def test_r_of_a_constant_forecast_follows_xr_corr():
+    """A constant whose float mean is inexact gets a rounding-level r (as xr.corr, which the
+    official scorer uses), one whose mean is exact (0.5 over 20 days) an undefined one (NaN);
+    summarize skips the NaN and keeps the rounding-level R^2."""
+    ndvi = _ramp(1, 2).astype(np.float32)
+    pred = np.empty((T, 1, 2), np.float32)
+    pred[:, 0, 0], pred[:, 0, 1] = 0.4, 0.5
+    s = metrics.pixel_scores(_cube(ndvi, [[40, 30]]), pred, PRED_INDEX)
+    assert 0 < abs(s["r"][0, 0]) < 1e-6 and np.isnan(s["r"][0, 1])
+    out = metrics.summarize([("a", s)])
+    np.testing.assert_allclose(out["R2_crop"], np.float32(s["r"][0, 0]) ** 2, rtol=1e-5)
+    assert np.isnan(out["R2_grass"]) and out["R2"] == out["R2_crop"]
 
 
 def test_outperformance():

@@ -7,7 +7,7 @@ import pytest
 
 from jaxlab.core import optim
 from jaxlab.vegetation import model as model_lib
-from jaxlab.vegetation import train
+from jaxlab.vegetation import steps
 from tests.vegetation import helpers
 
 
@@ -31,7 +31,7 @@ def test_fourier_synthesis_matches_direct_sum():
 def tiny_model():
     config = helpers.tiny_config()
     model = model_lib.make_model(config)
-    batch = jax.tree.map(jnp.asarray, train.random_batch(config, batch_size=2, seed=0))
+    batch = jax.tree.map(jnp.asarray, steps.random_batch(config, batch_size=2))
     params = jax.jit(model.init)(jax.random.key(0), batch)["params"]
     return model, params, batch
 

@@ -1,5 +1,7 @@
 """Tiny end-to-end: synthetic cubes -> train (one compilation) -> evaluate from checkpoint (with
-the climatology baseline); resume after a preemption reproduces the uninterrupted run bitwise."""
+the climatology baseline); resume after a preemption reproduces the uninterrupted run bitwise,
+early-stopping state (saved inside the checkpoint) included. Plus the loop's early-stopping rules
+and the benchmark entry point."""
 
 import copy
 import json
@@ -13,11 +15,10 @@ import numpy as np
 import pytest
 import xarray as xr
 
-import jaxlab.vegetation as vegetation
-from jaxlab.core import checkpoint, loop
+from jaxlab.core import checkpoint, early_stopping, loop
 from jaxlab.core import mesh as mesh_lib
 from jaxlab.core.writer import read_metrics
-from jaxlab.vegetation import data, metrics, train
+from jaxlab.vegetation import data, evaluate, metrics, steps, train
 from jaxlab.vegetation.evaluate import write_prediction
 from tests.vegetation import helpers
 
@@ -50,16 +51,18 @@ def _config():
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """(config, workdir) of one uninterrupted tiny run, its train step traced once."""
+    """(config, workdir, val metrics) of one uninterrupted tiny run; `Parts.train_step` (built
+    from `steps.train_step`) must be traced once over its 5 steps, else this raises."""
     workdir = str(tmp_path_factory.mktemp("vegetation"))
     config = _config()
     chex.clear_trace_counter()
     with pytest.MonkeyPatch.context() as m:
-        m.setattr(train, "train_step", chex.assert_max_traces(train.train_step, n=1))
+        m.setattr(steps, "train_step", chex.assert_max_traces(steps.train_step, n=1))
         val = train.train_and_evaluate(config, workdir)
     return config, workdir, val
 
 
+@pytest.mark.slow
 def test_tiny_train_then_evaluate(trained):
     config, workdir, val = trained
     config = copy.deepcopy(config)
@@ -74,7 +77,7 @@ def test_tiny_train_then_evaluate(trained):
 
     config.eval.climatology_dir = str(tmp_path / "climatology")
     _write_climatology(workdir, config.eval.climatology_dir, "ood-t_chopped", offset=-0.1)
-    scores = vegetation.evaluate(config, workdir)
+    scores = evaluate.evaluate(config, workdir)
     out_dir = tmp_path / "eval" / "ood-t_chopped"
     saved = json.loads((out_dir / "metrics.json").read_text())
     assert saved["num_cubes"] == 2 and saved["ndvi_num_pixels"] > 0
@@ -89,6 +92,9 @@ def test_tiny_train_then_evaluate(trained):
     np.testing.assert_allclose(saved["climatology_ndvi_r2"], 1.0, rtol=1e-4)
     assert 0.0 <= saved["outperform_vs_climatology"] <= 1.0
     assert "outperform_vs_persistence" not in saved
+    for metric in ("rmse", "nnse", "R2", "biasabs"):
+        assert f"gain_{metric}_mean_vs_climatology" in saved
+    assert saved["clipped_ndvi_model"] >= 0 and saved["clipped_reflectance_persistence"] >= 0
     for name in ("cube0_maps.png", "cube0_pixels.png", "delta_amplitude.png"):
         assert (out_dir / name).stat().st_size > 1000, name
 
@@ -103,6 +109,10 @@ def test_tiny_train_then_evaluate(trained):
         np.testing.assert_array_equal(pred.time.values, cube.time.values[54::5])
         assert pred.ndvi_pred.dims == ("time", "lat", "lon")
         assert pred.ndvi_pred.shape == (20, cube.sizes["lat"], cube.sizes["lon"])
+        assert float(pred.ndvi_pred.min()) >= -1 and float(pred.ndvi_pred.max()) <= 1
+        for band in config.data.bands:
+            assert pred[band].shape == pred.ndvi_pred.shape
+            assert float(pred[band].min()) >= 0 and float(pred[band].max()) <= 1
 
 
 def _rows_by_step(workdir):
@@ -116,8 +126,7 @@ def _rows_by_step(workdir):
 
 def _final_states(config, *workdirs):
     """The latest checkpointed train state of each workdir (host arrays)."""
-    mesh = mesh_lib.make_mesh(config.mesh)
-    target = train.build(config, workdirs[0], mesh)["target"]
+    target = steps.build(config, mesh_lib.make_mesh(config.mesh)).abstract_state
     states = []
     for workdir in workdirs:
         manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints"), read_only=True)
@@ -125,11 +134,12 @@ def _final_states(config, *workdirs):
     return states
 
 
+@pytest.mark.slow
 def test_resume_after_preemption_matches_uninterrupted_run(trained, tmp_path, monkeypatch):
     """The reference run stops early at step 5 (see `_config`). This one is preempted at step 3
-    and its step-3 checkpoint then removed, as when the preemption cuts that save short after
-    `early_stopping.json` got step 3's entry: the resumed run restores step 2 and must count from
-    step 2's early-stopping state to stop at step 5 too, with bitwise the same state and losses."""
+    and its step-3 checkpoint then removed, as when the preemption cuts that save short: the
+    resumed run restores step 2 with the early-stopping state saved inside that checkpoint and
+    must stop at step 5 too, with bitwise the same state, losses and early-stopping state."""
     config, reference, _ = trained
     config = copy.deepcopy(config)
     config.data.dir = os.path.join(reference, "data")  # the same synthetic cubes
@@ -138,22 +148,73 @@ def test_resume_after_preemption_matches_uninterrupted_run(trained, tmp_path, mo
         m.setattr(loop.Preemption, "requested", lambda self, step: step == 3)
         train.train_and_evaluate(config, resumed)
     assert max(_rows_by_step(resumed)) == 3
-    with open(os.path.join(resumed, train.EARLY_STOP_FILE)) as f:
-        assert json.load(f)["3"]["bad_evals"] == 2
+    assert _loop_state(resumed, 3)["early_stopping"]["bad_evals"] == 2
+    assert not os.path.exists(os.path.join(resumed, "early_stopping.json"))  # no side file
     shutil.rmtree(os.path.join(resumed, "checkpoints", "3"))
     train.train_and_evaluate(config, resumed)
 
     want, got = _rows_by_step(reference), _rows_by_step(resumed)
     assert sorted(got) == sorted(want) == [1, 2, 3, 4, 5]  # early stop at 5 of 6 steps
-    assert sum(row["step"] == 3 and "loss" in row for row in read_metrics(resumed)) == 2
+    # Step 3 was trained twice (before the preemption and after restoring step 2); the rows
+    # compared are the last written, the resumed run's.
     for step in want:
         for key in ("loss", "regression", "edge", "grad_norm", "lr", "data_checksum", "val_loss"):
             assert got[step][key] == want[step][key], (step, key)
-    with open(os.path.join(reference, train.EARLY_STOP_FILE)) as f:
-        want_es = json.load(f)["5"]
-    with open(os.path.join(resumed, train.EARLY_STOP_FILE)) as f:
-        got_es = json.load(f)["5"]
-    assert got_es == want_es and want_es["stopped_at"] == 5 and want_es["bad_evals"] == 4
+    want_es = _loop_state(reference, 5)["early_stopping"]
+    assert _loop_state(resumed, 5)["early_stopping"] == want_es
+    assert want_es["stopped_at"] == 5 and want_es["bad_evals"] == 4
     want_state, got_state = _final_states(config, reference, resumed)
     assert int(got_state.step) == 5
     chex.assert_trees_all_equal(got_state, want_state)
+
+
+def _loop_state(workdir, step):
+    manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints"), read_only=True)
+    return checkpoint.restore_loop_state(manager, step)
+
+
+def test_early_stopping_counts_improvements_beyond_min_delta():
+    """Against a hand-run of the rule: improved iff loss < best - min_delta; patience 2."""
+    t = helpers.tiny_config().train
+    t.early_stopping_patience, t.early_stopping_min_delta = 2, 0.1
+    es = early_stopping.init()
+    history = []
+    for step, loss in enumerate([1.0, 0.95, 0.8, 0.75, float("nan"), 0.5], start=1):
+        es = train.update_early_stopping(es, loss, step, t)
+        history.append((es["best"], es["bad_evals"], es["stopped_at"]))
+    assert history == [
+        (1.0, 0, None),  # first evaluation
+        (1.0, 1, None),  # 0.05 better: not enough
+        (0.8, 0, None),  # 0.2 better
+        (0.8, 1, None),
+        (0.8, 2, 5),  # NaN is never an improvement; patience reached
+        (0.8, 2, 5),  # once stopped the state no longer changes
+    ]
+
+
+def test_restored_early_stopping(caplog):
+    saved = {"best": 0.3, "best_at": 4, "bad_evals": 1, "stopped_at": None}
+    assert train.restored_early_stopping({"early_stopping": saved}, 4) == saved
+    assert train.restored_early_stopping(None, 0) == early_stopping.init()
+    with caplog.at_level("WARNING"):
+        assert train.restored_early_stopping(None, 6) == early_stopping.init()
+    assert "no early-stopping state" in caplog.text
+
+
+@pytest.mark.slow
+def test_benchmark_setup_gives_a_step_that_compiles_once():
+    """benchmark_setup's 4 items; its jitted step runs twice (the state donated and replaced)
+    without a second trace, and the batch has the record fields at the config's sizes."""
+    config = helpers.tiny_config()
+    config.mesh = [("data", 2)]
+    config.train.global_batch_size = 2
+    mesh = mesh_lib.make_mesh(config.mesh, devices=jax.devices()[:2])
+    chex.clear_trace_counter()
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(steps, "train_step", chex.assert_max_traces(steps.train_step, n=1))
+        step_fn, state, batch, extras = steps.benchmark_setup(config, mesh)
+        for _ in range(2):
+            state, metrics_ = step_fn(state, batch)
+    assert extras == {} and int(state.step) == 2
+    assert batch["context"].shape == (2, 10, 16, 16, 4)
+    assert np.isfinite(float(metrics_["loss"]))
