@@ -2,11 +2,7 @@
 
 `data.py` reads the published HDF5 (and the PNG tarball), `synthetic.py` writes the same layout
 with planted morphologies, `model.py` holds the timm-identical ViT, the fusion and the CNN
-baseline, `timm_import.py` maps timm state dicts, `train.py` the epoch loop, `evaluate.py` the
-checkpoint evaluation.
+baseline, `timm_import.py` maps timm state dicts, `steps.py` the parts and the pure steps,
+`train.py` the epoch loop, `evaluate.py` the checkpoint evaluation. The binaries import the
+modules by name; this file re-exports nothing.
 """
-
-from jaxlab.glitch.evaluate import evaluate
-from jaxlab.glitch.train import benchmark_setup, train_and_evaluate
-
-__all__ = ["benchmark_setup", "evaluate", "train_and_evaluate"]

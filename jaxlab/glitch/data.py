@@ -325,6 +325,22 @@ def check_metadata(source, metadata: dict[str, dict[str, str]], path: str) -> No
         )
 
 
+def shift_augment(max_shift: int):
+    """A random time shift (columns) of up to `max_shift` pixels, edges repeated: a grain
+    `random_transform` `(record, rng) -> record`."""
+
+    def augment(record: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
+        shift = int(rng.integers(-max_shift, max_shift + 1))
+        if shift == 0:
+            return record
+        image = record["image"]
+        axis = image.ndim - 2  # width axis of [..., S, S, 3]
+        index = np.clip(np.arange(image.shape[axis]) - shift, 0, image.shape[axis] - 1)
+        return {**record, "image": np.take(image, index, axis=axis)}
+
+    return augment
+
+
 def class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
     """[C] weights n / (C_present * n_c) from training frequencies (sklearn's "balanced"); 0 for
     classes absent from training."""

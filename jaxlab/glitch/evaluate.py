@@ -14,9 +14,9 @@ Writes under `workdir/eval/<split>/`:
 from __future__ import annotations
 
 import csv
-import functools
 import json
 import os
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -24,61 +24,39 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxlab.core import checkpoint, loop
+from jaxlab.core import loop, run
 from jaxlab.core import mesh as mesh_lib
-from jaxlab.core import state as state_lib
 from jaxlab.data import pipeline
-from jaxlab.glitch import data, losses, metrics, plots
+from jaxlab.glitch import data, metrics, plots, steps
 
 
-def eval_step(params: Any, batch: dict[str, jax.Array], valid: jax.Array, *, model, loss_config):
-    """probs [B, C], view_weights [B, V], and the loss summed over valid rows."""
-    out = model.apply({"params": params}, batch["image"], train=False)
-    per_example = losses.per_example_loss(out["logits"], batch["label"], loss_config)
-    return {
-        "probs": jax.nn.softmax(out["logits"], axis=-1),
-        "view_weights": out["view_weights"],
-        "loss_sum": jnp.sum(per_example * valid.astype(jnp.float32)),
-    }
-
-
-def make_eval_step(model: Any, mesh: Any, loss_config: ml_collections.ConfigDict):
-    """`eval_step` jitted once for this mesh: (params, batch, valid) -> outputs (replicated)."""
-    return jax.jit(
-        functools.partial(eval_step, model=model, loss_config=loss_config),
-        in_shardings=(mesh_lib.replicated(mesh), mesh_lib.data_sharding(mesh), None),
-        out_shardings=mesh_lib.replicated(mesh),
-    )
-
-
-def predict_split(step, params, source, mesh, batch_size: int) -> dict[str, Any]:
-    """One ordered pass: probs [N, C], view_weights [N, V], confusion [C, C], mean loss."""
-    probs, view_weights, loss_sum = [], [], 0.0
+def predict_split(
+    eval_step: Callable, params: Any, source: Any, mesh: Any, batch_size: int
+) -> dict[str, Any]:
+    """One ordered pass with `Parts.eval_step`: probs [N, C], view_weights [N, V], confusion
+    [C, C] and the mean loss."""
+    outputs, totals = [], None
     throttle = loop.StepThrottle()
     for local_batch, valid in pipeline.eval_batches(source, global_batch_size=batch_size):
         batch = mesh_lib.global_batch(local_batch, mesh)
-        out = step(params, batch, mesh_lib.global_batch(valid, mesh))
+        sums, out = eval_step(params, batch, mesh_lib.global_batch(valid, mesh))
         throttle(out["probs"])
-        probs.append(out["probs"])
-        view_weights.append(out["view_weights"])
-        loss_sum = loss_sum + out["loss_sum"]
-    probs, view_weights, loss_sum = jax.device_get((probs, view_weights, loss_sum))
+        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+        outputs.append(out)
+    outputs, totals = jax.device_get((outputs, totals))
     n = len(source)
-    probs = np.concatenate(probs)[:n]
-    num_classes = probs.shape[1]
-    confusion = metrics.confusion_matrix(source.labels, probs.argmax(-1), num_classes)
+    probs = np.concatenate([o["probs"] for o in outputs])[:n]
+    confusion = metrics.confusion_matrix(source.labels, probs.argmax(-1), probs.shape[1])
     return {
         "probs": probs,
-        "view_weights": np.concatenate(view_weights)[:n],
+        "view_weights": np.concatenate([o["view_weights"] for o in outputs])[:n],
         "confusion": confusion,
-        "loss": float(loss_sum) / n,
+        "loss": float(totals["loss_sum"]) / n,
     }
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Restores `config.eval.checkpoint` and evaluates `config.eval.split`; writes the files."""
-    from jaxlab.glitch import train  # train imports this module
-
     mesh = mesh_lib.make_mesh(config.mesh)
     data_dir = data.prepare(config, workdir)
     source = data.load(config, data_dir, config.eval.split)
@@ -88,22 +66,11 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         raise ValueError(
             f"split {config.eval.split!r} has classes {source.classes}, train has {classes}."
         )
-    model, _, init_fn, _, _ = train.build(config, len(classes), len(train_source))
-    target, _ = state_lib.abstract_state(
-        init_fn, jax.random.key(config.seed), mesh, config.fsdp_min_size
-    )
-    manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints"), read_only=True)
-    step = checkpoint.select_step(
-        manager, config.eval.checkpoint, config.eval.best_metric, config.eval.best_mode
-    )
-    state = checkpoint.restore(manager, target, step=step)
+    parts = steps.build(config, mesh, num_classes=len(classes))
+    state, step = run.restore_for_eval(config, workdir, parts)
 
     result = predict_split(
-        make_eval_step(model, mesh, config.loss),
-        state.params,
-        source,
-        mesh,
-        config.eval.global_batch_size,
+        parts.eval_step, state.params, source, mesh, config.eval.global_batch_size
     )
     confusion = result["confusion"]
     majority = int(np.bincount(train_source.labels, minlength=len(classes)).argmax())

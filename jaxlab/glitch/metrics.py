@@ -74,6 +74,14 @@ def summary(confusion: np.ndarray) -> dict[str, float]:
     }
 
 
+def epoch_record(prefix: str, confusion: np.ndarray, loss: float) -> dict[str, float]:
+    """{"<prefix>_loss", "<prefix>_accuracy", ...} of one epoch, as the loop logs them."""
+    return {
+        f"{prefix}_loss": loss,
+        **{f"{prefix}_{k}": v for k, v in summary(confusion).items()},
+    }
+
+
 def classification_report(confusion: np.ndarray, class_names: list[str]) -> str:
     """A text table like sklearn's `classification_report` (every class listed)."""
     stats = per_class(confusion)

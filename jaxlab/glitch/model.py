@@ -44,6 +44,29 @@ def gelu_exact(x: jax.Array) -> jax.Array:
     return nn.gelu(x, approximate=False)
 
 
+def check_image_layout(shape: tuple[int, ...], expected: str = "[B, S, S, 3]") -> None:
+    """Raises one clear ValueError unless `shape` is channels-last RGB of `expected`'s rank.
+
+    timm (PyTorch) takes channels-first batches, [B, 3, S, S]; these models take NHWC,
+    [B, S, S, 3] ([B, V, S, S, 3] with views). Without this check a channels-first batch fails
+    much later, as "image size 3x224 is not a multiple of patch 16".
+    """
+    rank = expected.count(",") + 1
+    if len(shape) == rank and shape[-1] == 3:
+        return
+    hint = ""
+    if len(shape) == rank and shape[-3] == 3:
+        perm = (*range(rank - 3), rank - 2, rank - 1, rank - 3)
+        hint = (
+            " It looks channels-first (NCHW, the PyTorch/timm layout); move the channels last: "
+            f"images.transpose{perm}."
+        )
+    raise ValueError(
+        f"images of shape {tuple(shape)}; expected NHWC {expected} (channels last, 3 channels)."
+        + hint
+    )
+
+
 class DropPath(nn.Module):
     """Stochastic depth: drops a residual branch per example with probability `rate`."""
 
@@ -137,7 +160,7 @@ class ViTEncoder(nn.Module):
 
     @nn.compact
     def __call__(self, images: jax.Array, deterministic: bool = True) -> jax.Array:
-        chex.assert_rank(images, 4)
+        check_image_layout(images.shape, "[B, S, S, 3]")
         batch, height, width, _ = images.shape
         if height % self.patch_size or width % self.patch_size:
             raise ValueError(
@@ -239,7 +262,7 @@ class MultiViewViT(nn.Module):
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
-        chex.assert_rank(images, 5)
+        check_image_layout(images.shape, "[B, V, S, S, 3]")
         batch, views = images.shape[:2]
         folded = images.reshape(batch * views, *images.shape[2:])
         tokens = self.encoder(folded, deterministic=not train).reshape(batch, views, -1)
@@ -291,6 +314,7 @@ class CNNBaseline(nn.Module):
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
+        check_image_layout(images.shape, "[B, V, S, S, 3]" if images.ndim == 5 else "[B, S, S, 3]")
         batch = images.shape[0]
         views = images.shape[1] if images.ndim == 5 else 1
         x = merge_views(images) if images.ndim == 5 else images

@@ -30,6 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
+from jaxlab.glitch import model as model_lib
+
 SKIPPED_PREFIXES = ("head.", "fc_norm.")  # classifier, and the norm of global-average pooling
 
 
@@ -160,6 +162,17 @@ def flax_to_timm(encoder_params: Any) -> dict[str, np.ndarray]:
             value = value.transpose(3, 2, 0, 1)  # HWIO -> OIHW
         state_dict[key] = np.ascontiguousarray(value)
     return state_dict
+
+
+def encoder_template(encoder: model_lib.ViTEncoder, images_shape: tuple[int, ...]) -> Any:
+    """The encoder's abstract params for a batch of `images_shape`: the target of an import.
+
+    `images_shape` is NHWC, [B, S, S, 3]; a timm-style channels-first [B, 3, S, S] is refused
+    with one error naming the expected layout (nothing is computed).
+    """
+    model_lib.check_image_layout(tuple(images_shape), "[B, S, S, 3]")
+    images = jax.ShapeDtypeStruct(tuple(images_shape), jnp.float32)
+    return jax.eval_shape(encoder.init, jax.random.key(0), images)["params"]  # shapes only
 
 
 def load_encoder(path: str, template: Any, pos_embed_method: str = "bicubic") -> dict[str, Any]:

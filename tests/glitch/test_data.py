@@ -211,3 +211,21 @@ def test_config_load_png_format(data_dir):
     config.data.png_crop = (60, 30, 94, 58)
     source = data.load(config, data_dir, "validation")
     assert source[0]["image"].shape == (4, 32, 32, 3)
+
+
+@pytest.mark.parametrize("multi_view", [True, False])
+def test_shift_augment_moves_columns_and_repeats_the_edge(multi_view):
+    shape = (4, 6, 6, 3) if multi_view else (6, 6, 3)
+    image = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)
+    record = {"image": image, "label": np.int32(3)}
+    augment = data.shift_augment(max_shift=3)
+    shifts = set()
+    for seed in range(12):
+        shift = int(np.random.default_rng(seed).integers(-3, 4))  # the draw augment makes
+        out = augment(record, np.random.default_rng(seed))["image"]
+        shifts.add(shift)
+        # Column c of the output is column c - shift of the input, clipped to the image.
+        for c in range(6):
+            source = min(max(c - shift, 0), 5)
+            np.testing.assert_array_equal(out[..., c, :], image[..., source, :])
+    assert len(shifts) > 3  # both directions and no shift were exercised

@@ -266,3 +266,41 @@ def test_vit_bf16_close_to_fp32():
     b = jax.jit(encoder16.apply)({"params": params}, images).astype(jnp.float32)
     assert b.dtype == jnp.float32
     np.testing.assert_allclose(a, b, atol=0.1)
+
+
+def test_model_refuses_channels_first_batch_naming_the_layout():
+    # A timm / PyTorch batch is NCHW; ours is NHWC. The patch-size check alone would say
+    # "image size 3x224 is not a multiple of patch 16", which does not name the problem.
+    single = glitch_config.get_config("vit_b16_single")
+    for model, shape, layout in (
+        (model_lib.make_encoder(single), (2, 3, 224, 224), "[B, S, S, 3]"),
+        (model_lib.make_model(single, 22), (2, 3, 224, 224), "[B, S, S, 3]"),
+        (
+            model_lib.make_model(glitch_config.get_config("paper"), 22),
+            (2, 4, 3, 224, 224),
+            "[B, V, S, S, 3]",
+        ),
+    ):
+        with pytest.raises(ValueError) as info:
+            _abstract_params(model, shape)
+        message = str(info.value)
+        assert f"expected NHWC {layout}" in message and "channels-first" in message, message
+        assert "multiple of patch" not in message
+    # The suggested transpose is the right one: it makes the same batch acceptable.
+    nchw = np.zeros((2, 3, 16, 16), np.float32)
+    with pytest.raises(ValueError, match=r"images\.transpose\(0, 2, 3, 1\)"):
+        model_lib.check_image_layout(nchw.shape)
+    model_lib.check_image_layout(nchw.transpose(0, 2, 3, 1).shape)
+
+
+def test_timm_import_refuses_channels_first_template_naming_the_layout():
+    encoder = model_lib.make_encoder(glitch_config.get_config("paper"))
+    with pytest.raises(ValueError) as info:
+        timm_import.encoder_template(encoder, (1, 3, 224, 224))
+    message = str(info.value)
+    assert "expected NHWC [B, S, S, 3]" in message and "channels-first" in message, message
+    assert "multiple of patch" not in message
+    # The NHWC batch gives the target that a timm ViT-B/16 state dict imports into.
+    template = timm_import.encoder_template(encoder, (1, 224, 224, 3))
+    assert _count(template) == VIT_B16_ENCODER_PARAMS
+    assert template["pos_embed"].shape == (1, 197, 768)

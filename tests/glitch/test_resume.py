@@ -10,8 +10,9 @@ same programs again (several CPU-seconds each) and does not change what is check
 everything the loop carries across a restart is saved and restored exactly.
 """
 
-import importlib
+import dataclasses
 import itertools
+import logging
 import os
 import signal
 
@@ -19,16 +20,11 @@ import jax
 import numpy as np
 import pytest
 
-import jaxlab.glitch as glitch_task
 from jaxlab.configs import glitch as glitch_config
-from jaxlab.core import checkpoint
+from jaxlab.core import checkpoint, run
 from jaxlab.core import mesh as mesh_lib
-from jaxlab.core import state as state_lib
 from jaxlab.core.writer import read_metrics
-from jaxlab.glitch import train
-
-# The module (jaxlab.glitch.evaluate is the function of the same name).
-evaluate_lib = importlib.import_module("jaxlab.glitch.evaluate")
+from jaxlab.glitch import evaluate, steps, train
 
 BATCH = 48  # 195 tiny training samples: 4 steps per epoch
 STEPS_PER_EPOCH = 195 // BATCH
@@ -45,55 +41,43 @@ def _config(data_dir: str, num_epochs: int):
 
 @pytest.fixture(autouse=True)
 def _share_compiles(monkeypatch):
-    """Within a test, `build`, `make_train_step` and `make_eval_step` return their first result
-    for the same arguments, so the runs of the test reuse one set of compiled programs."""
-    build, make_train_step, make_eval_step = (
-        train.build,
-        train.make_train_step,
-        evaluate_lib.make_eval_step,
-    )
-    cache = {}
+    """Within a test, `steps.build` returns its first `Parts` for the same arguments, so the runs
+    of the test reuse one set of compiled programs."""
+    build, cache = steps.build, {}
 
-    def memo(key, fn, *args):
+    def shared_build(config, mesh, **kwargs):
+        weights = kwargs.get("class_weights")
+        key = (
+            config.to_json_best_effort(),
+            mesh.devices.shape,
+            kwargs.get("num_train"),
+            kwargs.get("num_classes"),
+            None if weights is None else tuple(weights),
+        )
         if key not in cache:
-            cache[key] = fn(*args)
+            cache[key] = build(config, mesh, **kwargs)
         return cache[key]
 
-    def shared_build(config, num_classes, num_train):
-        key = ("build", config.to_json_best_effort(), num_classes, num_train)
-        return memo(key, build, config, num_classes, num_train)
-
-    def shared_train_step(config, model, tx, shardings, mesh, num_classes, class_weights=None):
-        key = ("train_step", id(model), id(tx), num_classes, class_weights is None)
-        args = (config, model, tx, shardings, mesh, num_classes, class_weights)
-        return memo(key, make_train_step, *args)
-
-    def shared_eval_step(model, mesh, loss_config):
-        return memo(("eval_step", id(model)), make_eval_step, model, mesh, loss_config)
-
-    monkeypatch.setattr(train, "build", shared_build)
-    monkeypatch.setattr(train, "make_train_step", shared_train_step)
-    monkeypatch.setattr(train, "make_eval_step", shared_eval_step)
-    monkeypatch.setattr(evaluate_lib, "make_eval_step", shared_eval_step)
+    monkeypatch.setattr(steps, "build", shared_build)
 
 
 def _sigterm_after_step(monkeypatch, at_step: int) -> None:
     """The next run sends itself SIGTERM right after dispatching step `at_step` (from step 1)."""
-    make_train_step = train.make_train_step
+    build = steps.build
 
-    def make_with_signal(*args, **kwargs):
-        step_fn = make_train_step(*args, **kwargs)
+    def build_with_signal(*args, **kwargs):
+        parts = build(*args, **kwargs)
         calls = itertools.count(1)
 
         def step(state, batch):
-            out = step_fn(state, batch)
+            out = parts.train_step(state, batch)
             if next(calls) == at_step:
                 os.kill(os.getpid(), signal.SIGTERM)  # caught by loop.Preemption
             return out
 
-        return step
+        return dataclasses.replace(parts, train_step=step)
 
-    monkeypatch.setattr(train, "make_train_step", make_with_signal)
+    monkeypatch.setattr(steps, "build", build_with_signal)
 
 
 def _saved_steps(workdir: str) -> list[int]:
@@ -104,13 +88,16 @@ def _saved_steps(workdir: str) -> list[int]:
 
 
 def _latest_params(config, workdir: str):
-    mesh = mesh_lib.make_mesh(config.mesh)
-    _, _, init_fn, _, _ = train.build(config, 22, 195)
-    target, _ = state_lib.abstract_state(init_fn, jax.random.key(0), mesh)
-    manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints"), read_only=True)
-    state = checkpoint.restore(manager, target)
-    manager.close()
+    parts = steps.build(config, mesh_lib.make_mesh(config.mesh), num_train=195, num_classes=22)
+    state, _ = run.restore_for_eval(config, workdir, parts, which="latest")
     return jax.device_get(state.params)
+
+
+def _loop_state(workdir: str, step: int):
+    manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints"), read_only=True)
+    loop_state = checkpoint.restore_loop_state(manager, step)
+    manager.close()
+    return loop_state
 
 
 def _logged(workdir: str):
@@ -130,17 +117,18 @@ PLANTED = (0.2, 0.5, 0.4, 0.5, 0.3, 0.6, 0.7, 0.8)
 def _plant_val_accuracy(monkeypatch, epochs) -> None:
     """Validation inside train_and_evaluate returns PLANTED[next(epochs)] as its accuracy."""
 
-    def planted(step, params, source, mesh, batch_size):
-        del step, params, source, mesh, batch_size
+    def planted(eval_step, params, source, mesh, batch_size):
+        del eval_step, params, source, mesh, batch_size
         correct = round(20 * PLANTED[next(epochs)])
         confusion = np.zeros((22, 22), np.int64)
         confusion[0, 0], confusion[0, 1] = correct, 20 - correct
         return {"confusion": confusion, "loss": 1.0 - correct / 20}
 
-    monkeypatch.setattr(train, "predict_split", planted)
+    monkeypatch.setattr(evaluate, "predict_split", planted)
 
 
-def test_sigterm_resume_is_bitwise_and_early_stopping_survives_it(tmp_path, monkeypatch):
+@pytest.mark.slow  # five in-process training runs of the tiny config
+def test_sigterm_resume_is_bitwise_and_early_stopping_survives_it(tmp_path, monkeypatch, caplog):
     config = _config(str(tmp_path / "data"), num_epochs=len(PLANTED))
     config.train.patience = 3
     config.train.max_to_keep = 1  # only the latest and the best by val_accuracy are kept
@@ -171,7 +159,10 @@ def test_sigterm_resume_is_bitwise_and_early_stopping_survives_it(tmp_path, monk
         train.train_and_evaluate(config, split)
     assert _saved_steps(split)[-1] == stop_at
     assert max(s["step"] for s in _logged(split)[0]) == stop_at
-    assert train.read_loop_states(split)[stop_at]["epoch_steps"] == 2
+    saved = _loop_state(split, stop_at)  # committed with the checkpoint, no side file
+    assert saved["epoch_steps"] == 2 and len(saved["epoch_confusion"]) == 22
+    assert saved["early_stopping"]["best_at"] == 2 and saved["early_stopping"]["bad_evals"] == 2
+    assert "loop_state.json" not in os.listdir(split)  # the side file of earlier versions
     with monkeypatch.context() as m:
         _plant_val_accuracy(m, epochs)
         assert train.train_and_evaluate(config, split) == expected
@@ -190,20 +181,25 @@ def test_sigterm_resume_is_bitwise_and_early_stopping_survives_it(tmp_path, monk
     assert _logged(full) == (full_steps, full_epochs)
 
     # evaluate's default (eval.checkpoint = "best") restores the best, not the latest, step.
-    assert glitch_task.evaluate(config, full)["checkpoint_step"] == 4 * STEPS_PER_EPOCH
+    assert evaluate.evaluate(config, full)["checkpoint_step"] == 4 * STEPS_PER_EPOCH
 
+    # A checkpoint saved without loop state (by an older version) restarts early stopping, with a
+    # warning: interrupted after epoch 2 (best 0.5), the rerun counts from scratch (best 0.4 at
+    # epoch 3, then 0.5), so only epoch 5 is bad and it trains through to epoch 8.
+    old = str(tmp_path / "old")
+    save = checkpoint.save
 
-def test_loop_state_file_is_atomic_and_drops_later_steps(tmp_path):
-    workdir = str(tmp_path)
-    for step in (4, 8, 10):
-        train.write_loop_state(workdir, step, {"best_val": step / 10})
-    assert sorted(train.read_loop_states(workdir)) == [4, 8, 10]
-    # A rerun from step 8 that saves step 9: the stale step-10 entry (its checkpoint never
-    # committed) goes, and no temporary file is left behind.
-    train.write_loop_state(workdir, 9, {"best_val": 0.9})
-    assert train.read_loop_states(workdir) == {
-        4: {"best_val": 0.4},
-        8: {"best_val": 0.8},
-        9: {"best_val": 0.9},
-    }
-    assert os.listdir(workdir) == [train.LOOP_STATE]
+    def save_without_loop_state(*args, **kwargs):
+        save(*args, **{**kwargs, "loop_state": None})
+
+    with monkeypatch.context() as m:
+        _plant_val_accuracy(m, itertools.count())
+        _sigterm_after_step(m, 2 * STEPS_PER_EPOCH)
+        m.setattr(checkpoint, "save", save_without_loop_state)
+        train.train_and_evaluate(config, old)
+    assert _loop_state(old, 2 * STEPS_PER_EPOCH) is None
+    with monkeypatch.context() as m, caplog.at_level(logging.WARNING):
+        _plant_val_accuracy(m, itertools.count(2))
+        restarted = train.train_and_evaluate(config, old)
+    assert "holds no loop state" in caplog.text
+    assert restarted["stopped_epoch"] == len(PLANTED) and restarted["best_val_accuracy"] == 0.8

@@ -1,7 +1,6 @@
 """The glitch task end to end on tiny synthetic data: learning, checkpoints, files, compile once."""
 
 import csv
-import functools
 import json
 import os
 
@@ -10,29 +9,30 @@ import jax
 import numpy as np
 import pytest
 
-import jaxlab.glitch as glitch_task
 from jaxlab.configs import glitch as glitch_config
-from jaxlab.core import loop
+from jaxlab.core import loop, rng
 from jaxlab.core import mesh as mesh_lib
 from jaxlab.core import state as state_lib
 from jaxlab.core.writer import read_metrics
 from jaxlab.data import pipeline
-from jaxlab.glitch import data, train
+from jaxlab.glitch import data, evaluate, steps, timm_import, train
+from jaxlab.glitch import model as model_lib
 from tests.core import scripts_util
 
 
+@pytest.mark.slow  # 10 epochs, then evaluate() from the best checkpoint
 def test_tiny_train_learns_and_evaluate_writes_files(tmp_path):
     config = glitch_config.get_config("tiny")
     workdir = str(tmp_path)
     final = train.train_and_evaluate(config, workdir)
     epochs = [m for m in read_metrics(workdir) if "val_accuracy" in m]
     assert [m["epoch"] for m in epochs] == list(range(1, config.train.num_epochs + 1))
-    # A 1-block ViT on 176 tiny samples learns slowly (the demo config reaches 0.98); these
+    # A 1-block ViT on 195 tiny samples learns slowly (the demo config reaches 0.98); these
     # bounds still fail for a model that learns nothing (loss flat, accuracy at chance 0.045).
     assert epochs[-1]["train_loss"] < 0.95 * epochs[0]["train_loss"]
     assert final["val_accuracy"] == pytest.approx(epochs[-1]["val_accuracy"])
 
-    result = glitch_task.evaluate(config, workdir)
+    result = evaluate.evaluate(config, workdir)
     by_step = {m["step"]: m["val_accuracy"] for m in epochs}
     assert by_step[result["checkpoint_step"]] == max(by_step.values())  # the best checkpoint
     assert result["accuracy"] >= 2.5 / 22, result  # chance is 1/22
@@ -58,40 +58,28 @@ def test_tiny_train_learns_and_evaluate_writes_files(tmp_path):
     np.testing.assert_allclose(weights.sum(1), 1.0, atol=1e-5)
 
 
-def test_train_step_compiles_once_and_matches_one_device(tmp_path):
+def test_parts_train_step_compiles_once_and_matches_one_device(tmp_path, monkeypatch):
     config = glitch_config.get_config("tiny")
     data_dir = data.prepare(config, str(tmp_path))
     source = data.load(config, data_dir, "train")
     it = pipeline.train_iterator(source, global_batch_size=16, seed=0, process_count=1)
     batches = [next(it) for _ in range(3)]
+    # `build` jits the module's `train_step`: count its traces through `Parts.train_step`.
+    monkeypatch.setattr(steps, "train_step", chex.assert_max_traces(steps.train_step, n=1))
     params = {}
-    for name, devices in (("8", jax.devices()), ("1", jax.devices()[:1])):
+    for name, devices in (("2", jax.devices()[:2]), ("1", jax.devices()[:1])):
         mesh = mesh_lib.make_mesh([("data", -1)], devices=devices)
-        model, tx, init_fn, _, _ = train.build(config, 22, len(source))
-        state, shardings = state_lib.init_sharded(init_fn, jax.random.key(0), mesh)
+        parts = steps.build(config, mesh, num_train=len(source), num_classes=22)
+        state = jax.jit(parts.init_fn, out_shardings=parts.shardings)(jax.random.key(0))
         chex.clear_trace_counter()
-        counted = chex.assert_max_traces(train.train_step, n=1)
-        step = jax.jit(
-            functools.partial(
-                counted,
-                model=model,
-                tx=tx,
-                loss_config=config.loss,
-                class_weights=None,
-                num_classes=22,
-                seed=0,
-            ),
-            in_shardings=(shardings, mesh_lib.data_sharding(mesh)),
-            out_shardings=(shardings, mesh_lib.replicated(mesh)),
-            donate_argnums=0,
-        )
         for batch in batches:  # a second trace would raise
-            state, metrics = step(state, mesh_lib.global_batch(batch, mesh))
+            state, metrics = parts.train_step(state, mesh_lib.global_batch(batch, mesh))
         assert int(np.asarray(metrics["confusion"]).sum()) == 16
         params[name] = jax.device_get(state.params)
-    chex.assert_trees_all_close(params["8"], params["1"], rtol=2e-4, atol=2e-5)
+    chex.assert_trees_all_close(params["2"], params["1"], rtol=2e-4, atol=2e-5)
 
 
+@pytest.mark.slow  # train_and_evaluate end to end (data, compile, one step)
 def test_nan_guard_names_step(tmp_path):
     config = glitch_config.get_config("tiny")
     config.train.log_every = 1
@@ -105,27 +93,32 @@ def test_nan_guard_names_step(tmp_path):
 
 def test_benchmark_setup_tiny_and_vit_b16_multiview_shapes():
     config = glitch_config.get_config("tiny")
-    mesh = mesh_lib.make_mesh([("data", -1)])
-    step_fn, state, batch, extras = glitch_task.benchmark_setup(config, mesh)
+    mesh = mesh_lib.make_mesh([("data", -1)], devices=jax.devices()[:2])
+    step_fn, state, batch, extras = steps.benchmark_setup(config, mesh)
     assert batch["image"].shape == (16, 4, 32, 32, 3)
     assert extras == {"images_per_step": 16 * 4}
     state, metrics = step_fn(state, batch)
     assert np.isfinite(float(metrics["loss"]))
     # The paper-size setup, abstractly (86M params are never materialised in tests).
-    config = glitch_config.get_config("vit_b16_multiview")
+    config = glitch_config.get_config("paper")
+    assert glitch_config.get_config("vit_b16_multiview").to_dict() == config.to_dict()  # alias
     assert glitch_config.get_config("vit_b16_multiview_bf16").model.dtype == "bfloat16"
-    _, _, init_fn, num_steps, _ = train.build(config, 22, 100 * config.train.global_batch_size)
-    abstract = jax.eval_shape(init_fn, jax.random.key(0))
-    assert 85_798_656 < state_lib.param_count(abstract.params) < 89_000_000  # + fusion, head
-    assert num_steps == 100 * config.train.num_epochs
+    parts = steps.build(config, mesh, num_train=100 * config.train.global_batch_size + 5)
+    params = parts.abstract_state.params
+    assert 85_798_656 < state_lib.param_count(params) < 89_000_000  # encoder + fusion, head
+    assert parts.num_steps == 100 * config.train.num_epochs
 
 
 @pytest.mark.slow
 def test_train_and_evaluate_scripts(tmp_path):
     workdir = str(tmp_path)
-    overrides = ("--config.train.num_epochs=2",)
-    trained = scripts_util.run("train.py", "glitch.py:tiny", workdir, *overrides, num_devices=4)
+    # 195 tiny training samples: epochs of 12 steps; a run of 14 steps closes its partial second
+    # epoch too (validation and checkpoint at step 14).
+    overrides = ("--config.train.num_steps=14",)
+    trained = scripts_util.run("train.py", "glitch.py:tiny", workdir, *overrides, num_devices=2)
     assert trained.returncode == 0, trained.stdout[-3000:]
+    epochs = [m for m in read_metrics(workdir) if "val_accuracy" in m]
+    assert [(m["step"], m["epoch"]) for m in epochs] == [(12, 1), (14, 2)]
     evaluated = scripts_util.run(
         "evaluate.py", "glitch.py:tiny", workdir, *overrides, num_devices=1
     )
@@ -133,13 +126,9 @@ def test_train_and_evaluate_scripts(tmp_path):
     assert os.path.exists(os.path.join(workdir, "eval", "test", "predictions.csv"))
 
 
-def test_initial_state_imports_timm_encoder_with_pos_embed_resize(tmp_path):
-    from jaxlab.core import checkpoint
-    from jaxlab.glitch import model as model_lib
-    from jaxlab.glitch import timm_import
-
+def test_pretrained_encoder_equals_init_with_imported_weights(tmp_path):
     config = glitch_config.get_config("tiny")  # 32 px, patch 8: a 4 x 4 grid
-    mesh = mesh_lib.make_mesh([("data", -1)])
+    mesh = mesh_lib.make_mesh([("data", -1)], devices=jax.devices()[:1])
     # A "pretrained" encoder at 16 px (2 x 2 grid) written in timm's layout.
     small = model_lib.make_encoder(config)
     small_params = small.init(jax.random.key(5), np.zeros((1, 16, 16, 3), np.float32))["params"]
@@ -147,16 +136,20 @@ def test_initial_state_imports_timm_encoder_with_pos_embed_resize(tmp_path):
     timm_import.save_encoder(path, small_params)
     config.model.pretrained = path
 
-    _, _, init_fn, _, _ = train.build(config, 22, 160)
-    rng = jax.random.key(0)
-    target, shardings = state_lib.abstract_state(init_fn, rng, mesh)
-    manager = checkpoint.make_manager(str(tmp_path / "ckpt"))
-    state = train.initial_state(config, manager, target, shardings, init_fn, rng, None)
-    encoder = jax.device_get(state.params["encoder"])
+    parts = steps.build(config, mesh, num_train=160)
+    key = rng.stream(config.seed, "init")
+    fresh = jax.jit(parts.init_fn, out_shardings=parts.shardings)(key)
+    state = jax.device_get(steps.with_pretrained_encoder(config, parts, fresh))
+    # The same state as initialising with the imported encoder inside init (optimizer included).
+    encoder = timm_import.load_encoder(path, parts.abstract_state.params["encoder"])
+    init_with = jax.jit(lambda k, e: parts.init_fn(k, encoder_params=e))
+    expected = jax.device_get(init_with(key, encoder))
+    chex.assert_trees_all_equal(state, expected)
     np.testing.assert_array_equal(
-        encoder["blocks_0"]["attn"]["qkv"]["kernel"],
+        state.params["encoder"]["blocks_0"]["attn"]["qkv"]["kernel"],
         small_params["blocks_0"]["attn"]["qkv"]["kernel"],
     )
-    assert encoder["pos_embed"].shape == (1, 17, config.model.dim)
-    np.testing.assert_array_equal(encoder["pos_embed"][0, 0], small_params["pos_embed"][0, 0])
-    manager.close()
+    assert state.params["encoder"]["pos_embed"].shape == (1, 17, config.model.dim)
+    np.testing.assert_array_equal(
+        state.params["encoder"]["pos_embed"][0, 0], small_params["pos_embed"][0, 0]
+    )

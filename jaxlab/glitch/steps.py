@@ -1,0 +1,215 @@
+"""The glitch classifier's parts and pure steps: what train.py, evaluate.py and the benchmark share.
+
+`build(config, mesh, num_train=..., num_classes=...)` returns `Parts`: the model, the optimizer,
+`init_fn(rng) -> TrainState`, the state's abstract shape with the mesh's shardings (the restore
+target), the epoch schedule and the two steps jitted once. Training counts epochs, so the number
+of steps depends on the training-set size; the class count comes from the data too (22 for
+Gravity Spy). The pure `train_step` / `eval_step` are module functions, testable without a mesh.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from jaxlab.core import mesh as mesh_lib
+from jaxlab.core import optim, rng, run
+from jaxlab.core import state as state_lib
+from jaxlab.glitch import losses, metrics, synthetic, timm_import
+from jaxlab.glitch import model as model_lib
+
+NUM_CLASSES = len(synthetic.REAL_COUNTS)  # the 22 Gravity Spy classes
+# Steps of one epoch when no training set is given (benchmark, evaluation): the schedule does
+# not change the state's structure, only the learning rate of each step.
+NOMINAL_STEPS_PER_EPOCH = 100
+
+
+@dataclasses.dataclass(frozen=True)
+class Parts:
+    model: nn.Module
+    optimizer: optax.GradientTransformation
+    init_fn: Callable[[jax.Array], state_lib.TrainState]
+    abstract_state: Any  # TrainState of jax.ShapeDtypeStruct with shardings: the restore target
+    shardings: Any  # TrainState of NamedSharding
+    num_steps: int
+    train_step: Callable  # jitted (state, batch) -> (state, metrics), state donated
+    eval_step: Callable  # jitted (params, batch, valid) -> ({"loss_sum"}, {"probs", ...})
+    steps_per_epoch: int  # validation, checkpoint and early stopping happen once an epoch
+    num_classes: int
+    learning_rate: Callable  # jitted (opt_state, step) -> the step's learning rate, for logs
+
+
+def schedule(
+    config: ml_collections.ConfigDict, num_train: int | None
+) -> tuple[int, int, ml_collections.ConfigDict]:
+    """(num_steps, steps_per_epoch, optim config with warmup_steps from train.warmup_epochs)."""
+    tc = config.train
+    if num_train is None:
+        steps_per_epoch = NOMINAL_STEPS_PER_EPOCH
+    else:
+        steps_per_epoch = num_train // tc.global_batch_size
+    if steps_per_epoch < 1:
+        raise ValueError(
+            f"{num_train} training samples make no batch of {tc.global_batch_size}; lower "
+            "config.train.global_batch_size."
+        )
+    num_steps = tc.num_steps if tc.num_steps > 0 else tc.num_epochs * steps_per_epoch
+    optim_config = copy.deepcopy(config.optim)
+    optim_config.warmup_steps = min(tc.warmup_epochs * steps_per_epoch, num_steps - 1)
+    return num_steps, steps_per_epoch, optim_config
+
+
+def train_step(
+    state: state_lib.TrainState,
+    batch: dict[str, jax.Array],
+    *,
+    model: nn.Module,
+    tx: Any,
+    loss_config: ml_collections.ConfigDict,
+    class_weights: jax.Array | None,
+    num_classes: int,
+    seed: int,
+) -> tuple[state_lib.TrainState, dict[str, jax.Array]]:
+    """One optimizer step. batch: image [B, V, S, S, 3] or [B, S, S, 3], label [B], index [B].
+
+    Returns metrics: loss, grad_norm, data_checksum (scalars) and confusion [C, C] int32 of this
+    batch's training-mode predictions (summed over an epoch by the loop, on device).
+    """
+    dropout_rng = rng.stream(seed, "dropout", state.step)
+
+    def loss_fn(params):
+        out = model.apply(
+            {"params": params}, batch["image"], train=True, rngs={"dropout": dropout_rng}
+        )
+        per_example = losses.per_example_loss(out["logits"], batch["label"], loss_config)
+        return losses.weighted_mean(per_example, batch["label"], class_weights), out["logits"]
+
+    (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params, value=loss)
+    params = optax.apply_updates(state.params, updates)
+    step_metrics = {
+        "loss": loss,
+        "grad_norm": optax.tree.norm(grads),
+        # The sum of record ids: tests compare it step by step to prove the data order resumes.
+        "data_checksum": jnp.sum(batch["index"]),
+        "confusion": metrics.confusion_matrix_jax(
+            batch["label"], jnp.argmax(logits, -1), num_classes
+        ),
+    }
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), step_metrics
+
+
+def eval_step(
+    params: Any,
+    batch: dict[str, jax.Array],
+    valid: jax.Array,
+    *,
+    model: nn.Module,
+    loss_config: ml_collections.ConfigDict,
+) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+    """({"loss_sum"} over valid rows, {"probs" [B, C], "view_weights" [B, V]})."""
+    out = model.apply({"params": params}, batch["image"], train=False)
+    per_example = losses.per_example_loss(out["logits"], batch["label"], loss_config)
+    sums = {"loss_sum": jnp.sum(per_example * valid.astype(jnp.float32))}
+    outputs = {"probs": jax.nn.softmax(out["logits"], axis=-1), "view_weights": out["view_weights"]}
+    return sums, outputs
+
+
+def build(
+    config: ml_collections.ConfigDict,
+    mesh: jax.sharding.Mesh,
+    *,
+    num_train: int | None = None,
+    num_classes: int = NUM_CLASSES,
+    class_weights: np.ndarray | None = None,
+) -> Parts:
+    """Model, optimizer, sharded abstract state and jitted steps for `config` on `mesh`.
+
+    Args:
+      num_train: training-set size, which sets the epoch length and so the schedule; None
+        (benchmark, evaluation) takes a nominal epoch of NOMINAL_STEPS_PER_EPOCH steps.
+      num_classes: classes of the dataset (its h5 groups).
+      class_weights: [C] loss weights by class, or None for an unweighted mean.
+    """
+    num_steps, steps_per_epoch, optim_config = schedule(config, num_train)
+    model = model_lib.make_model(config, num_classes)
+    tx = optim.make_optimizer(optim_config, num_steps)
+    init_fn = functools.partial(
+        model_lib.init_state, model=model, tx=tx, image_shape=model_lib.input_shape(config)
+    )
+    abstract, shardings = state_lib.abstract_state(  # shapes only: the key is never drawn from
+        init_fn, jax.random.key(0), mesh, config.fsdp_min_size
+    )
+    step_fn = functools.partial(
+        train_step,
+        model=model,
+        tx=tx,
+        loss_config=config.loss,
+        class_weights=None if class_weights is None else jnp.asarray(class_weights),
+        num_classes=num_classes,
+        seed=config.seed,
+    )
+    return Parts(
+        model=model,
+        optimizer=tx,
+        init_fn=init_fn,
+        abstract_state=abstract,
+        shardings=shardings,
+        num_steps=num_steps,
+        train_step=run.jit_train_step(step_fn, shardings, mesh),
+        eval_step=run.jit_eval_step(
+            functools.partial(eval_step, model=model, loss_config=config.loss), mesh
+        ),
+        steps_per_epoch=steps_per_epoch,
+        num_classes=num_classes,
+        learning_rate=jax.jit(
+            functools.partial(optim.current_learning_rate, optim_config, num_steps)
+        ),
+    )
+
+
+def with_pretrained_encoder(
+    config: ml_collections.ConfigDict, parts: Parts, state: state_lib.TrainState
+) -> state_lib.TrainState:
+    """A fresh `state` with its encoder replaced by the timm weights of `config.model.pretrained`.
+
+    Equal to `init_fn(rng, encoder_params=...)`: a fresh optimizer state holds no parameter
+    values (zero moments), so only the parameters change. The weights are placed with the
+    encoder's shardings instead of being traced into the init program as constants.
+    """
+    encoder = timm_import.load_encoder(
+        config.model.pretrained,
+        parts.abstract_state.params["encoder"],
+        config.model.pos_embed_interpolation,
+    )
+    encoder = jax.device_put(encoder, parts.shardings.params["encoder"])
+    return state.replace(params={**state.params, "encoder": encoder})
+
+
+def benchmark_setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
+    """(jitted step, initial state, one global batch, extras) for scripts/benchmark.py; no files.
+
+    extras: images_per_step (batch * views; the benchmark turns it into images/s).
+    """
+    parts = build(config, mesh)
+    state = jax.jit(parts.init_fn, out_shardings=parts.shardings)(rng.stream(config.seed, "init"))
+    batch_size = config.train.global_batch_size
+    gen = np.random.default_rng(config.seed)
+    batch = {
+        "image": gen.standard_normal((batch_size, *model_lib.input_shape(config)), np.float32),
+        "label": gen.integers(0, parts.num_classes, batch_size).astype(np.int32),
+        "index": np.arange(batch_size, dtype=np.int32),
+    }
+    views = len(config.data.durations) if config.data.multi_view else 1
+    extras = {"images_per_step": batch_size * views}
+    return parts.train_step, state, mesh_lib.global_batch(batch, mesh), extras
