@@ -61,6 +61,8 @@ def paper() -> ml_collections.ConfigDict:
     config.data.eval_batches = "6"
     config.data.test_batches = ""
     config.data.cache_files = 2  # decoded batch files kept per process
+    # A meta row repeating an event_id: "error", or "drop_later" (keep the first, log the count).
+    config.data.on_duplicate = "error"
     # Per-event caps (truncation rule in jaxlab/neutrino/data_packing.py).
     config.data.max_doms = 128
     config.data.max_pulses_per_dom = 16

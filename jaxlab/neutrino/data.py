@@ -22,10 +22,12 @@ from typing import Any
 
 import ml_collections
 import numpy as np
+import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 from absl import logging
 
+from jaxlab.data import ownership
 from jaxlab.neutrino import synthetic
 
 META_COLUMNS = ("batch_id", "event_id", "first_pulse_index", "last_pulse_index")
@@ -34,20 +36,107 @@ PULSE_COLUMNS = ("sensor_id", "time", "charge", "auxiliary")
 GEOMETRY_COLUMNS = ("sensor_id", "x", "y", "z")
 
 
+ON_DUPLICATE = ("error", "drop_later")
+
+
 def read_geometry(root: str) -> np.ndarray:
-    """`sensor_geometry.csv` -> [num_sensors, 3] float32 x, y, z (metres), row = sensor_id."""
-    path = synthetic.geometry_path(root)
-    if not os.path.exists(path):
+    """`<root>/sensor_geometry.csv` -> [num_sensors, 3] float32 x, y, z (metres)."""
+    return read_geometry_file(synthetic.geometry_path(root))
+
+
+def read_geometry_file(path: str) -> np.ndarray:
+    """A Kaggle `sensor_geometry.csv` -> [num_sensors, 3] float32 x, y, z, row = sensor_id."""
+    if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such file (the Kaggle sensor_geometry.csv).")
-    table = pa_csv.read_csv(path)
+    try:
+        table = pa_csv.read_csv(path)
+    except (pa.ArrowException, OSError) as e:
+        raise ValueError(f"{path}: cannot read as CSV ({e}).") from e
     _check_columns(path, table.column_names, GEOMETRY_COLUMNS)
+    for name in GEOMETRY_COLUMNS:
+        _check_numeric(path, table.schema.field(name), integer=name == "sensor_id")
     sensor_id = table["sensor_id"].to_numpy()
-    if not np.array_equal(sensor_id, np.arange(len(sensor_id))):
-        raise ValueError(f"{path}: column 'sensor_id' must be 0..N-1 in order.")
-    xyz = np.stack([table[c].to_numpy().astype(np.float32) for c in "xyz"], axis=1)
+    if not len(sensor_id) or not np.array_equal(sensor_id, np.arange(len(sensor_id))):
+        raise ValueError(f"{path}: column 'sensor_id' must be 0..N-1 in order (N >= 1).")
+    xyz = np.stack([table[c].to_numpy(zero_copy_only=False) for c in "xyz"], axis=1)
     if not np.isfinite(xyz).all():
         raise ValueError(f"{path}: columns x, y, z hold NaN or Inf values.")
-    return xyz
+    return xyz.astype(np.float32)
+
+
+def _check_numeric(path: str, field: pa.Field, *, integer: bool = False) -> None:
+    """Column `field` must have an integer (or, unless `integer`, a floating) type."""
+    ok = pa.types.is_integer(field.type) or (not integer and pa.types.is_floating(field.type))
+    if not ok:
+        want = "an integer" if integer else "a numeric (integer or float)"
+        raise ValueError(f"{path}: column {field.name!r} is {field.type}; expected {want} type.")
+
+
+def _read_parquet(path: str, columns: Sequence[str], **kwargs: Any) -> pa.Table:
+    """pq.read_table with the file's path in every error (a truncated or non-parquet file)."""
+    try:
+        return pq.read_table(path, columns=list(columns), memory_map=True, **kwargs)
+    except (pa.ArrowException, OSError) as e:
+        raise ValueError(f"{path}: cannot read as parquet ({e}).") from e
+
+
+def _schema_names(path: str) -> list[str]:
+    try:
+        return pq.read_schema(path).names
+    except (pa.ArrowException, OSError) as e:
+        raise ValueError(f"{path}: cannot read as parquet ({e}).") from e
+
+
+def read_pulses(path: str, num_sensors: int) -> dict[str, np.ndarray]:
+    """One batch file -> numpy columns sensor_id, time, charge, auxiliary [P] (the file's own
+    numeric dtypes, memory-mapped where possible; callers cast per event), event_id [P] when the
+    file has it, and "_path".
+
+    The whole file is checked once, vectorised: readable, the columns present with numeric types
+    and no nulls, at least one pulse, finite time / charge, sensor ids inside the geometry.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such file (a Kaggle batch_<n>.parquet).")
+    names = _schema_names(path)
+    _check_columns(path, names, PULSE_COLUMNS)
+    wanted = list(PULSE_COLUMNS) + (["event_id"] if "event_id" in names else [])
+    table = _read_parquet(path, wanted)
+    if not table.num_rows:
+        raise ValueError(f"{path}: no pulses (an empty batch file).")
+    for name in wanted:
+        field = table.schema.field(name)
+        if name != "auxiliary":
+            _check_numeric(path, field, integer=name in ("sensor_id", "event_id"))
+        elif not (pa.types.is_boolean(field.type) or pa.types.is_integer(field.type)):
+            raise ValueError(f"{path}: column 'auxiliary' is {field.type}; expected bool.")
+        if table[name].null_count:
+            raise ValueError(f"{path}: column {name!r} holds {table[name].null_count} nulls.")
+    columns = {name: table[name].to_numpy(zero_copy_only=False) for name in wanted}
+    for name in ("time", "charge"):
+        if not np.issubdtype(columns[name].dtype, np.floating):
+            continue  # integers are finite
+        bad = ~np.isfinite(columns[name])
+        if bad.any():
+            raise ValueError(
+                f"{path}: column {name!r} holds {int(bad.sum())} NaN or Inf values"
+                f"{_first_event(columns, bad)}; expected finite numbers."
+            )
+    sensor = columns["sensor_id"]
+    bad = (sensor < 0) | (sensor >= num_sensors)
+    if bad.any():
+        raise ValueError(
+            f"{path}: column 'sensor_id' holds {int(bad.sum())} values outside "
+            f"0..{num_sensors - 1} (rows of sensor_geometry.csv), e.g. {int(sensor[bad][0])}"
+            f"{_first_event(columns, bad)}."
+        )
+    logging.info("Read %s: %d pulses", path, table.num_rows)
+    return columns | {"_path": path}
+
+
+def _first_event(columns: dict[str, np.ndarray], bad: np.ndarray) -> str:
+    if "event_id" not in columns:
+        return f" (first at row {int(np.argmax(bad))})"
+    return f" (first in event_id {int(columns['event_id'][np.argmax(bad)])})"
 
 
 def _check_columns(path: str, found: Sequence[str], expected: Sequence[str]) -> None:
@@ -58,22 +147,38 @@ def _check_columns(path: str, found: Sequence[str], expected: Sequence[str]) -> 
         )
 
 
-def read_meta(root: str, split: str, batch_ids: Sequence[int] = ()) -> dict[str, np.ndarray]:
+def read_meta(
+    root: str, split: str, batch_ids: Sequence[int] = (), on_duplicate: str = "error"
+) -> dict[str, np.ndarray]:
     """The meta rows of `batch_ids` (all when empty) as numpy columns.
 
     Returns batch_id, event_id, first_pulse_index, last_pulse_index (int64) and, when the split
-    has labels, azimuth and zenith (float64).
+    has labels, azimuth and zenith (float64). A repeated event_id is an error, or with
+    `on_duplicate="drop_later"` its later rows are dropped, counted and logged.
     """
-    path = synthetic.meta_path(root, split)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no such file (the Kaggle {split}_meta.parquet).")
-    schema_names = pq.read_schema(path).names
+    return read_meta_file(synthetic.meta_path(root, split), batch_ids, on_duplicate)
+
+
+def read_meta_file(
+    path: str, batch_ids: Sequence[int] = (), on_duplicate: str = "error"
+) -> dict[str, np.ndarray]:
+    """`read_meta` of the file at `path` (e.g. train_meta.parquet or test_meta.parquet)."""
+    if on_duplicate not in ON_DUPLICATE:
+        raise ValueError(f"data.on_duplicate is {on_duplicate!r}; expected one of {ON_DUPLICATE}.")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such file (the Kaggle <split>_meta.parquet).")
+    schema_names = _schema_names(path)
     _check_columns(path, schema_names, META_COLUMNS)
     has_angles = all(c in schema_names for c in ANGLE_COLUMNS)
     columns = list(META_COLUMNS) + (list(ANGLE_COLUMNS) if has_angles else [])
     filters = [("batch_id", "in", [int(b) for b in batch_ids])] if len(batch_ids) else None
-    table = pq.read_table(path, columns=columns, filters=filters, memory_map=True)
+    table = _read_parquet(path, columns, filters=filters)
+    for name in columns:
+        _check_numeric(path, table.schema.field(name), integer=name in META_COLUMNS)
+        if table[name].null_count:
+            raise ValueError(f"{path}: column {name!r} holds {table[name].null_count} nulls.")
     meta = {c: table[c].to_numpy() for c in columns}
+    meta = _drop_duplicates(path, meta, on_duplicate)
     if len(batch_ids):
         missing = sorted(set(int(b) for b in batch_ids) - set(np.unique(meta["batch_id"]).tolist()))
         if missing:
@@ -100,6 +205,63 @@ def read_meta(root: str, split: str, batch_ids: Sequence[int] = ()) -> dict[str,
     return meta
 
 
+def _drop_duplicates(
+    path: str, meta: dict[str, np.ndarray], on_duplicate: str
+) -> dict[str, np.ndarray]:
+    """Rows with an event_id seen earlier in the file: an error, or dropped and counted."""
+    _, first_rows = np.unique(meta["event_id"], return_index=True)
+    if len(first_rows) == len(meta["event_id"]):
+        return meta
+    keep = np.zeros(len(meta["event_id"]), bool)
+    keep[first_rows] = True
+    repeated = meta["event_id"][~keep]
+    if on_duplicate == "error":
+        raise ValueError(
+            f"{path}: column 'event_id' repeats {len(repeated)} row(s) (e.g. event_id "
+            f"{int(repeated[0])}); expected each event once. Set data.on_duplicate=drop_later "
+            "to keep the first row of each event."
+        )
+    logging.warning(
+        "%s: dropped %d later row(s) of repeated event ids (data.on_duplicate=drop_later), "
+        "e.g. event_id %d.",
+        path,
+        len(repeated),
+        int(repeated[0]),
+    )
+    return {k: v[keep] for k, v in meta.items()}
+
+
+def check_events_in_file(meta: dict[str, np.ndarray], columns: dict[str, np.ndarray]) -> None:
+    """Every meta event's rows first..last of the batch file hold that event's pulses, and only
+    them (vectorised over the file's meta rows). Needs the file's event_id column.
+    """
+    path = columns["_path"]
+    num_rows = len(columns["time"])
+    event_id, first, last = meta["event_id"], meta["first_pulse_index"], meta["last_pulse_index"]
+    beyond = np.flatnonzero(last >= num_rows)
+    if len(beyond):
+        i = beyond[0]
+        raise ValueError(
+            f"{path}: has {num_rows} rows, but the meta table places event_id {event_id[i]} at "
+            f"rows {first[i]}..{last[i]} (last_pulse_index out of range): its pulses are missing."
+        )
+    if "event_id" not in columns:
+        return
+    ids = columns["event_id"]
+    starts = np.flatnonzero(np.diff(ids)) + 1  # rows where a new event begins
+    split = np.searchsorted(starts, first, side="right") != np.searchsorted(
+        starts, last, side="right"
+    )
+    bad = np.flatnonzero((ids[first] != event_id) | split)
+    if len(bad):
+        i = bad[0]
+        raise ValueError(
+            f"{path}: rows {first[i]}..{last[i]} hold event_id {ids[first[i]]}..{ids[last[i]]}, "
+            f"but the meta table places event_id {event_id[i]} there: its pulses are missing "
+            f"or misplaced ({len(bad)} such event(s) in this file)."
+        )
+
+
 class IceCubeSource:
     """Random-access events of one split: record i is the i-th meta row.
 
@@ -109,10 +271,16 @@ class IceCubeSource:
     """
 
     def __init__(
-        self, root: str, split: str, batch_ids: Sequence[int] = (), *, cache_files: int = 2
+        self,
+        root: str,
+        split: str,
+        batch_ids: Sequence[int] = (),
+        *,
+        cache_files: int = 2,
+        on_duplicate: str = "error",
     ):
         self.root, self.split = root, split
-        self.meta = read_meta(root, split, batch_ids)
+        self.meta = read_meta(root, split, batch_ids, on_duplicate)
         self.has_labels = "azimuth" in self.meta
         self.num_sensors = len(read_geometry(root))
         self._cache_files = max(1, cache_files)
@@ -154,12 +322,10 @@ class IceCubeSource:
                 f"{path}: no such file, but {synthetic.meta_path(self.root, self.split)} lists "
                 f"events of batch_id {batch_id}."
             )
-        names = pq.read_schema(path).names
-        _check_columns(path, names, PULSE_COLUMNS)
-        wanted = list(PULSE_COLUMNS) + (["event_id"] if "event_id" in names else [])
-        table = pq.read_table(path, columns=wanted, memory_map=True)
-        logging.info("Read %s: %d pulses", path, table.num_rows)
-        return {c: table[c].to_numpy() for c in wanted} | {"_path": path}
+        columns = read_pulses(path, self.num_sensors)
+        rows = self.meta["batch_id"] == batch_id
+        check_events_in_file({k: v[rows] for k, v in self.meta.items()}, columns)
+        return columns
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         meta = self.meta
@@ -167,37 +333,12 @@ class IceCubeSource:
         batch_id = int(meta["batch_id"][index])
         first = int(meta["first_pulse_index"][index])
         last = int(meta["last_pulse_index"][index])
-        columns = self._batch(batch_id)
-        path = columns["_path"]
-        num_rows = len(columns["time"])
-        if last >= num_rows:
-            raise ValueError(
-                f"{synthetic.meta_path(self.root, self.split)}: event_id {event_id} has "
-                f"last_pulse_index {last}, out of range for {path} with {num_rows} rows."
-            )
+        columns = self._batch(batch_id)  # checked as a whole when read
         rows = slice(first, last + 1)
-        if "event_id" in columns:
-            ids = columns["event_id"][rows]
-            if ids[0] != event_id or ids[-1] != event_id:
-                raise ValueError(
-                    f"{path}: rows {first}..{last} hold event_id {ids[0]}..{ids[-1]}, but the "
-                    f"meta table places event_id {event_id} there."
-                )
-        sensor_id = columns["sensor_id"][rows].astype(np.int64)
-        if sensor_id.min() < 0 or sensor_id.max() >= self.num_sensors:
-            bad = sensor_id[(sensor_id < 0) | (sensor_id >= self.num_sensors)][0]
-            raise ValueError(
-                f"{path}: column 'sensor_id' of event_id {event_id} holds {bad}; expected "
-                f"0..{self.num_sensors - 1} (rows of sensor_geometry.csv)."
-            )
-        time = columns["time"][rows].astype(np.float64)
-        charge = columns["charge"][rows].astype(np.float64)
-        if not (np.isfinite(time).all() and np.isfinite(charge).all()):
-            raise ValueError(f"{path}: NaN or Inf in 'time' or 'charge' of event_id {event_id}.")
         return {
-            "sensor_id": sensor_id,
-            "time": time,
-            "charge": charge,
+            "sensor_id": columns["sensor_id"][rows].astype(np.int64),
+            "time": columns["time"][rows].astype(np.float64),
+            "charge": columns["charge"][rows].astype(np.float64),
             "auxiliary": columns["auxiliary"][rows].astype(bool),
             "event_id": np.int64(event_id),
             "batch_id": np.int64(batch_id),
@@ -236,6 +377,8 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> str:
         )
     root = config.data.root or os.path.join(workdir, "data")
     if config.data.synthetic:
+        # Refuses (one error, nothing written) a folder holding files jaxlab did not write.
+        root = ownership.claim_synthetic_dir(root)
         s = config.data.synth
         synthetic.write_dataset(
             root,
@@ -261,5 +404,11 @@ def load_split(config: ml_collections.ConfigDict, root: str, split: str) -> IceC
     }.get(split, (None, None))
     if meta_split is not None:
         ids = parse_batch_ids(batches)
-        return IceCubeSource(root, meta_split, ids, cache_files=config.data.cache_files)
+        return IceCubeSource(
+            root,
+            meta_split,
+            ids,
+            cache_files=config.data.cache_files,
+            on_duplicate=config.data.on_duplicate,
+        )
     raise ValueError(f"split must be 'train', 'eval' or 'test', got {split!r}.")

@@ -37,6 +37,8 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
+from jaxlab.data import ownership
+
 NUM_STRINGS = 86
 DOMS_PER_STRING = 60
 NUM_SENSORS = NUM_STRINGS * DOMS_PER_STRING  # 5160
@@ -176,7 +178,7 @@ def write_geometry(root: str) -> None:
             "z": pa.array(np.round(xyz[:, 2], 2)),
         }
     )
-    pa_csv.write_csv(table, geometry_path(root))
+    pa_csv.write_csv(table, ownership.check_not_overwriting(geometry_path(root)))
 
 
 def write_split(
@@ -247,6 +249,7 @@ def write_split(
 
 def _write_parquet(table: pa.Table, path: str) -> None:
     # Written under a temporary name then renamed: processes of a multi-host job may race.
+    path = ownership.check_not_overwriting(path)  # only below a folder jaxlab claimed
     tmp = f"{path}.{os.getpid()}.tmp"
     pq.write_table(table, tmp)
     os.replace(tmp, path)
@@ -265,7 +268,11 @@ def write_dataset(
     track_half_length: float = TRACK_HALF_LENGTH_M,
     noise_hits: float = NOISE_HITS_MEAN,
 ) -> None:
-    """Writes geometry, train split (batches 1..train_batches) and test split; idempotent."""
+    """Writes geometry, train split (batches 1..train_batches) and test split; idempotent.
+
+    `root` must have been claimed with `jaxlab.data.ownership.claim_synthetic_dir` (as
+    `data.prepare` does): replacing a file is refused outside a claimed folder.
+    """
     os.makedirs(root, exist_ok=True)
     done = os.path.join(root, ".synthetic_done")
     if os.path.exists(done):

@@ -95,7 +95,9 @@ def test_index_out_of_range_is_a_clear_error(root, tmp_path):
     meta["last_pulse_index"][last] += 5
     pq.write_table(pa.table(meta), meta_path)
     source = data.IceCubeSource(copy, "train", (1,))
-    with pytest.raises(ValueError, match=r"last_pulse_index \d+, out of range for .*batch_1"):
+    with pytest.raises(
+        ValueError, match=r"batch_1\.parquet: has \d+ rows, .*\(last_pulse_index out of range\)"
+    ):
         source[last]
     meta["first_pulse_index"][0] = meta["last_pulse_index"][0] + 1
     pq.write_table(pa.table(meta), meta_path)
@@ -112,7 +114,9 @@ def test_sensor_id_out_of_range_is_a_clear_error(root, tmp_path):
     pq.write_table(pa.table(table, schema=schema), path)
     source = data.IceCubeSource(copy, "train", (1,))
     with pytest.raises(
-        ValueError, match=r"'sensor_id' of event_id \d+ holds 5160; expected 0..5159"
+        ValueError,
+        match=r"batch_1\.parquet: column 'sensor_id' holds 1 values outside 0..5159 .* e\.g\. 5160"
+        r" \(first in event_id \d+\)",
     ):
         source[0]
 
