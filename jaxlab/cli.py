@@ -4,6 +4,19 @@ One absl binary per command, chosen by the first argument; each command defines 
 flags. `jaxlab --help` lists the commands, the packaged configs with their variants and the
 common flags; `jaxlab <command> --help` the command's flags.
 
+    jaxlab export --workdir=W --out=BUNDLE [--checkpoint=best|latest|STEP] [--config.x=y]
+    jaxlab predict --model=BUNDLE_OR_WORKDIR --input=PATH --out=DIR [NAME=VALUE ...]
+    jaxlab download DATASET --to=DIR [NAME=VALUE ...]
+    jaxlab check-data --config=<task>:<variant> --config.data.dir=DIR
+
+Task and dataset options are positional `NAME=VALUE` arguments (any order among the flags):
+`predict` passes them to the task's `predict(..., NAME="VALUE")` as strings; `download` gives
+each the type of the downloader's default (`pngs=true`, `limit=20`, `init_hours=0-23`).
+
+Errors: any exception a command raises is one line on stderr (`jaxlab <command>: <Type>:
+<message>`) and exit status 1; the traceback goes to the absl log file (named on that line) and,
+with --verbose, to stderr too. A task without `predict.py` (or a data check) is one line, exit 2.
+
 Run records written here (process 0): `workdir/run_info.json` (provenance: git SHA, package
 versions, devices, hosts, the command) and its TensorBoard text once per run; after training, the
 run's TensorBoard HParams entry with the final metrics; after `evaluate`, its metrics as
@@ -14,13 +27,18 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import importlib
 import importlib.metadata
+import importlib.util
 import json
+import os
 import pathlib
 import platform
 import socket
 import subprocess
 import sys
+import time
+import traceback
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -44,7 +62,7 @@ PACKAGES = (
 )
 # Keys an evaluation may change against the trained run's recorded config without a flag.
 EVAL_KEYS = ("eval.",)
-NOT_YET = 2  # exit status of a command this version does not have
+NOT_YET = 2  # exit status of a command a task does not have yet (predict, check-data)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,47 +79,97 @@ class Command:
 _holders: dict[str, Any] = {}
 
 
-def _define_config_flags(workdir_help: str, workdir_required: bool = True) -> list[Any]:
+def _flag(define: Callable[..., Any], name: str, *args: Any, **kwargs: Any) -> Any:
+    """Defines flag `name` once per process (commands may run one after another in-process)."""
+    if name not in _holders:
+        if name in flags.FLAGS:  # defined by an imported module (e.g. jaxlab.demo's --workdir)
+            _holders[name] = flags.FLAGS[name]
+        else:
+            _holders[name] = define(name, *args, **kwargs)
+    return _holders[name]
+
+
+def _value(name: str) -> Any:
+    return flags.FLAGS[name].value
+
+
+def _require(*names: str) -> None:
+    missing = [f"--{n}" for n in names if _value(n) in (None, "")]
+    if missing:
+        raise app.UsageError(f"{' and '.join(missing)} required.")
+
+
+def _define_config_flag() -> Any:
     from ml_collections import config_flags
 
-    _holders["config"] = config_flags.DEFINE_config_file(
-        "config", None, "Config <task>:<variant> (e.g. glitch:demo) or a file path[:variant]."
+    return _flag(
+        config_flags.DEFINE_config_file,
+        "config",
+        None,
+        "Config <task>:<variant> (e.g. glitch:demo) or a file path[:variant].",
     )
-    _holders["workdir"] = flags.DEFINE_string("workdir", None, workdir_help)
-    if workdir_required:
-        flags.mark_flag_as_required("workdir")
-    return [_holders["config"], _holders["workdir"]]
+
+
+def _define_config_flags(workdir_help: str) -> list[Any]:
+    return [_define_config_flag(), _flag(flags.DEFINE_string, "workdir", None, workdir_help)]
 
 
 def _define_train_flags() -> list[Any]:
-    holders = _define_config_flags("Directory for checkpoints, metrics and outputs.")
-    flags.mark_flag_as_required("config")
-    return holders
+    return _define_config_flags("Directory for checkpoints, metrics and outputs (required).")
 
 
-def _define_evaluate_flags() -> list[Any]:
-    holders = _define_config_flags(
-        "Workdir of a training run; its recorded config is used (--config may be left out)."
-    )
-    _holders["allow_config_change"] = flags.DEFINE_bool(
+def _define_allow_config_change() -> Any:
+    return _flag(
+        flags.DEFINE_bool,
         "allow_config_change",
         False,
         "Let --config.x overrides differ from the config the workdir was trained with "
         "(eval.* keys may always differ).",
     )
-    return [*holders, _holders["allow_config_change"]]
+
+
+def _define_evaluate_flags() -> list[Any]:
+    holders = _define_config_flags(
+        "Workdir of a training run (required); its recorded config is used (--config may be "
+        "left out)."
+    )
+    return [*holders, _define_allow_config_change()]
+
+
+def _define_export_flags() -> list[Any]:
+    holders = _define_evaluate_flags()
+    out = _flag(flags.DEFINE_string, "out", None, "Directory the bundle is written to (required).")
+    which = _flag(
+        flags.DEFINE_string,
+        "checkpoint",
+        None,
+        "Checkpoint to export: best, latest or a step number (default: config.eval.checkpoint).",
+    )
+    return [*holders, out, which]
+
+
+def _define_predict_flags() -> list[Any]:
+    return [
+        _flag(flags.DEFINE_string, "model", None, "An exported bundle or a training workdir."),
+        _flag(flags.DEFINE_string, "input", None, "Input file or folder, in the task's format."),
+        _flag(flags.DEFINE_string, "out", None, "Directory the predictions are written to."),
+    ]
+
+
+def _define_download_flags() -> list[Any]:
+    return [_flag(flags.DEFINE_string, "to", None, "Destination folder (required).")]
+
+
+def _define_check_data_flags() -> list[Any]:
+    return [_define_config_flag()]
 
 
 def _define_show_config_flags() -> list[Any]:
-    return _define_config_flags(
-        "Optional: show the config `evaluate` would use for this workdir.", workdir_required=False
-    )
+    return _define_config_flags("Optional: show the config `evaluate` would use for this workdir.")
 
 
 def _define_prepare_flags() -> list[Any]:
-    holders = _define_config_flags("Workdir (a synthetic dataset is written under it).")
-    flags.mark_flag_as_required("config")
-    return holders
+    return _define_config_flags("Workdir (a synthetic dataset is written under it; required).")
 
 
 def _define_module_flags(module: str) -> Callable[[], list[Any]]:
@@ -110,10 +178,6 @@ def _define_module_flags(module: str) -> Callable[[], list[Any]]:
         return [flags.FLAGS[f.name] for f in flags.FLAGS.get_flags_for_module(imported)]
 
     return define
-
-
-def _no_flags() -> list[Any]:
-    return []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -415,7 +479,8 @@ def _spec_of(argv: list[str]) -> str:
 
 def train_main(argv: list[str]) -> None:
     _start(argv)
-    config, workdir = _holders["config"].value, _holders["workdir"].value
+    _require("config", "workdir")
+    config, workdir = _value("config"), _value("workdir")
     task = task_lib.import_task(config, "train")
     overrides = [a for a in _ARGV if a.startswith(("--config.", "--noconfig."))]
     write_run_info(workdir, run_info(_spec_of(_ARGV), overrides))
@@ -429,8 +494,9 @@ def train_main(argv: list[str]) -> None:
 
 def evaluate_main(argv: list[str]) -> None:
     _start(argv)
-    config = resolved_config(_ARGV, _holders["allow_config_change"].value)
-    workdir = _holders["workdir"].value
+    _require("workdir")
+    config = resolved_config(_ARGV, _value("allow_config_change"))
+    workdir = _value("workdir")
     task = task_lib.import_task(config, "evaluate")
     metrics = task.evaluate(config, workdir)
     logging.info("Eval metrics:\n%s", json.dumps(metrics, indent=2, default=float))
@@ -438,6 +504,160 @@ def evaluate_main(argv: list[str]) -> None:
 
     if jax.process_index() == 0:
         record_evaluation(config, workdir, metrics)
+
+
+def export_main(argv: list[str]) -> None:
+    """`jaxlab export --workdir=W --out=BUNDLE [--checkpoint=best|latest|STEP]`."""
+    _start(argv)
+    _require("workdir", "out")
+    from jaxlab import export
+
+    config = resolved_config(_ARGV, _value("allow_config_change"))
+    out = export.export_bundle(config, _value("workdir"), _value("out"), _value("checkpoint"))
+    for name in sorted(os.listdir(out)):
+        print(os.path.join(out, name))
+
+
+def key_values(args: list[str], command: str) -> dict[str, str]:
+    """["name=value", ...] (the positional arguments after the flags) -> {"name": "value"}."""
+    options = {}
+    for arg in args:
+        name, equals, value = arg.partition("=")
+        if not equals or not name.isidentifier():
+            raise app.UsageError(f"{arg!r} is not an option NAME=VALUE (e.g. batch_size=256).")
+        if name in options:
+            raise app.UsageError(f"option {name!r} is given twice.")
+        options[name] = value
+    return options
+
+
+def _model_config(model: str) -> Any:
+    """The config a bundle or a training workdir recorded (`config.json`)."""
+    from jaxlab import export
+
+    if not os.path.isdir(model):
+        raise FileNotFoundError(f"--model={model}: no such bundle or workdir.")
+    if not os.path.isfile(os.path.join(model, export.CONFIG_FILE)):
+        raise FileNotFoundError(
+            f"--model={model}: no {export.CONFIG_FILE}; give an exported bundle (`jaxlab export`) "
+            "or the workdir of a training run."
+        )
+    return export.read_config(model)
+
+
+def predict_main(argv: list[str]) -> None:
+    """`jaxlab predict --model=M --input=PATH --out=DIR [NAME=VALUE ...]`."""
+    options = key_values(argv[1:], "predict")
+    _start(argv[:1])
+    _require("model", "input", "out")
+    model = _value("model")
+    config = _model_config(model)
+    if importlib.util.find_spec(f"{config.task}.predict") is None:
+        print(
+            f"jaxlab predict: {config.task} has no predict.py in this version; "
+            f"`jaxlab evaluate --workdir=...` writes its predictions under eval/<split>/.",
+            file=sys.stderr,
+        )
+        sys.exit(NOT_YET)
+    task = task_lib.import_task(config, "predict")
+    written = task.predict(model, _value("input"), _value("out"), config=config, **options)
+    for path in [written] if isinstance(written, str) else written:
+        print(path)
+
+
+def _typed_option(name: str, value: str, default: Any) -> Any:
+    """A download option's string as the type of the downloader's default for it."""
+    if isinstance(default, bool):
+        if value.lower() in ("true", "yes", "1"):
+            return True
+        if value.lower() in ("false", "no", "0"):
+            return False
+        raise ValueError(f"option {name}={value!r}: expected true or false.")
+    if isinstance(default, float):
+        try:
+            return float(value)
+        except ValueError:
+            raise ValueError(f"option {name}={value!r}: expected a number.") from None
+    if default is None and value.lower() == "none":
+        return None
+    if isinstance(default, int) or default is None:
+        return int(value) if value.lstrip("-").isdigit() else value  # hours take "0-23" too
+    return value
+
+
+def download_options(dataset: str, options: dict[str, str]) -> dict[str, Any]:
+    """NAME=VALUE strings -> the keyword arguments of `jaxlab.download.download_<dataset>`.
+
+    Each value takes the type of the option's default there (true/false for a bool, a number
+    for an int or float; an int option also takes ranges like 0-23); unknown names pass through
+    as strings, for the downloader to reject with its list.
+    """
+    import dataclasses
+    import inspect
+
+    from jaxlab import download
+
+    defaults = {f.name: f.default for f in dataclasses.fields(download.fetch.Options)}
+    function = getattr(download, f"download_{dataset}", None)
+    if dataset in download.DATASETS and callable(function):
+        for name, parameter in inspect.signature(function).parameters.items():
+            if parameter.kind is inspect.Parameter.KEYWORD_ONLY:
+                empty = parameter.default is inspect.Parameter.empty
+                defaults[name] = "" if empty else parameter.default
+    return {k: _typed_option(k, v, defaults.get(k, "")) for k, v in options.items()}
+
+
+def download_main(argv: list[str]) -> None:
+    """`jaxlab download DATASET --to=DIR [NAME=VALUE ...]`."""
+    from jaxlab import download
+
+    if len(argv) < 2:
+        raise app.UsageError(
+            f"give the dataset: jaxlab download DATASET --to=DIR [NAME=VALUE ...]; "
+            f"DATASET is one of {', '.join(download.DATASETS)}."
+        )
+    dataset = argv[1]
+    options = download_options(dataset, key_values(argv[2:], "download"))
+    download.download(dataset, _value("to") or "", **options)
+
+
+def _data_check(config: Any) -> Callable[[], Any] | None:
+    """The task's data check: `check(config)` in `<task>.datacheck` or `<task>.data`; else a
+    `datacheck.check_track(root, track, config)` over the config's tracks (vegetation)."""
+    for name in ("datacheck", "data"):
+        full = f"{config.task}.{name}"
+        if importlib.util.find_spec(full) is None:
+            continue
+        module = importlib.import_module(full)
+        if callable(getattr(module, "check", None)):
+            return lambda: module.check(config)
+        if callable(getattr(module, "check_track", None)):
+            if not config.data.get("dir"):
+                raise ValueError(
+                    "config.data.dir is empty: give the dataset's folder, --config.data.dir=DIR."
+                )
+            tracks = [v for k, v in config.data.items() if k.endswith("_track")]
+            tracks = list(dict.fromkeys([*tracks, config.eval.get("split", "")] if tracks else []))
+            return lambda: {t: module.check_track(config.data.dir, t, config) for t in tracks if t}
+    return None
+
+
+def check_data_main(argv: list[str]) -> None:
+    """`jaxlab check-data --config=<task>:<variant> --config.data.dir=DIR`: a JSON report on
+    stdout; exit status 1 when a file fails the task's checks."""
+    _start(argv)
+    _require("config")
+    config = _value("config")
+    check = _data_check(config)
+    if check is None:
+        print(f"jaxlab check-data: not available for {config.task} yet.", file=sys.stderr)
+        sys.exit(NOT_YET)
+    report = check()
+    print(json.dumps(report, indent=2, default=str))
+    values = report.values() if isinstance(report, Mapping) else []
+    failed = [r.get("failed", 0) for r in values if isinstance(r, Mapping)]
+    if (report.get("failed", 0) if isinstance(report, Mapping) else 0) or any(failed):
+        sys.exit(1)
 
 
 def show_config_main(argv: list[str]) -> None:
@@ -455,7 +675,8 @@ def show_config_main(argv: list[str]) -> None:
 
 def prepare_main(argv: list[str]) -> None:
     _start(argv)
-    config, workdir = _holders["config"].value, _holders["workdir"].value
+    _require("config", "workdir")
+    config, workdir = _value("config"), _value("workdir")
     data = task_lib.import_task(config, "data")
     print(f"Prepared: {data.prepare(config, workdir)}")
 
@@ -472,15 +693,6 @@ def demo_main(argv: list[str]) -> None:
     demo.main(argv)
 
 
-def _not_yet(instead: str) -> Callable[[list[str]], None]:
-    def main(argv: list[str]) -> None:
-        del argv
-        print(f"jaxlab: not yet available in this version: {instead}", file=sys.stderr)
-        sys.exit(NOT_YET)
-
-    return main
-
-
 COMMANDS = {
     "train": Command(
         "Train one task (resumes from the workdir's checkpoint).", _define_train_flags, train_main
@@ -491,21 +703,21 @@ COMMANDS = {
         evaluate_main,
     ),
     "predict": Command(
-        "Predict on new inputs.",
-        _no_flags,
-        _not_yet("run `jaxlab evaluate` (each task writes its predictions under eval/<split>/)."),
+        "Predict on new inputs with a bundle or a workdir: --model=M --input=PATH --out=DIR "
+        "[NAME=VALUE ...].",
+        _define_predict_flags,
+        predict_main,
         uses_config=False,
     ),
     "export": Command(
-        "Export a trained model.",
-        _no_flags,
-        _not_yet("restore the orbax checkpoint in <workdir>/checkpoints/<step>/state."),
-        uses_config=False,
+        "Export a workdir's checkpoint as a bundle (safetensors params, config, model card).",
+        _define_export_flags,
+        export_main,
     ),
     "download": Command(
-        "Download a task's real dataset.",
-        _no_flags,
-        _not_yet("each task's README (jaxlab/<task>/README.md) says where to download its data."),
+        "Download a real dataset: DATASET --to=DIR [NAME=VALUE ...] (docs/data.md).",
+        _define_download_flags,
+        download_main,
         uses_config=False,
     ),
     "prepare": Command(
@@ -514,10 +726,9 @@ COMMANDS = {
         prepare_main,
     ),
     "check-data": Command(
-        "Check a real dataset's files.",
-        _no_flags,
-        _not_yet("scripts/check_vegetation_data.py (vegetation) in a source checkout."),
-        uses_config=False,
+        "Check a real dataset's files against the task's readers; a JSON report.",
+        _define_check_data_flags,
+        check_data_main,
     ),
     "bench": Command(
         "Step time, compile time, FLOPs, memory and MFU of each task's train step.",
@@ -526,7 +737,7 @@ COMMANDS = {
         uses_config=False,
     ),
     "demo": Command(
-        "Train and evaluate every task's demo config on synthetic data; print a table.",
+        "Train, evaluate, export and predict with every task's demo config; print a table.",
         _define_module_flags("jaxlab.demo"),
         demo_main,
         uses_config=False,
@@ -549,6 +760,67 @@ _ARGV: list[str] = []  # the command's argv (flags included), for the recorded o
 def _fatal(message: str) -> None:
     print(f"FATAL: {message}", file=sys.stderr)
     sys.exit(1)
+
+
+def _define_verbose() -> Any:
+    return _flag(
+        flags.DEFINE_bool,
+        "verbose",
+        False,
+        "On an error, print the full traceback (it is always written to the absl log file).",
+    )
+
+
+def _log_failure(name: str) -> str | None:
+    """Writes the current exception's traceback to the absl log file; returns its path.
+
+    The file absl logs to when it logs to one (--log_dir with a log file in use), else a file
+    named as absl names them in absl's log directory (--log_dir, else the temp dir).
+    """
+    text = f"jaxlab {name} failed:\n{traceback.format_exc()}"
+    handler = logging.get_absl_handler().python_handler
+    log_file = getattr(handler.stream, "name", None)
+    if isinstance(log_file, str) and os.path.isfile(log_file):  # not <stderr>
+        logging.error("%s", text)
+        handler.flush()
+        return log_file
+    try:
+        log_dir, prefix, _ = logging.find_log_dir_and_names("jaxlab", _value("log_dir") or None)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        path = os.path.join(log_dir, f"{prefix}.ERROR.{stamp}.{os.getpid()}")
+        with open(path, "a") as f:
+            f.write(text)
+    except OSError:
+        return None
+    return path
+
+
+def _guarded(name: str, main: Callable[[list[str]], Any]) -> Callable[[list[str]], Any]:
+    """`main`, with any error turned into one line on stderr (type and message) and exit 1.
+
+    The traceback goes to the absl log file, and to stderr too under --verbose. A usage error
+    (a missing flag, a stray argument) is one line too, pointing to `--help`.
+    """
+
+    def run(argv: list[str]) -> Any:
+        try:
+            return main(argv)
+        except app.UsageError as e:
+            print(f"jaxlab {name}: {e} (jaxlab {name} --help: its flags)", file=sys.stderr)
+            sys.exit(e.exitcode)
+        except Exception as e:
+            log_file = _log_failure(name)
+            if _value("verbose"):
+                traceback.print_exc()
+            message = " ".join(str(e).split("\n")).strip() or "(no message)"
+            where = f"traceback in {log_file}" if log_file else "traceback not written"
+            print(
+                f"jaxlab {name}: {type(e).__name__}: {message} ({where}; --verbose prints it)",
+                file=sys.stderr,
+            )
+            sys.exit(1)
+
+    return run
 
 
 def top_help() -> str:
@@ -588,18 +860,20 @@ def main(argv: list[str] | None = None) -> None:
     if name not in COMMANDS:
         _fatal(f"unknown command {name!r}; the commands are: {', '.join(COMMANDS)}.")
     command = COMMANDS[name]
-    holders = command.define_flags()
+    holders = [*command.define_flags(), _define_verbose()]
     rest = argv[2:]
     if any(a in ("-h", "--help", "-help", "--helpshort", "--helpfull") for a in rest):
         print(command_help(name, holders), end="")
         sys.exit(0)
-    if name in ("evaluate", "show-config"):
+    if name in ("evaluate", "export", "show-config"):
         rest = _with_recorded_config(["jaxlab", *rest])[1:]
     _ARGV[:] = rest
+    flags.FLAGS.unparse_flags()  # values of an earlier in-process command do not carry over
+    guarded = _guarded(name, command.main)
     if command.uses_config:
-        app.run(command.main, argv=[f"jaxlab {name}", *rest], flags_parser=task_lib.parse_flags)
+        app.run(guarded, argv=[f"jaxlab {name}", *rest], flags_parser=task_lib.parse_flags)
     else:
-        app.run(command.main, argv=[f"jaxlab {name}", *rest])
+        app.run(guarded, argv=[f"jaxlab {name}", *rest])
 
 
 if __name__ == "__main__":

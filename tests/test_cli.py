@@ -1,6 +1,7 @@
 """The `jaxlab` command: config names and variants, one-line errors, recorded configs, and (slow)
 the built wheel installed into a fresh venv outside the repository, trained and evaluated there."""
 
+import csv
 import importlib.util
 import json
 import os
@@ -10,9 +11,11 @@ import sys
 import venv
 
 import ml_collections
+import numpy as np
 import pytest
 
 from jaxlab import cli
+from jaxlab import download as download_lib
 from jaxlab.core import task as task_lib
 from tests.core import scripts_util
 
@@ -66,13 +69,142 @@ def test_top_help_lists_commands_configs_variants_and_flags(capsys):
     assert "--config.KEY=VALUE" in text and "--workdir=DIR" in text
 
 
-@pytest.mark.parametrize("command", ["predict", "export", "download", "check-data"])
-def test_unavailable_commands_say_what_to_use_and_exit_2(command, capsys):
+def _jaxlab(*args: str) -> int:
+    """Runs `jaxlab ARGS` in this process; its exit status."""
     with pytest.raises(SystemExit) as exit_info:
-        cli.main(["jaxlab", command])
-    assert exit_info.value.code == 2
+        cli.main(["jaxlab", *args])
+    return exit_info.value.code or 0
+
+
+def _read_csv(path: pathlib.Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def example_run(tmp_path_factory):
+    from jaxlab.example import train
+
+    config = task_lib.load_config("example:tiny")
+    workdir = tmp_path_factory.mktemp("example_run")
+    train.train_and_evaluate(config, str(workdir))
+    return config, workdir
+
+
+def test_export_then_predict_from_bundle_and_workdir_give_the_same_csv(
+    example_run, tmp_path, capsys
+):
+    config, workdir = example_run
+    bundle = tmp_path / "bundle"
+    assert _jaxlab("export", f"--workdir={workdir}", f"--out={bundle}", "--checkpoint=latest") == 0
+    listed = capsys.readouterr().out.split()
+    assert sorted(listed) == sorted(str(bundle / name) for name in os.listdir(bundle))
+    info = json.loads((bundle / "bundle.json").read_text())
+    assert info["task"] == "jaxlab.example" and info["checkpoint_step"] == config.train.num_steps
+
+    x = np.random.default_rng(3).normal(size=(23, config.data.num_features)).astype(np.float32)
+    inputs = tmp_path / "new.npz"
+    np.savez(inputs, x=x)
+    outputs = {}
+    for name, model in (("bundle", bundle), ("workdir", workdir)):
+        out = tmp_path / f"predict_{name}"
+        args = [f"--model={model}", f"--input={inputs}", f"--out={out}", "batch_size=8"]
+        assert _jaxlab("predict", *args) == 0
+        assert capsys.readouterr().out.split() == [str(out / "predictions.csv")]
+        outputs[name] = (out / "predictions.csv").read_bytes()
+    assert outputs["bundle"] == outputs["workdir"]  # bitwise: same params, same batches
+    rows = _read_csv(tmp_path / "predict_bundle" / "predictions.csv")
+    assert [int(r["index"]) for r in rows] == list(range(23))
+    predictions = np.array([float(r["prediction"]) for r in rows])
+    assert np.isfinite(predictions).all() and np.ptp(predictions) > 0  # not a constant
+
+    # A task option reaches predict as a string and is checked there: one line, exit 1.
+    args = [f"--model={bundle}", f"--input={inputs}", f"--out={tmp_path / 'bad'}", "batch_size=0"]
+    assert _jaxlab("predict", *args) == 1
     err = capsys.readouterr().err
-    assert err.startswith("jaxlab: not yet available in this version: ") and err.count("\n") == 1
+    assert "ValueError: predict option batch_size='0': expected a positive integer" in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_predict_for_a_task_without_predict_py_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
+    package = tmp_path / "src" / "no_predict_task"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path / "src"))
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"task": "no_predict_task"}))
+    args = [f"--model={model}", f"--input={tmp_path / 'x.npz'}", f"--out={tmp_path / 'out'}"]
+    assert _jaxlab("predict", *args) == cli.NOT_YET
+    err = capsys.readouterr().err
+    assert (
+        err.startswith("jaxlab predict: no_predict_task has no predict.py") and err.count("\n") == 1
+    )
+
+
+def test_download_maps_options_to_the_downloaders_types(tmp_path, monkeypatch, capsys):
+    from jaxlab import download
+
+    calls = []
+    monkeypatch.setattr(download, "download", lambda *a, **k: calls.append((a, k)))
+    to = str(tmp_path / "hrrr")
+    args = ["start=2024-06-01", "init_hours=0-23", "forecast_hours=0", "retries=2"]
+    assert _jaxlab("download", "hrrr", f"--to={to}", *args, "backoff_s=0.5", "progress=false") == 0
+    assert calls.pop() == (
+        ("hrrr", to),
+        {
+            "start": "2024-06-01",
+            "init_hours": "0-23",
+            "forecast_hours": 0,
+            "retries": 2,
+            "backoff_s": 0.5,
+            "progress": False,
+        },
+    )
+    assert _jaxlab("download", "greenearthnet", f"--to={to}", "limit=20", "etag_md5=no") == 0
+    assert calls.pop()[1] == {"limit": 20, "etag_md5": False}
+    assert _jaxlab("download", "gravityspy", f"--to={to}", "pngs=maybe") == 1
+    assert "ValueError: option pngs='maybe': expected true or false" in capsys.readouterr().err
+    assert not calls
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        download_lib.DownloadError("https://x/y.h5: HTTP 404 (not found)."),
+        ValueError("unknown dataset 'hrr'; choose one of hrrr, gravityspy"),
+        TypeError("hrrr: unknown options ['colour']."),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+def test_download_errors_are_one_line_exit_1(error, tmp_path, monkeypatch, capsys):
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(download_lib, "download", fail)
+    assert _jaxlab("download", "hrrr", f"--to={tmp_path}", f"--log_dir={tmp_path}") == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"jaxlab download: {type(error).__name__}: {error} (traceback in ")
+    assert err.count("\n") == 1 and "Traceback" not in err
+    log_file = err.partition("(traceback in ")[2].partition(";")[0]
+    assert pathlib.Path(log_file).parent == tmp_path
+    assert "Traceback (most recent call last)" in pathlib.Path(log_file).read_text()
+
+
+def test_verbose_prints_the_traceback(tmp_path, monkeypatch, capsys):
+    def fail(*args, **kwargs):
+        raise download_lib.DownloadError("/data: disk full")
+
+    monkeypatch.setattr(download_lib, "download", fail)
+    assert _jaxlab("download", "olist", f"--to={tmp_path}", f"--log_dir={tmp_path}", "--verbose")
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "in fail" in err
+    assert err.splitlines()[-1].startswith("jaxlab download: DownloadError: /data: disk full")
+
+
+def test_check_data_says_when_a_task_has_no_check(capsys):
+    assert _jaxlab("check-data", "--config=example:tiny") == cli.NOT_YET
+    assert capsys.readouterr().err == "jaxlab check-data: not available for jaxlab.example yet.\n"
 
 
 def _recorded(config: ml_collections.ConfigDict) -> dict:

@@ -19,6 +19,7 @@ ENTRY_POINTS = {
     "evaluate": "evaluate",
     "steps": "benchmark_setup",
     "data": "prepare",
+    "predict": "predict",
 }
 CONFIG_PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "configs"
 

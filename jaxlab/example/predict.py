@@ -2,6 +2,10 @@
 
 `predict(model, inputs, out)` takes a training workdir or an exported bundle (`jaxlab.export`);
 both give bitwise the same predictions.
+
+    jaxlab predict --model=runs/example/bundle --input=new.npz --out=preds [batch_size=1024]
+
+writes `preds/predictions.csv` with columns `index` (the row of `x`) and `prediction`.
 """
 
 from __future__ import annotations
@@ -14,9 +18,11 @@ import numpy as np
 from absl import logging
 
 from jaxlab import export
+from jaxlab.example import data
 from jaxlab.example import model as model_lib
 
 PREDICTIONS_FILE = "predictions.csv"
+DEMO_INPUT_FILE = "predict_input.npz"
 
 
 def read_inputs(path: str, num_features: int) -> np.ndarray:
@@ -47,11 +53,25 @@ def predict_array(config, params, x: np.ndarray, batch_size: int = 1024) -> np.n
     return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
 
-def predict(model: str, inputs: str, out: str, config=None) -> str:
-    """Writes `out/predictions.csv` (index, prediction) for every row of `inputs`."""
+def _positive_int(name: str, value: str | int) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise ValueError(f"predict option {name}={value!r}: expected a positive integer.")
+    return number
+
+
+def predict(
+    model: str, inputs: str, out: str, config=None, batch_size: str | int = 1024
+) -> list[str]:
+    """Writes `out/predictions.csv` (index, prediction) for every row of `inputs`; returns
+    [its path]. `batch_size` (a CLI option, so it may come as a string) rows per compiled call."""
+    batch_size = _positive_int("batch_size", batch_size)
     config, params, info = export.load_model(model, config, task="jaxlab.example")
     x = read_inputs(inputs, config.data.num_features)
-    predictions = predict_array(config, params, x)
+    predictions = predict_array(config, params, x, batch_size)
     os.makedirs(out, exist_ok=True)
     path = os.path.join(out, PREDICTIONS_FILE)
     with open(path, "w", newline="") as f:
@@ -61,4 +81,12 @@ def predict(model: str, inputs: str, out: str, config=None) -> str:
     logging.info(
         "Predicted %d rows with step %d of %s -> %s", len(x), info["checkpoint_step"], model, path
     )
+    return [path]
+
+
+def demo_input(config, workdir: str) -> str:
+    """`workdir/predict_input.npz`: the held-out eval split's `x` only (no labels)."""
+    source = data.load(data.prepare(config, workdir), config.eval.split, config.data.num_features)
+    path = os.path.join(workdir, DEMO_INPUT_FILE)
+    np.savez(path, x=np.asarray(source.x, np.float32))
     return path

@@ -42,10 +42,10 @@ def test_bundle_and_checkpoint_predict_bitwise_the_same(trained, tmp_path):
     x = np.random.default_rng(1).normal(size=(37, config.data.num_features)).astype(np.float32)
     inputs = str(tmp_path / "new.npz")
     np.savez(inputs, x=x)
-    from_bundle, index = _read_predictions(predict.predict(bundle, inputs, str(tmp_path / "a")))
-    from_ckpt, _ = _read_predictions(
-        predict.predict(workdir, inputs, str(tmp_path / "b"), config=config)
-    )
+    (written,) = predict.predict(bundle, inputs, str(tmp_path / "a"))
+    from_bundle, index = _read_predictions(written)
+    (written,) = predict.predict(workdir, inputs, str(tmp_path / "b"), config=config)
+    from_ckpt, _ = _read_predictions(written)
     assert index == list(range(37))
     np.testing.assert_array_equal(from_bundle, from_ckpt)
 
