@@ -13,6 +13,11 @@ metrics.json`): ndvi_rmse about 0.08 against persistence_ndvi_rmse about 0.21, n
 outperform_vs_persistence 1.0 (as the official scorer counts it); a few minutes on an idle 2-core
 CPU. Measured before the random streams were named; a new seed stream moves these within noise.
 
+Predict on new context-only cubes (no targets) from the demo model, official layout + PNGs:
+  jaxlab export runs/vegetation --out runs/vegetation/bundle
+  jaxlab predict --model=runs/vegetation/bundle --input=<track or tile folder, or a cube> \
+      --out=runs/vegetation/predict
+
 Real data (GreenEarthNet download, `<dir>/<track>/<region>/<cube>.nc`; data.dir has no default):
   python scripts/check_vegetation_data.py --data_dir=<greenearthnet> --tracks=train,ood-t_chopped
   python scripts/train.py --config=vegetation:paper --workdir=runs/veg_paper \
@@ -117,6 +122,10 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     d.stats_max_cubes = 256  # training cubes read to compute the percentiles
     d.weather_variables = WEATHER_VARIABLES
     d.climatology_window = 21  # days of the centred rolling-mean climatology
+    # NaN E-OBS days in a window read: "error" (default: names file, variable and count) or
+    # "interpolate" (linear over gaps, an all-NaN variable takes the training mean; counted in
+    # the log). +-Inf and out-of-range weather are errors either way.
+    d.on_weather_nan = "error"
     d.landcover_classes = (10, 20, 30, 40, 50, 60, 70, 80, 90, 100)  # ESA WorldCover, 10 channels
     d.landcover_aliases = ((95, 90),)  # mangroves (absent in Europe) -> herbaceous wetland
     d.year_center = 2019.0  # normalised year = (year - center) / scale

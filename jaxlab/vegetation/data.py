@@ -1,6 +1,6 @@
 """Reader of GreenEarthNet minicubes and the per-record features the model sees.
 
-A track is a folder `<root>/<track>/<region>/<cube>.nc` (FORMATS.md). One record is one 150-day
+A track is a folder `<root>/<track>/<region>/<cube>.nc` (docs/data.md). One record is one 150-day
 window of one cube, sampled as the published models do, `isel(time=slice(4, None, 5))`: 30
 five-daily frames, 10 context (50 days) and 20 target (100 days). Cubes longer than 150 days
 (the train track may hold longer series; *unverified*) give several windows.
@@ -26,7 +26,6 @@ data_features.py; this module reads files, checks them and builds records.
 from __future__ import annotations
 
 import glob
-import json
 import os
 import warnings
 from typing import Any
@@ -37,14 +36,11 @@ import pandas as pd
 import xarray as xr
 from absl import logging
 
-from jaxlab.vegetation import data_features, synthetic
+from jaxlab.data import ownership
+from jaxlab.vegetation import data_checks, data_features, data_normalisation, synthetic
 
-# Above this a band is not on the 0..1 reflectance scale (e.g. 0..10000 digital numbers).
-MAX_REFLECTANCE = 5.0
-
-
-class CubeError(ValueError):
-    """A cube file that does not match the GreenEarthNet layout; names file and variable."""
+CubeError = data_checks.CubeError  # one error type for every reader of the task
+check_variable = data_checks.check_variable
 
 
 # ----------------------------------------------------------------------------- variables
@@ -110,18 +106,21 @@ def open_cube(path: str, engine: str) -> xr.Dataset:
         raise CubeError(f"{path}: not a readable NetCDF file ({e}).") from e
 
 
-def check_variable(ds: xr.Dataset, path: str, name: str, dims: tuple[str, ...]) -> None:
-    if name not in ds.variables:
-        raise CubeError(
-            f"{path}: missing variable {name!r} (expected dims {dims}); the file has "
-            f"{sorted(ds.data_vars)[:30]}."
-        )
-    if ds[name].dims != dims:
-        raise CubeError(f"{path}: variable {name!r} has dims {ds[name].dims}; expected {dims}.")
+def context_days(config: ml_collections.ConfigDict) -> int:
+    """Daily steps holding the context frames (50: frames on days 4, 9, ..., 49)."""
+    d = config.data
+    return d.first_frame + d.frame_stride * (d.num_context - 1) + 1
 
 
-def check_cube(ds: xr.Dataset, path: str, config: ml_collections.ConfigDict) -> None:
-    """Presence, dims and sizes of every variable the reader uses."""
+def check_cube(
+    ds: xr.Dataset, path: str, config: ml_collections.ConfigDict, context_only: bool = False
+) -> dict[str, str]:
+    """Presence, dims, dtypes and sizes of every variable the reader uses; a daily `time`.
+
+    `context_only` (predict): the Sentinel-2 variables need only the context days on `time`; the
+    E-OBS weather still covers context + forecast period (`cube_days`), on `time` or its own dated
+    axis. Returns each E-OBS variable's time dimension.
+    """
     d = config.data
     for dim, size in (("lat", d.image_size), ("lon", d.image_size)):
         if ds.sizes.get(dim) != size:
@@ -129,29 +128,47 @@ def check_cube(ds: xr.Dataset, path: str, config: ml_collections.ConfigDict) -> 
                 f"{path}: dimension {dim!r} has size {ds.sizes.get(dim)}; expected {size} "
                 "(config.data.image_size)."
             )
-    if ds.sizes.get("time", 0) < d.cube_days:
+    need = context_days(config) if context_only else d.cube_days
+    if ds.sizes.get("time", 0) < need:
+        what = "the context days" if context_only else "daily steps"
         raise CubeError(
             f"{path}: dimension 'time' has size {ds.sizes.get('time')}; expected at least "
-            f"{d.cube_days} daily steps."
+            f"{need} ({what})."
         )
+    dates = data_checks.daily_dates(ds, path, "time")
     for name in (*d.bands, *mask_variables(d.cloud_mask)):
         check_variable(ds, path, name, ("time", "lat", "lon"))
     check_variable(ds, path, "esawc_lc", ("lat", "lon"))
+    dims = {}
     for name in d.weather_variables:
         if name not in ds.variables:
             raise CubeError(f"{path}: missing E-OBS variable {name!r} (expected on 'time').")
-        if "time" not in ds[name].dims:
-            raise CubeError(f"{path}: E-OBS variable {name!r} has dims {ds[name].dims}; no 'time'.")
+        dims[name] = data_checks.check_weather_axis(ds, path, name, dates[0], d.cube_days)
+    return dims
 
 
-def read_daily_weather(ds: xr.Dataset, path: str, names: tuple[str, ...], days: slice):
-    """[D, V] daily E-OBS values; extra dims (an E-OBS lat/lon grid, *unverified*) averaged."""
+def read_daily_weather(
+    ds: xr.Dataset, path: str, names: tuple[str, ...], days: slice, on_nan: str, dims=None
+):
+    """[D, V] daily E-OBS values, checked (`data_checks.check_weather`); extra dims (an E-OBS
+    lat/lon grid, *unverified*) averaged. NaN days, allowed only with on_nan="interpolate", are
+    filled linearly and counted in the log; returns (daily, names of all-NaN variables)."""
     columns = []
     for name in names:
-        var = ds[name].isel(time=days)
-        values = np.asarray(var.values, np.float64)
+        dim = (dims or {}).get(name, "time")
+        var = ds[name].isel({dim: days})
+        values = np.asarray(data_checks.read_values(var, path, name), np.float64)
+        missing = data_checks.check_weather(values, name, path, on_nan)
+        if missing:
+            logging.warning(
+                "%s: E-OBS %s: %d NaN values of %d interpolated (data.on_weather_nan).",
+                path,
+                name,
+                missing,
+                values.size,
+            )
         if values.ndim > 1:  # e.g. (time, lat_eobs, lon_eobs): the cube's E-OBS cells
-            axes = tuple(i for i, dim in enumerate(var.dims) if dim != "time")
+            axes = tuple(i for i, dim_name in enumerate(var.dims) if dim_name != dim)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN days stay NaN
                 values = np.nanmean(values, axis=axes)
@@ -182,69 +199,108 @@ def region_and_name(path: str) -> tuple[str, str]:
 
 # ----------------------------------------------------------------------------- normalisation
 
-
-class Normalisation:
-    """Per-band 2nd-98th percentile range and per-feature weather mean / std, as JSON."""
-
-    def __init__(self, stats: dict[str, list[float]]):
-        self.band_low = np.asarray(stats["band_low"], np.float32)
-        self.band_high = np.asarray(stats["band_high"], np.float32)
-        self.band_median = np.asarray(stats["band_median"], np.float32)
-        self.weather_mean = np.asarray(stats["weather_mean"], np.float32)
-        self.weather_std = np.asarray(stats["weather_std"], np.float32)
-        self.stats = stats
-
-    def bands(self, x: np.ndarray) -> np.ndarray:
-        return ((x - self.band_low) / (self.band_high - self.band_low)).astype(np.float32)
-
-    def unbands(self, x: np.ndarray) -> np.ndarray:
-        return (x * (self.band_high - self.band_low) + self.band_low).astype(np.float32)
-
-    def weather(self, features: np.ndarray) -> np.ndarray:
-        return ((features - self.weather_mean) / self.weather_std).astype(np.float32)
-
-    def save(self, path: str) -> None:
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(self.stats, f, indent=2)
-        os.replace(tmp, path)
-
-    @classmethod
-    def load(cls, path: str) -> Normalisation:
-        with open(path) as f:
-            return cls(json.load(f))
-
-
-def compute_normalisation(source: CubeSource, max_cubes: int, percentiles) -> Normalisation:
-    """Band percentiles over clear pixels and weather-feature moments of up to `max_cubes`."""
-    picks = np.unique(np.linspace(0, len(source) - 1, min(max_cubes, len(source))).astype(int))
-    rng = np.random.default_rng(0)
-    pixels, weather = [], []
-    for i in picks:
-        raw = source.read_raw(int(i))
-        values = raw["frames"][raw["clear"]]  # [N, 4]
-        if len(values) > 20_000:
-            values = values[rng.choice(len(values), 20_000, replace=False)]
-        pixels.append(values)
-        weather.append(raw["weather"])
-    pixels = np.concatenate(pixels)
-    if len(pixels) == 0:
-        raise ValueError(f"No clear pixel in {len(picks)} training cubes: cannot normalise.")
-    low, high = np.percentile(pixels, percentiles, axis=0)
-    weather = np.concatenate(weather)
-    stats = {
-        "band_low": low.tolist(),
-        "band_high": np.maximum(high, low + 1e-3).tolist(),
-        "band_median": np.median(pixels, axis=0).tolist(),
-        "weather_mean": weather.mean(0).tolist(),
-        "weather_std": np.maximum(weather.std(0), 1e-3).tolist(),
-        "num_cubes": int(len(picks)),
-    }
-    return Normalisation(stats)
+Normalisation = data_normalisation.Normalisation
+compute_normalisation = data_normalisation.compute_normalisation
 
 
 # ----------------------------------------------------------------------------- source
+
+
+def read_window(
+    path: str,
+    config: ml_collections.ConfigDict,
+    start: int,
+    frame_days: np.ndarray,
+    context_only: bool = False,
+) -> dict[str, Any]:
+    """The checked, unnormalised arrays of the window starting on day `start` of one cube.
+
+    frame_days [30]: day (in the window) of each context and target frame. `context_only`
+    (predict) reads Sentinel-2 at the context frames only; the E-OBS weather of the forecast
+    period is read either way. Returns frames [F, H, W, 4] and clear [F, H, W] (F = 30, or 10
+    context-only), landcover codes [H, W], weather features [20, 3 V], all-NaN variable names,
+    the window's daily dates, the dates of the 30 frames and the lat / lon coordinates.
+    """
+    d = config.data
+    read = frame_days[: d.num_context] if context_only else frame_days
+    with open_cube(path, d.engine) as ds:
+        dims = check_cube(ds, path, config, context_only)
+        sel = ds.isel(time=start + read)
+        frames = {
+            name: np.asarray(data_checks.read_values(sel[name], path, name), np.float32)
+            for name in (*d.bands, *mask_variables(d.cloud_mask))
+        }
+        lc = data_checks.read_values(ds["esawc_lc"], path, "esawc_lc")
+        lat, lon = ds["lat"].values, ds["lon"].values
+        dates = pd.date_range(ds["time"].values[start], periods=d.cube_days, freq="D")
+        daily, all_nan = read_daily_weather(
+            ds,
+            path,
+            tuple(d.weather_variables),
+            slice(start, start + d.cube_days),
+            d.on_weather_nan,
+            dims,
+        )
+    bands = np.stack([frames[b] for b in d.bands], axis=-1)
+    named = dict(zip(synthetic.BANDS, [frames[b] for b in d.bands], strict=True))
+    clear = clear_mask({**frames, **named}, d.cloud_mask, tuple(d.scl_clear))
+    data_checks.check_reflectance(bands, clear, tuple(d.bands), path)
+    weather = data_features.weather_features(
+        daily,
+        window=d.climatology_window,
+        frame_days=frame_days[d.num_context :],
+        frame_stride=d.frame_stride,
+    )
+    return {
+        "path": path,
+        "frames": bands,
+        "clear": clear,
+        "landcover_codes": lc,
+        "weather": weather,
+        "weather_missing": all_nan,
+        "dates": dates,
+        "frame_dates": dates[frame_days],
+        "lat": lat,
+        "lon": lon,
+    }
+
+
+def model_inputs(
+    raw: dict[str, Any], norm: Normalisation, config: ml_collections.ConfigDict
+) -> dict[str, np.ndarray]:
+    """What the model reads of one window (context, landcover, weather, time features) and the
+    persistence frame `bap` [H, W, 4], normalised; `raw` from `read_window` (targets unused)."""
+    d = config.data
+    nc = d.num_context
+    frames = norm.bands(raw["frames"][:nc])
+    clear = raw["clear"][:nc]
+    # Pixels never clear take the cube's per-band median of clear context pixels, else the
+    # training median.
+    fallback = np.median(raw["frames"][:nc][clear], axis=0) if clear.any() else None
+    fallback = norm.band_median if fallback is None else fallback.astype(np.float32)
+    fallback = norm.bands(fallback)
+    if d.bap_fill:
+        context = data_features.best_available_pixel(frames, clear, fallback)
+    else:
+        context = np.where(clear[..., None], frames, fallback).astype(np.float32)
+    weather = np.array(raw["weather"])
+    for name in raw["weather_missing"]:  # all-NaN variable: training mean, anomaly 0
+        v = list(d.weather_variables).index(name)
+        weather[:, 3 * v : 3 * v + 3] = norm.weather_mean[3 * v : 3 * v + 3]
+    return {
+        "context": context,
+        "landcover": landcover_onehot(
+            raw["landcover_codes"],
+            tuple(d.landcover_classes),
+            tuple(tuple(a) for a in d.landcover_aliases),
+            raw["path"],
+        ),
+        "weather": norm.weather(weather),
+        **data_features.time_features(
+            raw["dates"], raw["frame_dates"][nc:], d.year_center, d.year_scale
+        ),
+        "bap": context[-1],
+    }
 
 
 class CubeSource:
@@ -288,43 +344,8 @@ class CubeSource:
 
     def read_raw(self, index: int) -> dict[str, Any]:
         """Unnormalised frames [30, H, W, 4], clear [30, H, W], weather [20, 21], static, dates."""
-        d = self.config.data
         path, start = self.items[index]
-        with open_cube(path, self.engine) as ds:
-            check_cube(ds, path, self.config)
-            frame_index = start + self.frame_days
-            sel = ds.isel(time=frame_index)
-            frames = {
-                name: np.asarray(sel[name].values, np.float32)
-                for name in (*d.bands, *mask_variables(d.cloud_mask))
-            }
-            lc = np.asarray(ds["esawc_lc"].values)
-            dates = pd.DatetimeIndex(ds["time"].values[start : start + d.cube_days])
-            daily, all_nan = read_daily_weather(
-                ds, path, tuple(d.weather_variables), slice(start, start + d.cube_days)
-            )
-        bands = np.stack([frames[b] for b in d.bands], axis=-1)
-        named = dict(zip(synthetic.BANDS, [frames[b] for b in d.bands], strict=True))
-        clear = clear_mask({**frames, **named}, d.cloud_mask, tuple(d.scl_clear))
-        if clear.any() and np.nanmax(bands[clear]) > MAX_REFLECTANCE:
-            raise CubeError(
-                f"{path}: variables {list(d.bands)} reach {np.nanmax(bands[clear]):.1f} on clear "
-                f"pixels; expected reflectance on a 0..1 scale (not 0..10000 digital numbers)."
-            )
-        target_days = self.frame_days[d.num_context :]
-        weather = data_features.weather_features(
-            daily, window=d.climatology_window, frame_days=target_days, frame_stride=d.frame_stride
-        )
-        return {
-            "path": path,
-            "frames": bands,
-            "clear": clear,
-            "landcover_codes": lc,
-            "weather": weather,
-            "weather_missing": all_nan,
-            "dates": dates,
-            "frame_dates": dates[self.frame_days],
-        }
+        return read_window(path, self.config, start, self.frame_days)
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
         index = int(index)
@@ -334,50 +355,16 @@ class CubeSource:
             raise ValueError("CubeSource needs a Normalisation to build records.")
         d = self.config.data
         raw = self.read_raw(index)
-        norm = self.norm
-        frames = norm.bands(raw["frames"])
-        clear = raw["clear"]
-        nc = d.num_context
-        fallback = norm.bands(self._fallback(raw))
-        if d.bap_fill:
-            context = data_features.best_available_pixel(frames[:nc], clear[:nc], fallback)
-        else:
-            context = np.where(clear[:nc, ..., None], frames[:nc], fallback).astype(np.float32)
-        bap = context[-1]
-        target_clear = clear[nc:]
-        delta = np.where(target_clear[..., None], frames[nc:] - bap[None], 0.0)
-        weather = raw["weather"]
-        for name in raw["weather_missing"]:  # all-NaN variable: training mean, anomaly 0
-            v = list(d.weather_variables).index(name)
-            weather[:, 3 * v : 3 * v + 3] = norm.weather_mean[3 * v : 3 * v + 3]
-        record = {
-            "context": context,
-            "landcover": landcover_onehot(
-                raw["landcover_codes"],
-                tuple(d.landcover_classes),
-                tuple(tuple(a) for a in d.landcover_aliases),
-                raw["path"],
-            ),
-            "weather": norm.weather(weather),
-            **data_features.time_features(
-                raw["dates"], raw["frame_dates"][nc:], d.year_center, d.year_scale
-            ),
-            "target_mask": target_clear.astype(np.float32),
-            "target_delta": delta.astype(np.float32),
-            "bap": bap,
-            "index": np.int32(index),
-        }
+        record = model_inputs(raw, self.norm, self.config)
+        frames = self.norm.bands(raw["frames"][d.num_context :])
+        target_clear = raw["clear"][d.num_context :]
+        delta = np.where(target_clear[..., None], frames - record["bap"][None], 0.0)
+        record["target_mask"] = target_clear.astype(np.float32)
+        record["target_delta"] = delta.astype(np.float32)
+        record["index"] = np.int32(index)
         if d.cache_records:
             self._cache[index] = record
         return record
-
-    def _fallback(self, raw: dict[str, Any]) -> np.ndarray:
-        """Per-band median of the cube's clear context pixels, else the training median."""
-        context = raw["frames"][: self.config.data.num_context]
-        clear = raw["clear"][: self.config.data.num_context]
-        if clear.any():
-            return np.median(context[clear], axis=0).astype(np.float32)
-        return self.norm.band_median
 
 
 def data_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
@@ -395,6 +382,9 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> str:
     root = data_dir(config, workdir)
     d = config.data
     if d.synthetic:
+        # Only into a folder that is missing, empty or already jaxlab's (a user's track folders
+        # are refused with one error, untouched).
+        root = ownership.claim_synthetic_dir(root)
         synthetic.write_dataset(
             root,
             cubes=tuple((str(t), int(n)) for t, n in d.synthetic_cubes),

@@ -86,3 +86,48 @@ def delta_amplitude(true_amp: np.ndarray, pred_amp: np.ndarray, path: str) -> No
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def forecast_strips(
+    last_refl: np.ndarray,
+    last_date,
+    refl: np.ndarray,
+    ndvi: np.ndarray,
+    dates,
+    path: str,
+    title: str,
+) -> None:
+    """One cube's forecast: RGB and NDVI strips over the target dates, with colorbars.
+
+    last_refl [H, W, 4]: the last best-available-pixel context frame (first column, for
+    reference), refl [T, H, W, 4] and ndvi [T, H, W]: the forecast on `dates` [T].
+    """
+    frames = refl.shape[0]
+    last_ndvi = (last_refl[..., 3] - last_refl[..., 2]) / (last_refl[..., 3] + last_refl[..., 2])
+    columns = [(f"context\n{_day(last_date)}", last_refl, last_ndvi)]
+    columns += [(_day(d), refl[t], ndvi[t]) for t, d in enumerate(dates)]
+    fig, axes = plt.subplots(2, frames + 1, figsize=(1.0 * (frames + 1) + 1.2, 2.6), squeeze=False)
+    for c, (label, frame_refl, frame_ndvi) in enumerate(columns):
+        axes[0, c].imshow(rgb(frame_refl))
+        ndvi_image = axes[1, c].imshow(frame_ndvi, cmap="YlGn", vmin=-0.2, vmax=1.0)
+        axes[0, c].set_title(label, fontsize=5)
+        for ax in axes[:, c]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    axes[0, 0].set_ylabel("RGB", fontsize=6)
+    axes[1, 0].set_ylabel("NDVI", fontsize=6)
+    # RGB = 3.5 x reflectance of B04 / B03 / B02, clipped: each channel's scale in reflectance.
+    stretch = matplotlib.cm.ScalarMappable(matplotlib.colors.Normalize(0, 1 / 3.5), "gray")
+    rgb_bar = fig.colorbar(stretch, ax=axes[0, :].tolist(), fraction=0.01, pad=0.01)
+    rgb_bar.set_label("reflectance", fontsize=5)
+    ndvi_bar = fig.colorbar(ndvi_image, ax=axes[1, :].tolist(), fraction=0.01, pad=0.01)
+    ndvi_bar.set_label("NDVI", fontsize=5)
+    for bar in (rgb_bar, ndvi_bar):
+        bar.ax.tick_params(labelsize=5)
+    fig.suptitle(title, fontsize=7)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _day(date) -> str:
+    return f"{np.datetime64(date, 'D')}"

@@ -1,6 +1,6 @@
 """Writes synthetic GreenEarthNet minicubes: `<root>/<track>/<region>/<cubename>.nc`.
 
-Each cube has the real layout (FORMATS.md): dims time (150 daily), lat, lon; coords
+Each cube has the real layout (docs/data.md): dims time (150 daily), lat, lon; coords
 latitude_eobs / longitude_eobs; Sentinel-2 bands, masks and `s2_avail`; static land cover and
 DEMs with `geom_cls`; all eight E-OBS variables on time. Written with the h5netcdf engine, so the
 reader that passes here is the reader run on the download.
