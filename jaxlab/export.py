@@ -10,8 +10,10 @@ A bundle is a directory a colleague or a server can use without the training wor
       model_card.md        the same facts for a person
 
 No optimizer state. A task's `steps.py` may define `inference_params(state) -> params` (default:
-`state.params`). `load_model(path)` accepts a bundle or a training workdir, so `predict` and
-`evaluate` can take either; both give bitwise the same parameters.
+`state.params`) and `bundle_files(config, workdir) -> {name: path}`: files inference needs besides
+the parameters (normalisation statistics, ...), copied into the bundle under `name`.
+`load_model(path)` accepts a bundle or a training workdir, so `predict` and `evaluate` can take
+either; both give bitwise the same parameters.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import datetime
 import importlib.metadata
 import json
 import os
+import shutil
 import subprocess
 from collections.abc import Callable
 from typing import Any
@@ -133,6 +136,11 @@ def export_bundle(
     )
     with open(os.path.join(out, CONFIG_FILE), "w") as f:
         f.write(config.to_json_best_effort(indent=2))
+    extra_files = getattr(steps, "bundle_files", lambda config, workdir: {})(config, workdir)
+    for name, path in extra_files.items():
+        if os.path.basename(name) != name or name in (PARAMS_FILE, CONFIG_FILE, INFO_FILE):
+            raise ValueError(f"{config.task}.steps.bundle_files: bad bundle file name {name!r}.")
+        shutil.copyfile(path, os.path.join(out, name))
     info = {
         "format": BUNDLE_FORMAT,
         "task": config.task,
@@ -144,6 +152,7 @@ def export_bundle(
         "versions": package_versions(),
         "exported_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "source_workdir": os.path.abspath(workdir),
+        "files": sorted(extra_files),
     }
     with open(os.path.join(out, INFO_FILE), "w") as f:
         json.dump(info, f, indent=2)

@@ -24,6 +24,11 @@ Variants:
   vit_b16_multiview_bf16   paper with bfloat16 compute (params and optimizer stay float32)
   vit_b16_single           one view (`--config.data.view=1.0` picks it), a linear head
   cnn_baseline             Bahaadini et al.'s CNN on the four views merged 2 x 2 (112 px each)
+Predict (a workdir or an exported bundle; PNG folders, one glitch's four PNGs, or an h5):
+  jaxlab predict --model=runs/glitch/bundle --input=DIR_OR_H5 --out=preds [plots=true]
+writes preds/predictions.csv (id, top-3 classes and probabilities, view weights) and, with
+plots=true, preds/plots/<id>.png; see jaxlab/glitch/README.md.
+
 Keys worth varying: data.dir, data.format=png with data.png_crop (the tarball), model.pretrained
 (a timm ViT .safetensors), model.dtype=bfloat16, data.use_class_weights, loss.name=focal,
 data.augment_max_shift, train.patience (0 never stops). Training counts epochs: num_steps =
@@ -39,6 +44,34 @@ import ml_collections
 from jaxlab.configs import common
 
 DURATIONS = ("0.5", "1.0", "2.0", "4.0")
+# The 22 classes of the Gravity Spy training set v1d1 (its h5's top-level groups), sorted: the
+# label set a model is trained with and predicts; class index i is CLASSES[i].
+CLASSES = (
+    "1080Lines",
+    "1400Ripples",
+    "Air_Compressor",
+    "Blip",
+    "Chirp",
+    "Extremely_Loud",
+    "Helix",
+    "Koi_Fish",
+    "Light_Modulation",
+    "Low_Frequency_Burst",
+    "Low_Frequency_Lines",
+    "No_Glitch",
+    "None_of_the_Above",
+    "Paired_Doves",
+    "Power_Line",
+    "Repeating_Blips",
+    "Scattered_Light",
+    "Scratchy",
+    "Tomte",
+    "Violin_Mode",
+    "Wandering_Line",
+    "Whistle",
+)
+# Plot-area margins (left, top, right, bottom) of the synthetic PNGs (synthetic.PNG_MARGINS).
+SYNTHETIC_PNG_MARGINS = (60, 30, 20, 45)
 VARIANTS = (
     "demo",
     "tiny",
@@ -82,6 +115,9 @@ def paper() -> ml_collections.ConfigDict:
     d.dir = ""  # defaults to <workdir>/data
     d.synthetic = False  # write the synthetic dataset into data.dir first when missing
     d.format = "h5"  # "h5" (trainingsetv1d1.h5) or "png" (the unpacked tarball)
+    # The label set, in class-index order; the model's outputs and predict's class names. A label
+    # in the data that is not here is an error (never a new class).
+    d.classes = CLASSES
     d.h5_name = "trainingsetv1d1.h5"
     d.metadata_name = "trainingset_v1d1_metadata.csv"  # optional; "" to ignore
     d.png_dir = "png"  # the PNG tree, relative to data.dir
@@ -165,6 +201,7 @@ def demo() -> ml_collections.ConfigDict:
     d.synthetic = True
     d.cache = True
     d.synthetic_image_shape = (70, 85)  # half the published size: a ~70 MB h5
+    d.png_crop = synthetic_png_crop(d.synthetic_image_shape)
     d.image_size = 32
     m.vit_size = ""
     m.patch_size = 8
@@ -191,6 +228,7 @@ def tiny() -> ml_collections.ConfigDict:
     d.synthetic_imbalance_power = 0.3
     d.synthetic_image_shape = (28, 34)
     d.synthetic_png_per_split = 1
+    d.png_crop = synthetic_png_crop(d.synthetic_image_shape)
     m.dim = 32
     m.depth = 1
     m.head_hidden = 32
@@ -200,3 +238,9 @@ def tiny() -> ml_collections.ConfigDict:
     t.log_every = 4
     config.eval.global_batch_size = 32
     return config
+
+
+def synthetic_png_crop(image_shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    """PIL box of the plot area of the synthetic PNGs of [H, W] views (their spectrogram)."""
+    left, top = SYNTHETIC_PNG_MARGINS[:2]
+    return (left, top, left + image_shape[1], top + image_shape[0])

@@ -18,10 +18,7 @@ ImageNet-pretrained (timm) weights apply unchanged.
 
 from __future__ import annotations
 
-import collections
-import csv
 import os
-import re
 from collections.abc import Sequence
 
 import h5py
@@ -30,11 +27,20 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
+from jaxlab.data import ownership
 from jaxlab.glitch import synthetic
+from jaxlab.glitch.data_index import (  # noqa: F401  (read_metadata: part of this reader's API)
+    PNG_PATTERN,
+    check_metadata,
+    check_view_layout,
+    index_h5,
+    index_png_tree,
+    label_set,
+    read_metadata,
+)
 
 DURATIONS = synthetic.DURATIONS
 SPLITS = synthetic.SPLITS
-PNG_PATTERN = re.compile(r"^(?P<ifo>[A-Za-z0-9]+)_(?P<id>.+)_spectrogram_(?P<dur>[0-9.]+)\.png$")
 
 
 def to_unit_range(array: np.ndarray, where: str) -> np.ndarray:
@@ -96,11 +102,29 @@ def make_record(source, i: int) -> dict[str, np.ndarray]:
     }
 
 
+def png_to_gray(png: Image.Image, path: str) -> np.ndarray:
+    """A Gravity Spy PNG (RGB plot, or already gray) -> [H, W] float32 gray in [0, 1], with the
+    conversion Gravity Spy's h5 was made with (skimage rgb2gray weights)."""
+    if png.mode in ("L", "I;16", "I", "F"):
+        return to_unit_range(np.asarray(png), path)
+    if png.mode not in ("RGB", "RGBA", "P", "LA"):
+        raise ValueError(f"{path}: PNG mode {png.mode!r}; expected an RGB or grayscale image.")
+    return synthetic.rgb_to_gray(np.asarray(png.convert("RGB")))
+
+
 class GravitySpyH5:
     """Random-access records of one split of `trainingsetv1d1.h5`; opened lazily per process.
 
+    Args:
+      classes: the label set (config.data.classes); a label group not in it is an error. None:
+        the file's groups, sorted.
+
+    Raises ValueError (naming the file and the group) for an unknown label, a gravityspy id in
+    two splits (a leak) or under two labels, a view with wrong dims or a non-numeric dtype, or
+    an unreadable (truncated) file.
+
     Attributes:
-      classes: label names, sorted, from the file's top-level groups.
+      classes: label names in class-index order.
       ids: [N] gravityspy ids (str); labels: [N] int32 class indices (record i is sample
         ids[i] of class labels[i]).
     """
@@ -111,6 +135,7 @@ class GravitySpyH5:
         split: str,
         *,
         image_size: int,
+        classes: Sequence[str] | None = None,
         multi_view: bool = True,
         view: str = "1.0",
         durations: Sequence[str] = DURATIONS,
@@ -135,26 +160,24 @@ class GravitySpyH5:
         except OSError as e:
             raise ValueError(f"{path}: not a readable HDF5 file ({e}).") from e
         with f:
-            self.classes = sorted(f.keys())
-            ids, labels, seen_splits = [], [], set()
-            for label_index, label in enumerate(self.classes):
-                group = f[label]
-                if not isinstance(group, h5py.Group):
-                    raise ValueError(f"{path}: /{label} is not a group; expected h5[label][split].")
-                seen_splits.update(group.keys())
-                if split not in group:
-                    continue
-                for gid in sorted(group[split].keys()):
-                    ids.append(gid)
-                    labels.append(label_index)
-            if not ids:
+            try:
+                self.classes = label_set(sorted(f.keys()), classes, path, "label group")
+                by_split = index_h5(f, path, self.classes)
+                samples = by_split.get(split, [])
+                if not samples:
+                    raise ValueError(
+                        f"{path}: no samples of split {split!r} (h5[label][{split!r}] missing "
+                        f"for every label); splits in the file: {sorted(by_split)}."
+                    )
+                self.ids = np.asarray([gid for gid, _ in samples])
+                self.labels = np.asarray([label for _, label in samples], np.int32)
+                for i in range(len(self.ids)):
+                    self._check_views(f, i)
+            except (OSError, RuntimeError, KeyError) as e:  # h5py's errors name no file
                 raise ValueError(
-                    f"{path}: no samples of split {split!r} (h5[label][{split!r}] missing for "
-                    f"every label); splits in the file: {sorted(seen_splits)}."
-                )
-            self.ids = np.asarray(ids)
-            self.labels = np.asarray(labels, np.int32)
-            self._check_views(f, 0)
+                    f"{path}: unreadable HDF5 structure, the file may be truncated or corrupt "
+                    f"({type(e).__name__}: {e})."
+                ) from e
         missing = [c for c in range(len(self.classes)) if not np.any(self.labels == c)]
         if missing:
             logging.warning(
@@ -168,6 +191,8 @@ class GravitySpyH5:
         return f"/{self.classes[self.labels[i]]}/{self.split}/{self.ids[i]}"
 
     def _check_views(self, f: h5py.File, i: int) -> None:
+        """Each view of record i exists with an image's dims and a numeric dtype (metadata only;
+        values are checked when read)."""
         sample = f[self._sample_path(i)]
         for dur in self.durations:
             if f"{dur}.png" not in sample:
@@ -175,6 +200,9 @@ class GravitySpyH5:
                     f"{self.path}: {self._sample_path(i)} has no dataset '{dur}.png'; "
                     f"found {sorted(sample.keys())}, expected one per duration {self.durations}."
                 )
+            check_view_layout(
+                sample[f"{dur}.png"], f"{self.path}: {self._sample_path(i)}/{dur}.png"
+            )
 
     def __getstate__(self):  # an open h5py handle must not travel to another process
         cache = None if self._cache is None else {}
@@ -217,8 +245,12 @@ class GravitySpyH5:
 class GravitySpyPngTree:
     """Random-access records of one split of the tarball's PNG tree (same record layout).
 
+    Raises ValueError for a label folder not in `classes`, an id in two splits (a leak) or two
+    labels, or missing durations.
+
     Args:
       root: directory holding `<label>/<sample_type>/<ifo>_<id>_spectrogram_<dur>.png`.
+      classes: the label set (config.data.classes); None: the folders, sorted.
       crop: PIL box (left, top, right, bottom) of the plot area inside each PNG, or None.
     """
 
@@ -228,6 +260,7 @@ class GravitySpyPngTree:
         split: str,
         *,
         image_size: int,
+        classes: Sequence[str] | None = None,
         multi_view: bool = True,
         view: str = "1.0",
         durations: Sequence[str] = DURATIONS,
@@ -243,17 +276,9 @@ class GravitySpyPngTree:
         self.durations = tuple(durations) if multi_view else (view,)
         self.crop = tuple(int(c) for c in crop) if crop else None
         self._cache: dict[int, np.ndarray] | None = {} if cache else None
-        self.classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
-        files: dict[tuple[int, str], dict[str, str]] = collections.defaultdict(dict)
-        for label_index, label in enumerate(self.classes):
-            directory = os.path.join(root, label, split)
-            if not os.path.isdir(directory):
-                continue
-            for name in sorted(os.listdir(directory)):
-                match = PNG_PATTERN.match(name)
-                if match:
-                    key = (label_index, f"{match['ifo']}_{match['id']}")
-                    files[key][match["dur"]] = os.path.join(directory, name)
+        folders = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+        self.classes = label_set(folders, classes, root, "label folder")
+        files = index_png_tree(root, split, self.classes)
         if not files:
             raise ValueError(
                 f"{root}: no '<label>/{split}/<ifo>_<id>_spectrogram_<dur>.png' files for split "
@@ -285,44 +310,11 @@ class GravitySpyPngTree:
                             f"{png.height} image; set config.data.png_crop to the plot area."
                         )
                     png = png.crop(self.crop)
-                views.append(np.asarray(png.convert("L"), np.float32) / 255.0)
+                views.append(png_to_gray(png, path))
         return views
 
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
         return make_record(self, int(i))
-
-
-METADATA_REQUIRED = ("gravityspy_id", "label", "sample_type", "ifo")
-
-
-def read_metadata(path: str) -> dict[str, dict[str, str]]:
-    """`trainingset_v1d1_metadata.csv` -> {gravityspy_id: row}; checks the needed columns."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no such file (the metadata CSV).")
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in METADATA_REQUIRED if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ValueError(f"{path}: missing columns {missing}; found {reader.fieldnames}.")
-        return {row["gravityspy_id"]: row for row in reader}
-
-
-def check_metadata(source, metadata: dict[str, dict[str, str]], path: str) -> None:
-    """Warns when the CSV disagrees with the images' labels (it never overrides them)."""
-    disagree = [
-        gid
-        for gid, label in zip(source.ids, source.labels, strict=True)
-        if gid in metadata and metadata[gid]["label"] != source.classes[label]
-    ]
-    absent = sum(gid not in metadata for gid in source.ids)
-    if disagree or absent:
-        logging.warning(
-            "%s: %d ids of split %r have another label in the CSV, %d are not in it.",
-            path,
-            len(disagree),
-            source.split,
-            absent,
-        )
 
 
 def shift_augment(max_shift: int):
@@ -352,10 +344,16 @@ def class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
 
 
 def prepare(config: ml_collections.ConfigDict, workdir: str) -> str:
-    """The data directory, after writing the synthetic dataset there when configured."""
+    """The data directory, after writing the synthetic dataset there when configured.
+
+    Synthetic data goes only into a folder that is missing, empty or already carries jaxlab's
+    synthetic marker (`jaxlab.data.ownership`); a user's folder raises `DataDirError` unchanged.
+    """
     dc = config.data
     data_dir = dc.dir or os.path.join(workdir, "data")
     if dc.synthetic:
+        # Refuses (one error, nothing written) a folder holding files jaxlab did not write.
+        data_dir = ownership.claim_synthetic_dir(data_dir)
         synthetic.write_dataset(
             data_dir,
             samples_per_class=dc.synthetic_samples_per_class,
@@ -373,6 +371,7 @@ def load(config: ml_collections.ConfigDict, data_dir: str, split: str):
     dc = config.data
     common = {
         "image_size": dc.image_size,
+        "classes": tuple(dc.classes),
         "multi_view": dc.multi_view,
         "view": dc.view,
         "durations": tuple(dc.durations),
@@ -389,5 +388,6 @@ def load(config: ml_collections.ConfigDict, data_dir: str, split: str):
         raise ValueError(f"config.data.format = {dc.format!r}; expected 'h5' or 'png'.")
     metadata_path = os.path.join(data_dir, dc.metadata_name)
     if dc.metadata_name and os.path.exists(metadata_path):
-        check_metadata(source, read_metadata(metadata_path), metadata_path)
+        metadata = read_metadata(metadata_path, tuple(dc.classes))
+        check_metadata(source, metadata, metadata_path)
     return source

@@ -73,3 +73,31 @@ def view_importance(
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def prediction(
+    views: Sequence[np.ndarray],
+    durations: Sequence[str],
+    weights: np.ndarray,
+    top: Sequence[tuple[str, float]],
+    title: str,
+    path: str,
+) -> None:
+    """One sample: its views ([H, W] gray, as the model saw them, resized) side by side, then a
+    bar chart of the fusion weight of each view, with the top classes and probabilities."""
+    n = len(views)
+    fig, axes = plt.subplots(1, n + 1, figsize=(2.6 * n + 3.2, 3.2))
+    for ax, view, dur in zip(axes[:n], views, durations, strict=True):
+        ax.imshow(view, cmap="viridis", vmin=0, vmax=1, aspect="auto")
+        ax.set(title=f"{dur} s", xticks=[], yticks=[])
+    axes[0].set_ylabel("frequency (log, high at top)")
+    bars = axes[n]
+    bars.bar(range(n), weights, color="tab:blue")
+    bars.set_xticks(range(n), [f"{d} s" for d in durations])
+    bars.set(ylim=(0, 1), ylabel="fusion weight", title="view weights")
+    text = "\n".join(f"{name}: {prob:.3f}" for name, prob in top)
+    bars.text(0.98, 0.97, text, transform=bars.transAxes, ha="right", va="top", fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -25,10 +25,9 @@ import optax
 from jaxlab.core import mesh as mesh_lib
 from jaxlab.core import optim, rng, run
 from jaxlab.core import state as state_lib
-from jaxlab.glitch import losses, metrics, synthetic, timm_import
+from jaxlab.glitch import losses, metrics, timm_import
 from jaxlab.glitch import model as model_lib
 
-NUM_CLASSES = len(synthetic.REAL_COUNTS)  # the 22 Gravity Spy classes
 # Steps of one epoch when no training set is given (benchmark, evaluation): the schedule does
 # not change the state's structure, only the learning rate of each step.
 NOMINAL_STEPS_PER_EPOCH = 100
@@ -130,7 +129,7 @@ def build(
     mesh: jax.sharding.Mesh,
     *,
     num_train: int | None = None,
-    num_classes: int = NUM_CLASSES,
+    num_classes: int | None = None,
     class_weights: np.ndarray | None = None,
 ) -> Parts:
     """Model, optimizer, sharded abstract state and jitted steps for `config` on `mesh`.
@@ -138,10 +137,13 @@ def build(
     Args:
       num_train: training-set size, which sets the epoch length and so the schedule; None
         (benchmark, evaluation) takes a nominal epoch of NOMINAL_STEPS_PER_EPOCH steps.
-      num_classes: classes of the dataset (its h5 groups).
+      num_classes: classes of the dataset; None takes `len(config.data.classes)`, the label set
+        the model is trained with (recorded in its config and bundle).
       class_weights: [C] loss weights by class, or None for an unweighted mean.
     """
     num_steps, steps_per_epoch, optim_config = schedule(config, num_train)
+    if num_classes is None:
+        num_classes = len(config.data.classes)
     model = model_lib.make_model(config, num_classes)
     tx = optim.make_optimizer(optim_config, num_steps)
     init_fn = functools.partial(

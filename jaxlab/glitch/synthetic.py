@@ -9,6 +9,11 @@ Files (the names of the Zenodo "Gravity Spy training set" v1d1 record):
     png/<label>/<sample_type>/<ifo>_<gravityspy_id>_spectrogram_<dur>.png   (optional, a few)
                                     RGB viridis plots with an axes frame, like the tarball
 
+The h5 arrays are what Gravity Spy's own reader makes of the PNGs (skimage `rgb2gray` of the
+plot area: 0.2125 R + 0.7154 G + 0.0721 B of the 8-bit RGB, in [0, 1]): each view is rendered as
+an intensity, coloured with viridis to 8-bit RGB (the PNG's plot area) and that RGB converted
+to gray (the h5 dataset), so the two readers give the same arrays.
+
 Each glitch is one physical event drawn once and rendered in the four time windows
 (0.5, 1.0, 2.0 and 4.0 s, centred on the glitch) on a log-frequency axis, so the classes differ
 across time scales as real ones do: a Blip is a thin vertical line at 0.5 s and a dot at 4 s, the
@@ -29,6 +34,8 @@ import string
 import h5py
 import numpy as np
 from PIL import Image
+
+from jaxlab.data import ownership
 
 H5_NAME = "trainingsetv1d1.h5"
 METADATA_NAME = "trainingset_v1d1_metadata.csv"
@@ -85,6 +92,9 @@ METADATA_COLUMNS = (
     "url3",
     "url4",
 )
+
+# Gray = RGB @ these (skimage.color.rgb2gray, which Gravity Spy's image reader uses).
+GRAY_WEIGHTS = (0.2125, 0.7154, 0.0721)
 
 BACKGROUND = 0.12
 NOISE_STD = 0.05
@@ -220,6 +230,22 @@ def spectrograms(
     return images
 
 
+def to_rgb(intensity: np.ndarray) -> np.ndarray:
+    """[H, W] intensity in [0, 1] -> [H, W, 3] uint8 viridis colours (the PNG's plot area)."""
+    from matplotlib import colormaps
+
+    return np.round(colormaps["viridis"](intensity)[..., :3] * 255).astype(np.uint8)
+
+
+def rgb_to_gray(rgb: np.ndarray) -> np.ndarray:
+    """[H, W, 3] uint8 -> [H, W] float32 gray in [0, 1] (skimage's rgb2gray weights).
+
+    The one conversion both the synthetic writer (for the h5) and the PNG reader use.
+    """
+    weights = np.asarray(GRAY_WEIGHTS, np.float32)
+    return (rgb[..., :3].astype(np.float32) / np.float32(255.0)) @ weights
+
+
 def class_sizes(
     samples_per_class: int, imbalance_power: float, min_per_class: int
 ) -> dict[str, int]:
@@ -292,6 +318,10 @@ def write_dataset(
       png_per_split: also write this many glitches per class and split as a PNG tree under
         `directory/png` (0 = none).
 
+    The caller claims `directory` first (`ownership.claim_synthetic_dir`); every file written
+    here is checked with `ownership.check_not_overwriting`, so a file jaxlab did not write is never
+    replaced.
+
     Returns:
       The path of the h5 file.
     """
@@ -299,6 +329,8 @@ def write_dataset(
     path = os.path.join(directory, H5_NAME)
     if os.path.exists(path):
         return path
+    csv_path = ownership.check_not_overwriting(os.path.join(directory, METADATA_NAME))
+    ownership.check_not_overwriting(path)
     rng = np.random.default_rng(seed)
     sizes = class_sizes(samples_per_class, imbalance_power, min_per_class)
     rows = []
@@ -310,24 +342,30 @@ def write_dataset(
                 group = f.create_group(f"{label}/{split}")
                 for i in range(count):
                     gid = _gravityspy_id(rng)
-                    images = spectrograms(label, rng, image_shape)
+                    colours = {
+                        dur: to_rgb(image)
+                        for dur, image in spectrograms(label, rng, image_shape).items()
+                    }
                     sample = group.create_group(gid)
-                    for dur, image in images.items():
+                    for dur, rgb in colours.items():
                         sample.create_dataset(
-                            f"{dur}.png", data=image[None], compression="gzip", shuffle=True
+                            f"{dur}.png",
+                            data=rgb_to_gray(rgb)[None],
+                            compression="gzip",
+                            shuffle=True,
                         )
                     row = _metadata_row(label, split, gid, rng)
                     rows.append(row)
                     if i < png_per_split:
                         write_png_sample(
-                            os.path.join(directory, "png"), label, split, row["ifo"], gid, images
+                            os.path.join(directory, "png"), label, split, row["ifo"], gid, colours
                         )
     csv_tmp = os.path.join(directory, f"{METADATA_NAME}.{os.getpid()}.tmp")
     with open(csv_tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=METADATA_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(csv_tmp, os.path.join(directory, METADATA_NAME))
+    os.replace(csv_tmp, csv_path)
     os.replace(tmp, path)
     return path
 
@@ -341,27 +379,30 @@ def png_name(ifo: str, gid: str, dur: str) -> str:
 
 
 def write_png_sample(
-    root: str, label: str, split: str, ifo: str, gid: str, images: dict[str, np.ndarray]
+    root: str, label: str, split: str, ifo: str, gid: str, colours: dict[str, np.ndarray]
 ) -> None:
-    """Writes the four views as viridis RGB PNGs with white margins and a black axes frame.
+    """Writes the four views (`colours`: duration -> [H, W, 3] uint8, see `to_rgb`) as RGB PNGs
+    with white margins and a black axes frame.
 
     The plot area (the spectrogram) is at PIL box (left, top, left + W, top + H) with
-    (left, top) = PNG_MARGINS[:2]; the frame is drawn one pixel outside it.
+    (left, top) = PNG_MARGINS[:2] (`png_plot_box`); the frame is drawn one pixel outside it.
     """
-    from matplotlib import colormaps
-
-    viridis = colormaps["viridis"]
     left, top, right, bottom = PNG_MARGINS
     directory = os.path.join(root, label, split)
     os.makedirs(directory, exist_ok=True)
-    for dur, image in images.items():
-        height, width = image.shape
+    for dur, rgb in colours.items():
+        height, width = rgb.shape[:2]
         canvas = np.full((top + height + bottom, left + width + right, 3), 255, np.uint8)
         canvas[top - 1 : top + height + 1, left - 1 : left + width + 1] = 0  # the frame
-        canvas[top : top + height, left : left + width] = np.round(
-            viridis(image)[..., :3] * 255
-        ).astype(np.uint8)
+        canvas[top : top + height, left : left + width] = rgb
         for k in range(5):  # tick marks on the time axis
             x = left + k * (width - 1) // 4
             canvas[top + height + 1 : top + height + 6, x] = 0
-        Image.fromarray(canvas).save(os.path.join(directory, png_name(ifo, gid, dur)))
+        path = ownership.check_not_overwriting(os.path.join(directory, png_name(ifo, gid, dur)))
+        Image.fromarray(canvas).save(path)
+
+
+def png_plot_box(image_shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    """PIL box (left, top, right, bottom) of the plot area of a synthetic PNG of [H, W] views."""
+    left, top = PNG_MARGINS[:2]
+    return (left, top, left + image_shape[1], top + image_shape[0])

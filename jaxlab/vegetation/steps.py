@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -153,3 +154,10 @@ def benchmark_setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
     state = jax.jit(parts.init_fn, out_shardings=parts.shardings)(rng.stream(config.seed, "init"))
     batch = random_batch(config, config.train.global_batch_size)
     return parts.train_step, state, mesh_lib.global_batch(batch, mesh), {}
+
+
+def bundle_files(config: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
+    """Files an exported bundle carries besides the parameters: the training normalisation."""
+    del config
+    path = os.path.join(workdir, "normalisation.json")
+    return {"normalisation.json": path} if os.path.exists(path) else {}

@@ -304,3 +304,17 @@ def test_timm_import_refuses_channels_first_template_naming_the_layout():
     template = timm_import.encoder_template(encoder, (1, 224, 224, 3))
     assert _count(template) == VIT_B16_ENCODER_PARAMS
     assert template["pos_embed"].shape == (1, 197, 768)
+
+
+def test_gelu_exact_is_erf_gelu_and_its_gradient():
+    """The erf form (cheaper on XLA CPU than jax.nn.gelu's erfc) is still exact GELU: values
+    against scipy's erf in float64, the gradient against Phi(x) + x phi(x), and jax.nn.gelu."""
+    x = np.linspace(-8.0, 8.0, 4001).astype(np.float32)
+    x64 = x.astype(np.float64)
+    expected = 0.5 * x64 * (1 + erf(x64 / np.sqrt(2)))
+    got = jax.jit(model_lib.gelu_exact)(x)
+    np.testing.assert_allclose(got, expected, atol=2e-6, rtol=1e-6)
+    np.testing.assert_allclose(got, jax.nn.gelu(x, approximate=False), atol=2e-6)
+    grad = jax.jit(jax.vmap(jax.grad(model_lib.gelu_exact)))(x)
+    cdf, pdf = 0.5 * (1 + erf(x64 / np.sqrt(2))), np.exp(-(x64**2) / 2) / np.sqrt(2 * np.pi)
+    np.testing.assert_allclose(grad, cdf + x64 * pdf, atol=2e-6, rtol=1e-5)
