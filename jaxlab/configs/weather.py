@@ -4,30 +4,24 @@ Run (demo: synthetic GRIB2 -> Zarr -> train -> ensemble evaluation, CPU):
   python scripts/train.py --config=weather:demo --workdir=runs/weather
   python scripts/evaluate.py --config=weather:demo --workdir=runs/weather
 
-Real data (see jaxlab/weather/README.md):
-  python scripts/prepare_weather.py --grib_dir=/data/hrrr --store=/data/hrrr.zarr
-  python scripts/train.py --config=weather:unet_cropped --workdir=runs/hrrr \
-      --config.data.dir=/data --config.data.synthetic=False
-
 Expect (demo, 8 members, DPM-Solver++ 15 steps, 3 hourly lead steps, 8 held-out cases): ensemble
-CRPS averaged over the 7 variables and 3 leads in standardised units `crps` 0.32 against
+CRPS averaged over the 7 variables and 3 leads in standardised units `crps` about 0.32 against
 persistence `persistence_crps` 0.38 and a per-gridpoint Gaussian climatology 0.47; spread/skill
-0.81 (1.05 at 1 h). DEF sweep at 1 h (`def_*/level<L>`): CRPS 0.264 / 0.251 / 0.224 and
-spread/skill 0.07 / 0.18 / 0.57 at levels 100 / 500 / 900, against direct sampling's CRPS 0.192
-and spread/skill 1.05 (measured; jaxlab/weather/README.md has the per-lead numbers). Training
-takes 900 s on a heavily shared 2-core CPU (a few minutes idle), evaluation about 80 s plus about
-60 s per DEF level.
+about 0.8 (about 1 at 1 h). DEF at 1 h (`def_crps/level<L>`) stays worse than direct sampling and
+under-dispersive (jaxlab/weather/README.md has the per-lead and per-level numbers). Training takes
+about 15 min on a shared 2-core CPU, evaluation a few minutes.
 
-Variants: demo (`minimal_unet`, 84,839 params), tiny (tests), fullres_minimal (the seed's
-network layer for layer, `seed_minimal_unet`: 82,119 params = the seed's 81,111 + the first
-conv's 1,008 condition weights; 1059 x 1799, cosine, 1000 steps, batch 1 with gradient
-accumulation 8, lr 2e-4), unet_cropped (standard U-Net on 256 x 256 crops).
-
-Benchmark (fullres_minimal at 1059 x 1799, batch 1, random params; one step = one micro-batch):
-  python scripts/benchmark.py --tasks=weather --variant=fullres_minimal --steps=1 --warmup=1
-On the shared 2-core CPU (load ~8, 1 CPU device): 105.6 s per micro-batch step, i.e. 845 s per
-optimizer step of 8 accumulated micro-batches; 779 GFLOP per micro-batch; compile 28.8 s; XLA
-temp memory 8.64 GiB; sampling 20 DPM-Solver++ steps 303 s per member (0.0033 members/s).
+Vary it:
+  variants: demo (`minimal_unet`, 84,839 params, 32 x 48 synthetic grid, 32 x 32 crops), tiny
+    (demo shrunk for tests), paper (the seed's setup: its network `seed_minimal_unet`, 82,119
+    params, on the full 1059 x 1799 HRRR grid, batch 1 with gradient accumulation 8, lr 2e-4,
+    constant schedule; real data), unet_cropped (standard U-Net on 256 x 256 crops; real data).
+    `fullres_minimal` is the old name of `paper` (an alias, same config).
+  keys: model.name / base_dim, diffusion.prediction ("eps" | "v"), diffusion.sampler / sample_steps,
+    eval.num_members / num_cases / rollout_steps / def_levels, train.ema_decay.
+  real data: python scripts/prepare_weather.py --grib_dir=<hrrr archive> --store=<dir>/hrrr.zarr
+    then --config=weather:paper --config.data.dir=<dir> (data.dir must be set for real data).
+Benchmark logs (scripts/benchmark.py --tasks=weather --variant=paper): jaxlab/weather/README.md.
 """
 
 from __future__ import annotations
@@ -37,20 +31,19 @@ import ml_collections
 from jaxlab.configs import common
 
 
-def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
+def demo() -> ml_collections.ConfigDict:
     config = common.get_common()
     config.task = "jaxlab.weather"
 
     config.data = ml_collections.ConfigDict()
-    config.data.dir = ""  # holds hrrr.zarr (+ hrrr.zarr.stats.json); default <workdir>/data
+    config.data.dir = ""  # holds hrrr.zarr (+ hrrr.zarr.stats.json); synthetic: <workdir>/data
     config.data.synthetic = True  # write synthetic GRIB2 files and convert them first
-    config.data.shape = (32, 48)  # synthetic grid (y, x); (1059, 1799) is HRRR's
+    config.data.shape = (32, 48)  # grid (y, x): synthetic grid written / the store's (checked)
     config.data.dx_m = 9000.0  # synthetic grid spacing; HRRR is 3000 m
     config.data.num_times = 72  # hourly synthetic analyses
-    config.data.train_fraction = 0.75  # first 75% of times train (and give the statistics)
-    config.data.missing = "skip"  # a GRIB2 file without a field: "skip" (logged) or "fail"
-    config.data.variables = ("refc", "t2m", "d2m", "u10", "v10", "cape", "cin")
-    config.data.leads = (1,)  # lead times (hours) of training pairs
+    config.data.train_fraction = 0.75  # synthetic: first 75% of times train (and statistics)
+    config.data.missing = "skip"  # synthetic conversion: a file without a field, "skip" or "fail"
+    config.data.leads = (1,)  # lead times (hours) of training pairs; leads[0] for evaluation
     config.data.crop = (32, 32)  # random training crop (y, x); () trains on the full grid
     config.data.preload_max_mb = 512.0  # stores up to this size are read into memory once
 
@@ -106,65 +99,85 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     config.eval.bench_members = 0  # scripts/benchmark.py sampling: members (0: num_members)
     config.eval.bench_repeats = 3  # scripts/benchmark.py sampling: timed forecast steps
     config.eval.thresholds = (("refc", 35.0), ("cape", 1000.0))  # exceedance events
-    config.eval.products = True  # NetCDF + PNG folders for the first case
+    config.eval.products = True  # NetCDF + PNG folders for the most convective case
     config.eval.sample_members_plotted = 4
-
-    if arg == "tiny":  # tests: seconds on CPU
-        config.data.shape = (16, 24)
-        config.data.num_times = 24
-        config.data.crop = (16, 16)
-        config.model.base_dim = 8
-        config.diffusion.sample_steps = 4
-        config.train.num_steps = 60
-        config.train.log_every = 10
-        config.train.eval_every = 30
-        config.train.ckpt_every = 30
-        config.train.ema_decay = 0.8
-        config.optim.warmup_steps = 5
-        config.eval.num_members = 8
-        config.eval.num_cases = 2
-        config.eval.rollout_steps = 2
-        config.eval.def_levels = (100, 500)
-        config.eval.sample_members_plotted = 2
-    elif arg == "fullres_minimal":  # the seed
-        config.data.synthetic = False
-        config.data.shape = (1059, 1799)
-        config.data.dx_m = 3000.0
-        config.data.crop = ()
-        config.data.preload_max_mb = 0.0
-        config.model.name = "seed_minimal_unet"  # 82,119 params: the seed's 81,111 + condition
-        config.model.emb_mult = 4  # the seed's time MLP: base_dim -> 4 base_dim
-        config.train.global_batch_size = 1
-        config.optim.grad_accum_steps = 8
-        config.optim.lr = 2e-4
-        config.optim.warmup_steps = 0
-        config.optim.schedule = "constant"
-        config.train.num_steps = 80000
-        config.train.ema_decay = 0.9999
-        config.diffusion.sample_steps = 20
-        config.eval.num_members = 8
-        config.eval.global_batch_size = 1
-        config.eval.bench_members = 1  # 20 network evaluations at 1059 x 1799: minutes on CPU
-        config.eval.bench_repeats = 1
-    elif arg == "unet_cropped":
-        config.data.synthetic = False
-        config.data.shape = (1059, 1799)
-        config.data.dx_m = 3000.0
-        config.data.crop = (256, 256)
-        config.data.preload_max_mb = 0.0
-        config.model.name = "unet"
-        config.model.base_dim = 64
-        config.model.channel_mults = (1, 2, 2, 4)
-        config.model.num_res_blocks = 2
-        config.train.global_batch_size = 16
-        config.optim.lr = 2e-4
-        config.optim.warmup_steps = 1000
-        config.train.num_steps = 200000
-        config.train.ema_decay = 0.9999
-        config.diffusion.sample_steps = 20
-    elif arg != "demo":
-        raise ValueError(
-            f"config weather: unknown variant {arg!r}; use demo, tiny, fullres_minimal or "
-            "unet_cropped."
-        )
     return config
+
+
+def tiny() -> ml_collections.ConfigDict:
+    """The demo shrunk for tests: seconds on CPU."""
+    config = demo()
+    config.data.shape = (16, 24)
+    config.data.num_times = 24
+    config.data.crop = (16, 16)
+    config.model.base_dim = 8
+    config.diffusion.sample_steps = 4
+    config.train.num_steps = 60
+    config.train.log_every = 10
+    config.train.eval_every = 30
+    config.train.ckpt_every = 30
+    config.train.ema_decay = 0.8
+    config.optim.warmup_steps = 5
+    config.eval.num_cases = 2
+    config.eval.rollout_steps = 2
+    config.eval.def_levels = (100, 500)
+    config.eval.sample_members_plotted = 2
+    return config
+
+
+def paper() -> ml_collections.ConfigDict:
+    """The seed: its ultra-minimal network at HRRR's full grid, on real data."""
+    config = demo()
+    config.data.synthetic = False
+    config.data.shape = (1059, 1799)
+    config.data.crop = ()
+    config.data.preload_max_mb = 0.0
+    config.model.name = "seed_minimal_unet"  # 82,119 params: the seed's 81,111 + condition
+    config.model.emb_mult = 4  # the seed's time MLP: base_dim -> 4 base_dim
+    config.train.global_batch_size = 1
+    config.optim.grad_accum_steps = 8
+    config.optim.lr = 2e-4
+    config.optim.warmup_steps = 0
+    config.optim.schedule = "constant"
+    config.train.num_steps = 80000
+    config.train.ema_decay = 0.9999
+    config.diffusion.sample_steps = 20
+    config.eval.global_batch_size = 1
+    config.eval.bench_members = 1  # 20 network evaluations at 1059 x 1799: minutes on CPU
+    config.eval.bench_repeats = 1
+    return config
+
+
+def unet_cropped() -> ml_collections.ConfigDict:
+    """A standard U-Net with attention on 256 x 256 crops of the full grid, on real data."""
+    config = demo()
+    config.data.synthetic = False
+    config.data.shape = (1059, 1799)
+    config.data.crop = (256, 256)
+    config.data.preload_max_mb = 0.0
+    config.model.name = "unet"
+    config.model.base_dim = 64
+    config.model.channel_mults = (1, 2, 2, 4)
+    config.model.num_res_blocks = 2
+    config.train.global_batch_size = 16
+    config.optim.lr = 2e-4
+    config.optim.warmup_steps = 1000
+    config.train.num_steps = 200000
+    config.train.ema_decay = 0.9999
+    config.diffusion.sample_steps = 20
+    return config
+
+
+def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
+    if arg == "demo":
+        return demo()
+    if arg == "tiny":
+        return tiny()
+    if arg in ("paper", "fullres_minimal"):  # fullres_minimal: the old name of paper
+        return paper()
+    if arg == "unet_cropped":
+        return unet_cropped()
+    raise ValueError(
+        f"config weather: unknown variant {arg!r}; use demo, tiny, paper (alias fullres_minimal) "
+        "or unet_cropped."
+    )

@@ -26,9 +26,15 @@ import shutil
 import time as time_lib
 from typing import Any
 
+import jax
+import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import xarray as xr
 from absl import logging
+from jax.experimental import multihost_utils
+
+from jaxlab.weather import synthetic
 
 VARIABLES = ("refc", "t2m", "d2m", "u10", "v10", "cape", "cin")
 UNITS = {
@@ -63,6 +69,32 @@ TRANSFORMS = {"cape": "log1p", "cin": "neglog1p"}
 # Floors for the std (transformed units), so a training period without echo (REFC constant at
 # -10 dBZ) does not make every later echo hundreds of stds large.
 MIN_STD = {"refc": 1.0, "t2m": 0.1, "d2m": 0.1, "u10": 0.1, "v10": 0.1, "cape": 0.1, "cin": 0.1}
+
+
+def prepare(config: ml_collections.ConfigDict, workdir: str) -> str:
+    """The Zarr store path; writes synthetic GRIB2 files and converts them first if configured.
+
+    The store is `<data.dir>/hrrr.zarr`; with `data.synthetic` an empty `data.dir` means
+    `<workdir>/data`, real data needs `data.dir` set (scripts/prepare_weather.py writes it).
+    """
+    dc = config.data
+    if not dc.synthetic and not dc.dir:
+        raise ValueError(
+            "config.data.dir is empty and config.data.synthetic is False: set data.dir to the "
+            "folder holding hrrr.zarr and hrrr.zarr.stats.json (scripts/prepare_weather.py)."
+        )
+    data_dir = dc.dir or os.path.join(workdir, "data")
+    store = os.path.join(data_dir, "hrrr.zarr")
+    if dc.synthetic and jax.process_index() == 0:
+        grib_dir = os.path.join(data_dir, "grib")
+        paths = synthetic.write_dataset(
+            grib_dir, shape=tuple(dc.shape), num_times=dc.num_times, dx_m=dc.dx_m, seed=config.seed
+        )
+        if not os.path.exists(store):
+            prepare_zarr(paths, store, train_fraction=dc.train_fraction, missing=dc.missing)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("weather_prepare")
+    return store
 
 
 class MissingFieldError(ValueError):
@@ -223,15 +255,9 @@ def inverse_transform(name: str, y):
     kind = TRANSFORMS.get(name)
     if kind is None:
         return y
-    xp = np if isinstance(y, np.ndarray) else _jnp()
+    xp = np if isinstance(y, np.ndarray) else jnp
     y = xp.clip(y, 0.0, 20.0)  # the transformed fields are >= 0; 20 caps exp at 5e8
     return xp.expm1(y) if kind == "log1p" else -xp.expm1(y)
-
-
-def _jnp():
-    import jax.numpy as jnp
-
-    return jnp
 
 
 def compute_stats(ds: xr.Dataset) -> dict[str, Any]:
@@ -272,7 +298,6 @@ class Normaliser:
         y = z * self.std + self.mean
         if isinstance(y, np.ndarray):
             return np.stack([inverse_transform(n, y[..., i]) for i, n in enumerate(VARIABLES)], -1)
-        jnp = _jnp()
         return jnp.stack([inverse_transform(n, y[..., i]) for i, n in enumerate(VARIABLES)], -1)
 
 
@@ -308,9 +333,9 @@ class PairSource:
         self.normaliser = Normaliser(self.stats)
         num_train = int(self.stats["num_train_times"])
         times = self.ds["time"].values
-        span = range(0, num_train) if split == "train" else range(num_train, len(times))
         if split not in ("train", "eval"):
             raise ValueError(f"split must be 'train' or 'eval', got {split!r}.")
+        span = range(0, num_train) if split == "train" else range(num_train, len(times))
         hour = np.timedelta64(1, "h")
         index = {t: i for i, t in enumerate(times)}
         self.pairs = []
@@ -320,7 +345,7 @@ class PairSource:
                 if j is not None and j in span:
                     self.pairs.append((i, j, lead))
         if not self.pairs:
-            raise ValueError(f"{store}: no {split} pairs {lead} h apart for leads {leads}.")
+            raise ValueError(f"{store}: no {split} pairs for lead times {leads} (hours).")
         self.times = times
         ny, nx = self.ds.sizes["y"], self.ds.sizes["x"]
         self.shape = (ny, nx, len(VARIABLES))
@@ -349,6 +374,23 @@ class PairSource:
             "lead": np.float32(lead),
             "index": np.int32(k),
         }
+
+
+def check_grid(source: PairSource, store: str, shape: tuple[int, int]) -> None:
+    """Raises naming the store when its grid is not `config.data.shape` (what the model trains on
+    when `data.crop` is empty, and what the benchmark times)."""
+    if tuple(source.shape[:2]) != tuple(shape):
+        raise ValueError(
+            f"{store}: grid (y, x) = {source.shape[:2]}, but config.data.shape = {tuple(shape)}; "
+            f"set --config.data.shape='{source.shape[:2]}'."
+        )
+
+
+def residual_std(source: PairSource, max_pairs: int = 256) -> np.ndarray:
+    """Per-variable std [C] of (target - cond) over up to `max_pairs` evenly spaced pairs."""
+    picks = np.linspace(0, len(source) - 1, min(max_pairs, len(source))).astype(int)
+    diffs = np.stack([source[int(k)]["target"] - source[int(k)]["cond"] for k in picks])
+    return np.maximum(diffs.reshape(-1, diffs.shape[-1]).std(0), 1e-3).astype(np.float32)
 
 
 def random_crop(size: tuple[int, int] | None):

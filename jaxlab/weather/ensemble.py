@@ -1,22 +1,25 @@
 """Ensemble forecasts: members vmapped over keys `fold_in(case_key, member)`, sharded on `data`.
 
-A member's randomness depends only on (seed, case, member, lead step), never on the ensemble
-size or the device count, so member 3 of a 4-member run equals member 3 of a 16-member run.
+A member's randomness depends only on (seed, stream, case, member, lead step), never on the
+ensemble size or the device count, so member 3 of a 4-member run equals member 3 of a 16-member
+run. Case keys are named streams, e.g. `rng.stream(config.seed, "ensemble", case)`.
 """
 
 from __future__ import annotations
 
 import functools
-import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-from absl import logging
 
 from jaxlab.core import mesh as mesh_lib
 from jaxlab.weather import diffusion
-from jaxlab.weather.train import apply_eps
+
+
+def apply_eps(model, params, sched, prediction, xt, cond, t, lead):
+    """The network's output converted to an epsilon prediction (the samplers' `eps_fn`)."""
+    out = model.apply({"params": params}, xt, cond, t, lead)
+    return out if prediction == "eps" else diffusion.eps_from_v(sched, xt, t, out)
 
 
 def forecast_step(
@@ -90,72 +93,23 @@ def make_forecast_step(
     )
 
 
-def member_keys(root: jax.Array, case: int, num_members: int, lead_step: int) -> jax.Array:
-    """[M] keys: fold_in(fold_in(fold_in(root, case), member), lead_step)."""
-    case_key = jax.random.fold_in(root, case)
-    return jnp.stack(
-        [jax.random.fold_in(jax.random.fold_in(case_key, m), lead_step) for m in range(num_members)]
+def member_keys(case_key: jax.Array, num_members: int, lead_step: int) -> jax.Array:
+    """[M] keys fold_in(fold_in(case_key, member), lead_step), member = 0 .. M - 1.
+
+    Member m's key does not depend on M: a larger ensemble only adds members.
+    """
+    members = jnp.arange(num_members)
+    return jax.vmap(lambda m: jax.random.fold_in(jax.random.fold_in(case_key, m), lead_step))(
+        members
     )
 
 
-def rollout(step_fn, params, init, lead_hours, root, case, num_members, num_steps, res_std):
+def rollout(step_fn, params, init, lead_hours, case_key, num_members, num_steps, res_std):
     """Autoregressive ensemble: init [H, W, C] -> [num_steps, M, H, W, C] (jax arrays)."""
     state = jnp.broadcast_to(init, (num_members, *init.shape))
     lead = jnp.full((num_members,), lead_hours, jnp.float32)
     out = []
     for k in range(num_steps):
-        state = step_fn(params, state, lead, member_keys(root, case, num_members, k), res_std)
+        state = step_fn(params, state, lead, member_keys(case_key, num_members, k), res_std)
         out.append(state)
     return jnp.stack(out)
-
-
-def benchmark_sampling(config, mesh: jax.sharding.Mesh) -> dict[str, float]:
-    """Sampling speed at the config's full grid, for scripts/benchmark.py (its sampling hook).
-
-    One forecast step draws `config.eval.bench_members` members (sharded over devices when they
-    divide evenly) with `config.diffusion.sample_steps` solver steps each, i.e. that many network
-    evaluations per member at the full `data.shape` grid. Compiled ahead of time (timed
-    separately), then run `config.eval.bench_repeats` times; random params, no files. At
-    1059 x 1799 on a CPU one member of 20 DPM-Solver++ steps takes minutes, so fullres_minimal
-    times a single member once.
-    """
-    from jaxlab.weather.train import build
-
-    ec = config.eval
-    grid = (*config.data.shape, len(config.data.variables))
-    res_std = np.ones(grid[-1], np.float32)
-    model, _, sched, init_fn, _, shardings = build(config, mesh, grid, res_std)
-    params = jax.jit(init_fn, out_shardings=shardings)(jax.random.key(config.seed)).params
-    members = ec.bench_members or ec.num_members
-    step_fn = make_forecast_step(model, sched, config, mesh, members)
-    cond = jnp.zeros((members, *grid), jnp.float32)
-    lead = jnp.ones((members,), jnp.float32)
-    keys = member_keys(jax.random.key(config.seed), 0, members, 0)
-    start = time.perf_counter()
-    compiled = step_fn.lower(params, cond, lead, keys, res_std).compile()
-    compile_s = time.perf_counter() - start
-    memory = compiled.memory_analysis()
-    logging.info(
-        "benchmark_sampling: %d member(s) x %d %s steps on %s, %d run(s) (compiled in %.1f s)",
-        members,
-        config.diffusion.sample_steps,
-        config.diffusion.sampler,
-        grid,
-        ec.bench_repeats,
-        compile_s,
-    )
-    start = time.perf_counter()
-    for _ in range(ec.bench_repeats):
-        jax.block_until_ready(compiled(params, cond, lead, keys, res_std))
-    seconds = (time.perf_counter() - start) / ec.bench_repeats
-    return {
-        "sampling_grid": list(config.data.shape),
-        "sampling_sampler": config.diffusion.sampler,
-        "sampling_members": members,
-        "sampling_solver_steps": config.diffusion.sample_steps,
-        "sampling_repeats": ec.bench_repeats,
-        "sampling_compile_s": compile_s,
-        "sampling_temp_bytes": getattr(memory, "temp_size_in_bytes", None),
-        "sampling_s_per_member": seconds / members,
-        "sampling_members_per_sec": members / seconds,
-    }

@@ -23,16 +23,55 @@ from __future__ import annotations
 import functools
 import json
 import os
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import xarray as xr
 from absl import logging
 
-from jaxlab.core import checkpoint
+from jaxlab.core import loop, rng, run
 from jaxlab.core import mesh as mesh_lib
-from jaxlab.weather import data, diffusion, ensemble, metrics, plots, train
+from jaxlab.data import pipeline
+from jaxlab.weather import data, diffusion, ensemble, metrics, plots, steps
+
+
+def denoising_loss(
+    eval_step: Callable,
+    params: Any,
+    residual_std: Any,
+    source: data.PairSource,
+    mesh: jax.sharding.Mesh,
+    ec: ml_collections.ConfigDict,
+) -> dict[str, float]:
+    """{"eval_loss"}: noise MSE of `params` (`Parts.eval_step`) on the first `ec.loss_examples`
+    pairs of `source`; the loss train.py logs and the best checkpoint is chosen by."""
+    subset = _FirstPairs(source, min(len(source), ec.loss_examples))
+    totals = None
+    throttle = loop.StepThrottle()
+    for local, valid in pipeline.eval_batches(subset, global_batch_size=ec.global_batch_size):
+        batch = mesh_lib.global_batch(local, mesh)
+        sums, _ = eval_step(params, batch, mesh_lib.global_batch(valid, mesh), residual_std)
+        throttle(sums["loss"])
+        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    totals = jax.device_get(totals)
+    return {"eval_loss": float(totals["loss"] / totals["count"])}
+
+
+class _FirstPairs:
+    """The first `n` records of a source (a random-access view)."""
+
+    def __init__(self, source: data.PairSource, n: int):
+        self.source, self.n = source, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+        return self.source[i]
 
 
 def case_indices(source: data.PairSource, lead: int, steps: int, num_cases: int) -> list[int]:
@@ -68,36 +107,28 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
     """Restores `config.eval.checkpoint`; writes metrics.json, figures and products."""
     ec = config.eval
     mesh = mesh_lib.make_mesh(config.mesh)
-    store = train.prepare(config, workdir)
+    store = data.prepare(config, workdir)
     lead = int(config.data.leads[0])
-    source = data.PairSource(store, "eval", (lead,), config.data.preload_max_mb)
-    train_source = data.PairSource(store, "train", (lead,), config.data.preload_max_mb)
-    grid = train.train_grid_shape(config, train_source)
-    ones = np.ones(len(data.VARIABLES), np.float32)
-    model, _, sched, _, target, _ = train.build(config, mesh, grid, ones)
-    manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints"), read_only=True)
-    step = checkpoint.select_step(manager, ec.checkpoint, ec.best_metric, ec.best_mode)
-    state = checkpoint.restore(manager, target, step=step)
+    source = data.PairSource(store, ec.split, (lead,), config.data.preload_max_mb)
+    parts = steps.build(config, mesh)
+    state, step = run.restore_for_eval(config, workdir, parts)
     params = state.extra["ema"] if ec.use_ema else state.params
     res_std = state.extra["residual_std"]
 
     m = ec.num_members
-    step_fn = ensemble.make_forecast_step(model, sched, config, mesh, m)
+    step_fn = ensemble.make_forecast_step(parts.model, parts.schedule, config, mesh, m)
     cases = case_indices(source, lead, ec.rollout_steps, ec.num_cases)
     clim_mean, clim_std = climatology(source, int(source.stats["num_train_times"]))
-    root = jax.random.key(config.seed + 7)
     thresholds = [(name, float(v)) for name, v in ec.thresholds]
     acc = _Accumulator(ec.rollout_steps, m)
     product_case, product_score = None, -np.inf  # products: the most convective case
     for c, i in enumerate(cases):
         init = source.state(i)
-        ens = np.asarray(
-            jax.device_get(
-                ensemble.rollout(
-                    step_fn, params, jnp.asarray(init), lead, root, c, m, ec.rollout_steps, res_std
-                )
-            )
+        case_key = rng.stream(config.seed, "ensemble", c)
+        ens = ensemble.rollout(
+            step_fn, params, jnp.asarray(init), lead, case_key, m, ec.rollout_steps, res_std
         )
+        ens = np.asarray(jax.device_get(ens))
         truth = np.stack([source.state(i + k * lead) for k in range(1, ec.rollout_steps + 1)])
         acc.add(ens, truth, init, clim_mean, clim_std, source.normaliser, thresholds)
         convection = float(init[..., data.VARIABLES.index("refc")].max())
@@ -106,9 +137,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
         logging.info("evaluate: case %d/%d (time %s) done", c + 1, len(cases), source.times[i])
     results = acc.summary()
     if ec.def_levels:
-        results.update(
-            def_scores(config, model, sched, mesh, params, res_std, source, cases, lead, root)
-        )
+        results.update(def_scores(config, parts, mesh, params, res_std, source, cases, lead))
     results["checkpoint_step"] = int(step)
     results["num_members"] = m
     results["num_cases"] = len(cases)
@@ -230,7 +259,7 @@ def spread_skill(sq_err: np.ndarray, var: np.ndarray, members: int) -> float:
     return float(np.mean(spread * np.sqrt((members + 1) / members)) / rmse.mean())
 
 
-def def_scores(config, model, sched, mesh, params, res_std, source, cases, lead, root):
+def def_scores(config, parts, mesh, params, res_std, source, cases, lead):
     """DEF at the first lead, one score set per level in `eval.def_levels`.
 
     For each case i and level L: the change x_i - x_{i-1} (scaled like a training target) is
@@ -241,6 +270,7 @@ def def_scores(config, model, sched, mesh, params, res_std, source, cases, lead,
     `def_rmse/..`, `def_spread/..` compare with `crps/lead1` and `spread_skill/lead1`.
     """
     m = config.eval.num_members
+    model, sched = parts.model, parts.schedule
     ode = ensemble.make_forecast_step(model, sched, config, mesh, m, with_init=True)
     std = np.asarray(res_std)
     ones = jnp.ones((m,), jnp.float32)
@@ -252,13 +282,16 @@ def def_scores(config, model, sched, mesh, params, res_std, source, cases, lead,
         crps, sq_err, var = 0.0, 0.0, 0.0
         for c, i in enumerate(cases):
             prev, init, truth = source.state(i - 1), source.state(i), source.state(i + lead)
-            keys = ensemble.member_keys(jax.random.fold_in(root, 10_000), c, m, 0)
+            noise_keys = ensemble.member_keys(rng.stream(config.seed, "def_noise", c), m, 0)
+            sampler_key = rng.stream(config.seed, "def_sampler", c)
             change = np.broadcast_to((init - prev) / std, (m, *init.shape))
-            noise = jax.vmap(functools.partial(jax.random.normal, shape=init.shape))(keys)
+            noise = jax.vmap(functools.partial(jax.random.normal, shape=init.shape))(noise_keys)
             noised = diffusion.q_sample(sched, jnp.asarray(change), jnp.full((m,), level), noise)
             prev_b = jnp.broadcast_to(prev, (m, *prev.shape))
+            keys = ensemble.member_keys(sampler_key, m, 0)
             perturbed = perturb(params, prev_b, ones, keys, res_std, noised)
             zeros = jnp.zeros((m, *init.shape))
+            keys = ensemble.member_keys(sampler_key, m, 1)
             fc = ode(params, perturbed, jnp.full((m,), float(lead)), keys, res_std, zeros)
             fc = np.asarray(fc)
             crps += float(jnp.mean(metrics.crps_ensemble(jnp.asarray(fc), jnp.asarray(truth))))
@@ -284,7 +317,6 @@ def write_products(out_dir, source, i, lead, init, ens, thresholds, num_plotted)
     members = norm.decode(ens)  # [K, M, H, W, C]
     current = norm.decode(init)
     mean, spread = members.mean(1), members.std(1, ddof=1)
-    import xarray as xr
 
     valid = source.times[i] + np.arange(1, ens.shape[0] + 1) * lead * np.timedelta64(1, "h")
     coords = {

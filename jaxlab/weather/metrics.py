@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 
 import jax.numpy as jnp
+import jax.scipy.special as jsp
 import numpy as np
 
 
@@ -33,15 +34,9 @@ def crps_ensemble(ens, obs, fair: bool = False):
 def crps_gaussian(mu, sigma, obs):
     """Closed form for N(mu, sigma^2): sigma [z (2 Phi(z) - 1) + 2 phi(z) - 1 / sqrt(pi)]."""
     z = (obs - mu) / sigma
-    cdf = 0.5 * (1.0 + _erf(z / math.sqrt(2.0)))
+    cdf = 0.5 * (1.0 + jsp.erf(z / math.sqrt(2.0)))
     pdf = jnp.exp(-0.5 * z**2) / math.sqrt(2 * math.pi)
     return sigma * (z * (2 * cdf - 1) + 2 * pdf - 1 / math.sqrt(math.pi))
-
-
-def _erf(x):
-    import jax.scipy.special as jsp
-
-    return jsp.erf(x)
 
 
 def spread_skill(ens, obs, axis=None):

@@ -8,7 +8,7 @@ added inside every block.
 - `SeedMinimalUNet`: the seed's ultra-minimal network layer for layer (six conv blocks d, 2d, 2d,
   2d, d, d with GroupNorm and a time-embedding MLP; no down/upsampling, skips, residuals or
   attention), so it runs at the full 1059 x 1799 HRRR grid; base_dim 16: 82,119 params (the
-  seed's 81,111 + 1,008 first-conv weights for the 7 condition channels). `fullres_minimal`.
+  seed's 81,111 + 1,008 first-conv weights for the 7 condition channels). Config variant `paper`.
 - `MinimalUNet`: the same no-downsampling idea with residual blocks and encoder-decoder skips
   (84,839 params at base_dim 16), used by the demo: on the demo data it learns several times
   faster than the seed's plain stack (demo eval noise-MSE 0.14 vs 0.63 after 500 steps, 0.078
@@ -27,6 +27,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+
+from jaxlab.weather import data
 
 
 def sinusoidal_embedding(x: jax.Array, dim: int, max_period: float = 10000.0) -> jax.Array:
@@ -232,7 +234,7 @@ class UNet(nn.Module):
 def make_model(config: ml_collections.ConfigDict) -> nn.Module:
     m = config.model
     dtype = jnp.dtype(m.dtype)
-    channels = len(config.data.variables)
+    channels = len(data.VARIABLES)
     if m.name == "seed_minimal_unet":
         return SeedMinimalUNet(
             channels, m.base_dim, tuple(m.channel_mults), m.use_lead, dtype, m.emb_mult

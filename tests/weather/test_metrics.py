@@ -1,30 +1,49 @@
-"""CRPS against the closed-form Gaussian CRPS and the brute-force pairwise formula; other scores."""
+"""CRPS against properscoring, the pairwise formula and the closed-form Gaussian CRPS; other scores.
 
-import itertools
+properscoring is a test-only dependency: an independent implementation (it integrates the
+empirical CDF) of the standard ensemble CRPS.
+"""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import properscoring
+import pytest
 from scipy import stats
 
 from jaxlab.weather import metrics
 
 
-def brute_force_crps(ens, obs, fair):
-    m = len(ens)
-    skill = np.mean(np.abs(ens - obs))
-    pairs = sum(abs(a - b) for a, b in itertools.product(ens, ens))
-    return skill - pairs / (2 * m * (m - 1) if fair else 2 * m * m)
+def random_ensembles_with_ties(seed, members, points):
+    """ens [M, N], obs [N] on a 0.5 grid: members tie with each other and with the observation."""
+    rng = np.random.default_rng(seed)
+    ens = np.round(2 * rng.normal(size=(members, points))) / 2
+    obs = np.round(2 * rng.normal(size=points)) / 2
+    ens[:, 0] = 1.0  # all members equal
+    ens[:2, 1], obs[1] = obs[1], obs[1]  # two members equal to the observation
+    return ens, obs
 
 
-def test_crps_matches_pairwise_formula():
-    rng = np.random.default_rng(0)
-    ens = rng.normal(size=(7, 5)).astype(np.float64)
-    obs = rng.normal(size=5)
-    for fair in (False, True):
-        got = np.asarray(metrics.crps_ensemble(jnp.asarray(ens), jnp.asarray(obs), fair=fair))
-        want = [brute_force_crps(ens[:, j], obs[j], fair) for j in range(5)]
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+def fair_crps_pairwise(ens, obs):
+    """Ferro (2014): mean_i |x_i - y| - sum_{i != j} |x_i - x_j| / (2 M (M - 1)), per point."""
+    m = ens.shape[0]
+    skill = np.abs(ens - obs[None]).mean(0)
+    pairs = np.abs(ens[:, None] - ens[None, :]).sum(axis=(0, 1))  # i == j adds 0
+    return skill - pairs / (2 * m * (m - 1))
+
+
+@pytest.mark.parametrize("members,seed", [(2, 0), (5, 1), (8, 2), (16, 3)])
+def test_crps_matches_properscoring_and_fair_crps_the_pairwise_form(members, seed):
+    ens, obs = random_ensembles_with_ties(seed, members, 200)
+    assert len(np.unique(ens[:, 2:])) < ens[:, 2:].size / 4  # many ties
+    got = np.asarray(metrics.crps_ensemble(jnp.asarray(ens), jnp.asarray(obs)))
+    want = properscoring.crps_ensemble(obs, ens.T)  # members on its last axis
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    fair = np.asarray(metrics.crps_ensemble(jnp.asarray(ens), jnp.asarray(obs), fair=True))
+    np.testing.assert_allclose(fair, fair_crps_pairwise(ens, obs), rtol=1e-5, atol=1e-6)
+    # All members equal: both scores are |x - y|.
+    np.testing.assert_allclose(got[0], abs(1.0 - obs[0]), rtol=1e-6)
+    np.testing.assert_allclose(fair[0], abs(1.0 - obs[0]), rtol=1e-6)
 
 
 def test_crps_gaussian_closed_form_against_integral():

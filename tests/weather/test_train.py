@@ -1,49 +1,252 @@
-"""Tiny end-to-end: synthetic GRIB2 -> Zarr -> train (learns, jit once, resumes) -> evaluate."""
+"""The forecaster's steps and loop: jit once, the EMA, eval-loss keys, bitwise resume, end to end.
 
+In-process on the `tiny` config. Compiling flax's init and the steps dominates on a loaded 2-core
+CPU, so the fast tests share one config (batch 2, 8 x 8 crops, 2 devices) and one memoised
+`steps.build`: one init, one train step and one eval step program for the whole module.
+"""
+
+import dataclasses
 import json
 import os
+import signal
 
+import chex
 import jax
 import numpy as np
 import pytest
+import xarray as xr
 
 from jaxlab.configs import weather as weather_config
+from jaxlab.core import checkpoint, rng
 from jaxlab.core import mesh as mesh_lib
-from jaxlab.weather import train
-from jaxlab.weather.evaluate import evaluate
+from jaxlab.core.writer import read_metrics
+from jaxlab.weather import data, evaluate, steps, train
 
 
-def tiny_config():
+def tiny_config(data_dir: str = ""):
     config = weather_config.get_config("tiny")
+    config.data.dir = data_dir
     config.train.async_checkpoint = False
     return config
 
 
+def step_test_config(data_dir: str):
+    """tiny with batch 2 on 8 x 8 crops, 6 steps logged each: the config of every fast test here,
+    so that they share one init, one train step and one eval step program."""
+    config = tiny_config(data_dir)
+    config.train.update(global_batch_size=2, num_steps=6, log_every=1, ckpt_every=100)
+    config.train.eval_every = 0
+    config.data.crop = (8, 8)
+    config.eval.loss_examples = 8
+    return config
+
+
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    workdir = str(tmp_path_factory.mktemp("weather"))
-    config = tiny_config()
+def data_dir(tmp_path_factory):
+    """One synthetic GRIB2 archive and Zarr store shared by the tests of this module."""
+    directory = str(tmp_path_factory.mktemp("weather_data"))
+    data.prepare(tiny_config(directory), directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def train_residual_std(data_dir):
+    source = data.PairSource(os.path.join(data_dir, "hrrr.zarr"), "train", (1,))
+    return data.residual_std(source)
+
+
+@pytest.fixture(scope="module")
+def shared_build():
+    """For the whole module: `steps.build` memoised (the tests and training runs reuse one set of
+    compiled programs) and `steps.train_step` allowed a single trace (chex raises on a second)."""
+    build, cache = steps.build, {}
+
+    def shared(config, mesh, residual_std=None):
+        devices = tuple(d.id for d in mesh.devices.flat)
+        std = None if residual_std is None else np.asarray(residual_std).tobytes()
+        key = (config.to_json_best_effort(), devices, mesh.axis_names, std)
+        if key not in cache:
+            cache[key] = build(config, mesh, residual_std)
+        return cache[key]
+
+    chex.clear_trace_counter()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(steps, "train_step", chex.assert_max_traces(steps.train_step, n=1))
+        patch.setattr(steps, "build", shared)
+        yield
+
+
+@pytest.fixture
+def two_devices(monkeypatch):
+    """`make_mesh` over the first 2 devices: the loop's properties do not need 8."""
+    make_mesh = mesh_lib.make_mesh
+
+    def first_two(axes, devices=None):
+        return make_mesh(axes, jax.devices()[:2] if devices is None else devices)
+
+    monkeypatch.setattr(mesh_lib, "make_mesh", first_two)
+
+
+def _random_batch(gen, size, grid, first_index=0):
+    return {
+        "cond": gen.normal(size=(size, *grid)).astype(np.float32),
+        "target": gen.normal(size=(size, *grid)).astype(np.float32),
+        "lead": np.ones((size,), np.float32),
+        "index": np.arange(first_index, first_index + size, dtype=np.int32),
+    }
+
+
+def _new_parts_and_state(data_dir, residual_std):
+    config = step_test_config(data_dir)
+    mesh = mesh_lib.make_mesh([("data", -1)], devices=jax.devices()[:2])
+    parts = steps.build(config, mesh, residual_std)
+    state = jax.jit(parts.init_fn, out_shardings=parts.shardings)(rng.stream(0, "init"))
+    return config, mesh, parts, state
+
+
+def test_train_step_traces_once_and_ema_averages_the_param_trajectory(
+    data_dir, train_residual_std, shared_build
+):
+    """`Parts.train_step` traces once for four different batches (and the training runs of this
+    module reuse it), and the EMA in the state is the closed form
+    d^n p_0 + (1 - d) sum_k d^(n-k) p_k over the params the steps produced."""
+    config, mesh, parts, state = _new_parts_and_state(data_dir, train_residual_std)
+    gen = np.random.default_rng(0)
+    trajectory = [jax.device_get(state.params)]
+    for k in range(4):  # a second trace would raise AssertionError
+        batch = _random_batch(gen, 2, parts.grid_shape, first_index=2 * k)
+        state, metrics = parts.train_step(state, mesh_lib.global_batch(batch, mesh))
+        trajectory.append(jax.device_get(state.params))
+    assert int(state.step) == 4 and np.isfinite(float(metrics["loss"]))
+    d, n = config.train.ema_decay, len(trajectory) - 1
+    want = jax.tree.map(
+        lambda *ps: d**n * ps[0] + (1 - d) * sum(d ** (n - k) * ps[k] for k in range(1, n + 1)),
+        *trajectory,
+    )
+    ema = jax.device_get(state.extra["ema"])
+    chex.assert_trees_all_close(ema, want, rtol=1e-5, atol=1e-7)
+    moved = jax.tree.leaves(jax.tree.map(lambda a, b: np.abs(a - b).max(), ema, trajectory[-1]))
+    assert max(moved) > 1e-4  # the EMA lags the params
+    np.testing.assert_array_equal(state.extra["residual_std"], train_residual_std)
+
+
+def test_eval_loss_of_a_record_does_not_depend_on_its_batch(
+    data_dir, train_residual_std, shared_build
+):
+    """Each record's noise comes from its index, so its loss does not change with its position
+    in the batch or the records beside it. Batches of 8 full 16 x 24 grids: the loop's shape."""
+    _, mesh, parts, state = _new_parts_and_state(data_dir, train_residual_std)
+    gen = np.random.default_rng(1)
+    first = _random_batch(gen, 8, (16, 24, 7))
+    others = _random_batch(gen, 3, (16, 24, 7), first_index=100)
+    # Rows 3..7 of the second batch are rows 0..4 of the first; rows 0..2 are other records.
+    second = {k: np.concatenate([others[k], first[k][:5]]) for k in first}
+
+    def losses(batch, valid):
+        sums, per_example = parts.eval_step(
+            state.params,
+            mesh_lib.global_batch(batch, mesh),
+            mesh_lib.global_batch(np.asarray(valid), mesh),
+            state.extra["residual_std"],
+        )
+        return jax.device_get(sums), np.asarray(per_example)
+
+    valid = np.ones(8, bool)
+    valid[6] = False
+    sums, in_first = losses(first, valid)
+    _, in_second = losses(second, np.ones(8, bool))
+    np.testing.assert_allclose(in_second[3:], in_first[:5], rtol=1e-5)
+    assert sums["count"] == 7
+    np.testing.assert_allclose(sums["loss"], in_first[valid].sum(), rtol=1e-5)
+    assert np.abs(in_first[0] - in_first[1]).max() > 1e-3  # records draw different noise
+
+
+def _sigterm_after_step(monkeypatch, at_step):
+    """The next `steps.build` returns parts whose train step sends this process SIGTERM when
+    step `at_step` has been dispatched: the loop must checkpoint it and exit."""
+    build = steps.build
+
+    def build_with_sigterm(config, mesh, residual_std=None):
+        parts = build(config, mesh, residual_std)
+
+        def step_then_signal(state, batch):
+            out = parts.train_step(state, batch)
+            if int(out[0].step) == at_step:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return out
+
+        return dataclasses.replace(parts, train_step=step_then_signal)
+
+    monkeypatch.setattr(steps, "build", build_with_sigterm)
+
+
+def _final_state(config, workdir):
+    mesh = mesh_lib.make_mesh(config.mesh)
+    manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints"), read_only=True)
+    target = steps.build(config, mesh).abstract_state
+    return jax.device_get(checkpoint.restore(manager, target))
+
+
+def _train_rows(workdir):
+    return {m["step"]: m for m in read_metrics(workdir) if "data_checksum" in m}
+
+
+def test_sigterm_then_resume_is_bitwise_identical_including_ema(
+    data_dir, tmp_path, monkeypatch, shared_build, two_devices
+):
+    """Trained 6 steps straight vs SIGTERM after step 3 and rerun: params, EMA params, optimizer
+    state, per-step losses, data order and the final eval loss all bit for bit."""
+    config = step_test_config(data_dir)
+    reference, resumed = str(tmp_path / "reference"), str(tmp_path / "resumed")
+    want_metrics = train.train_and_evaluate(config, reference)
+
+    with monkeypatch.context() as patch:
+        _sigterm_after_step(patch, at_step=3)
+        train.train_and_evaluate(config, resumed)
+    assert max(_train_rows(resumed)) == 3, "the run did not stop at the SIGTERM step"
+    got_metrics = train.train_and_evaluate(config, resumed)
+
+    want, got = _final_state(config, reference), _final_state(config, resumed)
+    assert int(got.step) == 6
+    chex.assert_trees_all_equal(got.params, want.params)
+    chex.assert_trees_all_equal(got.extra["ema"], want.extra["ema"])
+    chex.assert_trees_all_equal(got.opt_state, want.opt_state)
+    chex.assert_trees_all_equal(got, want)  # and residual_std, step
+    ema_lag = jax.tree.map(lambda a, b: np.abs(a - b).max(), got.extra["ema"], got.params)
+    assert max(jax.tree.leaves(ema_lag)) > 1e-4  # the EMA is its own state, not the params
+    rows_want, rows_got = _train_rows(reference), _train_rows(resumed)
+    assert sorted(rows_got) == list(range(1, 7))
+    for step in range(1, 7):
+        assert rows_got[step]["loss"] == rows_want[step]["loss"], step
+        assert rows_got[step]["data_checksum"] == rows_want[step]["data_checksum"], step
+    assert got_metrics["eval_loss"] == want_metrics["eval_loss"]
+
+
+def test_real_data_without_a_data_dir_is_one_clear_error(tmp_path):
+    config = weather_config.get_config("paper")
+    with pytest.raises(ValueError, match=r"config.data.dir is empty .* hrrr.zarr"):
+        data.prepare(config, str(tmp_path))
+    assert weather_config.get_config("fullres_minimal") == config  # the old name, an alias
+
+
+def test_grid_other_than_config_shape_names_store_and_key(data_dir):
+    store = os.path.join(data_dir, "hrrr.zarr")
+    source = data.PairSource(store, "train", (1,))
+    data.check_grid(source, store, (16, 24))
+    with pytest.raises(ValueError, match=r"hrrr.zarr: grid .* config.data.shape = \(32, 48\)"):
+        data.check_grid(source, store, (32, 48))
+
+
+@pytest.mark.slow
+def test_training_learns_and_evaluation_writes_products(data_dir, tmp_path):
+    config = tiny_config(data_dir)
+    workdir = str(tmp_path)
     metrics = train.train_and_evaluate(config, workdir)
-    return config, workdir, metrics
-
-
-def _rows(workdir):
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f]
-
-
-def _eval_losses(workdir):
-    rows = _rows(workdir)
-    return [r["eval_loss"] for r in rows if "eval_loss" in r]
-
-
-def test_training_learns_and_evaluation_writes_products(trained):
-    config, workdir, metrics = trained
     # An untrained network predicts eps with MSE >= 1; predicting eps ~ x_t at high noise alone
     # gets under 1, and the planted advection lowers it further.
-    losses = _eval_losses(workdir)
+    losses = [r["eval_loss"] for r in read_metrics(workdir) if "eval_loss" in r]
     assert metrics["eval_loss"] < 0.8 and losses[-1] < losses[0], losses
-    results = evaluate(config, workdir)
+    results = evaluate.evaluate(config, workdir)
     out = os.path.join(workdir, "eval", "eval")
     with open(os.path.join(out, "metrics.json")) as f:
         saved = json.load(f)
@@ -74,32 +277,7 @@ def test_training_learns_and_evaluation_writes_products(trained):
         "05_sample_members",
     ):
         assert os.listdir(os.path.join(out, folder)), folder
-    import xarray as xr
-
     ds = xr.open_dataset(os.path.join(out, "ensemble.nc"), engine="h5netcdf")
     assert ds["refc"].dims == ("lead_time", "member", "y", "x")
     assert ds["refc"].attrs["units"] == "dBZ" and "latitude" in ds.coords
     assert float(ds["prob_refc_ge_35"].max()) <= 1.0
-
-
-def test_train_step_compiles_once_and_loss_is_finite():
-    config = tiny_config()
-    mesh = mesh_lib.make_mesh(config.mesh)
-    step, state, batch, extras = train.benchmark_setup(config, mesh)
-    for _ in range(3):
-        state, metrics = step(state, batch)
-    assert step._cache_size() == 1  # one trace and compilation for all steps
-    assert extras["optimizer_updates_per_step"] == 1.0 / config.optim.grad_accum_steps
-    assert np.isfinite(float(jax.device_get(metrics["loss"])))
-    assert int(state.step) == 3
-
-
-def test_resume_continues_from_checkpoint(trained):
-    config, workdir, _ = trained
-    losses = _eval_losses(workdir)
-    config.train.num_steps = 65  # 5 more steps from the step-60 checkpoint
-    config.train.eval_every = 5
-    train.train_and_evaluate(config, workdir)
-    rows = _rows(workdir)
-    steps = [r["step"] for r in rows if "eval_loss" in r]
-    assert steps[-1] == 65 and len(_eval_losses(workdir)) == len(losses) + 1
