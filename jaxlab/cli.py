@@ -44,6 +44,7 @@ from typing import Any
 
 from absl import app, flags, logging
 
+from jaxlab.core import run
 from jaxlab.core import task as task_lib
 
 CONFIG_JSON = "config.json"  # the resolved config, written by run.open_workdir at train time
@@ -184,17 +185,6 @@ def _define_module_flags(module: str) -> Callable[[], list[Any]]:
 # Recorded configs: `evaluate` / `show-config` reuse what the workdir was trained with.
 
 
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"a": {"b": [1]}} -> {"a.b": [1]}: JSON values by dotted key (lists are leaves)."""
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def _like(value: Any, reference: Any) -> Any:
     """A JSON value given the Python type of `reference` (JSON turns tuples into lists)."""
     if isinstance(value, list):
@@ -245,10 +235,10 @@ def merge_recorded(
     Returns (key, recorded value, given value) for each explicit override that differs from the
     recording outside `EVAL_KEYS`: the caller names them.
     """
-    current = _flatten(json.loads(config.to_json()))
+    current = run.flat_dict(json.loads(config.to_json()))
     conflicts = []
     with config.unlocked():
-        for key, value in _flatten(recorded).items():
+        for key, value in run.flat_dict(recorded).items():
             overridden = any(key == k or key.startswith(f"{k}.") for k in explicit)
             if current.get(key, object()) == value:
                 continue
@@ -669,7 +659,7 @@ def show_config_main(argv: list[str]) -> None:
     print(f"# {spec} ({file})")
     for override in (a for a in _ARGV if a.startswith(("--config.", "--noconfig."))):
         print(f"# {override}")
-    for key, value in _flatten(config.to_dict()).items():
+    for key, value in run.flat_dict(config.to_dict()).items():
         print(f"{key} = {value!r}")
 
 

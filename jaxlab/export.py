@@ -217,3 +217,14 @@ def load_model(
     state, step = run.restore_for_eval(config, path, parts)
     params = jax.device_get(_inference_params_fn(steps)(state))
     return config, params, {"task": config.task, "checkpoint_step": int(step)}
+
+
+def positive_int_option(name: str, value: str | int) -> int:
+    """A predict option that must be a positive integer (options arrive as strings)."""
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise ValueError(f"predict option {name}={value!r}: expected a positive integer.")
+    return number

@@ -27,7 +27,9 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
@@ -36,6 +38,7 @@ from jaxlab.core import lock as lock_lib
 from jaxlab.core import mesh as mesh_lib
 from jaxlab.core import state as state_lib
 from jaxlab.core.writer import MetricWriter
+from jaxlab.data import pipeline
 
 CONFIG_FILE = "config.json"
 # Config keys a resumed run may change without breaking exactness (prefixes); all others count.
@@ -114,11 +117,12 @@ def _config_record(config: ml_collections.ConfigDict) -> dict[str, Any]:
     return json.loads(json.dumps(config.to_dict(), default=str))
 
 
-def _flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def flat_dict(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": [1]}} -> {"a.b": [1]}: values by dotted key (lists are leaves)."""
     flat = {}
     for name, value in tree.items():
         if isinstance(value, Mapping):
-            flat.update(_flat(value, f"{prefix}{name}."))
+            flat.update(flat_dict(value, f"{prefix}{name}."))
         else:
             flat[f"{prefix}{name}"] = value
     return flat
@@ -148,7 +152,7 @@ def check_config(config: ml_collections.ConfigDict, workdir: str) -> None:
                 f"{path}: unreadable ({e}). It records the config this workdir was trained "
                 "with; restore it or remove it to accept the current config."
             ) from e
-        old, new = _flat(recorded), _flat(current)
+        old, new = flat_dict(recorded), flat_dict(current)
         changed = sorted(
             k for k in old.keys() | new.keys() if old.get(k, "<unset>") != new.get(k, "<unset>")
         )
@@ -203,6 +207,36 @@ def jit_eval_step(step_fn: Callable, mesh: jax.sharding.Mesh, num_extra_args: in
         + (replicated,) * num_extra_args,
         out_shardings=(replicated, replicated),
     )
+
+
+def eval_pass(
+    eval_step: Callable,
+    params: Any,
+    source: Any,
+    mesh: jax.sharding.Mesh,
+    batch_size: int,
+    *extra: Any,
+    keep_outputs: bool = True,
+) -> tuple[Any, Any]:
+    """One ordered pass over `source` with a `jit_eval_step` function; (totals, outputs) on host.
+
+    `totals` is the step's sums added over batches (on device, read once at the end). `outputs`
+    is the step's outputs concatenated over batches and cut to `len(source)` records (padding
+    rows dropped), or None with `keep_outputs=False`. `extra` goes to every step call.
+    """
+    totals, outputs = None, []
+    throttle = loop.StepThrottle()
+    for local_batch, valid in pipeline.eval_batches(source, global_batch_size=batch_size):
+        batch = mesh_lib.global_batch(local_batch, mesh)
+        sums, out = eval_step(params, batch, mesh_lib.global_batch(valid, mesh), *extra)
+        throttle(sums)
+        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+        if keep_outputs:
+            outputs.append(out)
+    totals, outputs = jax.device_get((totals, outputs))
+    if not keep_outputs:
+        return totals, None
+    return totals, jax.tree.map(lambda *xs: np.concatenate(xs)[: len(source)], *outputs)
 
 
 def init_or_restore(

@@ -8,14 +8,12 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import matplotlib
 import ml_collections
 import numpy as np
 
-from jaxlab.core import loop, run
 from jaxlab.core import mesh as mesh_lib
-from jaxlab.data import pipeline
+from jaxlab.core import run
 from jaxlab.example import data, steps
 
 matplotlib.use("Agg")
@@ -26,16 +24,7 @@ def evaluate_split(
     eval_step: Callable, params: Any, source: Any, mesh: Any, batch_size: int
 ) -> tuple[dict[str, float], np.ndarray]:
     """One ordered pass with `Parts.eval_step`: ({"eval_mse"}, predictions [N])."""
-    totals, preds = None, []
-    throttle = loop.StepThrottle()
-    for local_batch, valid in pipeline.eval_batches(source, global_batch_size=batch_size):
-        batch = mesh_lib.global_batch(local_batch, mesh)
-        sums, pred = eval_step(params, batch, mesh_lib.global_batch(valid, mesh))
-        throttle(pred)
-        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-        preds.append(pred)
-    totals = jax.device_get(totals)
-    predictions = np.concatenate(jax.device_get(preds))[: len(source)]
+    totals, predictions = run.eval_pass(eval_step, params, source, mesh, batch_size)
     return {"eval_mse": float(totals["sq_err"] / totals["count"])}, predictions
 
 

@@ -53,22 +53,12 @@ def predict_array(config, params, x: np.ndarray, batch_size: int = 1024) -> np.n
     return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
 
-def _positive_int(name: str, value: str | int) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        number = 0
-    if number < 1:
-        raise ValueError(f"predict option {name}={value!r}: expected a positive integer.")
-    return number
-
-
 def predict(
     model: str, inputs: str, out: str, config=None, batch_size: str | int = 1024
 ) -> list[str]:
     """Writes `out/predictions.csv` (index, prediction) for every row of `inputs`; returns
     [its path]. `batch_size` (a CLI option, so it may come as a string) rows per compiled call."""
-    batch_size = _positive_int("batch_size", batch_size)
+    batch_size = export.positive_int_option("batch_size", batch_size)
     config, params, info = export.load_model(model, config, task="jaxlab.example")
     x = read_inputs(inputs, config.data.num_features)
     predictions = predict_array(config, params, x, batch_size)

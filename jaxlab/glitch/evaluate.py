@@ -20,13 +20,11 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxlab.core import loop, run
 from jaxlab.core import mesh as mesh_lib
-from jaxlab.data import pipeline
+from jaxlab.core import run
 from jaxlab.glitch import data, metrics, plots, steps
 
 
@@ -35,23 +33,14 @@ def predict_split(
 ) -> dict[str, Any]:
     """One ordered pass with `Parts.eval_step`: probs [N, C], view_weights [N, V], confusion
     [C, C] and the mean loss."""
-    outputs, totals = [], None
-    throttle = loop.StepThrottle()
-    for local_batch, valid in pipeline.eval_batches(source, global_batch_size=batch_size):
-        batch = mesh_lib.global_batch(local_batch, mesh)
-        sums, out = eval_step(params, batch, mesh_lib.global_batch(valid, mesh))
-        throttle(out["probs"])
-        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-        outputs.append(out)
-    outputs, totals = jax.device_get((outputs, totals))
-    n = len(source)
-    probs = np.concatenate([o["probs"] for o in outputs])[:n]
+    totals, outputs = run.eval_pass(eval_step, params, source, mesh, batch_size)
+    probs = outputs["probs"]
     confusion = metrics.confusion_matrix(source.labels, probs.argmax(-1), probs.shape[1])
     return {
         "probs": probs,
-        "view_weights": np.concatenate([o["view_weights"] for o in outputs])[:n],
+        "view_weights": outputs["view_weights"],
         "confusion": confusion,
-        "loss": float(totals["loss_sum"]) / n,
+        "loss": float(totals["loss_sum"]) / len(source),
     }
 
 

@@ -18,14 +18,13 @@ import os
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import xarray as xr
 from absl import logging
 
-from jaxlab.core import loop, run
 from jaxlab.core import mesh as mesh_lib
+from jaxlab.core import run
 from jaxlab.data import pipeline
 from jaxlab.vegetation import data, metrics, plots, steps
 
@@ -156,14 +155,7 @@ def summarize_scores(scores: dict[str, list]) -> dict[str, Any]:
 def validation_metrics(eval_step, params, source, mesh, batch_size) -> dict[str, float]:
     """One ordered pass with `Parts.eval_step`: val_loss (mean per record) and the clear-pixel
     delta RMSE of the model and of persistence (delta 0), in normalised units."""
-    totals = None
-    throttle = loop.StepThrottle()
-    for local_batch, valid in pipeline.eval_batches(source, global_batch_size=batch_size):
-        batch = mesh_lib.global_batch(local_batch, mesh)
-        sums, _ = eval_step(params, batch, mesh_lib.global_batch(valid, mesh))
-        throttle(sums)
-        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-    t = jax.device_get(totals)
+    t, _ = run.eval_pass(eval_step, params, source, mesh, batch_size, keep_outputs=False)
     count = max(float(t["count"]), 1.0)
     return {
         "val_loss": float(t["loss"] / t["records"]),

@@ -157,16 +157,6 @@ def _normalisation_of_track(config, root: str) -> data_normalisation.Normalisati
 # ----------------------------------------------------------------------------- predict
 
 
-def _positive_int(name: str, value: str | int) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        number = 0
-    if number < 1:
-        raise ValueError(f"predict option {name}={value!r}: expected a positive integer.")
-    return number
-
-
 def _flag(name: str, value: str | bool) -> bool:
     if isinstance(value, bool):
         return value
@@ -233,7 +223,9 @@ def predict(
     files written. `batch_size` cubes per compiled call (0: config.eval.global_batch_size)."""
     begin = time.perf_counter()
     config, params, info = export.load_model(model, config, task="jaxlab.vegetation")
-    batch_size = _positive_int("batch_size", batch_size or config.eval.global_batch_size)
+    batch_size = export.positive_int_option(
+        "batch_size", batch_size or config.eval.global_batch_size
+    )
     plot = _flag("plots", plots)
     norm, norm_from = find_normalisation(model, config, normalisation)
     logging.info("Normalisation: %s", norm_from)
