@@ -1,14 +1,20 @@
-"""GRIB2 (written with ecCodes) -> cfgrib reader -> Zarr store, statistics, normaliser, errors."""
+"""GRIB2 (written with ecCodes) -> reader by GRIB2 codes -> Zarr store (bounded memory, resumable,
+one-pass statistics), normaliser, projection, synthetic-folder ownership."""
 
 import datetime as dt
+import hashlib
 import json
 import os
+import shutil
 
+import eccodes
 import numpy as np
 import pytest
 import xarray as xr
 
-from jaxlab.weather import data, synthetic
+from jaxlab.configs import weather as weather_config
+from jaxlab.data import ownership
+from jaxlab.weather import data, data_grib, data_zarr, synthetic
 
 SHAPE = (12, 16)
 
@@ -47,25 +53,165 @@ def test_prepare_zarr_store_stats_and_normaliser(grib_files, tmp_path):
         assert ds[name].dims == ("time", "y", "x")
         assert ds[name].encoding["chunks"] == (1, *SHAPE)
         assert ds[name].attrs["units"] == data.UNITS[name]
+        np.testing.assert_array_equal(ds[name].values[3], data.read_grib(paths[3])[name])
     assert ds["latitude"].dims == ("y", "x")
     assert np.all(np.diff(ds["time"].values) == np.timedelta64(1, "h"))
     with open(data.stats_path(store)) as f:
         assert json.load(f)["num_train_times"] == 6
-    # Stats over the 6 training times, of the transformed field.
-    cape = np.log1p(ds["cape"].values[:6].astype(np.float64))
-    np.testing.assert_allclose(stats["variables"]["cape"]["mean"], cape.mean(), rtol=1e-5)
-    np.testing.assert_allclose(stats["variables"]["cape"]["std"], cape.std(), rtol=1e-4)
+    # The one-pass (Chan) statistics equal a NumPy recomputation over the 6 training times.
+    for name in data.VARIABLES:
+        x = data.forward_transform(name, ds[name].values[:6].astype(np.float64))
+        s = stats["variables"][name]
+        np.testing.assert_allclose(s["mean"], x.mean(), rtol=1e-6, err_msg=name)
+        np.testing.assert_allclose(s["std"], max(x.std(), data.MIN_STD[name]), rtol=1e-6)
     norm = data.Normaliser(stats)
     phys = np.stack([ds[n].values[2] for n in data.VARIABLES], -1)
     z = norm.encode(phys)
     np.testing.assert_allclose(norm.decode(z), phys, rtol=1e-4, atol=1e-2)
     # Pairs and crops.
     src = data.PairSource(store, "train", (1, 2))
-    assert len(src) == 5 + 4
+    assert len(src) == 5 + 4 and src.pairs_lost == {}
     rec = src[0]
     np.testing.assert_allclose(rec["target"], src.state(1))
     crop = data.random_crop((8, 8))(rec, np.random.default_rng(0))
     assert crop["cond"].shape == (8, 8, 7) and crop["target"].shape == (8, 8, 7)
+
+
+def _store_arrays(store):
+    ds = xr.open_zarr(store, chunks=None, consolidated=False)
+    return {n: ds[n].values for n in (*data.VARIABLES, "time", "latitude", "moments")}
+
+
+def test_interrupted_conversion_resumes_to_the_same_store(grib_files, tmp_path, monkeypatch):
+    """A crash after 4 of 8 files leaves 4 written steps; the rerun decodes only the other 4 and
+    ends with the store and statistics of an uninterrupted run, bitwise."""
+    _, paths = grib_files
+    clean = str(tmp_path / "clean.zarr")
+    clean_stats = data.prepare_zarr(paths, clean)
+    decode, calls = data_zarr._decode, []
+
+    def crash_on_fifth(path, header):
+        calls.append(path)
+        if len(calls) == 5:
+            raise KeyboardInterrupt("simulated crash")
+        return decode(path, header)
+
+    store = str(tmp_path / "resumed.zarr")
+    monkeypatch.setattr(data_zarr, "_decode", crash_on_fifth)
+    with pytest.raises(KeyboardInterrupt):
+        data.prepare_zarr(paths, store)
+    assert not os.path.exists(data.stats_path(store))  # incomplete: no statistics yet
+    calls.clear()
+    stats = data.prepare_zarr(paths, store)
+    assert len(calls) == 4
+    assert stats == clean_stats
+    got, want = _store_arrays(store), _store_arrays(clean)
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    with pytest.raises(ValueError, match="holds other times"):
+        data.prepare_zarr(paths[:5], store)
+
+
+def test_any_grib2_name_is_read_and_ordered_by_its_content(grib_files, tmp_path):
+    _, paths = grib_files
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    names = [f"{chr(ord('z') - i)}_upload.grib2" for i in range(4)]  # reverse time order
+    for name, path in zip(names, paths[:4], strict=True):
+        shutil.copyfile(path, flat / name)
+    (flat / "notes.txt").write_text("not GRIB")
+    found = data.grib_paths(str(flat))
+    assert sorted(os.path.basename(p) for p in found) == sorted(names)
+    store = str(tmp_path / "flat.zarr")
+    data.prepare_zarr(found, store)
+    ds = xr.open_zarr(store, chunks=None, consolidated=False)
+    np.testing.assert_array_equal(ds["time"].values, [data.read_grib(p)["time"] for p in paths[:4]])
+
+
+def test_fields_are_selected_by_grib_codes_not_short_names(grib_files, tmp_path):
+    """Centre 98 (ECMWF) makes ecCodes name NCEP's local REFC `unknown`; messages reordered, with
+    a 500 mb TMP decoy: the reader still picks each field by its codes."""
+    _, paths = grib_files
+    handles = []
+    with open(paths[2], "rb") as f:
+        while (h := eccodes.codes_grib_new_from_file(f)) is not None:
+            handles.append(h)
+    decoy = eccodes.codes_clone(handles[1])  # 2 m TMP -> 500 mb TMP with other values
+    eccodes.codes_set(decoy, "typeOfFirstFixedSurface", 100)
+    eccodes.codes_set(decoy, "level", 500)
+    eccodes.codes_set_values(decoy, eccodes.codes_get_values(decoy) - 40.0)
+    out = str(tmp_path / "renamed.grib2")
+    with open(out, "wb") as f:
+        for h in [decoy, *reversed(handles)]:
+            eccodes.codes_set(h, "centre", 98)
+            eccodes.codes_write(h, f)
+            eccodes.codes_release(h)
+    with open(out, "rb") as f:
+        h = eccodes.codes_grib_new_from_file(f, headers_only=True)
+        h2 = eccodes.codes_grib_new_from_file(f, headers_only=True)
+        assert eccodes.codes_get(h2, "shortName") == "unknown"  # the REFC message, by name
+        eccodes.codes_release(h)
+        eccodes.codes_release(h2)
+    got, want = data.read_grib(out), data.read_grib(paths[2])
+    for name in data.VARIABLES:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+
+
+def test_projection_coordinates_match_ecCodes_latitudes(grib_files):
+    """x / y from `lambert_xy` with the file's Lambert keys, inverted with the spherical LCC
+    formulas written out here, land on ecCodes' own latitude / longitude to 1e-4 degrees."""
+    _, paths = grib_files
+    record = data.read_grib(paths[0])
+    g = record["grid"]
+    x, y = data_grib.lambert_xy(g)
+    xx, yy = np.meshgrid(x, y)
+    rad, radius = np.pi / 180, g["earth_radius_m"]
+    phi1, lat0, lon0 = g["Latin1InDegrees"] * rad, g["LaDInDegrees"] * rad, g["LoVInDegrees"]
+    n = np.sin(phi1)  # tangent cone: Latin1 == Latin2
+    f = np.cos(phi1) * np.tan(np.pi / 4 + phi1 / 2) ** n / n
+    rho0 = radius * f / np.tan(np.pi / 4 + lat0 / 2) ** n
+    rho = np.sign(n) * np.hypot(xx, rho0 - yy)
+    lat = 2 * np.arctan((radius * f / rho) ** (1 / n)) - np.pi / 2
+    lon = lon0 + np.arctan2(xx, rho0 - yy) / n / rad
+    np.testing.assert_allclose(lat / rad, record["latitude"], atol=1e-4)
+    np.testing.assert_allclose((lon - record["longitude"] + 180) % 360 - 180, 0, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_process_pool_gives_the_serial_store(grib_files, tmp_path):
+    _, paths = grib_files
+    serial, pooled = str(tmp_path / "serial.zarr"), str(tmp_path / "pooled.zarr")
+    assert data.prepare_zarr(paths, serial) == data.prepare_zarr(paths, pooled, workers=2)
+    got, want = _store_arrays(pooled), _store_arrays(serial)
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+
+
+def _md5s(folder):
+    return {
+        os.path.relpath(os.path.join(root, f), folder): hashlib.md5(
+            open(os.path.join(root, f), "rb").read()
+        ).hexdigest()
+        for root, _, files in os.walk(folder)
+        for f in files
+    }
+
+
+def test_synthetic_data_never_touches_a_users_folder(grib_files, tmp_path):
+    """A synthetic config pointed at a folder of the user's GRIB2 files (the synthetic names):
+    one clear error, and the folder's files are byte for byte what they were, none added."""
+    directory, paths = grib_files
+    user = tmp_path / "user"
+    for path in paths[:3]:
+        target = user / "grib" / os.path.relpath(path, directory)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+    before = _md5s(user)
+    config = weather_config.get_config("tiny")
+    config.data.dir = str(user)
+    with pytest.raises(ownership.DataDirError, match="did not write.*data.synthetic=False"):
+        data.prepare(config, str(tmp_path / "work"))
+    assert _md5s(user) == before
 
 
 def test_missing_field_is_named_and_skipped_or_fails(grib_files, tmp_path):
@@ -85,28 +231,6 @@ def test_missing_field_is_named_and_skipped_or_fails(grib_files, tmp_path):
         data.prepare_zarr(paths[:3] + [bad], str(tmp_path / "f.zarr"), missing="fail")
     stats = data.prepare_zarr(paths[:3] + [bad], str(tmp_path / "s.zarr"), missing="skip")
     assert stats["skipped_files"] == [bad]
-
-
-def test_reader_errors_are_clear(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no such GRIB2 file"):
-        data.read_grib(str(tmp_path / "nope.grib2"))
-    with pytest.raises(FileNotFoundError, match="prepare_weather"):
-        data.open_store(str(tmp_path / "nope.zarr"))
-    fields = synthetic.simulate(SHAPE, 1, dx_m=9000.0, seed=2)
-    f = {k: v[0] for k, v in fields.items()}
-    f["t2m"] = f["t2m"] + 200.0  # 500 K: out of range
-    path = str(tmp_path / "hot.grib2")
-    synthetic.write_file(path, f, dt.datetime(2024, 6, 1), 9000.0)
-    with pytest.raises(ValueError, match=r"hot.grib2: t2m .* outside"):
-        data.read_grib(path)
-    # A store without a variable.
-    ds = xr.Dataset({"refc": (("time", "y", "x"), np.zeros((2, 3, 4), np.float32))})
-    store = str(tmp_path / "partial.zarr")
-    ds.to_zarr(store, consolidated=False)
-    with open(data.stats_path(store), "w") as fh:
-        json.dump({"variables": {}}, fh)
-    with pytest.raises(ValueError, match="variable 't2m' missing"):
-        data.open_store(store)
 
 
 def test_synthetic_fields_have_the_planted_physics():

@@ -1,0 +1,403 @@
+"""HRRR ensemble forecasts from one initialisation time, as CF-1.10 NetCDF plus PNG folders.
+
+    jaxlab predict --model=runs/weather/bundle --input=<GRIB2 file(s) or hrrr.zarr> --out=DIR \
+        [members=N] [leads=L] [init_time=2024-06-03T18] [thresholds=refc:35,cape:1000] \
+        [stats=PATH] [plots=true|false] [sample_members=K]
+
+`model` is a training workdir or an exported bundle (`jaxlab.export`); both give bitwise the same
+files. `input` is one `*.grib2` file, several (comma-separated), a folder of them, or a Zarr store
+written by `scripts/prepare_weather.py`. The initialisation time is `init_time`, else the latest
+valid time among the inputs; only its file and, when present, the file valid one hour earlier are
+decoded (no Zarr preparation of an archive). The network conditions on the state at t; the t-1 h
+state, when given, is checked (same grid, one hour earlier) and its 1-h change is plotted in
+`01_current_state`. `members` (default `eval.num_members`) members roll out `leads` (default
+`eval.rollout_steps`) steps of `data.leads[0]` hours with the evaluation's sampler; member m's
+noise is the named stream "predict" folded with the initialisation hour, then m, then the lead.
+
+Output in `out`:
+  - `hrrr_ensemble_<init YYYYMMDDTHH>Z.nc`: CF-1.10, dims `realization`, `time` (valid times),
+    `y`, `x`; `forecast_reference_time`, `forecast_period`; projection `x` / `y` (m) with the
+    `lambert_conformal_conic` grid mapping read from the GRIB2 (LaD, LoV, Latin1/2, earth radius);
+    2-D `latitude` / `longitude`; per variable the members, `<var>_mean`, `<var>_spread`
+    (`cell_methods` realization: mean / standard_deviation), `standard_name` and units; exceedance
+    probabilities `probability_of_<var>_ge_<thr>` (units 1, with the threshold as a coordinate);
+    zlib compression.
+  - `01_current_state` ... `05_sample_members`: PNGs with init time, valid time and lead in every
+    title.
+
+Inference state: the EMA parameters and `residual_std` come from `steps.inference_params` (which
+export writes into bundles; `inference_params` below is the reference). Without that hook they
+are restored from the workdir's checkpoint (a bundle's `source_workdir`). The normalisation
+statistics (`hrrr.zarr.stats.json`) are found in this order: `stats=PATH`; `<model>/` (a bundle
+once `steps.bundle_files` ships it); the store of the model's workdir (`data.dir`, or
+`<workdir>/data` for synthetic data); the store of a bundle's `source_workdir`.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+import shutil
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import xarray as xr
+from absl import logging
+
+from jaxlab import export
+from jaxlab.core import mesh as mesh_lib
+from jaxlab.core import rng, run
+from jaxlab.core import task as task_lib
+from jaxlab.weather import data, data_grib, diffusion, ensemble
+from jaxlab.weather import model as model_lib
+from jaxlab.weather import predict_output as output
+from jaxlab.weather import steps as steps_lib
+
+TASK = "jaxlab.weather"
+DEMO_INPUT_DIR = "predict_input"
+
+
+def inference_params(state) -> dict[str, Any]:
+    """What a forecast needs from a train state: the EMA params and the scale of the diffused
+    change (`ensemble.scale_of`: {"std", "mean"} [C])."""
+    return {"ema": state.extra["ema"], "scale": ensemble.scale_of(state.extra)}
+
+
+def bundle_files(config: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
+    """The normalisation statistics the model was trained with, for an exported bundle."""
+    path = data.stats_path(data.store_path(config, workdir))
+    return {data.STATS_FILE: path} if os.path.exists(path) else {}
+
+
+def _restore_from_workdir(config, workdir: str):
+    steps = task_lib.import_task(config, "steps")
+    mesh = mesh_lib.make_mesh([("data", -1)], devices=jax.devices()[:1])
+    state, step = run.restore_for_eval(config, workdir, steps.build(config, mesh))
+    state = jax.device_get(state)
+    return state.extra["ema"], ensemble.scale_of(state.extra), int(step)
+
+
+def load_forecaster(model: str, config=None):
+    """(config, EMA params, scale {"std", "mean"} [C], info) from a bundle or a workdir."""
+    if config is None:
+        config = export.read_config(model)
+    if config.task != TASK:
+        raise ValueError(f"{model} holds a {config.task} model; this command needs a {TASK} model.")
+    steps = task_lib.import_task(config, "steps")
+    if hasattr(steps, "inference_params"):
+        config, params, info = export.load_model(model, config, task=TASK)
+        scale = params["scale"] if "scale" in params else ensemble.scale_of(params)
+        return config, params["ema"], scale, info
+    info = {}
+    workdir = model
+    if export.is_bundle(model):
+        with open(os.path.join(model, export.INFO_FILE)) as f:
+            info = json.load(f)
+        workdir = info.get("source_workdir", "")
+        logging.warning(
+            "%s: %s.steps has no inference_params, so the bundle lacks the EMA params and "
+            "the residual scale; reading them from its source workdir %s.",
+            model,
+            TASK,
+            workdir,
+        )
+        if not os.path.isdir(workdir):
+            raise FileNotFoundError(
+                f"{model}: the bundle lacks the residual scale, and its source workdir {workdir!r} "
+                "is gone."
+            )
+    params, scale, step = _restore_from_workdir(config, workdir)
+    return config, params, scale, {**info, "checkpoint_step": info.get("checkpoint_step", step)}
+
+
+def find_stats(model: str, config, info: dict, given: str = "") -> tuple[dict, str]:
+    """The training normalisation statistics and where they were read (order: module doc)."""
+    candidates = [given] if given else []
+    candidates.append(os.path.join(model, data.STATS_FILE))
+    candidates.append(data.stats_path(data.store_path(config, model)))
+    if info.get("source_workdir"):
+        candidates.append(data.stats_path(data.store_path(config, info["source_workdir"])))
+    for path in candidates:
+        if os.path.isfile(path):
+            with open(path) as f:
+                return json.load(f), path
+        if path == given:
+            raise FileNotFoundError(f"stats={given}: no such statistics file.")
+    raise FileNotFoundError(
+        f"No normalisation statistics ({data.STATS_FILE}) for {model}; looked in {candidates}. "
+        "Pass stats=<the training store's .stats.json>."
+    )
+
+
+def _parse_time(value: str, name: str = "init_time") -> np.datetime64:
+    try:
+        return np.datetime64(str(value).replace("Z", ""), "ns")
+    except ValueError as e:
+        raise ValueError(f"{name}={value!r}: expected an ISO time such as 2024-06-03T18.") from e
+
+
+def _grib_inputs(inputs: str) -> list[str]:
+    paths = []
+    for part in filter(None, (p.strip() for p in inputs.split(","))):
+        if os.path.isdir(part):
+            found = data.grib_paths(part)
+            if not found:
+                raise FileNotFoundError(f"{part}: no *.grib2 files in this folder.")
+            paths += found
+        elif os.path.isfile(part):
+            paths.append(part)
+        else:
+            raise FileNotFoundError(f"{part}: no such GRIB2 file or folder.")
+    return paths
+
+
+def read_initial_states(inputs: str, init_time: str = "") -> dict[str, Any]:
+    """{"time", "state" [y, x, C], "previous" [y, x, C] or None, "grid", "latitude", "longitude",
+    "sources"} at the initialisation time, physical units, from GRIB2 file(s) or a Zarr store."""
+    if inputs.rstrip("/").endswith(".zarr"):
+        return _from_store(inputs.rstrip("/"), init_time)
+    headers = [data_grib.scan_grib(p) for p in _grib_inputs(inputs)]
+    by_time: dict[Any, list] = {}
+    for h in headers:
+        by_time.setdefault(h["time"], []).append(h["path"])
+    for t, paths in by_time.items():
+        if len(paths) > 1:
+            raise ValueError(f"valid time {t} is in {len(paths)} input files: {paths}.")
+    t = _parse_time(init_time) if init_time else max(by_time)
+    if t not in by_time:
+        raise ValueError(f"init_time {t}: no input file is valid then; found {sorted(by_time)}.")
+    header = next(h for h in headers if h["time"] == t)
+    record = data.read_grib(header["path"], coords=True, header=header)
+    out = {
+        "time": t,
+        "state": np.stack([record[n] for n in data.VARIABLES], -1),
+        "previous": None,
+        "grid": header["grid"],
+        "latitude": record["latitude"],
+        "longitude": record["longitude"],
+        "sources": [header["path"]],
+    }
+    before = t - np.timedelta64(1, "h")
+    if before in by_time:
+        prev_header = next(h for h in headers if h["time"] == before)
+        if prev_header["grid"] != header["grid"]:
+            raise ValueError(
+                f"{prev_header['path']}: on another grid than the initial file {header['path']}."
+            )
+        prev = data.read_grib(prev_header["path"], coords=False, header=prev_header)
+        out["previous"] = np.stack([prev[n] for n in data.VARIABLES], -1)
+        out["sources"].append(prev_header["path"])
+    elif len(headers) > 1:
+        logging.warning("No input file is valid at %s (t - 1 h): no 1-h change figures.", before)
+    return out
+
+
+def _from_store(store: str, init_time: str) -> dict[str, Any]:
+    if not os.path.isdir(store):
+        raise FileNotFoundError(f"{store}: no such Zarr store.")
+    ds = xr.open_zarr(store, chunks=None, consolidated=False)
+    if "grid" not in ds.attrs:
+        raise ValueError(
+            f"{store}: attribute 'grid' (the GRIB2 grid keys) missing; re-run "
+            "scripts/prepare_weather.py with this version to write it."
+        )
+    times = ds["time"].values
+    t = _parse_time(init_time) if init_time else times[-1]
+    index = {v: i for i, v in enumerate(times)}
+    if t not in index:
+        raise ValueError(f"{store}: init_time {t} not in the store ({times[0]} .. {times[-1]}).")
+
+    def state(i):
+        return np.stack([ds[n].values[i] for n in data.VARIABLES], -1)
+
+    before = t - np.timedelta64(1, "h")
+    return {
+        "time": t,
+        "state": state(index[t]),
+        "previous": state(index[before]) if before in index else None,
+        "grid": ds.attrs["grid"],
+        "latitude": ds["latitude"].values,
+        "longitude": ds["longitude"].values,
+        "sources": [f"{store}@{t}"],
+    }
+
+
+_STEP_FNS: dict = {}
+
+
+def _step_fn(config, members: int):
+    """`ensemble.make_forecast_step` on as many devices as divide `members` evenly (members are
+    sharded, never replicated), compiled once per (config, members) in a process."""
+    key = (config.to_json_best_effort(), members)
+    if key not in _STEP_FNS:
+        devices = jax.devices()[: math.gcd(members, jax.device_count())]
+        mesh = mesh_lib.make_mesh([("data", -1)], devices=devices)
+        model = model_lib.make_model(config)
+        sched = diffusion.make_schedule(config.diffusion.schedule, config.diffusion.num_steps)
+        _STEP_FNS[key] = ensemble.make_forecast_step(model, sched, config, mesh, members)
+    return _STEP_FNS[key]
+
+
+def forecast(config, params, scale, normaliser, state, init_time, members: int, leads: int):
+    """Ensemble [L, M, y, x, C] in physical units from the physical state [y, x, C] at
+    `init_time`: `ensemble.rollout`, as the evaluation draws it, with the case key
+    stream(seed, "predict", hours since 1970 of `init_time`)."""
+    hours = (np.datetime64(init_time, "h") - np.datetime64("1970-01-01T00", "h")).astype(int)
+    case_key = rng.stream(config.seed, "predict", int(hours))
+    init = jnp.asarray(normaliser.encode(state))
+    hour = float(steps_lib.hour_of_day(init_time))
+    ens = ensemble.rollout(
+        _step_fn(config, members),
+        params,
+        init,
+        float(config.data.leads[0]),
+        hour,
+        case_key,
+        members,
+        leads,
+        scale,
+    )
+    return normaliser.decode(np.asarray(jax.device_get(ens)))
+
+
+def clip_to_physical_range(members: np.ndarray) -> tuple[np.ndarray, dict[str, int]]:
+    """Members [..., C] clipped to `data.VALID_RANGE` per variable (a young or extrapolating
+    model can leave it: e.g. REFC below -40 dBZ); the counts are logged and written."""
+    out, clipped = members.copy(), {}
+    for c, name in enumerate(data.VARIABLES):
+        lo, hi = data.VALID_RANGE[name]
+        field = out[..., c]
+        clipped[name] = int(((field < lo) | (field > hi)).sum())
+        np.clip(field, lo, hi, out=field)
+    if any(clipped.values()):
+        logging.warning(
+            "predict: values outside the physical ranges clipped (per variable, of %d): %s",
+            members[..., 0].size,
+            {k: v for k, v in clipped.items() if v},
+        )
+    return out, clipped
+
+
+def _positive_int(name: str, value) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = 0
+    if number < 1:
+        raise ValueError(f"predict option {name}={value!r}: expected a positive integer.")
+    return number
+
+
+def _thresholds(value, config) -> list[tuple[str, float]]:
+    if value in (None, ""):
+        return [(name, float(v)) for name, v in config.eval.thresholds]
+    out = []
+    for part in str(value).split(","):
+        name, _, number = part.partition(":")
+        if name.strip() not in data.VARIABLES:
+            raise ValueError(f"thresholds={value!r}: {name!r} is not one of {data.VARIABLES}.")
+        try:
+            out.append((name.strip(), float(number)))
+        except ValueError as e:
+            raise ValueError(f"thresholds={value!r}: expected NAME:VALUE,NAME:VALUE.") from e
+    return out
+
+
+def _bool(name: str, value) -> bool:
+    text = str(value).lower()
+    if text not in ("true", "false", "1", "0", "yes", "no"):
+        raise ValueError(f"predict option {name}={value!r}: expected true or false.")
+    return text in ("true", "1", "yes")
+
+
+def predict(
+    model: str,
+    inputs: str,
+    out: str,
+    config=None,
+    members=None,
+    leads=None,
+    init_time: str = "",
+    thresholds: str = "",
+    stats: str = "",
+    plots="true",
+    sample_members=None,
+) -> list[str]:
+    """Writes the NetCDF and the PNG folders for one initialisation time; returns the files."""
+    config, params, scale, info = load_forecaster(model, config)
+    ec = config.eval
+    members = _positive_int("members", members or ec.num_members)
+    leads = _positive_int("leads", leads or ec.rollout_steps)
+    sample = _positive_int("sample_members", sample_members or ec.sample_members_plotted)
+    events = _thresholds(thresholds, config)
+    statistics, stats_file = find_stats(model, config, info, stats)
+    init = read_initial_states(inputs, init_time)
+    shape = tuple(int(v) for v in config.data.shape)
+    if init["state"].shape[:2] != shape:
+        raise ValueError(
+            f"{init['sources'][0]}: grid (y, x) = {init['state'].shape[:2]}; the model was "
+            f"trained on config.data.shape = {shape}."
+        )
+    normaliser = data.Normaliser(statistics)
+    start = time.perf_counter()
+    members_phys = forecast(
+        config, params, scale, normaliser, init["state"], init["time"], members, leads
+    )
+    seconds = time.perf_counter() - start
+    members_phys, clipped = clip_to_physical_range(members_phys)
+    os.makedirs(out, exist_ok=True)
+    lead_hours = int(config.data.leads[0]) * np.arange(1, leads + 1)
+    ds = output.dataset(init, members_phys, lead_hours, events, info, stats_file, clipped)
+    nc = os.path.join(out, f"hrrr_ensemble_{output.stamp(init['time'])}Z.nc")
+    output.write_netcdf(ds, nc)
+    written = [nc]
+    if _bool("plots", plots):
+        written += output.figures(out, ds, init, sample)
+    mean_refc = float(ds["refc_mean"].max())
+    logging.info(
+        "weather predict: init %s, %d members x %d leads (%s h) in %.1f s -> %s (+%d PNGs); "
+        "max ensemble-mean REFC %.1f dBZ; model step %s, stats %s",
+        init["time"],
+        members,
+        leads,
+        ",".join(str(h) for h in lead_hours),
+        seconds,
+        nc,
+        len(written) - 1,
+        mean_refc,
+        info.get("checkpoint_step"),
+        stats_file,
+    )
+    return written
+
+
+def demo_input(config, workdir: str) -> str:
+    """`workdir/predict_input/`: the GRIB2 files of a held-out time t and of t - 1 h (no later
+    hours), copied from the synthetic archive; for real data, the store (predict uses its last
+    time)."""
+    store = data.prepare(config, workdir)
+    if not config.data.synthetic:
+        return store
+    with open(data.stats_path(store)) as f:
+        num_train = int(json.load(f)["num_train_times"])
+    times = xr.open_zarr(store, chunks=None, consolidated=False)["time"].values
+    held_out = times[num_train + 1 :]
+    if not len(held_out):
+        raise ValueError(f"{store}: no held-out time after the training period.")
+    t = held_out[len(held_out) // 2]
+    wanted = {t, t - np.timedelta64(1, "h")}
+    out = os.path.join(workdir, DEMO_INPUT_DIR)
+    if os.path.isdir(out):
+        shutil.rmtree(out)
+    os.makedirs(out)
+    grib_dir = os.path.join(data.data_dir(config, workdir), "grib")
+    for path in sorted(glob.glob(os.path.join(grib_dir, "**", "*.grib2"), recursive=True)):
+        if data.scan_grib(path)["time"] in wanted:
+            shutil.copyfile(path, os.path.join(out, os.path.basename(path)))
+    return out
