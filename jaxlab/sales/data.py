@@ -28,6 +28,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from absl import logging
 
+from jaxlab.data import ownership
 from jaxlab.sales import synthetic
 
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
@@ -212,22 +213,52 @@ def read_panel(path: str) -> pd.DataFrame:
     return panel
 
 
+def find_olist_dir(root: str, max_depth: int = 3) -> str | None:
+    """The first folder under `root` (depth <= max_depth, sorted) holding the orders CSV.
+
+    On Kaggle, a dataset added to a notebook appears as /kaggle/input/<slug>/ (sometimes one
+    level deeper), so the Olist CSVs are found without knowing the slug.
+    """
+    if not root or not os.path.isdir(root):
+        return None
+    root = os.path.abspath(root)
+    for directory, subdirs, files in sorted(os.walk(root)):
+        subdirs.sort()
+        if directory[len(root) :].count(os.sep) >= max_depth:
+            subdirs.clear()
+        if synthetic.ORDERS_FILE in files:
+            return directory
+    return None
+
+
 def prepare(config: ml_collections.ConfigDict, workdir: str) -> str:
     """The panel path, after writing the synthetic CSVs and building the panel when missing.
 
-    Synthetic data goes to `<workdir>/data/olist`; real data needs `config.data.panel_path` (a
-    panel from scripts/prepare_sales.py) or `config.data.csv_dir` (the Olist CSVs).
+    Synthetic data goes to `<workdir>/data/olist` (claimed with `ownership.claim_synthetic_dir`,
+    so a user's folder is never written into); real data needs `config.data.panel_path` (a panel
+    from scripts/prepare_sales.py) or `config.data.csv_dir` (the Olist CSVs); when both are
+    empty, the Olist folder is looked for under `config.data.kaggle_input` (a Kaggle notebook's
+    /kaggle/input). The panel is written to `<workdir>/data/panel.parquet` by default.
     """
     dc = config.data
     data_dir = os.path.join(workdir, "data")
-    if not dc.synthetic and not dc.panel_path and not dc.csv_dir:
-        raise ValueError(
-            "config.data.synthetic is False, so set config.data.panel_path (a panel parquet from "
-            "scripts/prepare_sales.py) or config.data.csv_dir (the folder of the Olist CSVs)."
-        )
-    csv_dir = dc.csv_dir or os.path.join(data_dir, "olist")
+    csv_dir = dc.csv_dir
+    if not dc.synthetic and not dc.panel_path and not csv_dir:
+        csv_dir = find_olist_dir(dc.get("kaggle_input", ""))
+        if csv_dir is None:
+            raise ValueError(
+                "config.data.synthetic is False, so set config.data.panel_path (a panel parquet "
+                "from scripts/prepare_sales.py) or config.data.csv_dir (the folder of the Olist "
+                f"CSVs); no {synthetic.ORDERS_FILE} was found under config.data.kaggle_input "
+                f"({dc.get('kaggle_input', '')!r})."
+            )
+        logging.info("Olist CSVs found under %s: %s", dc.kaggle_input, csv_dir)
     panel_path = dc.panel_path or os.path.join(data_dir, "panel.parquet")
     if dc.synthetic:
+        if not csv_dir:
+            csv_dir = os.path.join(ownership.claim_synthetic_dir(data_dir), "olist")
+        else:
+            csv_dir = ownership.claim_synthetic_dir(csv_dir)
         synthetic.write_dataset(
             csv_dir, num_products=dc.num_products, num_days=dc.num_days, seed=config.seed
         )

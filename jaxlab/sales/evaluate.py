@@ -33,7 +33,7 @@ from jaxlab.core import loop, rng, run
 from jaxlab.core import mesh as mesh_lib
 from jaxlab.core.writer import read_metrics
 from jaxlab.data import pipeline
-from jaxlab.sales import data, data_windows, forecast, plots, steps
+from jaxlab.sales import data, data_windows, forecast, plots, steps, study_report
 from jaxlab.sales import metrics as metrics_lib
 from jaxlab.sales import model as model_lib
 
@@ -138,6 +138,10 @@ def comparison_table(m: dict[str, float]) -> str:
         f"{'history mean (naive)':<22} {m['naive_mae']:>9.4f} {m['naive_rmse']:>10.4f}",
         f"{'same weekday (s-naive)':<22} {m['seasonal_naive_mae']:>9.4f} "
         f"{m['seasonal_naive_rmse']:>10.4f}",
+        f"{'history median':<22} {m['median_naive_mae']:>9.4f} {m['median_naive_rmse']:>10.4f}",
+        f"real only - {m['best_naive']}: MAE {m['real_vs_naive_mae_diff']:+.4f} "
+        f"[{m['real_vs_naive_mae_diff_lo']:+.4f}, {m['real_vs_naive_mae_diff_hi']:+.4f}] "
+        f"(95% paired bootstrap; ratio {m['real_over_best_naive_mae']:.3f})",
         f"augmented - real: MAE {m['mae_diff']:+.4f} [{m['mae_diff_lo']:+.4f}, "
         f"{m['mae_diff_hi']:+.4f}], RMSE {m['rmse_diff']:+.4f} [{m['rmse_diff_lo']:+.4f}, "
         f"{m['rmse_diff_hi']:+.4f}] (95% paired bootstrap)",
@@ -156,6 +160,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
     ec = config.eval
     mesh = mesh_lib.make_mesh(config.mesh)
     sources = data_windows.load_windows(config, data.prepare(config, workdir))
+    if config.study.mode == "only":
+        return study_metrics(config, workdir, sources["test"])
     source = sources[ec.split]
     real = stack_field(source, "target")
     features = stack_field(source, "target_features")
@@ -172,6 +178,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
         rng.stream(config.seed, "eval_samples"),
     )
     naive = np.repeat(history.mean(axis=1, keepdims=True), real.shape[1], axis=1)
+    median_naive = np.repeat(np.median(history, axis=1, keepdims=True), real.shape[1], axis=1)
     seasonal_naive = np.asarray(
         model_lib.weekday_history(history, stack_field(source, "history_features"), features)
     )[..., 0]
@@ -210,6 +217,26 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
             "naive_rmse": float(np.sqrt(np.square(naive - real).mean())),
             "seasonal_naive_mae": float(np.abs(seasonal_naive - real).mean()),
             "seasonal_naive_rmse": float(np.sqrt(np.square(seasonal_naive - real).mean())),
+            "median_naive_mae": float(np.abs(median_naive - real).mean()),
+            "median_naive_rmse": float(np.sqrt(np.square(median_naive - real).mean())),
+        }
+    )
+    # Does the real-only forecaster beat the better of the two mean-based naive forecasts?
+    best = "naive" if metrics["naive_mae"] <= metrics["seasonal_naive_mae"] else "seasonal_naive"
+    best_pred = naive if best == "naive" else seasonal_naive
+    versus = metrics_lib.paired_bootstrap(
+        metrics_lib.forecast_errors(best_pred, real),
+        errors["real"],
+        num_resamples=ec.bootstrap_resamples,
+        seed=config.seed,
+    )
+    metrics.update(
+        {
+            "best_naive": best,
+            "real_over_best_naive_mae": metrics["real_mae"] / metrics[f"{best}_mae"],
+            "real_vs_naive_mae_diff": versus["mae_diff"],
+            "real_vs_naive_mae_diff_lo": versus["mae_diff_lo"],
+            "real_vs_naive_mae_diff_hi": versus["mae_diff_hi"],
         }
     )
     table = comparison_table(metrics)
@@ -223,7 +250,20 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
         with open(os.path.join(out_dir, "comparison.txt"), "w") as f:
             f.write(table + "\n")
         write_figures(config, parts, gan_state.params, source, real, fake, workdir, out_dir, mesh)
+    if config.study.mode == "also":
+        metrics.update(study_metrics(config, workdir, sources["test"]))
     return metrics
+
+
+def study_metrics(config: ml_collections.ConfigDict, workdir: str, test_source) -> dict:
+    """Rewrites the study's table and figure from its finished cells; flat scalars of it."""
+    test = {
+        k: stack_field(test_source, k)
+        for k in ("history_sales", "history_features", "target_features", "target")
+    }
+    report = study_report.report(config, workdir, test)
+    logging.info("sales study:\n%s", report["table"])
+    return study_report.flat(report)
 
 
 def write_figures(config, parts, gen_params, source, real, fake, workdir, out_dir, mesh) -> None:

@@ -20,48 +20,28 @@ from jaxlab.sales.data_windows import NUM_TEMPORAL
 SPECTRAL = "spectral"  # variable collection of the power-iteration vectors
 
 
-def _l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
-    return x / (jnp.linalg.norm(x) + eps)
-
-
-def power_iteration(kernel: jax.Array, u: jax.Array, num_iterations: int = 1):
-    """Top singular value of `kernel` [in, out] by power iteration from `u` [out].
-
-    v = K u / |K u|, u = K^T v / |K^T v|, sigma = v^T K u. Returns (sigma, u); u and v are treated
-    as constants (stop_gradient), so d sigma / d K = v u^T as in Miyato et al. (2018).
-    """
-    for _ in range(num_iterations):
-        v = _l2_normalize(kernel @ u)
-        u = _l2_normalize(kernel.T @ v)
-    u, v = jax.lax.stop_gradient(u), jax.lax.stop_gradient(v)
-    return v @ kernel @ u, u
-
-
-class SpectralDense(nn.Module):
+def spectral_dense(features: int, name: str) -> nn.Module:
     """Dense layer with weight W / sigma(W) (spectral normalisation, Miyato et al. 2018).
 
-    The power-iteration vector u lives in the `spectral` collection; it advances by one iteration
-    per call with `update_stats=True` (pass `mutable=["spectral"]`).
+    `flax.linen.SpectralNorm` around `nn.Dense`: one power iteration per call, its vector u and
+    the estimate sigma in the `spectral` collection, advanced with `update_stats=True` (pass
+    `mutable=["spectral"]`); the gradient treats u and v as constants, as in the paper.
     """
+    return nn.SpectralNorm(nn.Dense(features, name=name), collection_name=SPECTRAL)
 
-    features: int
-    num_iterations: int = 1
 
-    @nn.compact
-    def __call__(self, x: jax.Array, update_stats: bool = False) -> jax.Array:
-        kernel = self.param(
-            "kernel", nn.initializers.lecun_normal(), (x.shape[-1], self.features), jnp.float32
-        )
-        bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
-        u = self.variable(
-            SPECTRAL,
-            "u",
-            lambda: _l2_normalize(jax.random.normal(self.make_rng("params"), (self.features,))),
-        )
-        sigma, u_new = power_iteration(kernel, u.value, self.num_iterations)
-        if update_stats and not self.is_initializing():
-            u.value = u_new
-        return x @ (kernel / sigma) + bias
+def relu_with_gradient(x: jax.Array, slope: float = 0.1) -> jax.Array:
+    """max(x, 0) forward, the gradient of leaky_relu(x, slope) backward.
+
+    The generator's output must be >= 0 and may be exactly 0 (about 40% of the demo's target days
+    sell nothing), which a softplus never reaches. A plain ReLU output, though, passes no gradient
+    once a unit's pre-activation is negative for every window: when the critic pushes the level
+    down early in training, the generator's output collapses to 0 and stays there (seen on the
+    demo: fake_mean 0 and gen_grad_norm 0 from iteration ~150). The straight-through slope keeps
+    the critic's "more" signal flowing to a zeroed output while the forward value is unchanged.
+    """
+    leaky = nn.leaky_relu(x, slope)
+    return leaky + jax.lax.stop_gradient(nn.relu(x) - leaky)
 
 
 def weekday_history(
@@ -108,13 +88,11 @@ class ConditionEncoder(nn.Module):
 
     def _dense(self, features: int, name: str):
         return (
-            SpectralDense(features, name=name)
-            if self.spectral_norm
-            else nn.Dense(features, name=name)
+            spectral_dense(features, name) if self.spectral_norm else nn.Dense(features, name=name)
         )
 
     def _apply_dense(self, layer, x, update_stats):
-        return layer(x, update_stats) if self.spectral_norm else layer(x)
+        return layer(x, update_stats=update_stats) if self.spectral_norm else layer(x)
 
     @nn.compact
     def __call__(self, history_sales, history_features, target_features, update_stats=False):
@@ -138,7 +116,7 @@ class ConditionEncoder(nn.Module):
 
 
 class Generator(nn.Module):
-    """(noise [B, T, Z], condition inputs) -> 7-day sequence [B, T] >= 0 (ReLU output).
+    """(noise [B, T, Z], condition inputs) -> 7-day sequence [B, T] >= 0 (`relu_with_gradient`).
 
     The GRU decoder starts from a state made of the first day's noise and the condition and reads,
     at each target day, that day's calendar features, the history's value for that weekday
@@ -149,6 +127,7 @@ class Generator(nn.Module):
 
     encoder: ConditionEncoder
     hidden: int
+    seasonal_init: bool = True  # the weekly skip starts as the seasonal-naive forecast (or 0)
 
     @nn.compact
     def __call__(self, noise, history_sales, history_features, target_features):
@@ -161,12 +140,14 @@ class Generator(nn.Module):
         out = nn.RNN(nn.GRUCell(self.hidden), name="decoder")(steps, initial_carry=h0)
         mixed = jnp.concatenate([out, weekly, noise], -1)
         out = nn.relu(nn.Dense(self.hidden, name="mix")(mixed))
-        # A linear path from the weekday summary to the output, initialised to the seasonal-naive
-        # forecast (weight 1 on the weekday level, 0 on the offset): training starts from "repeat
-        # the product's usual week" and learns how far to move from it; the GRU path adds the
-        # trend, promotions and the day-to-day noise.
-        skip = nn.Dense(1, kernel_init=_seasonal_naive_init, name="weekly_skip")(weekly)
-        sequence = nn.relu((nn.Dense(1, name="out")(out) + skip)[..., 0])
+        # A linear path from the weekday summary to the output, by default initialised to the
+        # seasonal-naive forecast (weight 1 on the weekday level, 0 on the offset): training
+        # starts from "repeat the product's usual week" and learns how far to move from it; the
+        # GRU path adds the trend, promotions and the day-to-day noise. With seasonal_init=False
+        # it starts at 0 and the weekly shape must be learnt (README: the ablation).
+        skip_init = _seasonal_naive_init if self.seasonal_init else nn.initializers.zeros
+        skip = nn.Dense(1, kernel_init=skip_init, name="weekly_skip")(weekly)
+        sequence = relu_with_gradient((nn.Dense(1, name="out")(out) + skip)[..., 0])
         chex.assert_shape(sequence, (batch, horizon))
         return sequence
 
@@ -194,14 +175,21 @@ class Critic(nn.Module):
         x = nn.leaky_relu(nn.Conv(self.channels, (3,), name="conv1")(x), 0.2)
         x = nn.leaky_relu(nn.Conv(self.channels, (3,), name="conv2")(x), 0.2)
         x = jnp.concatenate([x.reshape(batch, -1), cond], axis=-1)
-        x = nn.leaky_relu(SpectralDense(self.hidden, name="dense1")(x, update_stats), 0.2)
-        score = SpectralDense(1, name="score")(x, update_stats)[:, 0]
+        x = nn.leaky_relu(spectral_dense(self.hidden, "dense1")(x, update_stats=update_stats), 0.2)
+        score = spectral_dense(1, "score")(x, update_stats=update_stats)[:, 0]
         chex.assert_shape(score, (batch,))
         return score
 
 
 class Forecaster(nn.Module):
-    """LSTM over the history (sales + features) and the target calendar -> 7 days [B, T]."""
+    """The seed's LSTM forecaster: history (sales + features) and target calendar -> [B, T].
+
+    The LSTM encodes the 30-day history into h [B, L]; each target day t is then decoded by the
+    same two dense layers from [h, that day's calendar features, `weekday_history` of that day].
+    Decoding day by day (instead of one dense layer from [h, all T days' calendars] to T outputs)
+    ties each output to its own weekday: the shared layers see 7x more examples per weight, and
+    the weekday summary hands them the product's level on that weekday directly.
+    """
 
     lstm_size: int
     hidden: int
@@ -210,11 +198,14 @@ class Forecaster(nn.Module):
     @nn.compact
     def __call__(self, history_sales, history_features, target_features):
         batch = history_sales.shape[0]
+        chex.assert_shape(target_features, (batch, self.horizon, NUM_TEMPORAL))
         x = jnp.concatenate([history_sales[..., None], history_features], axis=-1)
         (_, h), _ = nn.RNN(nn.OptimizedLSTMCell(self.lstm_size), return_carry=True)(x)
-        x = jnp.concatenate([h, target_features.reshape(batch, -1)], axis=-1)
-        x = nn.relu(nn.Dense(self.hidden)(x))
-        return nn.Dense(self.horizon)(x)
+        weekly = weekday_history(history_sales, history_features, target_features)
+        per_day = jnp.broadcast_to(h[:, None], (batch, self.horizon, h.shape[-1]))
+        x = jnp.concatenate([per_day, target_features, weekly], axis=-1)
+        x = nn.relu(nn.Dense(self.hidden, name="hidden")(x))
+        return nn.Dense(1, name="out")(x)[..., 0]
 
 
 class SequenceClassifier(nn.Module):
@@ -241,7 +232,9 @@ def make_encoder(config: ml_collections.ConfigDict, spectral_norm: bool) -> Cond
 
 def make_gan(config: ml_collections.ConfigDict) -> tuple[Generator, Critic]:
     mc = config.model
-    generator = Generator(encoder=make_encoder(config, False), hidden=mc.gen_hidden)
+    generator = Generator(
+        encoder=make_encoder(config, False), hidden=mc.gen_hidden, seasonal_init=mc.seasonal_init
+    )
     critic = Critic(
         encoder=make_encoder(config, True), channels=mc.critic_channels, hidden=mc.critic_hidden
     )

@@ -10,6 +10,9 @@
    real + generated (ratio `augment.ratio`) and generated-only windows, each in
    `workdir/forecast_<name>/` (see forecast.py).
 
+With `study.mode` "only" (the `study` variant) or "also" (`paper`: after the three stages),
+the augmentation study of study.py runs instead / afterwards; its cells resume too.
+
 A SIGTERM checkpoints the stage running and returns; rerunning continues where it stopped.
 """
 
@@ -29,7 +32,7 @@ from jaxlab.core import mesh as mesh_lib
 from jaxlab.core import state as state_lib
 from jaxlab.core.writer import MetricWriter
 from jaxlab.data import pipeline
-from jaxlab.sales import data, data_windows, evaluate, forecast, steps
+from jaxlab.sales import data, data_windows, evaluate, forecast, steps, study, study_report
 
 GENERATED_FILE = os.path.join("generated", "train.parquet")
 
@@ -192,6 +195,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # Input.
     sources = data_windows.load_windows(config, data.prepare(config, workdir))
 
+    mode = config.study.mode
+    if mode not in ("off", "only", "also"):
+        raise ValueError(f"config.study.mode must be 'off', 'only' or 'also', got {mode!r}.")
+    if mode == "only":
+        return study_report.flat(study.run_study(config, workdir, mesh, sources, train_gan))
+
     summary: dict[str, float] = {}
     # Between the stages' own handlers a SIGTERM is noted here and honoured before the next one.
     with loop.Preemption() as between_stages:
@@ -217,4 +226,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             )
             summary[f"{name}_val_mae"] = val_metrics["val_mae"]
     logging.info("Validation MAE of the forecasters: %s", summary)
+    if mode == "also":
+        summary.update(
+            study_report.flat(study.run_study(config, workdir, mesh, sources, train_gan))
+        )
     return summary

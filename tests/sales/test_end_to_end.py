@@ -7,13 +7,14 @@ import signal
 
 import jax
 import numpy as np
+import pandas as pd
 import pytest
 
 from jaxlab.configs import sales as sales_config
 from jaxlab.core import checkpoint, loop, run
 from jaxlab.core import mesh as mesh_lib
 from jaxlab.core.writer import read_metrics
-from jaxlab.sales import data, data_windows, evaluate, forecast, steps, synthetic, train
+from jaxlab.sales import data, data_windows, evaluate, forecast, predict, steps, synthetic, train
 from jaxlab.sales import metrics as metrics_lib
 
 
@@ -57,6 +58,40 @@ def test_tiny_train_then_evaluate_from_checkpoints(tmp_path):
         assert os.path.getsize(os.path.join(out, name)) > 1000
     with open(os.path.join(out, "comparison.txt")) as f:
         assert "augmented - real" in f.read()
+    _check_predict(config, workdir, str(tmp_path / "predictions"))
+
+
+def _check_predict(config, workdir, out):
+    """predict on the demo input (the synthetic panel), read back with plain pandas: N scenarios
+    of 7 days per product in units (the inverse of the product's min-max over its history up to
+    as_of), the forecaster's point forecast, p10 <= p90, one PNG per product."""
+    panel_path = predict.demo_input(config, workdir)
+    panel = pd.read_parquet(panel_path).assign(date=lambda f: pd.to_datetime(f["date"]))
+    last = panel.groupby("product_id")["date"].max()
+    as_of = last.min()
+    ids = sorted(last.index[last == as_of])[:2]
+    written = predict.predict(
+        workdir,
+        panel_path,
+        out,
+        product_ids=",".join(ids),
+        as_of=str(as_of.date()),
+        num_scenarios="5",
+    )
+    scenarios = pd.read_csv(os.path.join(out, predict.SCENARIOS_FILE))
+    forecasts = pd.read_csv(os.path.join(out, predict.FORECAST_FILE))
+    assert len(scenarios) == len(ids) * 5 * 7 and len(forecasts) == len(ids) * 7
+    assert set(scenarios["product_id"]) == set(ids) and (scenarios["units"] >= 0).all()
+    assert (forecasts["p10"] <= forecasts["p90"]).all() and (forecasts["forecast"] >= 0).all()
+    first_day = (as_of + pd.Timedelta(days=1)).strftime("%Y-%m-%d")
+    assert forecasts["date"].min() == first_day
+    for product in ids:
+        history = panel[(panel["product_id"] == product) & (panel["date"] <= as_of)]["sales"]
+        rows = scenarios[scenarios["product_id"] == product]
+        # Units, not the normalised scale: the level is that of the product's own sales.
+        assert rows["units"].max() <= 5 * history.max() + 1
+        assert os.path.getsize(os.path.join(out, f"{product}.png")) > 1000
+    assert len(written) == 2 + len(ids)
 
 
 def _resume_config():

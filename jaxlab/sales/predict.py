@@ -1,0 +1,189 @@
+"""Scenarios and forecasts for products' next 7 days from their recent history.
+
+    jaxlab predict --model=runs/sales --input=<Olist CSV folder | panel.parquet> --out=preds \\
+        product_ids=<id,id,...> as_of=YYYY-MM-DD [num_scenarios=20]
+
+For each product: the last `data.history` days up to and including `as_of` (sales, calendar,
+reviews) are the condition; the generator draws `num_scenarios` 7-day sequences and the real-only
+forecaster gives its point forecast. Written in the product's units (items per day):
+`scenarios.csv` (product_id, scenario, date, units), `forecast.csv` (product_id, date, forecast,
+p10, p90: the 10-90% band of the scenarios) and `<product_id>.png` per product.
+
+Normalisation: the model was trained on per-product min-max scaled sales (training-period
+statistics). For new data these statistics are recomputed from the input's own history up to
+`as_of` (the same rule applied to the history the model sees), and outputs are mapped back with
+them. `model` must be a training workdir: the forecaster's checkpoints live beside the GAN's in
+`forecast_real/` (an exported bundle carries the generator only).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+
+import jax
+import numpy as np
+import pandas as pd
+from absl import logging
+
+from jaxlab import export
+from jaxlab.core import mesh as mesh_lib
+from jaxlab.core import rng
+from jaxlab.sales import data, data_windows, forecast, gan
+from jaxlab.sales import model as model_lib
+
+SCENARIOS_FILE = "scenarios.csv"
+FORECAST_FILE = "forecast.csv"
+
+
+def read_history(inputs: str, config) -> pd.DataFrame:
+    """The product-day panel of `inputs`: an Olist CSV folder or a panel parquet."""
+    if os.path.isdir(inputs):
+        panel, _ = data.build_panel(
+            inputs, min_sales=0, exclude_statuses=tuple(config.data.exclude_statuses)
+        )
+        return panel
+    return data.read_panel(inputs)
+
+
+def conditions(panel: pd.DataFrame, product_ids, as_of: np.datetime64, config, inputs: str):
+    """Window inputs [P, ...] of the products' last H days up to `as_of`, and their min, scale."""
+    dc = config.data
+    past = panel[panel["date"] <= pd.Timestamp(as_of)]
+    arrays = data_windows.make_panel_arrays(past, fractions=(1.0, 0.0))
+    index = {p: i for i, p in enumerate(arrays.product_ids)}
+    rows = {k: [] for k in ("history_sales", "history_features", "target_features")}
+    lows, scales = [], []
+    target_dates = as_of + np.arange(1, dc.horizon + 1).astype("timedelta64[D]")
+    for product in product_ids:
+        if product not in index:
+            raise ValueError(f"{inputs}: product_id {product!r} has no sales up to {as_of}.")
+        p = index[product]
+        lo, hi = arrays.offsets[p], arrays.offsets[p + 1]
+        if arrays.dates[hi - 1] != as_of or hi - lo < dc.history:
+            raise ValueError(
+                f"{inputs}: product_id {product!r} needs {dc.history} days of history ending "
+                f"{as_of}; it has {hi - lo} days ending {arrays.dates[hi - 1]}."
+            )
+        rows["history_sales"].append(arrays.sales_norm[hi - dc.history : hi])
+        rows["history_features"].append(arrays.features[hi - dc.history : hi])
+        rows["target_features"].append(data_windows.temporal_features(target_dates))
+        lows.append(arrays.sales_min[p])
+        scales.append(arrays.sales_scale[p])
+    batch = {k: np.stack(v).astype(np.float32) for k, v in rows.items()}
+    return batch, np.asarray(lows, np.float32), np.asarray(scales, np.float32), target_dates
+
+
+def predict(
+    model: str,
+    inputs: str,
+    out: str,
+    config=None,
+    product_ids: str = "",
+    as_of: str = "",
+    num_scenarios: str | int = 20,
+) -> list[str]:
+    """Writes scenarios.csv, forecast.csv and one PNG per product; returns their paths."""
+    config, gen_params, info = export.load_model(model, config, task="jaxlab.sales")
+    ids = [p for p in str(product_ids).split(",") if p]
+    if not ids:
+        raise ValueError("predict option product_ids: give one or more ids, comma-separated.")
+    try:
+        day = np.datetime64(as_of, "D")
+        count = int(num_scenarios)
+    except ValueError as e:
+        raise ValueError(
+            f"predict options as_of={as_of!r} (YYYY-MM-DD), num_scenarios={num_scenarios!r}: {e}"
+        ) from e
+    if count < 1:
+        raise ValueError(f"predict option num_scenarios={num_scenarios!r}: expected >= 1.")
+    batch, low, scale, dates = conditions(read_history(inputs, config), ids, day, config, inputs)
+    cond = model_lib.condition(batch)
+
+    generator, _ = model_lib.make_gan(config)
+    horizon, num = config.data.horizon, len(ids)
+    sample = jax.jit(lambda p, noise, *c: generator.apply({"params": p}, noise, *c))
+    key = rng.stream(config.seed, "predict_scenarios")
+    draws = []
+    for s in range(count):
+        noise = gan.sample_noise(key, s * num + np.arange(num), horizon, config.gan.noise_dim)
+        draws.append(np.asarray(sample(gen_params, noise, *cond)))
+    scenarios = np.stack(draws, axis=1)  # [P, S, T], normalised
+    forecaster_dir = forecast.forecast_dir(model, "real")
+    if not os.path.isdir(forecaster_dir):
+        raise FileNotFoundError(
+            f"{forecaster_dir}: the real-only forecaster's checkpoints are needed; pass a "
+            "training workdir as --model."
+        )
+    parts = forecast.build(config, _single_device_mesh())
+    params, _ = forecast.restore_params(config, forecaster_dir, parts)
+    point = np.asarray(jax.jit(parts.model.apply)({"params": params}, *cond))  # [P, T]
+
+    def to_units(x):  # [P, ...] normalised -> items per day (the inverse min-max)
+        shape = (-1,) + (1,) * (x.ndim - 1)
+        return x * scale.reshape(shape) + low.reshape(shape)
+
+    scenarios_u = np.maximum(to_units(scenarios), 0.0)
+    point_u = np.maximum(to_units(point), 0.0)
+    p10, p90 = np.quantile(scenarios_u, [0.1, 0.9], axis=1)
+    os.makedirs(out, exist_ok=True)
+    written = [os.path.join(out, SCENARIOS_FILE), os.path.join(out, FORECAST_FILE)]
+    with open(written[0], "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["product_id", "scenario", "date", "units"])
+        for i, product in enumerate(ids):
+            for s in range(count):
+                for t in range(horizon):
+                    writer.writerow([product, s, str(dates[t]), f"{scenarios_u[i, s, t]:.6g}"])
+    with open(written[1], "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["product_id", "date", "forecast", "p10", "p90"])
+        for i, product in enumerate(ids):
+            for t in range(horizon):
+                values = (point_u[i, t], p10[i, t], p90[i, t])
+                writer.writerow([product, str(dates[t]), *(f"{v:.6g}" for v in values)])
+    history_u = to_units(batch["history_sales"])
+    for i, product in enumerate(ids):
+        path = os.path.join(out, f"{product}.png")
+        _plot(product, history_u[i], scenarios_u[i], point_u[i], p10[i], p90[i], day, path)
+        written.append(path)
+    logging.info(
+        "sales predict: %d products x %d scenarios (GAN step %s) -> %s",
+        num,
+        count,
+        info.get("checkpoint_step"),
+        out,
+    )
+    return written
+
+
+def _single_device_mesh():
+    return mesh_lib.make_mesh([("data", -1)], devices=jax.devices()[:1])
+
+
+def _plot(product, history, scenarios, point, p10, p90, as_of, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    h, t = len(history), len(point)
+    fig, ax = plt.subplots(figsize=(7, 2.6))
+    ax.plot(np.arange(-h + 1, 1), history, color="0.3", lw=1, label="history")
+    days = np.arange(1, t + 1)
+    for s in scenarios:
+        ax.plot(days, s, color="C1", alpha=0.25, lw=0.8)
+    ax.fill_between(days, p10, p90, color="C1", alpha=0.2, label="scenarios 10-90%")
+    ax.plot(days, point, color="C0", lw=2, label="forecast")
+    ax.set_xlabel(f"days after {as_of}")
+    ax.set_ylabel("units")
+    ax.set_title(f"product {product}", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def demo_input(config, workdir: str) -> str:
+    """The workdir's panel (synthetic data) as the input: its history is the public format."""
+    return data.prepare(config, workdir)
