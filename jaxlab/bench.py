@@ -4,11 +4,13 @@ train step.
 `jaxlab bench --out=runs/benchmark.json [--tasks=example] [--variant=demo]`
 
 First the machine's achievable peak is measured: a square float32 and bfloat16 matmul on every
-local device at once (median of several runs), giving TFLOP/s per device. Then, for each task in
-`TASKS`, its config `<file>:<variant>` is loaded, the mesh built, and the task's
-`benchmark_setup(config, mesh) -> (step_fn, state, batch)` called. The step is lowered and compiled
-(timed separately), its FLOPs and memory read from XLA's analyses, and `--steps` steps timed after
-`--warmup` steps, with one host sync at the end of the timed window only.
+local device at once, giving TFLOP/s per device: the median of `MATMUL_REPEATS` timed runs, with
+the fastest, the slowest and the relative spread reported beside it (a 1024^2 matmul on a shared
+2-core CPU moved between 92 and 218 GFLOP/s from run to run; 2048^2 and a median are steadier).
+Then, for each task in `TASKS`, its config `<file>:<variant>` is loaded, the mesh built, and the
+task's `benchmark_setup(config, mesh) -> (step_fn, state, batch, extras)` called. The step is
+lowered and compiled (timed separately), its FLOPs and memory read from XLA's analyses, and
+`--steps` steps timed after `--warmup` steps, with one host sync at the end of the timed window.
 
 MFU = total FLOPs per step * steps/s / (device count * measured peak per device), with the bfloat16
 peak when `config.model.dtype` is bfloat16, else the float32 one. The peak is the measured matmul
@@ -16,6 +18,10 @@ rate, not a vendor number, so on CPU (and with fake CPU devices sharing cores) M
 close the step comes to this machine's own matmul speed. XLA counts FLOPs per device (of the
 partitioned program); `flops_per_step` is that times the number of devices, so replicated work
 (e.g. the optimizer update) counts once per device, as it runs.
+
+A persistent compilation cache is on (`jaxlab.core.compile_cache`; `JAXLAB_NO_COMPILE_CACHE=1`
+turns it off), so a second run loads its executables instead of compiling them; `compile_time_s`
+is then the cache load time.
 
 Prints one table and writes every number as JSON to `--out`. A task that fails is reported, the
 others still run, and the exit status is non-zero.
@@ -37,7 +43,7 @@ import numpy as np
 from absl import app, flags, logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxlab.core import loop
+from jaxlab.core import compile_cache, loop
 from jaxlab.core import mesh as mesh_lib
 from jaxlab.core.task import import_task, load_config
 
@@ -51,7 +57,7 @@ TASKS = {
     "weather": "weather",
 }
 
-MATMUL_REPEATS = 7  # timed matmul runs per dtype; the median is reported
+MATMUL_REPEATS = 9  # timed matmul runs per dtype; the median is reported, with the spread
 MATMUL_DTYPES = ("float32", "bfloat16")
 _SHORT_DTYPE = {"float32": "fp32", "bfloat16": "bf16"}
 
@@ -64,7 +70,7 @@ _WARMUP = flags.DEFINE_integer(
 _MATMUL_SIZE = flags.DEFINE_integer(
     "matmul_size",
     None,
-    "Side of the peak-FLOPs matmul (default: 4096 on GPU/TPU, 1024 on CPU).",
+    "Side of the peak-FLOPs matmul (default: 8192 on GPU/TPU, 2048 on CPU).",
     lower_bound=1,
 )
 _VARIANT = flags.DEFINE_string("variant", "demo", "Config variant of every task (X:V).")
@@ -93,8 +99,9 @@ def device_info() -> dict[str, Any]:
 
 
 def default_matmul_size(platform: str) -> int:
-    """A matmul big enough to reach peak on accelerators, small enough for a CPU."""
-    return 1024 if platform == "cpu" else 4096
+    """A matmul big enough to reach peak (8192^2 bf16: ~1 ms on an H100), small enough for a CPU
+    (2048^2: ~0.1 s on 2 cores)."""
+    return 2048 if platform == "cpu" else 8192
 
 
 def matmul_tflops(size: int, dtype: str, devices: list[Any], repeats: int = MATMUL_REPEATS) -> dict:
@@ -102,7 +109,10 @@ def matmul_tflops(size: int, dtype: str, devices: list[Any], repeats: int = MATM
 
     Each device multiplies its own pair of matrices (a batch dimension sharded over the devices),
     so devices that share hardware (fake CPU devices) share it here as they do in the train step.
-    Counts 2 * size**3 FLOPs per device and run; returns the median over `repeats` timed runs.
+    Counts 2 * size**3 FLOPs per device and run. Returns the median rate over `repeats` timed runs
+    (`tflops_per_device`, the MFU denominator), the fastest and slowest run's rates, and
+    `relative_spread` = (max - min) / median of the rates: a spread above ~0.3 says the machine
+    was busy and MFU figures of the same run carry that uncertainty.
     """
     mesh = Mesh(np.asarray(devices), ("devices",))
     sharding = NamedSharding(mesh, PartitionSpec("devices"))
@@ -118,8 +128,16 @@ def matmul_tflops(size: int, dtype: str, devices: list[Any], repeats: int = MATM
         start = time.perf_counter()
         jax.block_until_ready(matmul(a, b))
         times.append(time.perf_counter() - start)
-    seconds = statistics.median(times)
-    return {"tflops_per_device": 2 * size**3 / seconds / 1e12, "median_time_ms": 1e3 * seconds}
+    rates = [2 * size**3 / t / 1e12 for t in times]
+    median = statistics.median(rates)
+    return {
+        "tflops_per_device": median,
+        "tflops_min": min(rates),
+        "tflops_max": max(rates),
+        "relative_spread": (max(rates) - min(rates)) / median,
+        "median_time_ms": 1e3 * statistics.median(times),
+        "repeats": repeats,
+    }
 
 
 def machine_peak(size: int) -> dict[str, Any]:
@@ -312,7 +330,11 @@ def report_table(report: dict[str, Any]) -> str:
     lines = [
         f"{dev['device_count']} x {dev['device_kind']} ({dev['platform']}); measured matmul peak "
         f"{peak['size']}^2 per device: "
-        + ", ".join(f"{d} {peak[d]['tflops_per_device']:.3g} TFLOP/s" for d in MATMUL_DTYPES),
+        + ", ".join(
+            f"{d} {peak[d]['tflops_per_device']:.3g} TFLOP/s (median of {peak[d]['repeats']}, "
+            f"{peak[d]['tflops_min']:.3g}-{peak[d]['tflops_max']:.3g})"
+            for d in MATMUL_DTYPES
+        ),
     ]
     header = (
         f"{'task':<12} {'lower s':>7} {'compile s':>9} {'step ms':>9} {'steps/s':>9} {'ex/s':>10} "
@@ -349,6 +371,7 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     mesh_lib.maybe_initialize_distributed()
     loop.quiet_library_logs()
+    compile_cache.enable()  # opt out with JAXLAB_NO_COMPILE_CACHE=1
     unknown = sorted(set(_TASKS.value or []) - set(TASKS))
     if unknown:
         raise app.UsageError(f"--tasks: unknown {unknown}; known: {sorted(TASKS)}.")

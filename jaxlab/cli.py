@@ -132,9 +132,20 @@ def _define_allow_config_change() -> Any:
 def _define_evaluate_flags() -> list[Any]:
     holders = _define_config_flags(
         "Workdir of a training run (required); its recorded config is used (--config may be "
-        "left out)."
+        "left out). With --model, the folder the evaluation's data and outputs go to."
     )
     return [*holders, _define_allow_config_change()]
+
+
+def _define_evaluate_only_flags() -> list[Any]:
+    model = _flag(
+        flags.DEFINE_string,
+        "model",
+        None,
+        "An exported bundle to evaluate instead of --workdir's checkpoints (its recorded config "
+        "is used; data and outputs go to --workdir).",
+    )
+    return [*_define_evaluate_flags(), model]
 
 
 def _define_export_flags() -> list[Any]:
@@ -262,7 +273,10 @@ def _with_recorded_config(argv: list[str]) -> list[str]:
     """
     if any(a == "--config" or a.startswith("--config=") for a in argv):
         return argv
-    workdir = next((a.partition("=")[2] for a in argv if a.startswith("--workdir=")), None)
+    workdir = next((a.partition("=")[2] for a in argv if a.startswith("--model=")), None)
+    workdir = workdir or next(
+        (a.partition("=")[2] for a in argv if a.startswith("--workdir=")), None
+    )
     if not workdir:
         return argv
     run_info_path = pathlib.Path(workdir) / RUN_INFO_JSON
@@ -290,6 +304,8 @@ def resolved_config(argv: list[str], allow_change: bool = False) -> Any:
     """The --config flag's value, with `workdir/config.json`'s recorded values where present."""
     config = _holders["config"].value
     workdir = _holders["workdir"].value
+    if "model" in _holders and _holders["model"].value:
+        workdir = _holders["model"].value  # evaluate --model: the bundle's recorded config
     if config is None:
         _fatal("--config is required (e.g. --config=example:demo).")
     recorded_path = pathlib.Path(workdir or "") / CONFIG_JSON
@@ -450,11 +466,12 @@ def record_evaluation(config: Any, workdir: str, metrics: Any) -> None:
 def _start(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    from jaxlab.core import loop
+    from jaxlab.core import compile_cache, loop
     from jaxlab.core import mesh as mesh_lib
 
     mesh_lib.maybe_initialize_distributed()
     loop.quiet_library_logs()
+    compile_cache.enable()  # persistent XLA cache (JAXLAB_NO_COMPILE_CACHE=1 turns it off)
 
 
 def _spec_of(argv: list[str]) -> str:
@@ -487,6 +504,13 @@ def evaluate_main(argv: list[str]) -> None:
     _require("workdir")
     config = resolved_config(_ARGV, _value("allow_config_change"))
     workdir = _value("workdir")
+    if _value("model"):
+        from jaxlab.core import bundle
+
+        if not bundle.is_bundle(_value("model")):
+            _fatal(f"--model={_value('model')}: not an exported bundle (no {bundle.INFO_FILE}).")
+        with config.unlocked():
+            config.eval.model = os.path.abspath(_value("model"))
     task = task_lib.import_task(config, "evaluate")
     metrics = task.evaluate(config, workdir)
     logging.info("Eval metrics:\n%s", json.dumps(metrics, indent=2, default=float))
@@ -689,7 +713,7 @@ COMMANDS = {
     ),
     "evaluate": Command(
         "Evaluate a trained workdir's checkpoint: metrics, data products, figures.",
-        _define_evaluate_flags,
+        _define_evaluate_only_flags,
         evaluate_main,
     ),
     "predict": Command(

@@ -29,57 +29,23 @@ from typing import Any
 
 import jax
 import ml_collections
-import numpy as np
 from absl import logging
-from safetensors import numpy as safetensors_np
 
-from jaxlab.core import checkpoint, run
+from jaxlab.core import bundle, checkpoint, run
 from jaxlab.core import mesh as mesh_lib
 from jaxlab.core import task as task_lib
+from jaxlab.core.bundle import (  # noqa: F401 - the bundle API, re-exported
+    CONFIG_FILE,
+    INFO_FILE,
+    PARAMS_FILE,
+    flatten_params,
+    is_bundle,
+    unflatten_params,
+)
 
-PARAMS_FILE = "params.safetensors"
-CONFIG_FILE = "config.json"
-INFO_FILE = "bundle.json"
 CARD_FILE = "model_card.md"
 BUNDLE_FORMAT = 1
 VERSIONED_PACKAGES = ("jaxlab", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy")
-
-
-def flatten_params(params: Any) -> dict[str, np.ndarray]:
-    """{"a/b/kernel": array} for every leaf of a nested-dict parameter tree."""
-    flat = {}
-    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-        name = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
-        flat[name] = np.asarray(jax.device_get(leaf))
-    return flat
-
-
-def unflatten_params(flat: dict[str, np.ndarray], abstract: Any, source: str) -> Any:
-    """The tree of `abstract` (ShapeDtypeStructs) filled from `flat`, checked leaf by leaf.
-
-    Raises one ValueError naming the first missing, unexpected or mis-shaped parameter.
-    """
-    expected = flatten_params(jax.tree.map(lambda x: np.zeros((), x.dtype), abstract))
-    names = list(expected)
-    shapes = {
-        name: leaf.shape
-        for name, leaf in zip(names, jax.tree.leaves(abstract), strict=True)  # same order
-    }
-    missing = [n for n in names if n not in flat]
-    unexpected = [n for n in flat if n not in shapes]
-    if missing or unexpected:
-        raise ValueError(
-            f"{source}: parameters do not match the config's model: missing {missing[:3]}, "
-            f"unexpected {unexpected[:3]} ({len(missing)} missing, {len(unexpected)} unexpected)."
-        )
-    for name in names:
-        if flat[name].shape != tuple(shapes[name]) or flat[name].dtype != expected[name].dtype:
-            raise ValueError(
-                f"{source}: parameter {name!r} is {flat[name].dtype}{list(flat[name].shape)}; "
-                f"the config's model expects {expected[name].dtype}{list(shapes[name])}."
-            )
-    treedef = jax.tree.structure(abstract)
-    return jax.tree.unflatten(treedef, [flat[n] for n in names])
 
 
 def _inference_params_fn(steps: Any) -> Callable[[Any], Any]:
@@ -130,10 +96,7 @@ def export_bundle(
     manager.close()
 
     os.makedirs(out, exist_ok=True)
-    flat = flatten_params(params)
-    safetensors_np.save_file(
-        flat, os.path.join(out, PARAMS_FILE), metadata={"task": config.task, "step": str(step)}
-    )
+    flat = bundle.write_params(out, params, {"task": config.task, "step": str(step)})
     with open(os.path.join(out, CONFIG_FILE), "w") as f:
         f.write(config.to_json_best_effort(indent=2))
     extra_files = getattr(steps, "bundle_files", lambda config, workdir: {})(config, workdir)
@@ -178,10 +141,6 @@ def model_card(info: dict[str, Any]) -> str:
     )
 
 
-def is_bundle(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, INFO_FILE))
-
-
 def read_config(path: str) -> ml_collections.ConfigDict:
     """The resolved config saved in a bundle or a workdir (`config.json`)."""
     file = os.path.join(path, CONFIG_FILE)
@@ -209,11 +168,7 @@ def load_model(
     steps, parts = _single_device_parts(config)
     abstract = jax.eval_shape(_inference_params_fn(steps), parts.abstract_state)
     if is_bundle(path):
-        with open(os.path.join(path, INFO_FILE)) as f:
-            info = json.load(f)
-        file = os.path.join(path, PARAMS_FILE)
-        params = unflatten_params(safetensors_np.load_file(file), abstract, file)
-        return config, params, info
+        return config, bundle.read_params(path, abstract), bundle.read_info(path)
     state, step = run.restore_for_eval(config, path, parts)
     params = jax.device_get(_inference_params_fn(steps)(state))
     return config, params, {"task": config.task, "checkpoint_step": int(step)}

@@ -125,6 +125,23 @@ def test_export_then_predict_from_bundle_and_workdir_give_the_same_csv(
     assert "ValueError: predict option batch_size='0': expected a positive integer" in err
     assert err.count("\n") == 1 and "Traceback" not in err
 
+    # evaluate --model=BUNDLE: the task's own evaluation on the bundle's parameters, data and
+    # outputs in another folder, equal to evaluating the same checkpoint of the workdir.
+    from jaxlab.example import evaluate
+
+    latest = config.copy_and_resolve_references()
+    latest.eval.checkpoint = "latest"
+    expected = evaluate.evaluate(latest, str(workdir))
+    other = tmp_path / "evaluate_bundle"
+    assert _jaxlab("evaluate", f"--model={bundle}", f"--workdir={other}") == 0
+    got = json.loads((other / "eval" / "eval" / "metrics.json").read_text())
+    assert (
+        got["eval_mse"] == expected["eval_mse"]
+        and got["checkpoint_step"] == info["checkpoint_step"]
+    )
+    assert _jaxlab("evaluate", f"--model={workdir}", f"--workdir={other}") == 1
+    assert "not an exported bundle" in capsys.readouterr().err
+
 
 def test_predict_for_a_task_without_predict_py_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
     package = tmp_path / "src" / "no_predict_task"

@@ -37,6 +37,7 @@ def get_common() -> ml_collections.ConfigDict:
     config.eval.split = "eval"
     config.eval.global_batch_size = 64
     config.eval.checkpoint = "best"  # "best", "latest" or a step number
+    config.eval.model = ""  # an exported bundle to evaluate instead of the workdir's checkpoints
     config.eval.best_metric = ""  # set by each task, e.g. "eval_loss"
     config.eval.best_mode = "min"
 

@@ -12,8 +12,9 @@ p10, p90: the 10-90% band of the scenarios) and `<product_id>.png` per product.
 Normalisation: the model was trained on per-product min-max scaled sales (training-period
 statistics). For new data these statistics are recomputed from the input's own history up to
 `as_of` (the same rule applied to the history the model sees), and outputs are mapped back with
-them. `model` must be a training workdir: the forecaster's checkpoints live beside the GAN's in
-`forecast_real/` (an exported bundle carries the generator only).
+them. `model` is a training workdir (the forecaster's checkpoints live beside the GAN's in
+`forecast_real/`) or an exported bundle (it carries the generator and, as
+`forecaster_real.safetensors`, the real-only forecaster).
 """
 
 from __future__ import annotations
@@ -25,11 +26,12 @@ import jax
 import numpy as np
 import pandas as pd
 from absl import logging
+from safetensors import numpy as safetensors_np
 
 from jaxlab import export
 from jaxlab.core import mesh as mesh_lib
 from jaxlab.core import rng
-from jaxlab.sales import data, data_windows, forecast, gan
+from jaxlab.sales import data, data_windows, forecast, gan, steps
 from jaxlab.sales import model as model_lib
 
 SCENARIOS_FILE = "scenarios.csv"
@@ -109,14 +111,8 @@ def predict(
         noise = gan.sample_noise(key, s * num + np.arange(num), horizon, config.gan.noise_dim)
         draws.append(np.asarray(sample(gen_params, noise, *cond)))
     scenarios = np.stack(draws, axis=1)  # [P, S, T], normalised
-    forecaster_dir = forecast.forecast_dir(model, "real")
-    if not os.path.isdir(forecaster_dir):
-        raise FileNotFoundError(
-            f"{forecaster_dir}: the real-only forecaster's checkpoints are needed; pass a "
-            "training workdir as --model."
-        )
     parts = forecast.build(config, _single_device_mesh())
-    params, _ = forecast.restore_params(config, forecaster_dir, parts)
+    params = forecaster_params(model, config, parts)
     point = np.asarray(jax.jit(parts.model.apply)({"params": params}, *cond))  # [P, T]
 
     def to_units(x):  # [P, ...] normalised -> items per day (the inverse min-max)
@@ -155,6 +151,27 @@ def predict(
         out,
     )
     return written
+
+
+def forecaster_params(model: str, config, parts: forecast.ForecasterParts):
+    """The real-only forecaster's parameters from a bundle (its safetensors file) or a workdir."""
+    if export.is_bundle(model):
+        path = os.path.join(model, steps.FORECASTER_FILE)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"{path}: the bundle has no forecaster; export it from a workdir whose "
+                "forecasters finished training."
+            )
+        abstract = parts.abstract_state.params
+        return export.unflatten_params(safetensors_np.load_file(path), abstract, path)
+    forecaster_dir = forecast.forecast_dir(model, "real")
+    if not os.path.isdir(forecaster_dir):
+        raise FileNotFoundError(
+            f"{forecaster_dir}: the real-only forecaster's checkpoints are needed; pass a "
+            "training workdir or a bundle as --model."
+        )
+    params, _ = forecast.restore_params(config, forecaster_dir, parts)
+    return params
 
 
 def _single_device_mesh():

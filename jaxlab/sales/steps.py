@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -20,11 +21,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from safetensors import numpy as safetensors_np
 
+from jaxlab import export
 from jaxlab.core import mesh as mesh_lib
 from jaxlab.core import rng, run
 from jaxlab.core import state as state_lib
-from jaxlab.sales import data_windows, gan
+from jaxlab.sales import data_windows, forecast, gan
 from jaxlab.sales import model as model_lib
 from jaxlab.sales.model import SPECTRAL, Critic, Generator
 
@@ -252,3 +255,22 @@ def benchmark_setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
     parts = build(config, mesh)
     state = jax.jit(parts.init_fn, out_shardings=parts.shardings)(rng.stream(config.seed, "init"))
     return parts.train_step, state, mesh_lib.global_batch(random_windows(config), mesh), {}
+
+
+FORECASTER_FILE = "forecaster_real.safetensors"
+
+
+def bundle_files(config: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
+    """The real-only forecaster's parameters, which `predict` needs beside the generator's.
+
+    Written as safetensors into `workdir/export/` and copied into the bundle by `jaxlab.export`.
+    """
+    forecaster_dir = forecast.forecast_dir(workdir, "real")
+    if not os.path.isdir(forecaster_dir):
+        return {}
+    mesh = mesh_lib.make_mesh([("data", -1)], devices=jax.devices()[:1])
+    params, _ = forecast.restore_params(config, forecaster_dir, forecast.build(config, mesh))
+    path = os.path.join(workdir, "export", FORECASTER_FILE)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    safetensors_np.save_file(export.flatten_params(params), path)
+    return {FORECASTER_FILE: path}

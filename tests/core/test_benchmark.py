@@ -2,6 +2,7 @@
 and tiny configs."""
 
 import json
+import pathlib
 import subprocess
 import sys
 
@@ -80,3 +81,74 @@ def test_benchmark_compile_only_reports_memory_without_running(tmp_path):
     assert entry["global_batch_size"] == 64
     assert entry["flops_per_step"] > 0 and entry["memory"]["argument_bytes"] > 0
     assert entry["memory"]["host_peak_rss_bytes"] > 10 * 2**20
+
+
+# --- compile cache -----------------------------------------------------------------------------
+
+
+def test_compile_cache_dir_order():
+    """Opt-out wins, then an explicit folder, then one JAX already has, then the XDG default."""
+    from jaxlab.core import compile_cache
+
+    env = {"XDG_CACHE_HOME": "/x"}
+    assert compile_cache.resolve_cache_dir(environ=env) == pathlib.Path("/x/jaxlab/xla")
+    assert compile_cache.resolve_cache_dir(current="/jax", environ=env) == pathlib.Path("/jax")
+    assert compile_cache.resolve_cache_dir("/mine", current="/jax", environ=env) == pathlib.Path(
+        "/mine"
+    )
+    for value in ("1", "true", "YES"):
+        off = {**env, "JAXLAB_NO_COMPILE_CACHE": value}
+        assert compile_cache.resolve_cache_dir("/mine", environ=off) is None
+    assert compile_cache.resolve_cache_dir(environ={**env, "JAXLAB_NO_COMPILE_CACHE": "0"})
+    home = compile_cache.default_cache_dir({})
+    assert home == pathlib.Path.home() / ".cache" / "jaxlab" / "xla"
+
+
+_CACHE_SCRIPT = """
+import sys, jax, jax.numpy as jnp
+from jaxlab.core import compile_cache
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+print("dir", compile_cache.enable())
+jax.jit(lambda x: jnp.sin(x) @ x.T)(jnp.ones((8, 8))).block_until_ready()
+"""
+
+
+@pytest.mark.slow
+def test_compile_cache_second_process_reads_what_the_first_wrote(tmp_path):
+    """Two processes: the first writes the executable under XDG_CACHE_HOME/jaxlab/xla, the second
+    finds it (no new entry); with JAXLAB_NO_COMPILE_CACHE=1 nothing is written."""
+
+    def run(cache_home, **extra):
+        env = scripts_util.script_env(1, XDG_CACHE_HOME=str(cache_home), **extra)
+        env.pop("JAX_COMPILATION_CACHE_DIR", None)  # the tests' own cache
+        result = subprocess.run(
+            [sys.executable, "-c", _CACHE_SCRIPT],
+            env=env,
+            cwd=scripts_util.REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=True,
+        )
+        return result.stdout
+
+    folder = tmp_path / "on" / "jaxlab" / "xla"
+    assert f"dir {folder}" in run(tmp_path / "on")
+    entries = sorted(p.name for p in folder.iterdir())
+    assert entries
+    run(tmp_path / "on")
+    assert sorted(p.name for p in folder.iterdir()) == entries  # a hit: nothing new compiled
+    assert "dir None" in run(tmp_path / "off", JAXLAB_NO_COMPILE_CACHE="1")
+    assert not (tmp_path / "off").exists()
+
+
+def test_matmul_peak_reports_median_and_spread():
+    import jax
+
+    from jaxlab import bench
+
+    peak = bench.matmul_tflops(128, "float32", jax.devices()[:1], repeats=5)
+    assert peak["repeats"] == 5
+    assert 0 < peak["tflops_min"] <= peak["tflops_per_device"] <= peak["tflops_max"]
+    spread = (peak["tflops_max"] - peak["tflops_min"]) / peak["tflops_per_device"]
+    assert peak["relative_spread"] == pytest.approx(spread)

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from jaxlab import export
 from jaxlab.configs import sales as sales_config
 from jaxlab.core import checkpoint, loop, run
 from jaxlab.core import mesh as mesh_lib
@@ -92,6 +93,22 @@ def _check_predict(config, workdir, out):
         assert rows["units"].max() <= 5 * history.max() + 1
         assert os.path.getsize(os.path.join(out, f"{product}.png")) > 1000
     assert len(written) == 2 + len(ids)
+
+    # An exported bundle (generator + the forecaster's safetensors) predicts bitwise the same.
+    bundle = export.export_bundle(config, workdir, os.path.join(out, "bundle"))
+    assert os.path.exists(os.path.join(bundle, steps.FORECASTER_FILE))
+    from_bundle = os.path.join(out, "from_bundle")
+    predict.predict(
+        bundle,
+        panel_path,
+        from_bundle,
+        product_ids=",".join(ids),
+        as_of=str(as_of.date()),
+        num_scenarios="5",
+    )
+    for name in (predict.SCENARIOS_FILE, predict.FORECAST_FILE):
+        with open(os.path.join(out, name)) as a, open(os.path.join(from_bundle, name)) as b:
+            assert a.read() == b.read(), name
 
 
 def _resume_config():
