@@ -12,6 +12,9 @@ get a writer whose methods do nothing), so multi-host runs produce one copy of e
                             for a thread and its flush() does not wait for that queue.
     workdir/hparams.json    the flattened config, from `write_hparams`.
 
+`figure_to_image` turns a matplotlib figure into the uint8 array `write_images` takes: the train
+loops write one telling figure per evaluation under `eval/<name>`.
+
 `write_scalars` fetches all values with one `jax.device_get` and converts them to `float`:
 that is the one device-to-host sync of a logging step, so pass device arrays straight from the
 train step and call it every `log_every` steps only. JSON has no NaN or Inf, so non-finite
@@ -268,6 +271,22 @@ class MetricWriter:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+def figure_to_image(fig: Any) -> np.ndarray:
+    """Renders a matplotlib figure to an RGB array [H, W, 3] uint8 and closes it.
+
+    H and W are the figure's size in inches times its dpi (no tight bounding box), so a task sizes
+    its TensorBoard images with `plt.subplots(figsize=..., dpi=...)`. Rendered with Agg whatever
+    the pyplot backend; matplotlib is imported here only, so the writer loads without it.
+    """
+    from matplotlib import pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    plt.close(fig)  # Out of pyplot's registry (a no-op for a figure made without pyplot).
+    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
 def _drop_torn_tail(path: str) -> None:

@@ -8,16 +8,12 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import matplotlib
 import ml_collections
 import numpy as np
 
 from jaxlab.core import mesh as mesh_lib
 from jaxlab.core import run
-from jaxlab.example import data, steps
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from jaxlab.example import data, plots, steps
 
 
 def evaluate_split(
@@ -48,16 +44,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
     if jax.process_index() == 0:
         with open(os.path.join(out_dir, "metrics.json"), "w") as f:
             json.dump(metrics, f, indent=2)
-        plot_predictions(source.y, predictions, os.path.join(out_dir, "predictions.png"))
+        fig = plots.prediction_scatter(source.y, predictions, "example: eval predictions")
+        fig.savefig(os.path.join(out_dir, "predictions.png"))
+        plots.close(fig)
     return metrics
-
-
-def plot_predictions(target: np.ndarray, prediction: np.ndarray, path: str) -> None:
-    fig, ax = plt.subplots(figsize=(4, 4))
-    ax.scatter(target, prediction, s=4, alpha=0.5)
-    lo, hi = float(target.min()), float(target.max())
-    ax.plot([lo, hi], [lo, hi], "k--", lw=1)
-    ax.set(xlabel="target", ylabel="prediction", title="example: eval predictions")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)

@@ -1,7 +1,8 @@
 """Training loop of the example task: the reference for every task's train.py.
 
 Stages, top to bottom: writer, mesh, input, parts (`steps.build`), state (restored or new), loop.
-The loop is written out: step, log every `log_every`, evaluate every `eval_every`, checkpoint
+The loop is written out: step, log every `log_every`, evaluate every `eval_every` (metrics and
+one figure, the eval split's prediction-vs-target scatter, under `eval/predictions`), checkpoint
 every `ckpt_every`, at the end and on SIGTERM.
 """
 
@@ -14,8 +15,9 @@ import ml_collections
 
 from jaxlab.core import checkpoint, loop, optim, rng, run
 from jaxlab.core import mesh as mesh_lib
+from jaxlab.core.writer import figure_to_image
 from jaxlab.data import pipeline
-from jaxlab.example import data, evaluate, steps
+from jaxlab.example import data, evaluate, plots, steps
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
@@ -60,10 +62,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 run.log_train_step(h, step, metrics, {"lr": lr_fn(state.opt_state, state.step)})
             metrics_for_ckpt = None
             if loop.every(step, tc.eval_every) or last:
-                eval_metrics, _ = evaluate.evaluate_split(
+                eval_metrics, predictions = evaluate.evaluate_split(
                     parts.eval_step, state.params, eval_source, mesh, config.eval.global_batch_size
                 )
                 writer.write_scalars(step, eval_metrics)
+                if writer.enabled:
+                    title = f"step {step}: eval MSE {eval_metrics['eval_mse']:.4f}"
+                    fig = plots.prediction_scatter(eval_source.y, predictions, title)
+                    writer.write_images(step, {"eval/predictions": figure_to_image(fig)})
                 metrics_for_ckpt = eval_metrics
             if save:
                 checkpoint.save(manager, step, state, train_iter, metrics=metrics_for_ckpt)

@@ -1,4 +1,5 @@
-"""Figures of the glitch evaluation, written as PNG (matplotlib Agg)."""
+"""Figures of the glitch evaluation, written as PNG (matplotlib Agg); `*_figure` functions
+return the figure (the train loop logs the validation confusion matrix to TensorBoard)."""
 
 from __future__ import annotations
 
@@ -15,32 +16,51 @@ def confusion_matrix(
     confusion: np.ndarray, classes: Sequence[str], path: str, title: str = ""
 ) -> None:
     """Row-normalised confusion matrix (recall on the diagonal), counts annotated where > 0."""
+    fig = confusion_matrix_figure(confusion, classes, title)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def confusion_matrix_figure(
+    confusion: np.ndarray,
+    classes: Sequence[str],
+    title: str = "",
+    figsize: tuple[float, float] | None = None,
+    dpi: float = 120,
+) -> plt.Figure:
+    """The row-normalised confusion matrix [C, C] (true rows, predicted columns) with class names
+    on both axes; each non-empty cell's fraction is written in it when the cells are large
+    enough to read (always at the default size, which grows with C)."""
     confusion = np.asarray(confusion, np.float64)
     rows = confusion.sum(axis=1, keepdims=True)
     normalised = np.divide(confusion, rows, out=np.zeros_like(confusion), where=rows > 0)
     n = len(classes)
-    fig, ax = plt.subplots(figsize=(0.45 * n + 3, 0.45 * n + 2))
+    if figsize is None:
+        figsize = (0.45 * n + 3, 0.45 * n + 2)
+    cell_px = 0.75 * min(figsize) * dpi / max(n, 1)  # about 3/4 of the height is the matrix
+    label_size = min(8.0, max(3.0, 0.5 * cell_px * 72 / dpi))
+    fig, ax = plt.subplots(figsize=figsize, dpi=dpi)
     image = ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(n), classes, rotation=90, fontsize=8)
-    ax.set_yticks(range(n), classes, fontsize=8)
+    ax.set_xticks(range(n), classes, rotation=90, fontsize=label_size)
+    ax.set_yticks(range(n), classes, fontsize=label_size)
     ax.set(xlabel="predicted", ylabel="true", title=title or "confusion matrix (row-normalised)")
-    for i in range(n):
-        for j in range(n):
-            if confusion[i, j] > 0:
-                color = "white" if normalised[i, j] > 0.5 else "black"
-                ax.text(
-                    j,
-                    i,
-                    f"{normalised[i, j]:.2f}",
-                    ha="center",
-                    va="center",
-                    fontsize=5,
-                    color=color,
-                )
+    if cell_px >= 24:
+        for i in range(n):
+            for j in range(n):
+                if confusion[i, j] > 0:
+                    color = "white" if normalised[i, j] > 0.5 else "black"
+                    ax.text(
+                        j,
+                        i,
+                        f"{normalised[i, j]:.2f}",
+                        ha="center",
+                        va="center",
+                        fontsize=5,
+                        color=color,
+                    )
     fig.colorbar(image, ax=ax, fraction=0.04)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig
 
 
 def view_importance(

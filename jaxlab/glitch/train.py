@@ -2,7 +2,8 @@
 
 Stages, top to bottom: writer, mesh, input, parts (`steps.build`), state (restored, or new and
 optionally with timm encoder weights), loop. Once per epoch the loop logs train and validation
-loss, accuracy, balanced accuracy and F1 (macro, weighted), saves a checkpoint carrying
+loss, accuracy, balanced accuracy and F1 (macro, weighted) and the validation confusion matrix
+(a TensorBoard image, `eval/confusion_matrix`), saves a checkpoint carrying
 `val_accuracy` (the manager keeps the best by it and the latest ones) and stops after
 `train.patience` epochs without a better validation accuracy. A SIGTERM checkpoints the current
 step and exits; rerunning resumes.
@@ -25,8 +26,9 @@ from absl import logging
 
 from jaxlab.core import checkpoint, early_stopping, loop, rng, run
 from jaxlab.core import mesh as mesh_lib
+from jaxlab.core.writer import figure_to_image
 from jaxlab.data import pipeline
-from jaxlab.glitch import data, evaluate, metrics, steps
+from jaxlab.glitch import data, evaluate, metrics, plots, steps
 
 
 def fresh_loop_state() -> dict[str, Any]:
@@ -156,6 +158,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 )
                 val_record = metrics.epoch_record("val", val["confusion"], val["loss"])
                 writer.write_scalars(step, {"epoch": epoch, **train_record, **val_record})
+                if writer.enabled:
+                    title = f"validation, epoch {epoch}: accuracy {val_record['val_accuracy']:.3f}"
+                    fig = plots.confusion_matrix_figure(
+                        val["confusion"], train_source.classes, title, figsize=(6, 4), dpi=100
+                    )
+                    writer.write_images(step, {"eval/confusion_matrix": figure_to_image(fig)})
                 epoch_confusion = jnp.zeros_like(epoch_confusion)
                 epoch_loss, epoch_steps = jnp.zeros((), jnp.float32), 0
                 stopping = early_stopping.update(

@@ -1,4 +1,5 @@
-"""Evaluation figures (matplotlib Agg, PNG)."""
+"""Evaluation figures (matplotlib Agg, PNG); `zenith_figure` returns its figure (the train loop
+logs it to TensorBoard at each evaluation)."""
 
 from __future__ import annotations
 
@@ -46,10 +47,19 @@ def error_vs_size(result: dict[str, Any], path: str) -> None:
 
 def zenith_scatter(zen_true: np.ndarray, zen_pred: np.ndarray, path: str) -> None:
     """Predicted against true zenith (radians)."""
-    fig, ax = plt.subplots(figsize=(4, 4))
-    ax.hist2d(zen_true, zen_pred, bins=40, range=[[0, np.pi], [0, np.pi]], cmap="viridis")
-    ax.plot([0, np.pi], [0, np.pi], "w--", lw=1)
-    ax.set(xlabel="true zenith (rad)", ylabel="predicted zenith (rad)", title="neutrino: zenith")
-    fig.tight_layout()
+    fig = zenith_figure(zen_true, zen_pred)
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def zenith_figure(
+    zen_true: np.ndarray, zen_pred: np.ndarray, title: str = "neutrino: zenith"
+) -> plt.Figure:
+    """2-D histogram of predicted against true zenith [N] (radians, 40 x 40 bins over [0, pi]),
+    400 x 400 px: a trained model fills the diagonal, a constant guess one horizontal line."""
+    fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
+    ax.hist2d(zen_true, zen_pred, bins=40, range=[[0, np.pi], [0, np.pi]], cmap="viridis")
+    ax.plot([0, np.pi], [0, np.pi], "w--", lw=1)
+    ax.set(xlabel="true zenith (rad)", ylabel="predicted zenith (rad)", title=title)
+    fig.tight_layout()
+    return fig

@@ -5,7 +5,8 @@ Stages: writer, mesh, input (packed batches of `train.global_batch_size` packs),
 last log to report padding efficiency and truncation per log window (`packing_stats`) and the
 per-step event counts (device scalars, read at log time) for `events_per_sec`: a pack holds a
 varying number of events, so the core's `examples_per_sec` counts packs. Both windows are empty
-after every checkpoint (a save step is a log step), so there is no loop state to save.
+after every checkpoint (a save step is a log step), so there is no loop state to save. Each
+evaluation also logs the predicted-vs-true zenith histogram (a TensorBoard image, `eval/zenith`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from absl import logging
 
 from jaxlab.core import checkpoint, loop, optim, rng, run
 from jaxlab.core import mesh as mesh_lib
-from jaxlab.neutrino import data, data_packing, data_pipeline, evaluate, steps
+from jaxlab.core.writer import figure_to_image
+from jaxlab.neutrino import data, data_packing, data_pipeline, evaluate, plots, steps
+from jaxlab.neutrino.metrics import vector_to_angles
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
@@ -98,6 +101,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 )
                 eval_metrics = evaluate.scalar_metrics(result)
                 writer.write_scalars(step, eval_metrics)
+                if writer.enabled and eval_metrics:  # a split without labels has no figure
+                    _, zen_true = vector_to_angles(result["direction"])
+                    _, zen_pred = vector_to_angles(result["pred"])
+                    title = f"step {step}: zenith, {config.eval.split} split"
+                    fig = plots.zenith_figure(zen_true, zen_pred, title)
+                    writer.write_images(step, {"eval/zenith": figure_to_image(fig)})
                 metrics_for_ckpt = eval_metrics
             if save:
                 checkpoint.save(manager, step, state, train_iter, metrics=metrics_for_ckpt)

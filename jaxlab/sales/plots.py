@@ -1,4 +1,5 @@
-"""Figures of the sales evaluation, written as PNG (matplotlib Agg)."""
+"""Figures of the sales evaluation, written as PNG (matplotlib Agg); `generated_vs_real` returns
+its figure (the GAN loop logs it to TensorBoard at each evaluation)."""
 
 from __future__ import annotations
 
@@ -39,6 +40,33 @@ def plot_samples(history: np.ndarray, real: np.ndarray, samples: np.ndarray, pat
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def generated_vs_real(
+    history: np.ndarray, real: np.ndarray, generated: np.ndarray, title: str
+) -> plt.Figure:
+    """A few windows, one panel each (2 columns, 600 x 400 px): history, then the real and the
+    generated target for the same condition; history [K, H], real and generated [K, T]
+    (normalised)."""
+    k, h = history.shape
+    t = real.shape[1]
+    cols = min(k, 2)
+    rows = -(-k // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6, 4), dpi=100, sharex=True, squeeze=False)
+    for i, ax in enumerate(axes.ravel()):
+        if i >= k:
+            ax.set_axis_off()
+            continue
+        ax.plot(np.arange(h), history[i], color="0.4", lw=1, label="history")
+        ax.plot(np.arange(h, h + t), real[i], color="C0", lw=2, label="real")
+        ax.plot(np.arange(h, h + t), generated[i], color="C1", lw=1.5, label="generated")
+        ax.tick_params(labelsize=6)
+    axes[0, 0].legend(loc="upper left", fontsize=6)
+    for ax in axes[-1]:
+        ax.set_xlabel("day", fontsize=7)
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    return fig
 
 
 def plot_distributions(real: np.ndarray, fake: np.ndarray, first_dow: np.ndarray, path: str):

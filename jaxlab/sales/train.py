@@ -2,7 +2,8 @@
 
 1. WGAN-GP (`train_gan`): the explicit loop over `steps.train_step` (n_critic critic steps + 1
    generator step per iteration), logging the Wasserstein estimate, gradient penalty and both
-   losses, evaluating sample statistics on validation windows, checkpointing state + data
+   losses, evaluating sample statistics on validation windows (and logging a few generated
+   sequences beside the real ones, `eval/generated`), checkpointing state + data
    iterator together in `workdir/checkpoints`.
 2. Generation from the GAN checkpoint: `gan.samples_per_window` sequences per training window ->
    `workdir/generated/train.parquet` (written once, atomically).
@@ -30,11 +31,33 @@ from jax.experimental import multihost_utils
 from jaxlab.core import checkpoint, loop, optim, rng, run
 from jaxlab.core import mesh as mesh_lib
 from jaxlab.core import state as state_lib
-from jaxlab.core.writer import MetricWriter
+from jaxlab.core.writer import MetricWriter, figure_to_image
 from jaxlab.data import pipeline
-from jaxlab.sales import data, data_windows, evaluate, forecast, steps, study, study_report
+from jaxlab.sales import (
+    data,
+    data_windows,
+    evaluate,
+    forecast,
+    plots,
+    steps,
+    study,
+    study_report,
+)
 
 GENERATED_FILE = os.path.join("generated", "train.parquet")
+NUM_IMAGE_WINDOWS = 4  # validation windows in the GAN's evaluation figure
+
+
+def generated_image(source, generated: np.ndarray, step: int) -> np.ndarray:
+    """Real and generated targets of `NUM_IMAGE_WINDOWS` windows spread over `source` (the same
+    ones at every evaluation), as an image; generated [N, T] in `source` order."""
+    picks = np.linspace(0, len(source) - 1, min(NUM_IMAGE_WINDOWS, len(source)))
+    records = [source[int(i)] for i in picks.round()]
+    history = np.stack([r["history_sales"] for r in records])
+    real = np.stack([r["target"] for r in records])
+    title = f"step {step}: validation windows, real vs generated (normalised)"
+    fig = plots.generated_vs_real(history, real, generated[picks.round().astype(int)], title)
+    return figure_to_image(fig)
 
 
 def train_gan(
@@ -74,7 +97,7 @@ def train_gan(
                 run.log_train_step(h, step, metrics)
             eval_metrics = None
             if loop.every(step, tc.eval_every) or last:
-                eval_metrics, _ = evaluate.generate(
+                eval_metrics, generated = evaluate.generate(
                     parts.eval_step,
                     state.params,
                     eval_source,
@@ -83,6 +106,9 @@ def train_gan(
                     eval_key,
                 )
                 writer.write_scalars(step, eval_metrics)
+                if writer.enabled:
+                    image = generated_image(eval_source, generated, step)
+                    writer.write_images(step, {"eval/generated": image})
             if save:
                 checkpoint.save(manager, step, state, train_iter, metrics=eval_metrics)
             if preempted:

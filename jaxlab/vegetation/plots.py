@@ -1,4 +1,5 @@
-"""PNG figures of the vegetation evaluation (matplotlib, Agg backend)."""
+"""PNG figures of the vegetation evaluation (matplotlib, Agg backend); `ndvi_strip` returns its
+figure (the train loop logs it to TensorBoard at each validation)."""
 
 from __future__ import annotations
 
@@ -45,6 +46,35 @@ def maps(truth_refl, pred_refl, truth_ndvi, pred_ndvi, path: str, title: str) ->
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
+
+
+def ndvi_strip(truth_ndvi: np.ndarray, pred_ndvi: np.ndarray, lead_days, title: str) -> plt.Figure:
+    """NDVI target (NaN where cloudy: blank), forecast and forecast - target on a few target
+    dates, 3 rows x K columns, at most 600 x 400 px.
+
+    truth_ndvi, pred_ndvi [K, H, W]; lead_days [K]: days after the last context frame.
+    """
+    frames = truth_ndvi.shape[0]
+    rows = [
+        ("target", truth_ndvi, "YlGn", -0.2, 1.0),
+        ("forecast", pred_ndvi, "YlGn", -0.2, 1.0),
+        ("error", pred_ndvi - truth_ndvi, "RdBu", -0.5, 0.5),
+    ]
+    fig, axes = plt.subplots(
+        len(rows), frames, figsize=(min(1.3 * frames + 1.0, 6.0), 4.0), dpi=100, squeeze=False
+    )
+    for r, (name, images, cmap, vmin, vmax) in enumerate(rows):
+        for t in range(frames):
+            shown = axes[r, t].imshow(images[t], cmap=cmap, vmin=vmin, vmax=vmax)
+            axes[r, t].set_xticks([])
+            axes[r, t].set_yticks([])
+        axes[r, 0].set_ylabel(name, fontsize=7)
+        bar = fig.colorbar(shown, ax=axes[r, :].tolist(), fraction=0.04, pad=0.02)
+        bar.ax.tick_params(labelsize=5)
+    for t, day in enumerate(lead_days):
+        axes[0, t].set_title(f"+{int(day)}d", fontsize=7)
+    fig.suptitle(title, fontsize=8)
+    return fig
 
 
 def pixel_series(

@@ -3,9 +3,10 @@
 Stages, top to bottom: writer, mesh, input (synthetic cubes written first when configured;
 normalisation from the training track, saved in the workdir), parts (`steps.build`), state
 (restored or new), loop. Every `eval_every_epochs` epochs the loop computes the validation loss,
-updates the early-stopping state and checkpoints; the early-stopping state is saved inside that
-checkpoint (`loop_state`), so a resumed run stops at exactly the evaluation an uninterrupted one
-would. SIGTERM checkpoints and exits.
+logs the NDVI forecast of the first validation cube against its target on a few target dates
+(a TensorBoard image, `eval/ndvi_forecast`), updates the early-stopping state and checkpoints;
+the early-stopping state is saved inside that checkpoint (`loop_state`), so a resumed run stops
+at exactly the evaluation an uninterrupted one would. SIGTERM checkpoints and exits.
 
 Shuffling: grain shuffles the whole training index afresh each epoch (a shuffle buffer as large
 as the dataset), seeded, so a resumed run draws the same batches.
@@ -18,12 +19,16 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 from absl import logging
 
 from jaxlab.core import checkpoint, early_stopping, loop, optim, rng, run
 from jaxlab.core import mesh as mesh_lib
+from jaxlab.core.writer import MetricWriter, figure_to_image
 from jaxlab.data import pipeline
-from jaxlab.vegetation import data, evaluate, steps
+from jaxlab.vegetation import data, evaluate, plots, steps
+
+NUM_STRIP_DATES = 4  # target dates in the validation figure
 
 
 def restored_early_stopping(loop_state: dict[str, Any] | None, start_step: int) -> dict[str, Any]:
@@ -56,6 +61,30 @@ def update_early_stopping(
     return early_stopping.update(
         es, val_loss, step, patience=train_config.early_stopping_patience, mode="min"
     )
+
+
+def write_forecast_image(
+    writer: MetricWriter, step: int, parts, params, val_source, mesh, batch_size: int
+) -> None:
+    """The NDVI forecast of validation record 0 against its target, as `eval/ndvi_forecast`.
+
+    One extra `eval_step` batch (record 0 and its padding copies) on every process, as the step
+    is collective; the figure is drawn on the writing process only.
+    """
+    record = val_source[0]
+    _, pred = run.eval_pass(parts.eval_step, params, [record], mesh, batch_size)
+    if not writer.enabled:
+        return
+    norm, d = val_source.norm, val_source.config.data
+    picks = np.linspace(0, d.num_target - 1, NUM_STRIP_DATES).round().astype(int)
+    bap = record["bap"][None]  # [1, H, W, 4] normalised; deltas are relative to it
+    pred_ndvi = evaluate.ndvi(norm.unbands(bap + pred[0][picks]))
+    true_ndvi = evaluate.ndvi(norm.unbands(bap + record["target_delta"][picks]))
+    true_ndvi = np.where(record["target_mask"][picks] > 0, true_ndvi, np.nan)
+    lead = val_source.frame_days[d.num_context + picks] - val_source.frame_days[d.num_context - 1]
+    name = "/".join(data.region_and_name(val_source.items[0][0]))
+    fig = plots.ndvi_strip(true_ndvi, pred_ndvi, lead, f"step {step}: {name}")
+    writer.write_images(step, {"eval/ndvi_forecast": figure_to_image(fig)})
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
@@ -124,6 +153,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     parts.eval_step, state.params, val_source, mesh, config.eval.global_batch_size
                 )
                 writer.write_scalars(step, val_metrics)
+                eval_batch = config.eval.global_batch_size
+                write_forecast_image(
+                    writer, step, parts, state.params, val_source, mesh, eval_batch
+                )
                 es = update_early_stopping(es, val_metrics["val_loss"], step, t)
             if evaluate_now or preempted:
                 checkpoint.save(

@@ -105,6 +105,25 @@ def test_tensorboard_scalars_images_and_hparams(tmp_path):
         }
 
 
+def test_figure_to_image_renders_pixels_at_figure_size_and_closes_it():
+    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
+
+    fig, ax = plt.subplots(figsize=(3, 2), dpi=50)
+    fig.patch.set_facecolor((1.0, 0.0, 0.0))
+    ax.set_position([0.5, 0.0, 0.5, 1.0])  # the right half: the axes, blue
+    ax.set_facecolor((0.0, 0.0, 1.0))
+    ax.set(xticks=[], yticks=[])
+    image = writer_lib.figure_to_image(fig)
+    assert image.shape == (100, 150, 3) and image.dtype == np.uint8
+    assert np.array_equal(image[50, 10], [255, 0, 0])  # the figure's background
+    assert np.array_equal(image[50, 120], [0, 0, 255])  # inside the axes
+    assert fig.number not in plt.get_fignums()
+    # A figure made without pyplot (no canvas manager) renders too.
+    plain = Figure(figsize=(1, 1), dpi=20)
+    assert writer_lib.figure_to_image(plain).shape == (20, 20, 3)
+
+
 def test_disabled_writer_creates_nothing(tmp_path):
     workdir = tmp_path / "run"
     writer = writer_lib.MetricWriter(str(workdir), enabled=False)
