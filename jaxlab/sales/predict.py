@@ -1,7 +1,8 @@
 """Scenarios and forecasts for products' next 7 days from their recent history.
 
     jaxlab predict --model=runs/sales --input=<Olist CSV folder | panel.parquet> --out=preds \\
-        product_ids=<id,id,...> as_of=YYYY-MM-DD [num_scenarios=20]
+        [product_ids=<id,id,...>] [as_of=YYYY-MM-DD] [num_scenarios=20]
+(defaults: the last day of the input and the first five products with a full history then)
 
 For each product: the last `data.history` days up to and including `as_of` (sales, calendar,
 reviews) are the condition; the generator draws `num_scenarios` 7-day sequences and the real-only
@@ -48,6 +49,27 @@ def read_history(inputs: str, config) -> pd.DataFrame:
     return data.read_panel(inputs)
 
 
+DEFAULT_PRODUCTS = 5
+
+
+def default_as_of(panel: pd.DataFrame) -> np.datetime64:
+    """Without `as_of`: the last day of the input's history (forecast the week after it)."""
+    return np.datetime64(panel["date"].max(), "D")
+
+
+def default_products(panel: pd.DataFrame, as_of: np.datetime64, history: int) -> list[str]:
+    """Without `product_ids`: the first products (by id) with `history` days ending `as_of`."""
+    past = panel[panel["date"] <= pd.Timestamp(as_of)]
+    days = past.groupby("product_id")["date"].agg(["max", "count"])
+    ok = days[(days["max"] == pd.Timestamp(as_of)) & (days["count"] >= history)]
+    if ok.empty:
+        raise ValueError(
+            f"no product has {history} days of history ending {as_of}; pass product_ids=... and "
+            "as_of=YYYY-MM-DD."
+        )
+    return sorted(ok.index.astype(str))[:DEFAULT_PRODUCTS]
+
+
 def conditions(panel: pd.DataFrame, product_ids, as_of: np.datetime64, config, inputs: str):
     """Window inputs [P, ...] of the products' last H days up to `as_of`, and their min, scale."""
     dc = config.data
@@ -87,11 +109,10 @@ def predict(
 ) -> list[str]:
     """Writes scenarios.csv, forecast.csv and one PNG per product; returns their paths."""
     config, gen_params, info = export.load_model(model, config, task="jaxlab.sales")
+    panel = read_history(inputs, config)
     ids = [p for p in str(product_ids).split(",") if p]
-    if not ids:
-        raise ValueError("predict option product_ids: give one or more ids, comma-separated.")
     try:
-        day = np.datetime64(as_of, "D")
+        day = np.datetime64(as_of, "D") if as_of else default_as_of(panel)
         count = int(num_scenarios)
     except ValueError as e:
         raise ValueError(
@@ -99,7 +120,10 @@ def predict(
         ) from e
     if count < 1:
         raise ValueError(f"predict option num_scenarios={num_scenarios!r}: expected >= 1.")
-    batch, low, scale, dates = conditions(read_history(inputs, config), ids, day, config, inputs)
+    if not ids:
+        ids = default_products(panel, day, config.data.history)
+        logging.info("No product_ids given: the first %d with a full history: %s", len(ids), ids)
+    batch, low, scale, dates = conditions(panel, ids, day, config, inputs)
     cond = model_lib.condition(batch)
 
     generator, _ = model_lib.make_gan(config)
