@@ -1,24 +1,31 @@
 """HRRR convection: conditional DDPM forecaster, DPM-Solver++ ensembles (jaxlab/weather).
 
-Run (demo: synthetic GRIB2 -> Zarr -> train -> ensemble evaluation, CPU):
+Run (demo: synthetic GRIB2 -> Zarr -> train -> ensemble evaluation, CPU; the deterministic run is
+DEF's forecaster):
   python scripts/train.py --config=weather:demo --workdir=runs/weather
+  python scripts/train.py --config=weather:deterministic --workdir=runs/weather_det
   python scripts/evaluate.py --config=weather:demo --workdir=runs/weather
+      --config.eval.def_workdir=runs/weather_det --allow_config_change
 
-Expect (demo, 8 members, DPM-Solver++ 15 steps, 3 hourly lead steps, 8 held-out cases): ensemble
-CRPS averaged over the 7 variables and 3 leads in standardised units `crps` about 0.32 against
-persistence `persistence_crps` 0.38 and a per-gridpoint Gaussian climatology 0.47; spread/skill
-about 0.8 (about 1 at 1 h). DEF at 1 h (`def_crps/level<L>`) stays worse than direct sampling and
-under-dispersive (jaxlab/weather/README.md has the per-lead and per-level numbers). Training takes
-about 15 min on a shared 2-core CPU, evaluation a few minutes.
+Expect (demo, 8 members, DPM-Solver++ 15 steps, 3 hourly lead steps, 16 held-out cases): ensemble
+CRPS averaged over the 7 variables and 3 leads in standardised units `crps` about 0.35 against
+persistence `persistence_crps` 0.40 and a per-gridpoint Gaussian climatology 0.51; spread/skill
+about 0.8 (1.0 at 1 h); REFC >= 35 dBZ Brier skill about 0.3 at 1 h. DEF's CRPS
+(`compare/def/crps/lead<k>`, spread/skill about 1) about 0.13 / 0.19 / 0.23 against the
+deterministic forecaster's 0.15 / 0.22 / 0.28 and direct sampling's 0.22 / 0.37 / 0.48
+(jaxlab/weather/README.md has the per-variable calibration and the full table). Training takes
+about 7 min per run on a shared 2-core CPU, evaluation with DEF about 3 min.
 
 Vary it:
   variants: demo (`minimal_unet`, 84,839 params, 32 x 48 synthetic grid, 32 x 32 crops), tiny
-    (demo shrunk for tests), paper (the seed's setup: its network `seed_minimal_unet`, 82,119
-    params, on the full 1059 x 1799 HRRR grid, batch 1 with gradient accumulation 8, lr 2e-4,
-    constant schedule; real data), unet_cropped (standard U-Net on 256 x 256 crops; real data).
+    (demo shrunk for tests), deterministic (DEF's forecaster: the demo network trained with MSE),
+    paper (the seed's setup: its network `seed_minimal_unet`, 82,119 params, on the full
+    1059 x 1799 HRRR grid, batch 1 with gradient accumulation 8, lr 2e-4, constant schedule,
+    per-block remat; real data), unet_cropped (standard U-Net on 256 x 256 crops; real data).
     `fullres_minimal` is the old name of `paper` (an alias, same config).
   keys: model.name / base_dim, diffusion.prediction ("eps" | "v"), diffusion.sampler / sample_steps,
-    eval.num_members / num_cases / rollout_steps / def_levels, train.ema_decay.
+    eval.num_members / num_cases / rollout_steps, eval.def_workdir / def_level / def_guidance,
+    diffusion.spacing, model.use_hour / remat, train.ema_decay / objective.
   real data: python scripts/prepare_weather.py --grib_dir=<hrrr archive> --store=<dir>/hrrr.zarr
     then --config=weather:paper --config.data.dir=<dir> (data.dir must be set for real data).
 Benchmark logs (scripts/benchmark.py --tasks=weather --variant=paper): jaxlab/weather/README.md.
@@ -40,9 +47,12 @@ def demo() -> ml_collections.ConfigDict:
     config.data.synthetic = True  # write synthetic GRIB2 files and convert them first
     config.data.shape = (32, 48)  # grid (y, x): synthetic grid written / the store's (checked)
     config.data.dx_m = 9000.0  # synthetic grid spacing; HRRR is 3000 m
-    config.data.num_times = 72  # hourly synthetic analyses
+    config.data.num_times = 240  # hourly synthetic analyses: 10 days, 7.5 of them for training
     config.data.train_fraction = 0.75  # synthetic: first 75% of times train (and statistics)
     config.data.missing = "skip"  # synthetic conversion: a file without a field, "skip" or "fail"
+    config.data.on_duplicate = "error"  # two files at one valid time: "error" or "drop_later"
+    config.data.on_gap = "warn"  # hours missing from the archive: "warn" (logged, counted), "error"
+    config.data.workers = 0  # GRIB2 decoding processes for the conversion (0: in-process)
     config.data.leads = (1,)  # lead times (hours) of training pairs; leads[0] for evaluation
     config.data.crop = (32, 32)  # random training crop (y, x); () trains on the full grid
     config.data.preload_max_mb = 512.0  # stores up to this size are read into memory once
@@ -54,6 +64,10 @@ def demo() -> ml_collections.ConfigDict:
     config.diffusion.residual = True  # diffuse the scaled change x_{t+lead} - x_t
     config.diffusion.sampler = "dpm_solver_pp"  # "dpm_solver_pp", "ddim" or "ddpm"
     config.diffusion.sample_steps = 15
+    # Step spacing of the few-step samplers: "logsnr", "trailing" / "linspace" (diffusers) or
+    # "quadratic"; log-SNR uniform has the least discretisation error on exact Gaussians of
+    # every scale (jaxlab/weather/README.md, "Samplers").
+    config.diffusion.spacing = "logsnr"
     config.diffusion.eta = 0.0  # DDIM only
     config.diffusion.min_alpha_bar = 1e-2  # few-step samplers start where abar >= this
     config.diffusion.clip_x0 = 10.0  # clip sampled x0 predictions (unit-variance units); 0: off
@@ -66,6 +80,8 @@ def demo() -> ml_collections.ConfigDict:
     config.model.num_res_blocks = 1  # unet
     config.model.attention_heads = 4  # unet, coarsest level
     config.model.use_lead = True
+    config.model.use_hour = True  # hour of day of the initial state enters the embedding
+    config.model.remat = False  # recompute each block in the backward pass (jax.checkpoint)
     config.model.dtype = "float32"
 
     config.train.num_steps = 1500
@@ -74,6 +90,9 @@ def demo() -> ml_collections.ConfigDict:
     config.train.eval_every = 500
     config.train.ckpt_every = 500
     config.train.ema_decay = 0.995
+    # "diffusion": the conditional DDPM; "mse": the deterministic forecaster (variant
+    # `deterministic`), the same network regressing the next hour's scaled change.
+    config.train.objective = "diffusion"
 
     config.optim.name = "adamw"
     config.optim.lr = 2e-3
@@ -90,12 +109,15 @@ def demo() -> ml_collections.ConfigDict:
     config.eval.global_batch_size = 8
     config.eval.loss_examples = 16  # eval pairs for the denoising loss logged while training
     config.eval.num_members = 8
-    config.eval.num_cases = 8  # held-out start times, evenly spaced
+    config.eval.num_cases = 16  # held-out start times, evenly spaced
     config.eval.rollout_steps = 3  # autoregressive lead steps of data.leads[0] hours
     config.eval.use_ema = True
-    # DEF: noise the initial state's change to each of these diffusion steps, denoise, forecast;
-    # scored per level against direct sampling (() : off).
-    config.eval.def_levels = (100, 500, 900)
+    # DEF (jaxlab/weather/def_ensemble.py): the deterministic forecaster's workdir (variant
+    # `deterministic`; empty: DEF off), the perturbation's noise level L (a diffusion step, eq. 1)
+    # and the guidance gamma pulling the perturbed state back to the analysis (eq. 2, 0 to 1).
+    config.eval.def_workdir = ""
+    config.eval.def_level = 900
+    config.eval.def_guidance = 0.0
     config.eval.bench_members = 0  # scripts/benchmark.py sampling: members (0: num_members)
     config.eval.bench_repeats = 3  # scripts/benchmark.py sampling: timed forecast steps
     config.eval.thresholds = (("refc", 35.0), ("cape", 1000.0))  # exceedance events
@@ -120,8 +142,17 @@ def tiny() -> ml_collections.ConfigDict:
     config.optim.warmup_steps = 5
     config.eval.num_cases = 2
     config.eval.rollout_steps = 2
-    config.eval.def_levels = (100, 500)
     config.eval.sample_members_plotted = 2
+    return config
+
+
+def deterministic() -> ml_collections.ConfigDict:
+    """DEF's deterministic forecaster: the demo's network trained with MSE on the next hour's
+    scaled change (no noise); evaluate DEF with the demo's diffusion checkpoint and
+    --config.eval.def_workdir=<this run's workdir>."""
+    config = demo()
+    config.train.objective = "mse"
+    config.eval.best_metric = "eval_loss"  # the change's MSE
     return config
 
 
@@ -134,6 +165,7 @@ def paper() -> ml_collections.ConfigDict:
     config.data.preload_max_mb = 0.0
     config.model.name = "seed_minimal_unet"  # 82,119 params: the seed's 81,111 + condition
     config.model.emb_mult = 4  # the seed's time MLP: base_dim -> 4 base_dim
+    config.model.remat = True  # one 1059 x 1799 micro-batch in the seed's 24 GB (README)
     config.train.global_batch_size = 1
     config.optim.grad_accum_steps = 8
     config.optim.lr = 2e-4
@@ -177,7 +209,9 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
         return paper()
     if arg == "unet_cropped":
         return unet_cropped()
+    if arg == "deterministic":
+        return deterministic()
     raise ValueError(
-        f"config weather: unknown variant {arg!r}; use demo, tiny, paper (alias fullres_minimal) "
-        "or unet_cropped."
+        f"config weather: unknown variant {arg!r}; use demo, tiny, deterministic, paper (alias "
+        "fullres_minimal) or unet_cropped."
     )

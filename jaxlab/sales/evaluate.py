@@ -158,6 +158,12 @@ def stack_field(source, name: str) -> np.ndarray:
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Restores the GAN and the three forecasters; writes metrics.json, comparison.txt, PNGs."""
     ec = config.eval
+    if ec.get("model", ""):
+        raise ValueError(
+            f"eval.model={ec.model}: the sales evaluation compares the three forecasters (real, "
+            "real + generated, generated only) trained in a workdir, which a bundle does not "
+            "carry; evaluate the training workdir, or use the bundle with `jaxlab predict`."
+        )
     mesh = mesh_lib.make_mesh(config.mesh)
     sources = data_windows.load_windows(config, data.prepare(config, workdir))
     if config.study.mode == "only":

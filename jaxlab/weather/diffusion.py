@@ -21,6 +21,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+# fold_in index of a sampler's initial noise; per-step noise uses fold_in(key, step) < T.
+INIT_NOISE = 2**31 - 1
+
 
 @flax.struct.dataclass
 class Schedule:
@@ -109,19 +112,64 @@ def loss_targets(sched: Schedule, x0: jax.Array, key: jax.Array, prediction: str
     return xt, t, target
 
 
-def timesteps(num_train_steps: int, num_sample_steps: int) -> np.ndarray:
-    """Descending step indices T-1 .. 0, [num_sample_steps] int32, quadratic in time.
+SPACINGS = ("quadratic", "trailing", "linspace", "logsnr")
 
-    t_i = (T - 1) (1 - i / (M - 1))^2 puts more steps at low noise, where few-step solvers lose
-    the most accuracy (DPM-Solver's "time_quadratic"); duplicates from rounding are nudged apart.
+
+def timesteps(
+    num_train_steps: int,
+    num_sample_steps: int,
+    spacing: str = "logsnr",
+    alpha_bars: np.ndarray | None = None,
+) -> np.ndarray:
+    """Descending step indices from num_train_steps - 1, [num_sample_steps] int32.
+
+    spacing (the sampler's last network call is at the last index, then it jumps to sigma = 0):
+    - "quadratic": t_i = (T - 1) (1 - i / (M - 1))^2, ending at 0 (DPM-Solver's time_quadratic);
+    - "trailing": diffusers' trailing, round(T - i T / M) - 1, ending at T / M - 1;
+    - "linspace": diffusers' default, round(linspace(0, T - 1, M + 1))[::-1][:-1];
+    - "logsnr": uniform in lambda = log(alpha / sigma) from step T - 1 to step 0 (the variable
+      DPM-Solver integrates in; needs `alpha_bars` [>= T]), nearest step index.
+    Duplicates from rounding are nudged apart (strictly decreasing).
     """
     if num_sample_steps < 2:
         raise ValueError(f"need at least 2 sampling steps, got {num_sample_steps}.")
-    u = 1.0 - np.arange(num_sample_steps) / (num_sample_steps - 1)
-    ts = np.round((num_train_steps - 1) * u**2).astype(np.int64)
-    for i in range(num_sample_steps - 2, -1, -1):  # strictly decreasing, ending at 0
-        ts[i] = max(ts[i], ts[i + 1] + 1)
+    t_max, m = num_train_steps - 1, num_sample_steps
+    if spacing == "quadratic":
+        u = 1.0 - np.arange(m) / (m - 1)
+        ts = np.round(t_max * u**2)
+    elif spacing == "trailing":
+        ts = np.round(np.arange(num_train_steps, 0, -num_train_steps / m))[:m] - 1
+    elif spacing == "linspace":
+        ts = np.round(np.linspace(0, t_max, m + 1))[::-1][:-1]
+    elif spacing == "logsnr":
+        if alpha_bars is None:
+            raise ValueError("logsnr spacing needs the schedule's alpha_bars.")
+        abar = np.asarray(alpha_bars, np.float64)[:num_train_steps]
+        lam = 0.5 * (np.log(abar) - np.log1p(-abar))  # decreasing in t
+        targets = np.linspace(lam[t_max], lam[0], m)
+        ts = np.array([np.argmin(np.abs(lam - v)) for v in targets], np.float64)
+    else:
+        raise ValueError(f"diffusion.spacing must be one of {SPACINGS}, got {spacing!r}.")
+    ts = ts.astype(np.int64)
+    ts[0] = min(ts[0], t_max)
+    for i in range(1, m):  # strictly decreasing: collisions pushed down, ...
+        ts[i] = min(ts[i], ts[i - 1] - 1)
+    for i in range(m - 1, -1, -1):  # ... then up from 0 where they ran below it
+        ts[i] = max(ts[i], 0 if i == m - 1 else ts[i + 1] + 1)
+    if ts[0] > t_max:
+        raise ValueError(f"{m} sampling steps do not fit in {num_train_steps} diffusion steps.")
     return ts.astype(np.int32)
+
+
+def prior_sample(sched: Schedule, t: int, shape, key: jax.Array, mean=0.0, std=1.0) -> jax.Array:
+    """x_t ~ N(sqrt(abar_t) mean, abar_t std^2 + 1 - abar_t): q(x_t) exactly for x_0 ~ N(mean,
+    std^2), and its first two moments for any x_0 of that mean and std (per channel: `mean`,
+    `std` broadcast against `shape`). Starting a sampler where abar_t ~ 1e-2 from N(0, 1)
+    instead shrinks the mean of the samples by about sqrt(abar_t) mean / (1 + ...)."""
+    abar = sched.alpha_bars[t]
+    z = jax.random.normal(jax.random.fold_in(key, INIT_NOISE), shape)
+    mean, std = jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32)
+    return jnp.sqrt(abar) * mean + jnp.sqrt(abar * std**2 + 1 - abar) * z
 
 
 def first_step(sched: Schedule, min_alpha_bar: float) -> int:
@@ -135,9 +183,6 @@ def first_step(sched: Schedule, min_alpha_bar: float) -> int:
     abar = np.asarray(sched.alpha_bars)
     return int(np.nonzero(abar >= min_alpha_bar)[0].max())
 
-
-# fold_in index of a sampler's initial noise; per-step noise uses fold_in(key, step) < T.
-INIT_NOISE = 2**31 - 1
 
 EpsFn = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -156,10 +201,11 @@ def ddpm_sample(
     x_init: jax.Array | None = None,
     start_step: int | None = None,
     clip_x0: float | None = None,
+    prior: tuple = (0.0, 1.0),
 ) -> jax.Array:
     """Ancestral sampling x_T -> x_0 with variance beta~_t; deterministic given `key`."""
     start = sched.num_steps - 1 if start_step is None else start_step
-    x = jax.random.normal(jax.random.fold_in(key, INIT_NOISE), shape) if x_init is None else x_init
+    x = prior_sample(sched, start, shape, key, *prior) if x_init is None else x_init
 
     def body(i, x):
         t = start - i
@@ -170,6 +216,19 @@ def ddpm_sample(
         return mean[0] + jnp.where(t > 0, jnp.sqrt(var[0]), 0.0) * z
 
     return jax.lax.fori_loop(0, start + 1, body, x)
+
+
+def sampling_steps(
+    sched: Schedule,
+    num_steps: int,
+    spacing: str,
+    start_step: int | None,
+    min_alpha_bar: float,
+) -> np.ndarray:
+    """The few-step samplers' step indices [num_steps], from `start_step` (default: the noisiest
+    step with abar >= min_alpha_bar) down, with `spacing` (see `timesteps`)."""
+    start = first_step(sched, min_alpha_bar) if start_step is None else start_step
+    return timesteps(start + 1, num_steps, spacing, np.asarray(sched.alpha_bars))
 
 
 def ddim_sample(
@@ -183,12 +242,15 @@ def ddim_sample(
     start_step: int | None = None,
     clip_x0: float | None = None,
     min_alpha_bar: float = 0.0,
+    spacing: str = "logsnr",
+    prior: tuple = (0.0, 1.0),
 ) -> jax.Array:
-    """DDIM on `num_steps` steps from `start_step` (default: `first_step`) to x_0."""
-    start = (first_step(sched, min_alpha_bar) if start_step is None else start_step) + 1
-    ts = jnp.asarray(timesteps(start, num_steps))
+    """DDIM on `num_steps` steps (`sampling_steps`) to x_0; starts from the prior (`prior`
+    mean, std of x_0: `prior_sample`) at the first step unless `x_init` is given."""
+    ts_np = sampling_steps(sched, num_steps, spacing, start_step, min_alpha_bar)
+    ts = jnp.asarray(ts_np)
     ts_next = jnp.concatenate([ts[1:], jnp.array([-1], jnp.int32)])
-    x = jax.random.normal(jax.random.fold_in(key, INIT_NOISE), shape) if x_init is None else x_init
+    x = prior_sample(sched, int(ts_np[0]), shape, key, *prior) if x_init is None else x_init
 
     def body(x, inputs):
         i, t, t_next = inputs
@@ -216,6 +278,8 @@ def dpm_solver_pp_sample(
     start_step: int | None = None,
     clip_x0: float | None = None,
     min_alpha_bar: float = 0.0,
+    spacing: str = "logsnr",
+    prior: tuple = (0.0, 1.0),
 ) -> jax.Array:
     """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2) with a first-order final step to sigma = 0.
 
@@ -223,10 +287,11 @@ def dpm_solver_pp_sample(
     predictions D, each step from s to t (h = lambda_t - lambda_s, r = h_prev / h):
         D' = (1 + 1 / (2r)) D_s - 1 / (2r) D_prev    (D' = D_s on the first step)
         x_t = (sigma_t / sigma_s) x_s - alpha_t (exp(-h) - 1) D'.
+    Starts from the prior at the first step (`prior_sample`) unless `x_init` is given.
     """
-    start = (first_step(sched, min_alpha_bar) if start_step is None else start_step) + 1
-    ts = jnp.asarray(timesteps(start, num_steps))
-    x = jax.random.normal(jax.random.fold_in(key, INIT_NOISE), shape) if x_init is None else x_init
+    ts_np = sampling_steps(sched, num_steps, spacing, start_step, min_alpha_bar)
+    ts = jnp.asarray(ts_np)
+    x = prior_sample(sched, int(ts_np[0]), shape, key, *prior) if x_init is None else x_init
     abar = sched.alpha_bars[ts]
     alpha, sigma = jnp.sqrt(abar), jnp.sqrt(1 - abar)
     lam = jnp.log(alpha) - jnp.log(sigma)
@@ -262,18 +327,25 @@ def sample(
     start_step=None,
     clip_x0=None,
     min_alpha_bar: float = 0.0,
+    spacing: str = "logsnr",
+    prior: tuple = (0.0, 1.0),
 ) -> jax.Array:
     """Dispatch on `method` ("ddpm", "ddim", "dpm_solver_pp"); explicit, no registry.
 
-    `min_alpha_bar` only applies to the few-step samplers (DDPM takes all T small steps)."""
+    `min_alpha_bar` and `spacing` only apply to the few-step samplers (DDPM takes all T small
+    steps); `prior` = (mean, std) of x_0 (scalars or per channel) sets the initial noise."""
     if method == "ddpm":
-        return ddpm_sample(eps_fn, sched, shape, key, x_init, start_step, clip_x0)
+        return ddpm_sample(eps_fn, sched, shape, key, x_init, start_step, clip_x0, prior)
+    few = dict(
+        x_init=x_init,
+        start_step=start_step,
+        clip_x0=clip_x0,
+        min_alpha_bar=min_alpha_bar,
+        spacing=spacing,
+        prior=prior,
+    )
     if method == "ddim":
-        return ddim_sample(
-            eps_fn, sched, shape, key, num_steps, eta, x_init, start_step, clip_x0, min_alpha_bar
-        )
+        return ddim_sample(eps_fn, sched, shape, key, num_steps, eta, **few)
     if method == "dpm_solver_pp":
-        return dpm_solver_pp_sample(
-            eps_fn, sched, shape, key, num_steps, x_init, start_step, clip_x0, min_alpha_bar
-        )
+        return dpm_solver_pp_sample(eps_fn, sched, shape, key, num_steps, **few)
     raise ValueError(f"sampler must be 'ddpm', 'ddim' or 'dpm_solver_pp', got {method!r}.")

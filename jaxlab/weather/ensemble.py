@@ -14,27 +14,38 @@ import jax.numpy as jnp
 
 from jaxlab.core import mesh as mesh_lib
 from jaxlab.weather import diffusion
+from jaxlab.weather import model as model_lib
 
 
-def apply_eps(model, params, sched, prediction, xt, cond, t, lead):
+def apply_eps(model, params, sched, prediction, xt, cond, t, lead, hour, use_hour):
     """The network's output converted to an epsilon prediction (the samplers' `eps_fn`)."""
-    out = model.apply({"params": params}, xt, cond, t, lead)
+    out = model_lib.apply(model, params, xt, cond, t, lead, hour, use_hour)
     return out if prediction == "eps" else diffusion.eps_from_v(sched, xt, t, out)
 
 
+def scale_of(extra) -> dict:
+    """{"std", "mean"} [C] of the diffused change, from a state's `extra` (older checkpoints
+    without `residual_mean`: zeros)."""
+    std = extra["residual_std"]
+    return {"std": std, "mean": extra.get("residual_mean", jnp.zeros_like(std))}
+
+
 def forecast_step(
-    params, cond, lead, keys, res_std, x_init=None, *, model, sched, config, start_step=None
+    params, cond, lead, hour, keys, scale, x_init=None, *, model, sched, config, start_step=None
 ):
     """One lead-time step for a batch of members: cond [B, H, W, C] -> next state [B, H, W, C].
 
-    keys [B] are per-member keys; each member samples the scaled change with the configured
-    sampler, then x_next = cond + residual_std * change (or the sampled state directly).
+    lead [B] hours, hour [B] hour of day of `cond` (used with `model.use_hour`), keys [B]
+    per-member keys, scale {"std", "mean"} [C]: each member samples the scaled change with the
+    configured sampler and spacing, starting from the prior N(mean, 1) at the first step, then
+    x_next = cond + std * change (or the sampled state directly, prior N(0, 1)).
     `x_init` [B, H, W, C] / `start_step` start the sampler from a given (partially noised)
-    input instead of pure noise (DEF mode).
+    input instead (DEF mode).
     """
     dc = config.diffusion
+    prior = (scale["mean"], 1.0) if dc.residual else (0.0, 1.0)
 
-    def one(key, c, ld, x0_init):
+    def one(key, c, ld, hr, x0_init):
         def eps_fn(x, t):
             return apply_eps(
                 model,
@@ -45,6 +56,8 @@ def forecast_step(
                 c[None],
                 jnp.reshape(t, (1,)),
                 ld[None],
+                hr[None],
+                config.model.use_hour,
             )[0]
 
         return diffusion.sample(
@@ -59,13 +72,15 @@ def forecast_step(
             start_step=start_step,
             clip_x0=dc.clip_x0 or None,
             min_alpha_bar=dc.min_alpha_bar,
+            spacing=dc.spacing,
+            prior=prior,
         )
 
     if x_init is None:
-        change = jax.vmap(lambda k, c, ld: one(k, c, ld, None))(keys, cond, lead)
+        change = jax.vmap(lambda k, c, ld, hr: one(k, c, ld, hr, None))(keys, cond, lead, hour)
     else:
-        change = jax.vmap(one)(keys, cond, lead, x_init)
-    return cond + res_std * change if dc.residual else change
+        change = jax.vmap(one)(keys, cond, lead, hour, x_init)
+    return cond + scale["std"] * change if dc.residual else change
 
 
 def make_forecast_step(
@@ -77,9 +92,10 @@ def make_forecast_step(
     with_init: bool = False,
     start_step: int | None = None,
 ):
-    """`forecast_step` jitted once; members sharded over devices when they divide evenly.
+    """`forecast_step` jitted once: (params, cond, lead, hour, keys, scale[, x_init]); members
+    sharded over devices when they divide evenly.
 
-    with_init: the jitted function takes `x_init` as a sixth argument (DEF mode, ODE forecasts).
+    with_init: the jitted function takes `x_init` as a seventh argument (DEF mode).
     """
     shard = num_members % mesh_lib.batch_size_divisor(mesh) == 0
     member = mesh_lib.data_sharding(mesh) if shard else mesh_lib.replicated(mesh)
@@ -88,7 +104,7 @@ def make_forecast_step(
         functools.partial(
             forecast_step, model=model, sched=sched, config=config, start_step=start_step
         ),
-        in_shardings=(rep, member, member, member, rep) + ((member,) if with_init else ()),
+        in_shardings=(rep, member, member, member, member, rep) + ((member,) if with_init else ()),
         out_shardings=member,
     )
 
@@ -104,12 +120,14 @@ def member_keys(case_key: jax.Array, num_members: int, lead_step: int) -> jax.Ar
     )
 
 
-def rollout(step_fn, params, init, lead_hours, case_key, num_members, num_steps, res_std):
-    """Autoregressive ensemble: init [H, W, C] -> [num_steps, M, H, W, C] (jax arrays)."""
+def rollout(step_fn, params, init, lead_hours, hour, case_key, num_members, num_steps, scale):
+    """Autoregressive ensemble: init [H, W, C] at `hour` (UTC) -> [num_steps, M, H, W, C]."""
     state = jnp.broadcast_to(init, (num_members, *init.shape))
     lead = jnp.full((num_members,), lead_hours, jnp.float32)
     out = []
     for k in range(num_steps):
-        state = step_fn(params, state, lead, member_keys(case_key, num_members, k), res_std)
+        hours = jnp.full((num_members,), (hour + k * lead_hours) % 24.0, jnp.float32)
+        keys = member_keys(case_key, num_members, k)
+        state = step_fn(params, state, lead, hours, keys, scale)
         out.append(state)
     return jnp.stack(out)

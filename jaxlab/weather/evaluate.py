@@ -9,18 +9,19 @@ normaliser's transformed, standardised space) so the variables can be averaged:
 - `climatology_crps`: a per-gridpoint Gaussian N(mean, std) over the training period (closed-form
   CRPS): a probabilistic baseline;
 - `spread_skill`: spread * sqrt((M+1)/M) / RMSE of the ensemble mean, 1 when calibrated;
-- per variable and lead: `crps/<var>/lead<h>`, `rmse/...`, `spread/...`; rank histogram;
+- per variable and lead: `crps/<var>/lead<h>`, `rmse/...`, `spread/...`, `bias/...` (ensemble
+  mean minus truth), `spread_skill/...`, `rank_histogram/...` and its flatness
+  (`rank_chi2`, `rank_rel_entropy`, `rank_mean_offset`: metrics.rank_flatness);
   Brier score and reliability for exceedance events in physical units (REFC >= 35 dBZ, ...).
-- DEF mode (`eval.def_levels`, e.g. (100, 500, 900)): the initial state is perturbed by noising
-  its change from the previous hour to each diffusion step and denoising it (SDEdit-style), then
-  each perturbed state is forecast with the deterministic probability-flow ODE (DPM-Solver++
-  from x_T = 0); `def_crps/level<L>` / `def_spread_skill/level<L>` at the first lead compare
-  with direct sampling's `crps/lead1` / `spread_skill/lead1` (same cases, members, formulas).
+- DEF (`eval.def_workdir`: the deterministic forecaster's workdir; jaxlab/weather/def_ensemble.py):
+  the deterministic forecaster alone, DEF (its members from diffusion-perturbed initial states at
+  every lead step) and direct sampling, same cases and members, side by side per lead:
+  `compare/<system>/<score>/lead<k>` (crps, crps_fair, spread_skill, rmse, rank_histogram) and
+  `compare/<system>/brier/<event>` (first lead); figure `def_comparison.png`.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 from collections.abc import Callable
@@ -36,7 +37,7 @@ from absl import logging
 from jaxlab.core import loop, rng, run
 from jaxlab.core import mesh as mesh_lib
 from jaxlab.data import pipeline
-from jaxlab.weather import data, diffusion, ensemble, metrics, plots, steps
+from jaxlab.weather import data, def_ensemble, ensemble, metrics, plots, steps
 
 
 def denoising_loss(
@@ -109,11 +110,11 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
     mesh = mesh_lib.make_mesh(config.mesh)
     store = data.prepare(config, workdir)
     lead = int(config.data.leads[0])
-    source = data.PairSource(store, ec.split, (lead,), config.data.preload_max_mb)
+    source = steps.WithHour(data.PairSource(store, ec.split, (lead,), config.data.preload_max_mb))
     parts = steps.build(config, mesh)
     state, step = run.restore_for_eval(config, workdir, parts)
     params = state.extra["ema"] if ec.use_ema else state.params
-    res_std = state.extra["residual_std"]
+    scale = ensemble.scale_of(state.extra)
 
     m = ec.num_members
     step_fn = ensemble.make_forecast_step(parts.model, parts.schedule, config, mesh, m)
@@ -121,23 +122,36 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
     clim_mean, clim_std = climatology(source, int(source.stats["num_train_times"]))
     thresholds = [(name, float(v)) for name, v in ec.thresholds]
     acc = _Accumulator(ec.rollout_steps, m)
+    def_workdir = ec.get("def_workdir", "")  # older recorded configs lack it
+    systems = _def_systems(config, parts, mesh, params, scale, m) if def_workdir else None
     product_case, product_score = None, -np.inf  # products: the most convective case
     for c, i in enumerate(cases):
         init = source.state(i)
         case_key = rng.stream(config.seed, "ensemble", c)
+        hour = float(steps.hour_of_day(source.times[i]))
         ens = ensemble.rollout(
-            step_fn, params, jnp.asarray(init), lead, case_key, m, ec.rollout_steps, res_std
+            step_fn, params, jnp.asarray(init), lead, hour, case_key, m, ec.rollout_steps, scale
         )
         ens = np.asarray(jax.device_get(ens))
         truth = np.stack([source.state(i + k * lead) for k in range(1, ec.rollout_steps + 1)])
         acc.add(ens, truth, init, clim_mean, clim_std, source.normaliser, thresholds)
+        if systems is not None:
+            fns, det_params, scales, accs = systems
+            members, alone = def_ensemble.rollout(
+                fns, params, det_params, jnp.asarray(source.state(i - 1)), jnp.asarray(init),
+                hour, lead, rng.stream(config.seed, "def_noise", c), m, ec.rollout_steps, scales,
+            )  # fmt: skip
+            for name, e in (("def", members), ("deterministic", alone)):
+                accs[name].add(np.asarray(e), truth, init, clim_mean, clim_std,
+                               source.normaliser, thresholds)  # fmt: skip
         convection = float(init[..., data.VARIABLES.index("refc")].max())
         if convection > product_score:
             product_case, product_score = (i, init, ens, truth), convection
         logging.info("evaluate: case %d/%d (time %s) done", c + 1, len(cases), source.times[i])
     results = acc.summary()
-    if ec.def_levels:
-        results.update(def_scores(config, parts, mesh, params, res_std, source, cases, lead))
+    if systems is not None:
+        accs = {"direct": acc, **systems[3]}
+        results.update(comparison_table(accs))
     results["checkpoint_step"] = int(step)
     results["num_members"] = m
     results["num_cases"] = len(cases)
@@ -147,9 +161,16 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
     if jax.process_index() == 0:
         with open(os.path.join(out_dir, "metrics.json"), "w") as f:
             json.dump(results, f, indent=2, sort_keys=True)
-        plots.rank_histogram(acc.ranks, os.path.join(out_dir, "rank_histogram.png"))
+        plots.rank_histogram(acc.ranks[0], os.path.join(out_dir, "rank_histogram.png"))
+        plots.rank_histograms_by_lead(
+            acc.ranks, lead, os.path.join(out_dir, "rank_histogram_by_variable.png")
+        )
         plots.reliability(acc.reliability(), os.path.join(out_dir, "reliability.png"))
         plots.crps_by_lead(results, ec.rollout_steps, lead, os.path.join(out_dir, "crps.png"))
+        if systems is not None:
+            plots.def_comparison(
+                results, ec.rollout_steps, lead, os.path.join(out_dir, "def_comparison.png")
+            )
         if ec.products and product_case is not None:
             i, init, ens, truth = product_case
             write_products(
@@ -177,7 +198,8 @@ class _Accumulator:
         self.clim = np.zeros((steps, c))
         self.sq_err = np.zeros((steps, c))
         self.var = np.zeros((steps, c))
-        self.ranks = np.zeros((c, members + 1), np.int64)
+        self.bias = np.zeros((steps, c))
+        self.ranks = np.zeros((steps, c, members + 1), np.int64)
         self.members = members
         self.events: dict[str, list] = {}
 
@@ -187,17 +209,19 @@ class _Accumulator:
         for k in range(ens.shape[0]):
             e, y = jnp.asarray(ens[k]), jnp.asarray(truth[k])
             self.crps[k] += np.asarray(jnp.mean(metrics.crps_ensemble(e, y), axis=(0, 1)))
-            self.crps_fair[k] += np.asarray(
-                jnp.mean(metrics.crps_ensemble(e, y, fair=True), axis=(0, 1))
+            fair = metrics.crps_ensemble(e, y, fair=True) if self.members > 1 else None
+            self.crps_fair[k] += np.asarray(  # one member: the fair CRPS is its MAE too
+                jnp.mean(metrics.crps_ensemble(e, y) if fair is None else fair, axis=(0, 1))
             )
             self.persist[k] += np.abs(init - truth[k]).mean(axis=(0, 1))
             self.clim[k] += np.asarray(
                 jnp.mean(metrics.crps_gaussian(clim_mean, clim_std, y), axis=(0, 1))
             )
             self.sq_err[k] += ((ens[k].mean(0) - truth[k]) ** 2).mean(axis=(0, 1))
-            self.var[k] += ens[k].var(0, ddof=1).mean(axis=(0, 1))
-        for v in range(len(data.VARIABLES)):
-            self.ranks[v] += metrics.rank_histogram(ens[0][..., v], truth[0][..., v])
+            self.var[k] += ens[k].var(0, ddof=min(1, self.members - 1)).mean(axis=(0, 1))
+            self.bias[k] += (ens[k].mean(0) - truth[k]).mean(axis=(0, 1))
+            for v in range(len(data.VARIABLES)):
+                self.ranks[k, v] += metrics.rank_histogram(ens[k][..., v], truth[k][..., v])
         phys_ens, phys_truth = normaliser.decode(ens[0]), normaliser.decode(truth[0])
         for name, thr in thresholds:
             v = data.VARIABLES.index(name)
@@ -237,6 +261,14 @@ class _Accumulator:
                 r[f"climatology_crps/{name}/lead{k + 1}"] = float(clim[k, v])
                 r[f"rmse/{name}/lead{k + 1}"] = float(rmse[k, v])
                 r[f"spread/{name}/lead{k + 1}"] = float(spread[k, v])
+                r[f"bias/{name}/lead{k + 1}"] = float(self.bias[k, v] / n)
+                r[f"spread_skill/{name}/lead{k + 1}"] = float(
+                    spread[k, v] * np.sqrt((m + 1) / m) / max(rmse[k, v], 1e-12)
+                )
+                flat = metrics.rank_flatness(self.ranks[k, v])
+                for key, value in flat.items():
+                    r[f"rank_{key}/{name}/lead{k + 1}"] = value
+                r[f"rank_histogram/{name}/lead{k + 1}"] = self.ranks[k, v].tolist()
         for key, pairs in self.events.items():
             prob = np.concatenate([p.ravel() for p, _ in pairs])
             event = np.concatenate([o.ravel() for _, o in pairs])
@@ -245,7 +277,7 @@ class _Accumulator:
                 np.full_like(prob, event.mean()), event
             )
         for v, name in enumerate(data.VARIABLES):
-            r[f"rank_histogram/{name}"] = self.ranks[v].tolist()
+            r[f"rank_histogram/{name}"] = self.ranks[0, v].tolist()
         return r
 
 
@@ -259,55 +291,44 @@ def spread_skill(sq_err: np.ndarray, var: np.ndarray, members: int) -> float:
     return float(np.mean(spread * np.sqrt((members + 1) / members)) / rmse.mean())
 
 
-def def_scores(config, parts, mesh, params, res_std, source, cases, lead):
-    """DEF at the first lead, one score set per level in `eval.def_levels`.
+def _def_systems(config, parts, mesh, params, scale, m):
+    """DEF's jitted steps, the deterministic forecaster's EMA params restored from
+    `eval.def_workdir`, the two models' scales and one accumulator per extra system."""
+    det_config = config.copy_and_resolve_references()
+    det_config.train.objective = "mse"
+    det_parts = steps.build(det_config, mesh)
+    det_state, det_step = run.restore_for_eval(det_config, config.eval.def_workdir, det_parts)
+    logging.info("DEF: deterministic forecaster step %d from %s", det_step, config.eval.def_workdir)
+    fns = def_ensemble.make_steps(parts.model, det_parts.model, parts.schedule, config, mesh, m)
+    det_params = det_state.extra["ema"] if config.eval.use_ema else det_state.params
+    guidance = jnp.float32(config.eval.def_guidance)
+    scales = (scale, ensemble.scale_of(det_state.extra), guidance)
+    accs = {"def": _Accumulator(config.eval.rollout_steps, m),
+            "deterministic": _Accumulator(config.eval.rollout_steps, 1)}  # fmt: skip
+    return fns, det_params, scales, accs
 
-    For each case i and level L: the change x_i - x_{i-1} (scaled like a training target) is
-    noised to step L with member keys and denoised by the sampler conditioned on x_{i-1}
-    (DPM-Solver++ from step L), giving M perturbed analyses; each is forecast one lead ahead
-    with the deterministic probability-flow ODE (DPM-Solver++ from x_T = 0), so all ensemble
-    spread comes from the initial perturbation. Keys `def_crps/level<L>`, `def_spread_skill/..`,
-    `def_rmse/..`, `def_spread/..` compare with `crps/lead1` and `spread_skill/lead1`.
-    """
-    m = config.eval.num_members
-    model, sched = parts.model, parts.schedule
-    ode = ensemble.make_forecast_step(model, sched, config, mesh, m, with_init=True)
-    std = np.asarray(res_std)
-    ones = jnp.ones((m,), jnp.float32)
+
+def comparison_table(accs: dict) -> dict[str, float]:
+    """`compare/<system>/<score>/lead<k>` for systems direct, def, deterministic: CRPS (standard,
+    fair), spread/skill, RMSE of the ensemble mean (variable means), Brier of both thresholds,
+    plus `compare/<system>/rank_histogram/<var>/lead<k>`; the same cases and formulas."""
     out = {}
-    for level in (int(v) for v in config.eval.def_levels):
-        perturb = ensemble.make_forecast_step(
-            model, sched, config, mesh, m, with_init=True, start_step=level
-        )
-        crps, sq_err, var = 0.0, 0.0, 0.0
-        for c, i in enumerate(cases):
-            prev, init, truth = source.state(i - 1), source.state(i), source.state(i + lead)
-            noise_keys = ensemble.member_keys(rng.stream(config.seed, "def_noise", c), m, 0)
-            sampler_key = rng.stream(config.seed, "def_sampler", c)
-            change = np.broadcast_to((init - prev) / std, (m, *init.shape))
-            noise = jax.vmap(functools.partial(jax.random.normal, shape=init.shape))(noise_keys)
-            noised = diffusion.q_sample(sched, jnp.asarray(change), jnp.full((m,), level), noise)
-            prev_b = jnp.broadcast_to(prev, (m, *prev.shape))
-            keys = ensemble.member_keys(sampler_key, m, 0)
-            perturbed = perturb(params, prev_b, ones, keys, res_std, noised)
-            zeros = jnp.zeros((m, *init.shape))
-            keys = ensemble.member_keys(sampler_key, m, 1)
-            fc = ode(params, perturbed, jnp.full((m,), float(lead)), keys, res_std, zeros)
-            fc = np.asarray(fc)
-            crps += float(jnp.mean(metrics.crps_ensemble(jnp.asarray(fc), jnp.asarray(truth))))
-            sq_err = sq_err + ((fc.mean(0) - truth) ** 2).mean(axis=(0, 1))
-            var = var + fc.var(0, ddof=1).mean(axis=(0, 1))
-        n = len(cases)
-        out[f"def_crps/level{level}"] = crps / n
-        out[f"def_rmse/level{level}"] = float(np.sqrt(sq_err / n).mean())
-        out[f"def_spread/level{level}"] = float(np.sqrt(var / n).mean())
-        out[f"def_spread_skill/level{level}"] = spread_skill(sq_err / n, var / n, m)
-        logging.info(
-            "DEF level %d: crps %.4f, spread/skill %.2f",
-            level,
-            out[f"def_crps/level{level}"],
-            out[f"def_spread_skill/level{level}"],
-        )
+    for system, acc in accs.items():
+        r = acc.summary()
+        n, m = max(acc.n, 1), acc.members
+        for k in range(acc.crps.shape[0]):
+            lead = f"lead{k + 1}"
+            out[f"compare/{system}/crps/{lead}"] = float(acc.crps[k].mean() / n)
+            out[f"compare/{system}/crps_fair/{lead}"] = float(acc.crps_fair[k].mean() / n)
+            out[f"compare/{system}/rmse/{lead}"] = float(np.sqrt(acc.sq_err[k] / n).mean())
+            out[f"compare/{system}/spread_skill/{lead}"] = spread_skill(
+                acc.sq_err[k] / n, acc.var[k] / n, m
+            )
+            for v, name in enumerate(data.VARIABLES):
+                out[f"compare/{system}/rank_histogram/{name}/{lead}"] = acc.ranks[k, v].tolist()
+        for key in ("brier/refc>=35", "brier/cape>=1000"):
+            if key in r:
+                out[f"compare/{system}/{key}"] = r[key]
     return out
 
 

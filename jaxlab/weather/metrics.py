@@ -62,6 +62,27 @@ def rank_histogram(ens, obs) -> np.ndarray:
     return np.bincount(ranks, minlength=m + 1)[: m + 1]
 
 
+def rank_flatness(hist) -> dict[str, float]:
+    """How far a rank histogram [M + 1] is from uniform (the calibrated ensemble's).
+
+    chi2: sum (n_i - N / B)^2 / (N / B) over the B = M + 1 bins (chi-square with B - 1 degrees of
+    freedom under uniformity; its p-value is meaningless for spatially correlated ranks);
+    rel_entropy: KL(p || uniform) = log B - H(p), in nats, 0 for flat, log B for one bin;
+    mean_offset: mean rank minus the centre M / 2, in bins (< 0: the observation tends below the
+    members, i.e. the ensemble is biased high).
+    """
+    hist = np.asarray(hist, np.float64)
+    bins, total = hist.size, max(hist.sum(), 1.0)
+    expected = total / bins
+    p = hist / total
+    nonzero = p[p > 0]
+    return {
+        "chi2": float(np.sum((hist - expected) ** 2) / expected),
+        "rel_entropy": float(np.log(bins) + np.sum(nonzero * np.log(nonzero))),
+        "mean_offset": float(np.sum(p * np.arange(bins)) - (bins - 1) / 2),
+    }
+
+
 def exceedance_probability(ens, threshold):
     """Fraction of members >= threshold, [...]."""
     return jnp.mean((ens >= threshold).astype(jnp.float32), axis=0)

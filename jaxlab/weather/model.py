@@ -1,9 +1,16 @@
 """Conditional noise-prediction networks (Flax Linen), channels last.
 
 Both take (x_t [B, H, W, C] noisy target, cond [B, H, W, C] current state, t [B] diffusion step,
-lead [B] hours) and return eps [B, H, W, C]. Conditioning is by concatenating the current state
-to the noisy target; the diffusion step and the lead time enter through a sinusoidal embedding
-added inside every block.
+lead [B] hours, optionally hour [B] the initial state's hour of day UTC) and return eps
+[B, H, W, C]. Conditioning is by concatenating the current state to the noisy target; the
+diffusion step, the lead time and the hour of day enter through a sinusoidal embedding added
+inside every block. The hour of day (`model.use_hour`) tells the network where it is in the
+diurnal cycle, which the state alone does not: the same 2 m temperature and CIN occur in the
+morning (warming, CIN weakening) and the evening (cooling, CIN strengthening).
+
+`model.remat` recomputes each block's activations in the backward pass (`nn.remat`, i.e.
+`jax.checkpoint` per block): the seed's network at the full grid keeps one block's activations
+instead of all twelve convolutions' (README, "Memory at the full grid").
 
 - `SeedMinimalUNet`: the seed's ultra-minimal network layer for layer (six conv blocks d, 2d, 2d,
   2d, d, d with GroupNorm and a time-embedding MLP; no down/upsampling, skips, residuals or
@@ -39,6 +46,18 @@ def sinusoidal_embedding(x: jax.Array, dim: int, max_period: float = 10000.0) ->
     return jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
 
 
+def hour_embedding(hour: jax.Array, dim: int) -> jax.Array:
+    """hour [B] (UTC, any real) -> [B, dim]: harmonics k = 1 .. dim / 2 of the daily cycle."""
+    k = jnp.arange(1, dim // 2 + 1, dtype=jnp.float32)
+    args = 2 * math.pi * hour.astype(jnp.float32)[:, None] * k[None] / 24.0
+    return jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
+
+
+def _block(cls, remat: bool):
+    """`cls`, or `cls` rematerialised: its activations are recomputed for the gradient."""
+    return nn.remat(cls) if remat else cls
+
+
 def _groups(channels: int) -> int:
     return math.gcd(channels, 8)
 
@@ -62,7 +81,8 @@ class ResBlock(nn.Module):
 class Embedding(nn.Module):
     """Diffusion step (and lead time) -> sinusoid [B, sin_dim] -> MLP -> [B, dim].
 
-    The lead time (hours, x 10 so hours differ in phase) adds its own sinusoid: no parameters.
+    The lead time (hours, x 10 so hours differ in phase) adds its own sinusoid, and the hour of
+    day (when given) its harmonics sin / cos(2 pi k h / 24), k = 1 .. sin_dim / 2: no parameters.
     """
 
     sin_dim: int
@@ -71,10 +91,12 @@ class Embedding(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, t: jax.Array, lead: jax.Array) -> jax.Array:
+    def __call__(self, t: jax.Array, lead: jax.Array, hour=None) -> jax.Array:
         emb = sinusoidal_embedding(t.astype(jnp.float32), self.sin_dim)
         if self.use_lead:
             emb = emb + sinusoidal_embedding(lead.astype(jnp.float32) * 10.0, self.sin_dim)
+        if hour is not None:
+            emb = emb + hour_embedding(hour, self.sin_dim)
         emb = nn.silu(nn.Dense(self.dim, dtype=self.dtype)(emb))
         return nn.Dense(self.dim, dtype=self.dtype)(emb)
 
@@ -115,17 +137,19 @@ class SeedMinimalUNet(nn.Module):
     use_lead: bool = True
     dtype: jnp.dtype = jnp.float32
     emb_mult: int = 4
+    remat: bool = False
 
     @nn.compact
-    def __call__(self, xt, cond, t, lead):
+    def __call__(self, xt, cond, t, lead, hour=None):
         chex.assert_equal_shape([xt, cond])
         chex.assert_rank(xt, 4)
         d = self.base_dim
-        emb = Embedding(d, d * self.emb_mult, self.use_lead, self.dtype)(t, lead)
+        emb = Embedding(d, d * self.emb_mult, self.use_lead, self.dtype)(t, lead, hour)
         h = jnp.concatenate([xt, cond], axis=-1).astype(self.dtype)
         widths = [d * m for m in self.channel_mults]  # encoder d, 2d; then 2d; mirrored
+        block = _block(ConvBlock, self.remat)
         for width in [*widths, widths[-1], *reversed(widths), widths[0]]:
-            h = ConvBlock(width, self.dtype)(h, emb)
+            h = block(width, self.dtype)(h, emb)
         out = nn.Conv(self.out_channels, (1, 1), dtype=self.dtype)(h)
         return out.astype(jnp.float32)
 
@@ -144,24 +168,24 @@ class MinimalUNet(nn.Module):
     use_lead: bool = True
     dtype: jnp.dtype = jnp.float32
     emb_mult: int = 1
+    remat: bool = False
 
     @nn.compact
-    def __call__(self, xt, cond, t, lead):
+    def __call__(self, xt, cond, t, lead, hour=None):
         chex.assert_equal_shape([xt, cond])
         chex.assert_rank(xt, 4)
         dim = self.base_dim * self.emb_mult
-        emb = Embedding(dim, dim, self.use_lead, self.dtype)(t, lead)
+        emb = Embedding(dim, dim, self.use_lead, self.dtype)(t, lead, hour)
         h = jnp.concatenate([xt, cond], axis=-1).astype(self.dtype)
         h = nn.Conv(self.base_dim, (3, 3), dtype=self.dtype)(h)
         skips = [h]
+        block = _block(ResBlock, self.remat)
         for mult in self.channel_mults:
-            h = ResBlock(self.base_dim * mult, self.dtype)(h, emb)
+            h = block(self.base_dim * mult, self.dtype)(h, emb)
             skips.append(h)
-        h = ResBlock(self.base_dim * self.channel_mults[-1], self.dtype)(h, emb)
+        h = block(self.base_dim * self.channel_mults[-1], self.dtype)(h, emb)
         for mult in reversed(self.channel_mults):
-            h = ResBlock(self.base_dim * mult, self.dtype)(
-                jnp.concatenate([h, skips.pop()], -1), emb
-            )
+            h = block(self.base_dim * mult, self.dtype)(jnp.concatenate([h, skips.pop()], -1), emb)
         h = jnp.concatenate([h, skips.pop()], -1)
         h = nn.silu(nn.GroupNorm(_groups(h.shape[-1]), dtype=self.dtype)(h))
         out = nn.Conv(self.out_channels, (3, 3), dtype=self.dtype)(h)
@@ -193,12 +217,14 @@ class UNet(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, xt, cond, t, lead):
+    def __call__(self, xt, cond, t, lead, hour=None):
         chex.assert_equal_shape([xt, cond])
         b, height, width, _ = xt.shape
         factor = 2 ** (len(self.channel_mults) - 1)
         pad_h, pad_w = (-height) % factor, (-width) % factor
-        emb = Embedding(self.base_dim * 4, self.base_dim * 4, self.use_lead, self.dtype)(t, lead)
+        emb = Embedding(self.base_dim * 4, self.base_dim * 4, self.use_lead, self.dtype)(
+            t, lead, hour
+        )
         h = jnp.concatenate([xt, cond], axis=-1).astype(self.dtype)
         h = jnp.pad(h, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))
         h = nn.Conv(self.base_dim, (3, 3), dtype=self.dtype)(h)
@@ -237,11 +263,11 @@ def make_model(config: ml_collections.ConfigDict) -> nn.Module:
     channels = len(data.VARIABLES)
     if m.name == "seed_minimal_unet":
         return SeedMinimalUNet(
-            channels, m.base_dim, tuple(m.channel_mults), m.use_lead, dtype, m.emb_mult
+            channels, m.base_dim, tuple(m.channel_mults), m.use_lead, dtype, m.emb_mult, m.remat
         )
     if m.name == "minimal_unet":
         return MinimalUNet(
-            channels, m.base_dim, tuple(m.channel_mults), m.use_lead, dtype, m.emb_mult
+            channels, m.base_dim, tuple(m.channel_mults), m.use_lead, dtype, m.emb_mult, m.remat
         )
     if m.name == "unet":
         return UNet(
@@ -259,6 +285,11 @@ def make_model(config: ml_collections.ConfigDict) -> nn.Module:
 
 
 def init_params(model: nn.Module, rng: jax.Array, shape: tuple[int, int, int]):
-    """Parameters for inputs of [1, H, W, C]."""
+    """Parameters for inputs of [1, H, W, C] (the hour of day adds no parameters)."""
     x = jnp.zeros((1, *shape), jnp.float32)
     return model.init(rng, x, x, jnp.zeros((1,), jnp.int32), jnp.ones((1,), jnp.float32))["params"]
+
+
+def apply(model: nn.Module, params, xt, cond, t, lead, hour, use_hour: bool) -> jax.Array:
+    """The network's output [B, H, W, C]; `hour` [B] enters only when `use_hour`."""
+    return model.apply({"params": params}, xt, cond, t, lead, hour if use_hour else None)

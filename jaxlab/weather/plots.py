@@ -120,14 +120,61 @@ def rank_histogram(ranks: np.ndarray, path: str) -> None:
     plt.close(fig)
 
 
+def rank_histograms_by_lead(ranks: np.ndarray, lead: int, path: str) -> None:
+    """ranks [K, C, M + 1] counts: one row per lead step, one panel per variable."""
+    steps, channels, bins = ranks.shape
+    fig, axes = plt.subplots(
+        steps, channels, figsize=(2.2 * channels, 2.3 * steps), squeeze=False, sharey=True
+    )
+    for k in range(steps):
+        for v, name in enumerate(data.VARIABLES):
+            ax, counts = axes[k, v], ranks[k, v]
+            ax.bar(np.arange(bins), counts / max(counts.sum(), 1))
+            ax.axhline(1 / bins, color="k", lw=0.8, ls="--")
+            ax.set(title=f"{name}, lead {(k + 1) * lead} h", xlabel="rank of observation")
+            if v == 0:
+                ax.set_ylabel("relative frequency")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def def_comparison(results: dict, steps: int, lead: int, path: str) -> None:
+    """CRPS, RMSE of the mean and spread/skill by lead for direct sampling, DEF and the
+    deterministic forecaster (`compare/<system>/<score>/lead<k>` of metrics.json)."""
+    hours = [(k + 1) * lead for k in range(steps)]
+    scores = (("crps", "CRPS (standardised)"), ("rmse", "RMSE of the mean"),
+              ("spread_skill", "spread / skill"))  # fmt: skip
+    fig, axes = plt.subplots(1, len(scores), figsize=(4 * len(scores), 3.2))
+    for ax, (score, label) in zip(axes, scores, strict=True):
+        for system in ("direct", "def", "deterministic"):
+            values = [results[f"compare/{system}/{score}/lead{k + 1}"] for k in range(steps)]
+            ax.plot(hours, values, "o-", label=system)
+        if score == "spread_skill":
+            ax.axhline(1.0, color="k", lw=0.8, ls="--")
+        ax.set(xlabel="lead time [h]", ylabel=label, title=label)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
 def reliability(curves: dict, path: str) -> None:
-    fig, ax = plt.subplots(figsize=(4, 4))
-    ax.plot([0, 1], [0, 1], "k--", lw=1)
-    for key, r in curves.items():
+    """One reliability diagram per event (forecast probability bins vs observed frequency), with
+    the number of forecasts per bin below: a diagonal curve is reliable."""
+    keys = list(curves)
+    fig, axes = plt.subplots(
+        2, len(keys), figsize=(4 * len(keys), 5.5), squeeze=False, height_ratios=(3, 1)
+    )
+    for j, key in enumerate(keys):
+        r, ax, hist = curves[key], axes[0, j], axes[1, j]
         used = r["count"] > 0
-        ax.plot(r["forecast"][used], r["observed"][used], "o-", label=key)
-    ax.set(xlabel="forecast probability", ylabel="observed frequency", title="reliability")
-    ax.legend(fontsize=8)
+        ax.plot([0, 1], [0, 1], "k--", lw=1)
+        ax.plot(r["forecast"][used], r["observed"][used], "o-")
+        ax.set(xlabel="forecast probability", ylabel="observed frequency", title=key)
+        ax.set(xlim=(0, 1), ylim=(0, 1))
+        hist.bar((np.arange(len(r["count"])) + 0.5) / len(r["count"]), r["count"], width=0.09)
+        hist.set(yscale="log", xlabel="forecast probability", ylabel="forecasts", xlim=(0, 1))
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)

@@ -25,12 +25,12 @@ Output in `out`:
   - `01_current_state` ... `05_sample_members`: PNGs with init time, valid time and lead in every
     title.
 
-Inference state: the EMA parameters and `residual_std` come from `steps.inference_params` (which
-export writes into bundles; `inference_params` below is the reference). Without that hook they
-are restored from the workdir's checkpoint (a bundle's `source_workdir`). The normalisation
-statistics (`hrrr.zarr.stats.json`) are found in this order: `stats=PATH`; `<model>/` (a bundle
-once `steps.bundle_files` ships it); the store of the model's workdir (`data.dir`, or
-`<workdir>/data` for synthetic data); the store of a bundle's `source_workdir`.
+Inference state: the EMA parameters and the residual scale ({"std", "mean"} [C]) are what
+`steps.inference_params` returns and what an exported bundle holds (from a workdir they are
+restored from its checkpoint). The normalisation statistics (`hrrr.zarr.stats.json`, shipped in
+bundles by `steps.bundle_files`) are found in this order: `stats=PATH`; `<model>/`; the store of
+the model's workdir (`data.dir`, or `<workdir>/data` for synthetic data); the store of a bundle's
+`source_workdir`.
 """
 
 from __future__ import annotations
@@ -45,15 +45,13 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import xarray as xr
 from absl import logging
 
 from jaxlab import export
 from jaxlab.core import mesh as mesh_lib
-from jaxlab.core import rng, run
-from jaxlab.core import task as task_lib
+from jaxlab.core import rng
 from jaxlab.weather import data, data_grib, diffusion, ensemble
 from jaxlab.weather import model as model_lib
 from jaxlab.weather import predict_output as output
@@ -63,57 +61,10 @@ TASK = "jaxlab.weather"
 DEMO_INPUT_DIR = "predict_input"
 
 
-def inference_params(state) -> dict[str, Any]:
-    """What a forecast needs from a train state: the EMA params and the scale of the diffused
-    change (`ensemble.scale_of`: {"std", "mean"} [C])."""
-    return {"ema": state.extra["ema"], "scale": ensemble.scale_of(state.extra)}
-
-
-def bundle_files(config: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
-    """The normalisation statistics the model was trained with, for an exported bundle."""
-    path = data.stats_path(data.store_path(config, workdir))
-    return {data.STATS_FILE: path} if os.path.exists(path) else {}
-
-
-def _restore_from_workdir(config, workdir: str):
-    steps = task_lib.import_task(config, "steps")
-    mesh = mesh_lib.make_mesh([("data", -1)], devices=jax.devices()[:1])
-    state, step = run.restore_for_eval(config, workdir, steps.build(config, mesh))
-    state = jax.device_get(state)
-    return state.extra["ema"], ensemble.scale_of(state.extra), int(step)
-
-
 def load_forecaster(model: str, config=None):
     """(config, EMA params, scale {"std", "mean"} [C], info) from a bundle or a workdir."""
-    if config is None:
-        config = export.read_config(model)
-    if config.task != TASK:
-        raise ValueError(f"{model} holds a {config.task} model; this command needs a {TASK} model.")
-    steps = task_lib.import_task(config, "steps")
-    if hasattr(steps, "inference_params"):
-        config, params, info = export.load_model(model, config, task=TASK)
-        scale = params["scale"] if "scale" in params else ensemble.scale_of(params)
-        return config, params["ema"], scale, info
-    info = {}
-    workdir = model
-    if export.is_bundle(model):
-        with open(os.path.join(model, export.INFO_FILE)) as f:
-            info = json.load(f)
-        workdir = info.get("source_workdir", "")
-        logging.warning(
-            "%s: %s.steps has no inference_params, so the bundle lacks the EMA params and "
-            "the residual scale; reading them from its source workdir %s.",
-            model,
-            TASK,
-            workdir,
-        )
-        if not os.path.isdir(workdir):
-            raise FileNotFoundError(
-                f"{model}: the bundle lacks the residual scale, and its source workdir {workdir!r} "
-                "is gone."
-            )
-    params, scale, step = _restore_from_workdir(config, workdir)
-    return config, params, scale, {**info, "checkpoint_step": info.get("checkpoint_step", step)}
+    config, params, info = export.load_model(model, config, task=TASK)
+    return config, params["ema"], params["scale"], info
 
 
 def find_stats(model: str, config, info: dict, given: str = "") -> tuple[dict, str]:

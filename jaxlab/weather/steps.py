@@ -4,8 +4,12 @@ The diffused quantity is the standardised *change* over one lead time, scaled to
 per variable, r = (x_{t+lead} - x_t) / residual_std (GenCast-style residual target; set
 `diffusion.residual = False` to diffuse x_{t+lead} itself). `residual_std` [C] is computed from
 the training pairs when a run starts and kept in the checkpoint (`TrainState.extra`), so
-evaluation uses the exact training scale. The EMA of the parameters, also in `extra`, is
-updated inside the step, so it is checkpointed and resumed with everything else.
+evaluation uses the exact training scale; `residual_mean` [C] (the scaled change's mean) is kept
+beside it as the samplers' prior mean. The EMA of the parameters, also in `extra`, is updated
+inside the step, so it is checkpointed and resumed with everything else.
+
+Records carry the initial state's hour of day (`WithHour`), the network's `model.use_hour`
+input.
 
 `build(config, mesh)` returns `Parts`; `benchmark_setup` / `benchmark_sampling` are the hooks of
 scripts/benchmark.py (a train step, and ensemble sampling at the full grid).
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -54,10 +59,50 @@ def grid_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
     return (int(height), int(width), len(data.VARIABLES))
 
 
-def init_state(rng_key, *, model, tx, grid_shape, residual_std) -> state_lib.TrainState:
-    """Fresh state; `extra` holds the EMA params (starting at the params) and residual_std [C]."""
+def hour_of_day(time: np.datetime64) -> np.float32:
+    """Hours since 00 UTC of `time`'s day, in [0, 24)."""
+    time = np.datetime64(time, "s")
+    return np.float32((time - time.astype("datetime64[D]")) / np.timedelta64(1, "h"))
+
+
+class WithHour:
+    """A `data.PairSource` whose records also carry "hour" [] float32: the hour of day UTC of
+    the pair's initial state (the diurnal phase the state alone does not give)."""
+
+    def __init__(self, source: data.PairSource):
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, k: int) -> dict[str, np.ndarray]:
+        record = dict(self.source[k])
+        record["hour"] = hour_of_day(self.source.times[self.source.pairs[k][0]])
+        return record
+
+    def __getattr__(self, name: str):
+        return getattr(self.source, name)
+
+
+def residual_mean(source: data.PairSource, residual_std: np.ndarray, max_pairs: int = 256):
+    """Per-variable mean [C] of (target - cond) / residual_std over up to `max_pairs` evenly
+    spaced pairs (the pairs `data.residual_std` uses): the samplers' prior mean."""
+    picks = np.linspace(0, len(source) - 1, min(max_pairs, len(source))).astype(int)
+    diffs = np.stack([source[int(k)]["target"] - source[int(k)]["cond"] for k in picks])
+    return (diffs.reshape(-1, diffs.shape[-1]).mean(0) / residual_std).astype(np.float32)
+
+
+def init_state(
+    rng_key, *, model, tx, grid_shape, residual_std, residual_mean
+) -> state_lib.TrainState:
+    """Fresh state; `extra` holds the EMA params (starting at the params), residual_std [C]
+    and residual_mean [C]."""
     params = model_lib.init_params(model, rng_key, grid_shape)
-    extra = {"ema": params, "residual_std": jnp.asarray(residual_std, jnp.float32)}
+    extra = {
+        "ema": params,
+        "residual_std": jnp.asarray(residual_std, jnp.float32),
+        "residual_mean": jnp.asarray(residual_mean, jnp.float32),
+    }
     return state_lib.create_train_state(params, tx, extra=extra)
 
 
@@ -66,6 +111,12 @@ def diffusion_input(batch: dict[str, jax.Array], residual_std: jax.Array, residu
     if residual:
         return (batch["target"] - batch["cond"]) / residual_std
     return batch["target"]
+
+
+def deterministic_inputs(x0: jax.Array):
+    """(x_t, t, target) of the deterministic forecaster: the same network, fed zeros in place of
+    the noisy sample at diffusion step 0, regresses the scaled change x0 [B, H, W, C]."""
+    return jnp.zeros_like(x0), jnp.zeros((x0.shape[0],), jnp.int32), x0
 
 
 def train_step(
@@ -79,20 +130,29 @@ def train_step(
     residual: bool,
     ema_decay: float,
     seed: int,
+    use_hour: bool,
+    objective: str = "diffusion",
 ) -> tuple[state_lib.TrainState, dict[str, jax.Array]]:
-    """One optimizer (micro-)step on the noise MSE; the EMA of the params follows every step.
+    """One optimizer (micro-)step on the noise MSE (`objective` "diffusion") or on the MSE of the
+    scaled change itself ("mse": the deterministic forecaster); the EMA follows every step.
 
-    batch: cond, target [B, H, W, C] standardised states, lead [B] hours, index [B] record ids.
+    batch: cond, target [B, H, W, C] standardised states, lead [B] hours, hour [B] hour of day
+    of cond (used when `use_hour`), index [B] record ids.
     Diffusion steps and noise come from the stream "diffusion_noise" folded with the step, so
     a resumed run draws exactly the noise of an uninterrupted one.
     """
     key = rng.stream(seed, "diffusion_noise", state.step)
     residual_std = state.extra["residual_std"]
     x0 = diffusion_input(batch, residual_std, residual)
-    xt, t, target = diffusion.loss_targets(schedule, x0, key, prediction)
+    if objective == "mse":  # the deterministic forecaster: no noise, predicts x0 itself
+        xt, t, target = deterministic_inputs(x0)
+    else:
+        xt, t, target = diffusion.loss_targets(schedule, x0, key, prediction)
 
     def loss_fn(params):
-        pred = model.apply({"params": params}, xt, batch["cond"], t, batch["lead"])
+        pred = model_lib.apply(
+            model, params, xt, batch["cond"], t, batch["lead"], batch.get("hour"), use_hour
+        )
         return jnp.mean(jnp.square(pred - target))
 
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
@@ -105,7 +165,7 @@ def train_step(
         # The sum of record ids: tests compare it step by step to prove the data order resumes.
         "data_checksum": jnp.sum(batch["index"]),
     }
-    extra = {"ema": ema, "residual_std": residual_std}
+    extra = dict(state.extra, ema=ema)
     new = state.replace(step=state.step + 1, params=params, opt_state=opt_state, extra=extra)
     return new, metrics
 
@@ -121,18 +181,26 @@ def eval_step(
     prediction: str,
     residual: bool,
     seed: int,
+    use_hour: bool,
+    objective: str = "diffusion",
 ):
-    """Noise MSE per example [B] and its sums over valid examples {"loss", "count"}.
+    """Noise MSE (or, `objective` "mse", the change's MSE) per example [B] and its sums over
+    valid examples {"loss", "count"}.
 
     Each example draws its diffusion step and noise from the stream "eval_noise" folded with its
     record index, so the loss of a record is the same in every evaluation and for any batch size.
     """
     x0 = diffusion_input(batch, residual_std, residual)
     keys = jax.vmap(lambda index: rng.stream(seed, "eval_noise", index))(batch["index"])
-    xt, t, target = jax.vmap(
-        lambda x, key: diffusion.loss_targets(schedule, x[None], key, prediction)
-    )(x0, keys)
-    pred = model.apply({"params": params}, xt[:, 0], batch["cond"], t[:, 0], batch["lead"])
+    if objective == "mse":
+        xt, t, target = (v[:, None] for v in deterministic_inputs(x0))
+    else:
+        xt, t, target = jax.vmap(
+            lambda x, key: diffusion.loss_targets(schedule, x[None], key, prediction)
+        )(x0, keys)
+    pred = model_lib.apply(
+        model, params, xt[:, 0], batch["cond"], t[:, 0], batch["lead"], batch.get("hour"), use_hour
+    )
     per_example = jnp.mean(jnp.square(pred - target[:, 0]), axis=(1, 2, 3))
     weight = valid.astype(jnp.float32)
     sums = {"loss": jnp.sum(weight * per_example), "count": jnp.sum(weight)}
@@ -143,11 +211,13 @@ def build(
     config: ml_collections.ConfigDict,
     mesh: jax.sharding.Mesh,
     residual_std: np.ndarray | None = None,
+    residual_mean: np.ndarray | None = None,
 ) -> Parts:
     """Model, optimizer, schedule, sharded abstract state and jitted steps for `config` on `mesh`.
 
-    `residual_std` [C] goes into a *new* state (train.py passes the training pairs' value); the
-    default, ones, is enough for a restore target or the benchmark.
+    `residual_std` / `residual_mean` [C] go into a *new* state (train.py passes the training
+    pairs' values); the defaults, ones and zeros, are enough for a restore target or the
+    benchmark.
     """
     dc = config.diffusion
     grid = grid_shape(config)
@@ -156,8 +226,15 @@ def build(
     schedule = diffusion.make_schedule(dc.schedule, dc.num_steps)
     if residual_std is None:
         residual_std = np.ones(grid[-1], np.float32)
+    if residual_mean is None:
+        residual_mean = np.zeros(grid[-1], np.float32)
     init_fn = functools.partial(
-        init_state, model=model, tx=tx, grid_shape=grid, residual_std=residual_std
+        init_state,
+        model=model,
+        tx=tx,
+        grid_shape=grid,
+        residual_std=residual_std,
+        residual_mean=residual_mean,
     )
     abstract, shardings = state_lib.abstract_state(
         init_fn, rng.stream(config.seed, "init"), mesh, config.fsdp_min_size
@@ -168,6 +245,8 @@ def build(
         prediction=dc.prediction,
         residual=dc.residual,
         seed=config.seed,
+        use_hour=config.model.use_hour,
+        objective=config.train.get("objective", "diffusion"),
     )
     train_fn = functools.partial(train_step, tx=tx, ema_decay=config.train.ema_decay, **loss_args)
     return Parts(
@@ -201,6 +280,7 @@ def benchmark_setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
         "cond": gen.normal(size=(b, *grid)).astype(np.float32),
         "target": gen.normal(size=(b, *grid)).astype(np.float32),
         "lead": np.ones((b,), np.float32),
+        "hour": np.zeros((b,), np.float32),
         "index": np.arange(b, dtype=np.int32),
     }
     k = config.optim.grad_accum_steps
@@ -226,14 +306,15 @@ def benchmark_sampling(config: ml_collections.ConfigDict, mesh: jax.sharding.Mes
         rng.stream(config.seed, "init")
     ).params
     grid = (*config.data.shape, len(data.VARIABLES))
-    residual_std = jnp.ones(grid[-1], jnp.float32)
+    scale = {"std": jnp.ones(grid[-1], jnp.float32), "mean": jnp.zeros(grid[-1], jnp.float32)}
     members = ec.bench_members or ec.num_members
     step_fn = ensemble.make_forecast_step(parts.model, parts.schedule, config, mesh, members)
     cond = jnp.zeros((members, *grid), jnp.float32)
     lead = jnp.ones((members,), jnp.float32)
+    hour = jnp.zeros((members,), jnp.float32)
     keys = ensemble.member_keys(rng.stream(config.seed, "ensemble", 0), members, 0)
     start = time.perf_counter()
-    compiled = step_fn.lower(params, cond, lead, keys, residual_std).compile()
+    compiled = step_fn.lower(params, cond, lead, hour, keys, scale).compile()
     compile_s = time.perf_counter() - start
     memory = compiled.memory_analysis()
     logging.info(
@@ -247,7 +328,7 @@ def benchmark_sampling(config: ml_collections.ConfigDict, mesh: jax.sharding.Mes
     )
     start = time.perf_counter()
     for _ in range(ec.bench_repeats):
-        jax.block_until_ready(compiled(params, cond, lead, keys, residual_std))
+        jax.block_until_ready(compiled(params, cond, lead, hour, keys, scale))
     seconds = (time.perf_counter() - start) / ec.bench_repeats
     return {
         "sampling_grid": list(config.data.shape),
@@ -260,3 +341,27 @@ def benchmark_sampling(config: ml_collections.ConfigDict, mesh: jax.sharding.Mes
         "sampling_s_per_member": seconds / members,
         "sampling_members_per_sec": members / seconds,
     }
+
+
+def inference_params(state: state_lib.TrainState) -> dict[str, Any]:
+    """What a forecast needs from a train state, and what an exported bundle holds: the EMA
+    parameters and the scale of the diffused change ({"std", "mean"} [C])."""
+    return {"ema": state.extra["ema"], "scale": ensemble.scale_of(state.extra)}
+
+
+def with_inference_params(state: state_lib.TrainState, params: dict[str, Any]):
+    """The inverse of `inference_params`, for evaluating a bundle (`config.eval.model`): the EMA
+    parameters and the residual scale go back where evaluation reads them."""
+    extra = dict(
+        state.extra,
+        ema=params["ema"],
+        residual_std=params["scale"]["std"],
+        residual_mean=params["scale"]["mean"],
+    )
+    return state.replace(params=params["ema"], extra=extra)
+
+
+def bundle_files(config: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
+    """The store's normalisation statistics the model was trained with, for an exported bundle."""
+    path = data.stats_path(data.store_path(config, workdir))
+    return {data.STATS_FILE: path} if os.path.exists(path) else {}

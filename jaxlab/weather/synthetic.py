@@ -6,7 +6,12 @@ DPT 2 m, UGRD/VGRD 10 m, CAPE/CIN surface) plus the pressure-layer CAPE/CIN (90-
 that real files carry, so the reader must select the surface level.
 
 The planted dynamics, hourly (`simulate`):
-- 10 m wind: a smooth large-scale flow whose direction turns slowly with time.
+- 10 m wind: a mean flow (about 4 m/s, direction drawn once) plus a domain-wide departure and a
+  smooth spatial pattern, both first-order autoregressive in time (`WIND_*`): a stationary
+  process, so the training and the held-out hours share one distribution of hourly changes, and
+  its changes vary in space (the former wind turned and sped up as sinusoids of absolute time with
+  60 h and 37 h periods: a tendency the state does not reveal, seen over less than one period in
+  training, so held-out u10/v10 changes sat outside every member).
 - Every field's anomaly pattern and every convective cell *advect with the 10 m wind*
   (semi-Lagrangian, bilinear). This is the signal persistence misses and the model can learn.
 - Convective cells (REFC, dBZ) initiate at random where CAPE is high and CIN weak, grow, mature and
@@ -45,6 +50,10 @@ LAYERS_PA = ((9000, 0), (25500, 0))
 LAMBERT = dict(lat0=21.138123, lon0=237.280472, lad=38.5, lov=262.5, latin1=38.5, latin2=38.5)
 FULL_SHAPE = (1059, 1799)
 REFC_NO_ECHO = -10.0  # dBZ written where there is no echo
+# Wind process: hourly AR(1) coefficient and innovation std (m/s) of the domain-wide departure
+# from the mean flow; AR(1) coefficient of the spatial pattern (amplitude WIND_PATTERN m/s).
+WIND_MEAN_SPEED, WIND_AR, WIND_INNOVATION = 4.0, 0.95, 0.15
+WIND_PATTERN, WIND_PATTERN_AR = 0.8, 0.9
 
 
 def file_path(directory: str, time: dt.datetime, forecast_hour: int = 0) -> str:
@@ -163,13 +172,22 @@ def simulate(shape: tuple[int, int], num_times: int, *, dx_m: float, seed: int):
     cells: list[Cell] = []
     out = {name: np.zeros((num_times, ny, nx), np.float32) for name, *_ in MESSAGES}
     theta0 = rng.uniform(0, 2 * np.pi)
+    mean_u, mean_v = WIND_MEAN_SPEED * np.cos(theta0), WIND_MEAN_SPEED * np.sin(theta0)
+    dep_u, dep_v = 0.0, 0.0  # domain-wide departure from the mean flow (m/s)
+    refresh = np.sqrt(1.0 - WIND_PATTERN_AR**2)
     for t in range(num_times):
         hour = t % 24
-        # Wind: 3.5-5 m/s, direction turning slowly, plus a smooth spatial modulation.
-        theta = theta0 + 0.6 * np.sin(2 * np.pi * t / 60.0)
-        speed = 4.0 + 1.0 * np.sin(2 * np.pi * t / 37.0)
-        u = speed * np.cos(theta) + 0.8 * wind_pattern_u
-        v = speed * np.sin(theta) + 0.8 * wind_pattern_v
+        # Wind: mean flow + AR(1) departure + AR(1) smooth pattern (stationary in time).
+        dep_u = WIND_AR * dep_u + WIND_INNOVATION * rng.normal()
+        dep_v = WIND_AR * dep_v + WIND_INNOVATION * rng.normal()
+        wind_pattern_u = WIND_PATTERN_AR * wind_pattern_u + refresh * _smooth_noise(
+            rng, shape, scale
+        )
+        wind_pattern_v = WIND_PATTERN_AR * wind_pattern_v + refresh * _smooth_noise(
+            rng, shape, scale
+        )
+        u = mean_u + dep_u + WIND_PATTERN * wind_pattern_u
+        v = mean_v + dep_v + WIND_PATTERN * wind_pattern_v
         u_cells, v_cells = u * 3600.0 / dx_m, v * 3600.0 / dx_m
         day = max(0.0, np.sin(2 * np.pi * (hour - 12) / 24.0 + np.pi / 2))  # peak 12 UTC
         # Advect the anomaly patterns and the cells with the current wind.
@@ -187,7 +205,7 @@ def simulate(shape: tuple[int, int], num_times: int, *, dx_m: float, seed: int):
         cin = -(15.0 + 120.0 * (1.0 - day)) * cin_pattern
         # Initiation where CAPE is high and CIN weak.
         eligible = (cape > 1000.0) & (cin > -75.0)
-        num_new = rng.poisson(0.015 * eligible.sum())
+        num_new = rng.poisson(0.002 * eligible.sum())
         if num_new and eligible.any():
             flat = np.flatnonzero(eligible)
             for idx in rng.choice(flat, size=num_new):
@@ -197,9 +215,9 @@ def simulate(shape: tuple[int, int], num_times: int, *, dx_m: float, seed: int):
                         y=cy + rng.uniform(-0.5, 0.5),
                         x=cx + rng.uniform(-0.5, 0.5),
                         peak=rng.uniform(40.0, 58.0),
-                        radius=rng.uniform(1.2, 2.5),
+                        radius=rng.uniform(3.0, 4.5),
                         age=0.0,
-                        lifetime=rng.uniform(3.0, 7.0),
+                        lifetime=rng.uniform(8.0, 14.0),
                     )
                 )
         intensity = np.zeros(shape)

@@ -33,20 +33,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # Input: GRIB2 -> Zarr (synthetic when configured), pairs, random crops.
     store = data.prepare(config, workdir)
     leads, preload = tuple(config.data.leads), config.data.preload_max_mb
-    train_source = data.PairSource(store, "train", leads, preload)
-    eval_source = data.PairSource(store, config.eval.split, leads, preload)
-    data.check_grid(train_source, store, config.data.shape)
+    train_source = steps.WithHour(data.PairSource(store, "train", leads, preload))
+    eval_source = steps.WithHour(data.PairSource(store, config.eval.split, leads, preload))
+    data.check_grid(train_source.source, store, config.data.shape)
     train_iter = pipeline.train_iterator(
         train_source,
         global_batch_size=tc.global_batch_size,
         seed=config.seed,
         random_transform=data.random_crop(tuple(config.data.crop)),
     )
-    residual_std = data.residual_std(train_source)  # used by a new run; a resumed one has its own
+    # Used by a new run; a resumed one has its own (in the checkpoint).
+    residual_std = data.residual_std(train_source.source)
+    residual_mean = steps.residual_mean(train_source.source, residual_std)
     logging.info("Residual std per variable %s: %s", data.VARIABLES, np.round(residual_std, 3))
+    logging.info("Scaled residual mean: %s", np.round(residual_mean, 3))
 
     # Parts and state (restored when the workdir has a checkpoint).
-    parts = steps.build(config, mesh, residual_std)
+    parts = steps.build(config, mesh, residual_std, residual_mean)
     manager = checkpoint.manager_from_config(config, workdir)
     state, _ = run.init_or_restore(manager, parts, rng.stream(config.seed, "init"), train_iter)
     lr_fn = jax.jit(functools.partial(optim.current_learning_rate, config.optim, parts.num_steps))

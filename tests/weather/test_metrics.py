@@ -99,3 +99,16 @@ def test_rank_histogram_brier_reliability():
     used = rel["count"] > 500
     # Informative members: the observed frequency rises with the forecast probability.
     assert used.sum() >= 4 and np.all(np.diff(rel["observed"][used]) > 0.05)
+
+
+def test_rank_flatness_against_hand_values():
+    """Flat: chi2 0, KL 0, offset 0; all mass in bin 0 of 9: KL log 9, offset -4, chi2 N (B - 1)."""
+    flat = metrics.rank_flatness(np.full(9, 10))
+    assert flat == pytest.approx({"chi2": 0.0, "rel_entropy": 0.0, "mean_offset": 0.0}, abs=1e-12)
+    low = metrics.rank_flatness(np.array([90, 0, 0, 0, 0, 0, 0, 0, 0]))
+    assert low["rel_entropy"] == pytest.approx(np.log(9))
+    assert low["mean_offset"] == pytest.approx(-4.0)
+    assert low["chi2"] == pytest.approx(90 * 8)
+    # The issue's u10 histogram: the observation below every member 97% of the time.
+    u10 = metrics.rank_flatness([11916, 314, 41, 15, 2, 0, 0, 0, 0])
+    assert u10["mean_offset"] < -3.9 and u10["rel_entropy"] > 2.0

@@ -103,14 +103,14 @@ def test_members_do_not_depend_on_ensemble_size_or_devices():
     sched = diffusion.make_schedule("cosine", 1000)
     params = host_params(model, (4, 4, 7))
     init = jax.random.normal(jax.random.key(2), (4, 4, 7))
-    res_std = jnp.full((7,), 0.5)
+    scale = {"std": jnp.full((7,), 0.5), "mean": jnp.zeros((7,))}
     case_key = rng.stream(config.seed, "ensemble", 0)
     runs = {}
     for members, devices in ((4, jax.devices()[:2]), (2, jax.devices()[:1])):
         mesh = mesh_lib.make_mesh([("data", -1)], devices=devices)
         step = ensemble.make_forecast_step(model, sched, config, mesh, members)
         runs[members] = np.asarray(
-            ensemble.rollout(step, params, init, 1, case_key, members, 2, res_std)
+            ensemble.rollout(step, params, init, 1, 12.0, case_key, members, 2, scale)
         )
     chex.assert_shape(runs[4], (2, 4, 4, 4, 7))
     np.testing.assert_allclose(runs[4][:, :2], runs[2], rtol=1e-5, atol=1e-5)
@@ -118,6 +118,20 @@ def test_members_do_not_depend_on_ensemble_size_or_devices():
     assert np.abs(runs[4][0] - runs[4][1]).max() > 1e-2  # lead steps draw new noise
     # Another case draws other members.
     other = ensemble.rollout(
-        step, params, init, 1, rng.stream(config.seed, "ensemble", 1), 2, 1, res_std
+        step, params, init, 1, 12.0, rng.stream(config.seed, "ensemble", 1), 2, 1, scale
     )
     assert np.abs(np.asarray(other)[0] - runs[2][0]).max() > 1e-2
+
+
+def test_hour_of_day_enters_the_network_periodically():
+    """6 h and 18 h (morning, evening) give different outputs; 0 h and 24 h the same."""
+    config = weather_config.get_config("tiny")
+    model = model_lib.make_model(config)
+    params = host_params(model, (4, 4, 7))
+    x = jnp.broadcast_to(jax.random.normal(jax.random.key(3), (1, 4, 4, 7)), (4, 4, 4, 7))
+    hours = jnp.array([6.0, 18.0, 0.0, 24.0])
+    out = model_lib.apply(model, params, x, x, jnp.full((4,), 300), jnp.ones(4), hours, True)
+    assert float(jnp.abs(out[0] - out[1]).max()) > 1e-4
+    np.testing.assert_allclose(out[2], out[3], atol=1e-5)
+    off = model_lib.apply(model, params, x, x, jnp.full((4,), 300), jnp.ones(4), hours, False)
+    np.testing.assert_allclose(off[0], off[1], atol=1e-6)

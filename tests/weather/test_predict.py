@@ -20,7 +20,7 @@ import xarray as xr
 from jaxlab import export
 from jaxlab.configs import weather as weather_config
 from jaxlab.core import mesh as mesh_lib
-from jaxlab.weather import data, predict, predict_output, steps, train
+from jaxlab.weather import data, predict, predict_output, train
 
 pytestmark = pytest.mark.slow
 OPTIONS = dict(members="3", leads="2", sample_members="1")
@@ -39,9 +39,7 @@ def trained(tmp_path_factory):
     config.optim.warmup_steps = 1
     make_mesh = mesh_lib.make_mesh
     with pytest.MonkeyPatch.context() as patch:
-        # The hooks steps.py should define (see predict.inference_params), and 2 devices.
-        patch.setattr(steps, "inference_params", predict.inference_params, raising=False)
-        patch.setattr(steps, "bundle_files", predict.bundle_files, raising=False)
+        # 2 devices.
         patch.setattr(
             mesh_lib,
             "make_mesh",

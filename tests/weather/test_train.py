@@ -51,8 +51,10 @@ def data_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def train_residual_std(data_dir):
+    """(residual_std, residual_mean) of the training pairs, as train.py computes them."""
     source = data.PairSource(os.path.join(data_dir, "hrrr.zarr"), "train", (1,))
-    return data.residual_std(source)
+    std = data.residual_std(source)
+    return std, steps.residual_mean(source, std)
 
 
 @pytest.fixture(scope="module")
@@ -61,12 +63,14 @@ def shared_build():
     compiled programs) and `steps.train_step` allowed a single trace (chex raises on a second)."""
     build, cache = steps.build, {}
 
-    def shared(config, mesh, residual_std=None):
+    def shared(config, mesh, residual_std=None, residual_mean=None):
         devices = tuple(d.id for d in mesh.devices.flat)
-        std = None if residual_std is None else np.asarray(residual_std).tobytes()
-        key = (config.to_json_best_effort(), devices, mesh.axis_names, std)
+        scale = tuple(
+            None if v is None else np.asarray(v).tobytes() for v in (residual_std, residual_mean)
+        )
+        key = (config.to_json_best_effort(), devices, mesh.axis_names, scale)
         if key not in cache:
-            cache[key] = build(config, mesh, residual_std)
+            cache[key] = build(config, mesh, residual_std, residual_mean)
         return cache[key]
 
     chex.clear_trace_counter()
@@ -92,14 +96,15 @@ def _random_batch(gen, size, grid, first_index=0):
         "cond": gen.normal(size=(size, *grid)).astype(np.float32),
         "target": gen.normal(size=(size, *grid)).astype(np.float32),
         "lead": np.ones((size,), np.float32),
+        "hour": gen.uniform(0, 24, size=(size,)).astype(np.float32),
         "index": np.arange(first_index, first_index + size, dtype=np.int32),
     }
 
 
-def _new_parts_and_state(data_dir, residual_std):
+def _new_parts_and_state(data_dir, residual):
     config = step_test_config(data_dir)
     mesh = mesh_lib.make_mesh([("data", -1)], devices=jax.devices()[:2])
-    parts = steps.build(config, mesh, residual_std)
+    parts = steps.build(config, mesh, *residual)
     state = jax.jit(parts.init_fn, out_shardings=parts.shardings)(rng.stream(0, "init"))
     return config, mesh, parts, state
 
@@ -127,7 +132,8 @@ def test_train_step_traces_once_and_ema_averages_the_param_trajectory(
     chex.assert_trees_all_close(ema, want, rtol=1e-5, atol=1e-7)
     moved = jax.tree.leaves(jax.tree.map(lambda a, b: np.abs(a - b).max(), ema, trajectory[-1]))
     assert max(moved) > 1e-4  # the EMA lags the params
-    np.testing.assert_array_equal(state.extra["residual_std"], train_residual_std)
+    np.testing.assert_array_equal(state.extra["residual_std"], train_residual_std[0])
+    np.testing.assert_array_equal(state.extra["residual_mean"], train_residual_std[1])
 
 
 def test_eval_loss_of_a_record_does_not_depend_on_its_batch(
@@ -166,8 +172,8 @@ def _sigterm_after_step(monkeypatch, at_step):
     step `at_step` has been dispatched: the loop must checkpoint it and exit."""
     build = steps.build
 
-    def build_with_sigterm(config, mesh, residual_std=None):
-        parts = build(config, mesh, residual_std)
+    def build_with_sigterm(config, mesh, residual_std=None, residual_mean=None):
+        parts = build(config, mesh, residual_std, residual_mean)
 
         def step_then_signal(state, batch):
             out = parts.train_step(state, batch)
@@ -246,6 +252,9 @@ def test_training_learns_and_evaluation_writes_products(data_dir, tmp_path):
     # gets under 1, and the planted advection lowers it further.
     losses = [r["eval_loss"] for r in read_metrics(workdir) if "eval_loss" in r]
     assert metrics["eval_loss"] < 0.8 and losses[-1] < losses[0], losses
+    # DEF's plumbing: the diffusion checkpoint stands in for the deterministic forecaster (the
+    # same network); test_def.py checks the perturbation itself.
+    config.eval.def_workdir = workdir
     results = evaluate.evaluate(config, workdir)
     out = os.path.join(workdir, "eval", "eval")
     with open(os.path.join(out, "metrics.json")) as f:
@@ -257,16 +266,24 @@ def test_training_learns_and_evaluation_writes_products(data_dir, tmp_path):
         "persistence_crps",
         "climatology_crps",
         "spread_skill",
-        "def_crps/level100",
-        "def_spread_skill/level500",
+        "compare/def/crps/lead1",
+        "compare/deterministic/crps/lead2",
+        "compare/direct/spread_skill/lead1",
+        "bias/u10/lead1",
+        "rank_rel_entropy/cin/lead2",
         "spread_skill/lead1",
         "brier/refc>=35",
         "crps/refc/lead1",
     ):
         assert np.all(np.isfinite(results[key])), key
     assert results["crps_fair"] <= results["crps"]  # the fair score removes a positive bias
-    # DEF: noising the initial state to a later diffusion step perturbs it more.
-    assert results["def_spread/level500"] > results["def_spread/level100"] > 0.0
+    assert results["compare/direct/crps/lead1"] == pytest.approx(results["crps/lead1"])
+    # One deterministic member: its CRPS is its MAE, the fair CRPS the same.
+    det = results["compare/deterministic/crps/lead1"]
+    assert results["compare/deterministic/crps_fair/lead1"] == pytest.approx(det)
+    assert results["compare/def/crps/lead1"] > 0 and os.path.exists(
+        os.path.join(workdir, "eval", "eval", "def_comparison.png")
+    )
     # (Beating the baselines needs the demo's training; see README for its numbers.)
     assert sum(results["rank_histogram/t2m"]) == 2 * 16 * 24  # cases x grid
     for folder in (
