@@ -80,6 +80,7 @@ def demo() -> ml_collections.ConfigDict:
     config.data.num_days = 420  # synthetic only
     config.data.min_sales = 30  # products with fewer units sold are excluded
     config.data.exclude_statuses = ("canceled", "unavailable")
+    config.data.on_duplicate = "error"  # repeated order / item rows: "error" or "drop_later"
     config.data.split_fractions = (0.7, 0.15)  # train, val; test is the rest (chronological)
     config.data.history = 30
     config.data.horizon = 7

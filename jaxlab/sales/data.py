@@ -3,8 +3,9 @@
 Stages, each a function a test can drive on a hand-made order set:
 
 1. `read_csv`: one Olist CSV through `pyarrow.csv` (quoted newlines allowed), only the columns
-   needed, timestamps and integers parsed here with one clear error naming the file, the column,
-   the record and the bad value.
+   needed, timestamps, integers and prices parsed here with one clear error naming the file, the
+   column, the record and the bad value (also for a missing, empty or truncated file); repeated
+   orders / item rows are an error or, with data.on_duplicate="drop_later", dropped and counted.
 2. `build_panel`: orders (purchase day, status) x items (one row = one unit sold) x reviews (score,
    dated by the day the review was written, so a feature never uses a review before it existed)
    -> one row per product and day, every day of a product's range (first to last sale) filled with
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 from collections.abc import Sequence
 
 import ml_collections
@@ -33,6 +35,10 @@ from jaxlab.sales import synthetic
 
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 PANEL_COLUMNS = ("product_id", "date", "sales", "review_count", "review_score_mean")
+# Key columns a record may hold once. Olist's item key is (order_id, order_item_id); product_id is
+# part of it here so that two products under one order_item_id (hand-made sets) stay two sales.
+ORDER_KEY = ("order_id",)
+ITEM_KEY = ("order_id", "order_item_id")  # Olist: an item is its order and its number there
 
 
 # ----------------------------------------------------------------------------------------------
@@ -40,10 +46,12 @@ PANEL_COLUMNS = ("product_id", "date", "sales", "review_count", "review_score_me
 
 
 def read_csv(path: str, columns: dict[str, str]) -> pd.DataFrame:
-    """Reads `columns` ({name: "string" | "timestamp" | "int"}) of one Olist CSV.
+    """Reads `columns` ({name: "string" | "timestamp" | "int" | "price"}) of one Olist CSV.
 
-    Timestamps must be "YYYY-MM-DD HH:MM:SS" and non-empty; ints must be integers. Any other value
-    raises ValueError naming the file, the column, the record number and the value.
+    Timestamps must be "YYYY-MM-DD HH:MM:SS" and non-empty; ints must be integers; prices finite
+    numbers >= 0. A missing, empty (no header or no record) or truncated file, a missing column
+    and any other value raise one error naming the file and the column (and the record number and
+    value where one is at fault).
     """
     if not os.path.exists(path):
         raise FileNotFoundError(
@@ -52,27 +60,59 @@ def read_csv(path: str, columns: dict[str, str]) -> pd.DataFrame:
         )
     with open(path, newline="", encoding="utf-8-sig") as f:
         header = next(csv.reader(f), [])
+    if not header:
+        raise ValueError(
+            f"{path}: the file is empty (no header row); expected an Olist CSV with column(s) "
+            f"{list(columns)}."
+        )
     missing = [name for name in columns if name not in header]
     if missing:
         raise ValueError(f"{path}: missing column(s) {missing}; the header has {header}.")
-    table = pacsv.read_csv(
-        path,
-        parse_options=pacsv.ParseOptions(newlines_in_values=True),
-        convert_options=pacsv.ConvertOptions(
-            include_columns=list(columns),
-            column_types={name: pa.string() for name in columns},
-            strings_can_be_null=False,
-        ),
-    )
+    try:
+        table = pacsv.read_csv(
+            path,
+            parse_options=pacsv.ParseOptions(newlines_in_values=True),
+            convert_options=pacsv.ConvertOptions(
+                include_columns=list(columns),
+                column_types={name: pa.string() for name in columns},
+                strings_can_be_null=False,
+            ),
+        )
+    except pa.ArrowInvalid as e:
+        raise ValueError(_parse_error(path, header, e)) from e
+    if table.num_rows == 0:
+        raise ValueError(
+            f"{path}: the file has a header but no record; expected rows with column(s) "
+            f"{list(columns)}."
+        )
     frame = table.to_pandas()
     for name, kind in columns.items():
         if kind == "timestamp":
             frame[name] = _parse(path, name, frame[name], _to_timestamp, "a 'YYYY-MM-DD HH:MM:SS'")
         elif kind == "int":
             frame[name] = _parse(path, name, frame[name], _to_int, "an integer")
+        elif kind == "price":
+            frame[name] = _parse(path, name, frame[name], _to_price, "a finite number >= 0")
         elif kind != "string":
             raise ValueError(f"read_csv: unknown column kind {kind!r} for {name!r}.")
     return frame
+
+
+def _parse_error(path: str, header: list[str], error: Exception) -> str:
+    """pyarrow's parse error with the file and the first column a short record lacks."""
+    message = str(error).splitlines()[0]
+    got = re.search(r"Expected \d+ columns, got (\d+)", message)
+    where = ""
+    if got and 0 < int(got.group(1)) < len(header):
+        n = int(got.group(1))
+        where = (
+            f" a record holds {n} of {len(header)} columns (it stops at column "
+            f"{header[n - 1]!r}; {header[n]!r} and later are missing);"
+        )
+    return (
+        f"{path}: not a complete CSV (truncated download or broken quoting?):{where} pyarrow "
+        f"says: {message}"
+    )
 
 
 def _to_timestamp(values: pd.Series) -> pd.Series:
@@ -84,6 +124,11 @@ def _to_int(values: pd.Series) -> pd.Series:
     return numbers.where(numbers == np.round(numbers))
 
 
+def _to_price(values: pd.Series) -> pd.Series:
+    numbers = pd.to_numeric(values, errors="coerce").astype(np.float64)
+    return numbers.where(np.isfinite(numbers) & (numbers >= 0))
+
+
 def _parse(path: str, name: str, values: pd.Series, parse, expected: str) -> pd.Series:
     parsed = parse(values)
     bad = np.flatnonzero(parsed.isna().to_numpy())
@@ -93,7 +138,49 @@ def _parse(path: str, name: str, values: pd.Series, parse, expected: str) -> pd.
             f"{path}: column {name!r}, record {i + 1} (of {len(values)}): value {values.iloc[i]!r}"
             f" is not {expected} ({len(bad)} bad value(s) in this column)."
         )
+    if parse is _to_price:
+        return parsed
     return parsed.astype(np.int64) if parsed.dtype.kind == "f" else parsed
+
+
+ON_DUPLICATE = ("error", "drop_later")
+
+
+def drop_duplicates(
+    frame: pd.DataFrame, path: str, keys: Sequence[str], on_duplicate: str
+) -> tuple[pd.DataFrame, int]:
+    """(frame without later rows repeating an earlier row's `keys`, number of rows dropped).
+
+    on_duplicate "error" (default): a repeated key is one error naming the file, the key columns,
+    the count and the first repeated record; "drop_later": the first row is kept and the count is
+    logged (and returned for the report).
+    """
+    if on_duplicate not in ON_DUPLICATE:
+        raise ValueError(
+            f"config.data.on_duplicate={on_duplicate!r}: expected one of {ON_DUPLICATE}."
+        )
+    repeated = frame.duplicated(subset=list(keys), keep="first").to_numpy()
+    count = int(repeated.sum())
+    if count == 0:
+        return frame, 0
+    i = int(np.flatnonzero(repeated)[0])
+    example = {k: frame[k].iloc[i] for k in keys}
+    if on_duplicate == "error":
+        raise ValueError(
+            f"{path}: {count} record(s) repeat the key column(s) {list(keys)} of an earlier one "
+            f"(first: record {i + 1}, {example}); each key must appear once. Set "
+            "config.data.on_duplicate='drop_later' to keep the first and drop the repeats."
+        )
+    logging.warning(
+        "%s: dropped %d record(s) repeating the key column(s) %s of an earlier one (first: record "
+        "%d, %s); data.on_duplicate='drop_later' keeps the first.",
+        path,
+        count,
+        list(keys),
+        i + 1,
+        example,
+    )
+    return frame[~repeated].reset_index(drop=True), count
 
 
 # ----------------------------------------------------------------------------------------------
@@ -105,20 +192,37 @@ def build_panel(
     *,
     min_sales: int,
     exclude_statuses: Sequence[str] = ("canceled", "unavailable"),
+    on_duplicate: str = "error",
 ) -> tuple[pd.DataFrame, dict[str, int]]:
     """The product-day panel (columns `PANEL_COLUMNS`) and a report of what was kept/dropped.
 
     sales: item rows of the product in orders bought that day (status not excluded).
     review_count / review_score_mean: reviews written that day of orders holding the product
     (mean 0 where count is 0).
+
+    A repeated order (`ORDER_KEY`) or item row (`ITEM_KEY`) would count its units twice: an error,
+    or with on_duplicate="drop_later" the first is kept and the repeats are counted in the report.
+    Item rows of an order absent from the orders file are an error (their day is unknown).
     """
+    orders_path = os.path.join(csv_dir, synthetic.ORDERS_FILE)
+    items_path = os.path.join(csv_dir, synthetic.ITEMS_FILE)
     orders = read_csv(
-        os.path.join(csv_dir, synthetic.ORDERS_FILE),
+        orders_path,
         {"order_id": "string", "order_status": "string", "order_purchase_timestamp": "timestamp"},
     )
     items = read_csv(
-        os.path.join(csv_dir, synthetic.ITEMS_FILE), {"order_id": "string", "product_id": "string"}
+        items_path,
+        {"order_id": "string", "order_item_id": "int", "product_id": "string", "price": "price"},
     )
+    orders, duplicate_orders = drop_duplicates(orders, orders_path, ORDER_KEY, on_duplicate)
+    items, duplicate_items = drop_duplicates(items, items_path, ITEM_KEY, on_duplicate)
+    orphans = ~items["order_id"].isin(orders["order_id"])
+    if orphans.any():
+        raise ValueError(
+            f"{items_path}: column 'order_id': {int(orphans.sum())} item record(s) name an order "
+            f"that {orders_path} does not hold (first: {items['order_id'][orphans].iloc[0]!r}); "
+            "the two files must come from the same Olist download."
+        )
     reviews = read_csv(
         os.path.join(csv_dir, synthetic.REVIEWS_FILE),
         {"order_id": "string", "review_score": "int", "review_creation_date": "timestamp"},
@@ -145,6 +249,8 @@ def build_panel(
         "products_kept": len(keep),
         "products_below_min_sales": int((totals < min_sales).sum()),
         "reviews": len(reviews),
+        "duplicate_orders_dropped": duplicate_orders,
+        "duplicate_items_dropped": duplicate_items,
     }
 
     # Reviews -> products of the reviewed order, dated by the day the review was written.
@@ -264,7 +370,10 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> str:
         )
     if not os.path.exists(panel_path):
         panel, report = build_panel(
-            csv_dir, min_sales=dc.min_sales, exclude_statuses=tuple(dc.exclude_statuses)
+            csv_dir,
+            min_sales=dc.min_sales,
+            exclude_statuses=tuple(dc.exclude_statuses),
+            on_duplicate=dc.get("on_duplicate", "error"),
         )
         logging.info("Panel from %s: %s", csv_dir, report)
         write_panel(panel, panel_path)

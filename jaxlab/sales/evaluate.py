@@ -11,6 +11,9 @@
 - Figures: real vs generated sequences for the same condition, per-day-of-week means,
   autocorrelation and value histograms, the GAN's training curves.
 
+With `config.eval.model` (an exported bundle) only what the bundle carries is evaluated: the
+generator and the real-only forecaster against the naive baselines (`metrics["bundle"] = True`).
+
 All values are on the normalised scale (per-product min-max of the training period). The ordered
 passes `generate` and `forecast_pass` also serve train.py's evaluations.
 """
@@ -33,7 +36,7 @@ from jaxlab.core import loop, rng, run
 from jaxlab.core import mesh as mesh_lib
 from jaxlab.core.writer import read_metrics
 from jaxlab.data import pipeline
-from jaxlab.sales import data, data_windows, forecast, plots, steps, study_report
+from jaxlab.sales import data, data_windows, forecast, plots, predict, steps, study_report
 from jaxlab.sales import metrics as metrics_lib
 from jaxlab.sales import model as model_lib
 
@@ -130,11 +133,18 @@ def discriminative_score(
 
 
 def comparison_table(m: dict[str, float]) -> str:
+    """The evaluation's table; a bundle's (`m["bundle"]`) has no augmented / TSTR rows."""
+    bundle = m.get("bundle", False)
     lines = [
         f"{'forecaster':<22} {'test MAE':>9} {'test RMSE':>10}",
         f"{'real only':<22} {m['real_mae']:>9.4f} {m['real_rmse']:>10.4f}",
-        f"{'real + generated':<22} {m['augmented_mae']:>9.4f} {m['augmented_rmse']:>10.4f}",
-        f"{'generated only (TSTR)':<22} {m['tstr_mae']:>9.4f} {m['tstr_rmse']:>10.4f}",
+    ]
+    if not bundle:
+        lines += [
+            f"{'real + generated':<22} {m['augmented_mae']:>9.4f} {m['augmented_rmse']:>10.4f}",
+            f"{'generated only (TSTR)':<22} {m['tstr_mae']:>9.4f} {m['tstr_rmse']:>10.4f}",
+        ]
+    lines += [
         f"{'history mean (naive)':<22} {m['naive_mae']:>9.4f} {m['naive_rmse']:>10.4f}",
         f"{'same weekday (s-naive)':<22} {m['seasonal_naive_mae']:>9.4f} "
         f"{m['seasonal_naive_rmse']:>10.4f}",
@@ -142,12 +152,19 @@ def comparison_table(m: dict[str, float]) -> str:
         f"real only - {m['best_naive']}: MAE {m['real_vs_naive_mae_diff']:+.4f} "
         f"[{m['real_vs_naive_mae_diff_lo']:+.4f}, {m['real_vs_naive_mae_diff_hi']:+.4f}] "
         f"(95% paired bootstrap; ratio {m['real_over_best_naive_mae']:.3f})",
-        f"augmented - real: MAE {m['mae_diff']:+.4f} [{m['mae_diff_lo']:+.4f}, "
-        f"{m['mae_diff_hi']:+.4f}], RMSE {m['rmse_diff']:+.4f} [{m['rmse_diff_lo']:+.4f}, "
-        f"{m['rmse_diff_hi']:+.4f}] (95% paired bootstrap)",
-        f"discriminative score |acc - 0.5|: GAN {m['discriminative_score']:.3f}, naive "
-        f"flat-history generator {m['discriminative_score_naive']:.3f} (0 = indistinguishable)",
     ]
+    if bundle:
+        lines.append("augmented - real: not evaluated (a bundle carries the real-only forecaster)")
+    else:
+        lines.append(
+            f"augmented - real: MAE {m['mae_diff']:+.4f} [{m['mae_diff_lo']:+.4f}, "
+            f"{m['mae_diff_hi']:+.4f}], RMSE {m['rmse_diff']:+.4f} [{m['rmse_diff_lo']:+.4f}, "
+            f"{m['rmse_diff_hi']:+.4f}] (95% paired bootstrap)"
+        )
+    lines.append(
+        f"discriminative score |acc - 0.5|: GAN {m['discriminative_score']:.3f}, naive "
+        f"flat-history generator {m['discriminative_score_naive']:.3f} (0 = indistinguishable)"
+    )
     return "\n".join(lines)
 
 
@@ -155,26 +172,41 @@ def stack_field(source, name: str) -> np.ndarray:
     return np.stack([source[i][name] for i in range(len(source))])
 
 
+def naive_forecasts(source, history: np.ndarray, real: np.ndarray) -> dict[str, np.ndarray]:
+    """The baselines [N, T]: history mean, history median, same weekday's history mean."""
+    horizon = real.shape[1]
+    seasonal = model_lib.weekday_history(
+        history, stack_field(source, "history_features"), stack_field(source, "target_features")
+    )
+    return {
+        "naive": np.repeat(history.mean(axis=1, keepdims=True), horizon, axis=1),
+        "median_naive": np.repeat(np.median(history, axis=1, keepdims=True), horizon, axis=1),
+        "seasonal_naive": np.asarray(seasonal)[..., 0],
+    }
+
+
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-    """Restores the GAN and the three forecasters; writes metrics.json, comparison.txt, PNGs."""
+    """Restores the GAN and the three forecasters; writes metrics.json, comparison.txt, PNGs.
+
+    With `config.eval.model` naming an exported bundle (`jaxlab evaluate --model=BUNDLE`), what
+    the bundle carries is evaluated instead: the generator (sample statistics, discriminative
+    score) and the real-only forecaster (`forecaster_real.safetensors`) against the naive
+    baselines; the augmented / TSTR forecasters and the study stay in the training workdir
+    (`metrics["bundle"] = True`). Outputs go to `<workdir>/eval/<split>_bundle/`.
+    """
     ec = config.eval
-    if ec.get("model", ""):
-        raise ValueError(
-            f"eval.model={ec.model}: the sales evaluation compares the three forecasters (real, "
-            "real + generated, generated only) trained in a workdir, which a bundle does not "
-            "carry; evaluate the training workdir, or use the bundle with `jaxlab predict`."
-        )
+    bundle = ec.get("model", "")
     mesh = mesh_lib.make_mesh(config.mesh)
     sources = data_windows.load_windows(config, data.prepare(config, workdir))
-    if config.study.mode == "only":
+    if config.study.mode == "only" and not bundle:
         return study_metrics(config, workdir, sources["test"])
     source = sources[ec.split]
     real = stack_field(source, "target")
     features = stack_field(source, "target_features")
-    history = stack_field(source, "history_sales")
+    naive = naive_forecasts(source, stack_field(source, "history_sales"), real)
 
     parts = steps.build(config, mesh)
-    gan_state, gan_step = run.restore_for_eval(config, workdir, parts)
+    gan_state, gan_step = run.restore_for_eval(config, workdir, parts)  # or the bundle's
     sample_stats, fake = generate(
         parts.eval_step,
         gan_state.params,
@@ -183,56 +215,54 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
         ec.global_batch_size,
         rng.stream(config.seed, "eval_samples"),
     )
-    naive = np.repeat(history.mean(axis=1, keepdims=True), real.shape[1], axis=1)
-    median_naive = np.repeat(np.median(history, axis=1, keepdims=True), real.shape[1], axis=1)
-    seasonal_naive = np.asarray(
-        model_lib.weekday_history(history, stack_field(source, "history_features"), features)
-    )[..., 0]
-
     metrics: dict[str, float] = {"gan_checkpoint_step": gan_step, "num_windows": len(source)}
     metrics["discriminative_score"] = discriminative_score(real, fake, features, ec, config.seed)
     metrics["discriminative_score_naive"] = discriminative_score(
-        real, naive, features, ec, config.seed
+        real, naive["naive"], features, ec, config.seed
     )
     metrics.update({k.replace("eval_", "gen_"): v for k, v in sample_stats.items()})
+    for name, pred in naive.items():
+        metrics[f"{name}_mae"] = float(np.abs(pred - real).mean())
+        metrics[f"{name}_rmse"] = float(np.sqrt(np.square(pred - real).mean()))
 
     forecaster_parts = forecast.build(config, mesh)
-    errors = {}
-    for name in forecast.NAMES:
-        params, step = forecast.restore_params(
-            config, forecast.forecast_dir(workdir, name), forecaster_parts
+    if bundle:
+        logging.info(
+            "eval.model=%s: evaluating the bundle's generator and real-only forecaster; the "
+            "augmented and generated-only (TSTR) forecasters and the study are not in a bundle "
+            "(evaluate the training workdir for them).",
+            bundle,
         )
+        params = predict.forecaster_params(bundle, config, forecaster_parts)
         _, pred = forecast_pass(
             forecaster_parts.eval_step, params, source, mesh, ec.global_batch_size
         )
-        errors[name] = metrics_lib.forecast_errors(pred, real)
-        metrics[f"{name}_checkpoint_step"] = step
-    boot = metrics_lib.paired_bootstrap(
-        errors["real"], errors["augmented"], num_resamples=ec.bootstrap_resamples, seed=config.seed
-    )
-    metrics.update(
-        {
-            "real_mae": boot["mae_a"],
-            "real_rmse": boot["rmse_a"],
-            "augmented_mae": boot["mae_b"],
-            "augmented_rmse": boot["rmse_b"],
-            **{k: v for k, v in boot.items() if "diff" in k},
-            "tstr_mae": float(errors["synthetic"]["abs"].mean()),
-            "tstr_rmse": float(np.sqrt(errors["synthetic"]["sq"].mean())),
-            "naive_mae": float(np.abs(naive - real).mean()),
-            "naive_rmse": float(np.sqrt(np.square(naive - real).mean())),
-            "seasonal_naive_mae": float(np.abs(seasonal_naive - real).mean()),
-            "seasonal_naive_rmse": float(np.sqrt(np.square(seasonal_naive - real).mean())),
-            "median_naive_mae": float(np.abs(median_naive - real).mean()),
-            "median_naive_rmse": float(np.sqrt(np.square(median_naive - real).mean())),
-        }
-    )
+        real_errors = metrics_lib.forecast_errors(pred, real)
+        metrics["bundle"] = True
+        metrics["real_mae"] = float(real_errors["abs"].mean())
+        metrics["real_rmse"] = float(np.sqrt(real_errors["sq"].mean()))
+    else:
+        errors = forecaster_errors(config, workdir, forecaster_parts, source, real, mesh, metrics)
+        real_errors = errors["real"]
+        boot = metrics_lib.paired_bootstrap(
+            real_errors, errors["augmented"], num_resamples=ec.bootstrap_resamples, seed=config.seed
+        )
+        metrics.update(
+            {
+                "real_mae": boot["mae_a"],
+                "real_rmse": boot["rmse_a"],
+                "augmented_mae": boot["mae_b"],
+                "augmented_rmse": boot["rmse_b"],
+                **{k: v for k, v in boot.items() if "diff" in k},
+                "tstr_mae": float(errors["synthetic"]["abs"].mean()),
+                "tstr_rmse": float(np.sqrt(errors["synthetic"]["sq"].mean())),
+            }
+        )
     # Does the real-only forecaster beat the better of the two mean-based naive forecasts?
     best = "naive" if metrics["naive_mae"] <= metrics["seasonal_naive_mae"] else "seasonal_naive"
-    best_pred = naive if best == "naive" else seasonal_naive
     versus = metrics_lib.paired_bootstrap(
-        metrics_lib.forecast_errors(best_pred, real),
-        errors["real"],
+        metrics_lib.forecast_errors(naive[best], real),
+        real_errors,
         num_resamples=ec.bootstrap_resamples,
         seed=config.seed,
     )
@@ -248,7 +278,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
     table = comparison_table(metrics)
     logging.info("sales evaluation on %d %s windows:\n%s", len(source), ec.split, table)
 
-    out_dir = os.path.join(workdir, "eval", ec.split)
+    out_dir = os.path.join(workdir, "eval", f"{ec.split}_bundle" if bundle else ec.split)
     os.makedirs(out_dir, exist_ok=True)
     if jax.process_index() == 0:
         with open(os.path.join(out_dir, "metrics.json"), "w") as f:
@@ -256,9 +286,31 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
         with open(os.path.join(out_dir, "comparison.txt"), "w") as f:
             f.write(table + "\n")
         write_figures(config, parts, gan_state.params, source, real, fake, workdir, out_dir, mesh)
-    if config.study.mode == "also":
+    if config.study.mode in ("only", "also") and bundle:
+        logging.info(
+            "study.mode=%s: the study's cells are in the training workdir, not in a "
+            "bundle; skipped.",
+            config.study.mode,
+        )
+    elif config.study.mode == "also":
         metrics.update(study_metrics(config, workdir, sources["test"]))
     return metrics
+
+
+def forecaster_errors(config, workdir, forecaster_parts, source, real, mesh, metrics) -> dict:
+    """Per-window errors of the workdir's three forecasters (best checkpoints) on `source`;
+    their checkpoint steps go into `metrics`."""
+    errors = {}
+    for name in forecast.NAMES:
+        params, step = forecast.restore_params(
+            config, forecast.forecast_dir(workdir, name), forecaster_parts
+        )
+        _, pred = forecast_pass(
+            forecaster_parts.eval_step, params, source, mesh, config.eval.global_batch_size
+        )
+        errors[name] = metrics_lib.forecast_errors(pred, real)
+        metrics[f"{name}_checkpoint_step"] = step
+    return errors
 
 
 def study_metrics(config: ml_collections.ConfigDict, workdir: str, test_source) -> dict:

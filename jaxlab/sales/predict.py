@@ -43,7 +43,10 @@ def read_history(inputs: str, config) -> pd.DataFrame:
     """The product-day panel of `inputs`: an Olist CSV folder or a panel parquet."""
     if os.path.isdir(inputs):
         panel, _ = data.build_panel(
-            inputs, min_sales=0, exclude_statuses=tuple(config.data.exclude_statuses)
+            inputs,
+            min_sales=0,
+            exclude_statuses=tuple(config.data.exclude_statuses),
+            on_duplicate=config.data.get("on_duplicate", "error"),
         )
         return panel
     return data.read_panel(inputs)

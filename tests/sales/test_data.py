@@ -52,7 +52,7 @@ def hand_made(tmp_path):
         _item("o3", 1, "A"),
         _item("o4", 1, "A"),
         _item("o5", 1, "C"),
-        _item("o5", 1, "B"),
+        _item("o5", 2, "B"),
         _item("o3", 2, "B"),
     ]
     reviews = [

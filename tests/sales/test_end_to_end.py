@@ -59,10 +59,10 @@ def test_tiny_train_then_evaluate_from_checkpoints(tmp_path):
         assert os.path.getsize(os.path.join(out, name)) > 1000
     with open(os.path.join(out, "comparison.txt")) as f:
         assert "augmented - real" in f.read()
-    _check_predict(config, workdir, str(tmp_path / "predictions"))
+    _check_predict(config, workdir, str(tmp_path / "predictions"), metrics)
 
 
-def _check_predict(config, workdir, out):
+def _check_predict(config, workdir, out, metrics):
     """predict on the demo input (the synthetic panel), read back with plain pandas: N scenarios
     of 7 days per product in units (the inverse of the product's min-max over its history up to
     as_of), the forecaster's point forecast, p10 <= p90, one PNG per product."""
@@ -109,6 +109,17 @@ def _check_predict(config, workdir, out):
     for name in (predict.SCENARIOS_FILE, predict.FORECAST_FILE):
         with open(os.path.join(out, name)) as a, open(os.path.join(from_bundle, name)) as b:
             assert a.read() == b.read(), name
+
+    # evaluate on the bundle (eval.model): what it carries, scored on the same test windows as
+    # the workdir's evaluation, bitwise; no augmented / TSTR comparison.
+    bundle_config = config.copy_and_resolve_references()
+    bundle_config.eval.model = bundle
+    from_bundle = evaluate.evaluate(bundle_config, os.path.join(out, "bundle_eval"))
+    assert from_bundle["bundle"] is True and "bundle" not in metrics
+    for key in ("real_mae", "real_rmse", "naive_mae", "seasonal_naive_mae", "gen_sample_mae"):
+        assert from_bundle[key] == metrics[key], key
+    assert from_bundle["discriminative_score"] == metrics["discriminative_score"]
+    assert not any(k.startswith(("augmented", "tstr", "mae_diff")) for k in from_bundle)
 
 
 def _resume_config():
