@@ -19,11 +19,10 @@ either; both give bitwise the same parameters.
 from __future__ import annotations
 
 import datetime
-import importlib.metadata
 import json
 import os
+import pathlib
 import shutil
-import subprocess
 from collections.abc import Callable
 from typing import Any
 
@@ -31,6 +30,7 @@ import jax
 import ml_collections
 from absl import logging
 
+from jaxlab import run_records
 from jaxlab.core import bundle, checkpoint, run
 from jaxlab.core import mesh as mesh_lib
 from jaxlab.core import task as task_lib
@@ -43,9 +43,9 @@ from jaxlab.core.bundle import (  # noqa: F401 - the bundle API, re-exported
     unflatten_params,
 )
 
+PACKAGE_DIR = pathlib.Path(__file__).resolve().parent
 CARD_FILE = "model_card.md"
 BUNDLE_FORMAT = 1
-VERSIONED_PACKAGES = ("jaxlab", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy")
 
 
 def _inference_params_fn(steps: Any) -> Callable[[Any], Any]:
@@ -56,32 +56,6 @@ def _single_device_parts(config: ml_collections.ConfigDict) -> tuple[Any, Any]:
     steps = task_lib.import_task(config, "steps")
     mesh = mesh_lib.make_mesh([("data", -1)], devices=jax.devices()[:1])
     return steps, steps.build(config, mesh)
-
-
-def git_sha() -> str | None:
-    """The repository's HEAD when jaxlab runs from a git checkout, else None."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=os.path.dirname(os.path.abspath(__file__)),
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-    except OSError:
-        return None
-    return out.stdout.strip() or None
-
-
-def package_versions() -> dict[str, str]:
-    versions = {}
-    for name in VERSIONED_PACKAGES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return versions
 
 
 def export_bundle(
@@ -111,8 +85,8 @@ def export_bundle(
         "training_steps": int(parts.num_steps),
         "metrics": metrics,
         "num_parameters": int(sum(v.size for v in flat.values())),
-        "git_sha": git_sha(),
-        "versions": package_versions(),
+        "git_sha": (run_records.git_revision(PACKAGE_DIR) or {}).get("sha"),
+        "versions": {k: v for k, v in run_records.package_versions().items() if v},
         "exported_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "source_workdir": os.path.abspath(workdir),
         "files": sorted(extra_files),
