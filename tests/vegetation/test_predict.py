@@ -104,6 +104,11 @@ def test_bundle_and_checkpoint_give_bitwise_the_same_files(trained, tmp_path):
     saved = data_normalisation.Normalisation.load(os.path.join(workdir, "normalisation.json"))
     for key in ("band_low", "band_high", "band_median", "weather_mean", "weather_std"):
         np.testing.assert_array_equal(getattr(norm, key), getattr(saved, key))
+    # The bundle ships the training statistics (steps.bundle_files); without them and without
+    # its source workdir, they are recomputed.
+    shipped = os.path.join(bundle, "normalisation.json")
+    assert predict.find_normalisation(bundle, config)[1] == shipped
+    os.remove(shipped)
     with open(os.path.join(bundle, export.INFO_FILE)) as f:
         info = json.load(f)
     info["source_workdir"] = str(tmp_path / "gone")
