@@ -245,6 +245,9 @@ def test_grid_other_than_config_shape_names_store_and_key(data_dir):
 
 @pytest.mark.slow
 def test_training_learns_and_evaluation_writes_products(data_dir, tmp_path):
+    # The module-scoped `shared_build` fixture (when another test used it first) keeps
+    # steps.train_step wrapped in a trace counter; this run's own shapes may trace it once more.
+    chex.clear_trace_counter()
     config = tiny_config(data_dir)
     workdir = str(tmp_path)
     metrics = train.train_and_evaluate(config, workdir)
