@@ -122,6 +122,9 @@ def demo() -> ml_collections.ConfigDict:
     config.eval.bench_repeats = 3  # scripts/benchmark.py sampling: timed forecast steps
     config.eval.thresholds = (("refc", 35.0), ("cape", 1000.0))  # exceedance events
     config.eval.products = True  # NetCDF + PNG folders for the most convective case
+    # Members sampled for one fixed held-out case at each periodic evaluation during training,
+    # drawn to TensorBoard (eval/members); 0: none.
+    config.eval.train_figure_members = 3
     config.eval.sample_members_plotted = 4
     return config
 
@@ -143,6 +146,7 @@ def tiny() -> ml_collections.ConfigDict:
     config.eval.num_cases = 2
     config.eval.rollout_steps = 2
     config.eval.sample_members_plotted = 2
+    config.eval.train_figure_members = 0  # tests: no extra sampler compile in the loop
     return config
 
 

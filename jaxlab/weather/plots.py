@@ -196,3 +196,20 @@ def crps_by_lead(results: dict, steps: int, lead: int, path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
+
+
+def members_figure(truth: np.ndarray, members: np.ndarray, variable: str, title: str):
+    """One variable of the true next state beside sampled members, [H, W] and [M, H, W]
+    (standardised units, one colour scale): the figure logged at each evaluation in training."""
+    panels = [("truth", truth)] + [(f"member {m}", field) for m, field in enumerate(members)]
+    low = float(min(p.min() for _, p in panels))
+    high = float(max(p.max() for _, p in panels))
+    fig, axes = plt.subplots(1, len(panels), figsize=(1.6 * len(panels) + 0.6, 2.2), dpi=100)
+    for ax, (name, field) in zip(np.atleast_1d(axes), panels, strict=True):
+        image = ax.imshow(field, origin="lower", vmin=low, vmax=high, cmap="viridis")
+        ax.set_title(name, fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.colorbar(image, ax=list(np.atleast_1d(axes)), shrink=0.8, label=f"{variable} (std units)")
+    fig.suptitle(title, fontsize=9)
+    return fig

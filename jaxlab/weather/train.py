@@ -11,14 +11,43 @@ from __future__ import annotations
 import functools
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
 
 from jaxlab.core import checkpoint, loop, optim, rng, run
 from jaxlab.core import mesh as mesh_lib
+from jaxlab.core import writer as writer_lib
 from jaxlab.data import pipeline
-from jaxlab.weather import data, evaluate, steps
+from jaxlab.weather import data, ensemble, evaluate, plots, steps
+
+
+def members_image(step_fn, state, source, config, step: int) -> dict[str, np.ndarray]:
+    """{"eval/members": image}: REFC of the first held-out case's next state and of members
+    sampled with the EMA params (a fixed key, so images of successive evaluations compare)."""
+    lead = int(config.data.leads[0])
+    i = evaluate.case_indices(source, lead, 1, 1)[0]
+    hour = float(steps.hour_of_day(source.times[i]))
+    members = ensemble.rollout(
+        step_fn,
+        state.extra["ema"],
+        jnp.asarray(source.state(i)),
+        lead,
+        hour,
+        rng.stream(config.seed, "train_figure"),
+        int(config.eval.train_figure_members),
+        1,
+        ensemble.scale_of(state.extra),
+    )[0]
+    members = np.asarray(jax.device_get(members))  # [M, H, W, C]
+    if jax.process_index() != 0:
+        return {}
+    c = data.VARIABLES.index("refc")
+    fig = plots.members_figure(
+        source.state(i + lead)[..., c], members[..., c], "refc", f"+{lead} h, step {step}"
+    )
+    return {"eval/members": writer_lib.figure_to_image(fig)}
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
@@ -53,6 +82,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     manager = checkpoint.manager_from_config(config, workdir)
     state, _ = run.init_or_restore(manager, parts, rng.stream(config.seed, "init"), train_iter)
     lr_fn = jax.jit(functools.partial(optim.current_learning_rate, config.optim, parts.num_steps))
+    figure_members = int(config.eval.get("train_figure_members", 0))
+    figure_step = None  # the sampler for the members drawn to TensorBoard at each evaluation
+    if figure_members:
+        figure_step = ensemble.make_forecast_step(
+            parts.model, parts.schedule, config, mesh, figure_members
+        )
 
     # Loop.
     start_step = int(state.step)
@@ -84,6 +119,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 )
                 writer.write_scalars(step, eval_metrics)
                 metrics_for_ckpt = eval_metrics
+                if figure_step is not None:
+                    writer.write_images(
+                        step, members_image(figure_step, state, eval_source, config, step)
+                    )
             if save:
                 checkpoint.save(manager, step, state, train_iter, metrics=metrics_for_ckpt)
             if preempted:

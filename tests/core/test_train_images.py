@@ -20,6 +20,7 @@ from jaxlab.glitch import plots as glitch_plots
 from jaxlab.neutrino import plots as neutrino_plots
 from jaxlab.sales import train as sales_train
 from jaxlab.vegetation import plots as vegetation_plots
+from jaxlab.weather import plots as weather_plots
 
 MAX_HEIGHT, MAX_WIDTH = 400, 600
 
@@ -107,6 +108,16 @@ def test_neutrino_zenith_histogram_image():
     _check_image(image)
     constant = figure_to_image(neutrino_plots.zenith_figure(zen_true, np.full(500, 1.5), "eval"))
     assert not np.array_equal(image, constant)
+
+
+def test_weather_members_image():
+    gen = np.random.default_rng(0)
+    truth, members = gen.normal(size=(16, 24)), gen.normal(size=(3, 16, 24))
+    image = figure_to_image(weather_plots.members_figure(truth, members, "refc", "+1 h, step 5"))
+    assert image.shape[2] == 3 and image.shape[0] <= 400 and image.shape[1] <= 600
+    _check_image(image)
+    moved = figure_to_image(weather_plots.members_figure(truth, members[::-1], "refc", "+1 h"))
+    assert not np.array_equal(image, moved)
 
 
 @pytest.fixture(autouse=True)
