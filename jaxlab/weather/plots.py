@@ -204,7 +204,9 @@ def members_figure(truth: np.ndarray, members: np.ndarray, variable: str, title:
     panels = [("truth", truth)] + [(f"member {m}", field) for m, field in enumerate(members)]
     low = float(min(p.min() for _, p in panels))
     high = float(max(p.max() for _, p in panels))
-    fig, axes = plt.subplots(1, len(panels), figsize=(1.6 * len(panels) + 0.6, 2.2), dpi=100)
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(min(1.4 * len(panels) + 0.6, 6.0), 2.2), dpi=100
+    )
     for ax, (name, field) in zip(np.atleast_1d(axes), panels, strict=True):
         image = ax.imshow(field, origin="lower", vmin=low, vmax=high, cmap="viridis")
         ax.set_title(name, fontsize=8)
