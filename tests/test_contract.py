@@ -13,7 +13,7 @@ import pytest
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "jaxlab"
 TASKS = ["example", "glitch", "vegetation", "weather", "sales", "neutrino"]
-MODULES = ["data", "synthetic", "model", "steps", "train", "evaluate"]
+MODULES = ["data", "synthetic", "model", "steps", "train", "evaluate", "predict"]
 PARTS_FIELDS = {
     "model",
     "optimizer",
@@ -29,6 +29,7 @@ ENTRY_POINTS = {
     "train": ["train_and_evaluate"],
     "evaluate": ["evaluate"],
     "data": ["prepare"],
+    "predict": ["predict", "demo_input"],
 }
 
 
