@@ -1,22 +1,11 @@
 """Synthetic writers never touch a user's folder: the claim refuses it and changes nothing."""
 
-import hashlib
 import json
-import os
 
 import pytest
 
 from jaxlab.data import ownership
-
-
-def md5_tree(root):
-    sums = {}
-    for directory, _, names in os.walk(root):
-        for name in names:
-            path = os.path.join(directory, name)
-            with open(path, "rb") as f:
-                sums[os.path.relpath(path, root)] = hashlib.md5(f.read()).hexdigest()
-    return sums
+from tests.folder_md5 import md5_tree
 
 
 @pytest.fixture

@@ -1,6 +1,5 @@
 """Readers of the Gravity Spy h5 / PNG tree on files written in the published layout."""
 
-import hashlib
 import os
 import shutil
 
@@ -10,6 +9,7 @@ import pytest
 
 from jaxlab.configs import glitch as glitch_config
 from jaxlab.glitch import data, synthetic
+from tests.folder_md5 import md5_tree
 
 
 @pytest.fixture(scope="module")
@@ -211,17 +211,6 @@ def test_shift_augment_moves_columns_and_repeats_the_edge(multi_view):
     assert len(shifts) > 3  # both directions and no shift were exercised
 
 
-def _md5s(root):
-    sums = {}
-    for directory, _, files in os.walk(root):
-        for name in files:
-            with open(os.path.join(directory, name), "rb") as f:
-                sums[os.path.relpath(os.path.join(directory, name), root)] = hashlib.md5(
-                    f.read()
-                ).hexdigest()
-    return sums
-
-
 def test_synthetic_prepare_never_touches_a_users_folder(data_dir, tmp_path):
     """A user with the PNG tree and the metadata CSV but no h5, and a demo config pointed there:
     one error, and every file byte-identical with nothing added (it used to replace the CSV and
@@ -231,12 +220,12 @@ def test_synthetic_prepare_never_touches_a_users_folder(data_dir, tmp_path):
     user = tmp_path / "gravityspy"
     shutil.copytree(os.path.join(data_dir, "png"), user / "png")
     shutil.copy(os.path.join(data_dir, synthetic.METADATA_NAME), user)
-    before = _md5s(user)
+    before = md5_tree(user)
     config = glitch_config.get_config("tiny")
     config.data.dir = str(user)
     with pytest.raises(ownership.DataDirError, match=rf"{user} holds files that jaxlab did not"):
         data.prepare(config, str(tmp_path / "workdir"))
-    assert _md5s(user) == before and synthetic.METADATA_NAME in before
+    assert md5_tree(user) == before and synthetic.METADATA_NAME in before
     # The default location (under the workdir) and a re-run over jaxlab's own folder both work.
     config.data.dir = ""
     first = data.prepare(config, str(tmp_path / "workdir"))

@@ -1,7 +1,6 @@
 """Malformed Kaggle IceCube inputs: one clear error naming the file and the field, or a counted
 policy (duplicates); and synthetic data never touches a user's folder."""
 
-import hashlib
 import logging
 import os
 import shutil
@@ -15,6 +14,7 @@ import pytest
 from jaxlab.configs import neutrino as neutrino_config
 from jaxlab.data import ownership
 from jaxlab.neutrino import data, predict, synthetic
+from tests.folder_md5 import md5_tree
 
 
 @pytest.fixture(scope="module")
@@ -189,32 +189,22 @@ def test_missing_inputs_for_predict(copy, tmp_path):
         predict.find_geometry(str(lone), files)
 
 
-def _md5s(folder):
-    sums = {}
-    for dirpath, _, names in os.walk(folder):
-        for name in names:
-            path = os.path.join(dirpath, name)
-            with open(path, "rb") as f:
-                sums[os.path.relpath(path, folder)] = hashlib.md5(f.read()).hexdigest()
-    return sums
-
-
 def test_synthetic_data_never_touches_a_user_folder(root, tmp_path):
     """A user's Kaggle folder (here: real-format files without jaxlab's marker) is refused."""
     user = str(tmp_path / "kaggle")
     shutil.copytree(root, user, ignore=shutil.ignore_patterns(ownership.MARKER, ".synthetic_done"))
     # The user's own files differ from what the synthetic writer would write.
     pq.write_table(pq.read_table(_batch(user)).slice(0, 10), _batch(user))
-    before = _md5s(user)
+    before = md5_tree(user)
     config = neutrino_config.get_config("tiny")
     config.data.root = user
     with pytest.raises(ownership.DataDirError, match=r"kaggle holds files that jaxlab did not"):
         data.prepare(config, str(tmp_path / "work"))
-    assert _md5s(user) == before
+    assert md5_tree(user) == before
     # The writer itself refuses to replace a file outside a claimed folder.
     with pytest.raises(ownership.DataDirError, match=r"sensor_geometry\.csv exists"):
         synthetic.write_geometry(user)
-    assert _md5s(user) == before
+    assert md5_tree(user) == before
     # With data.synthetic=False the same folder is read as it is.
     config.data.synthetic = False
     assert data.prepare(config, "unused") == user

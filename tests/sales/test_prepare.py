@@ -1,7 +1,6 @@
 """`data.prepare`: the Kaggle layout (Olist found under data.kaggle_input) and the rule that
 synthetic data never touches a user's folder."""
 
-import hashlib
 import os
 
 import pandas as pd
@@ -10,6 +9,7 @@ import pytest
 from jaxlab.configs import sales as sales_config
 from jaxlab.data import ownership
 from jaxlab.sales import data, synthetic
+from tests.folder_md5 import md5_tree
 
 
 def _real_config(kaggle_input):
@@ -53,22 +53,15 @@ def test_no_olist_under_kaggle_input_is_one_clear_error(tmp_path):
         data.prepare(_real_config(tmp_path / "input"), str(tmp_path / "work"))
 
 
-def _md5s(folder):
-    return {
-        name: hashlib.md5((folder / name).read_bytes()).hexdigest()
-        for name in sorted(os.listdir(folder))
-    }
-
-
 def test_synthetic_writer_refuses_a_users_folder(tmp_path):
     user = tmp_path / "my_olist"
     user.mkdir()
     (user / synthetic.ORDERS_FILE).write_text("order_id,order_status\nabc,delivered\n")
     (user / "notes.txt").write_text("mine")
-    before = _md5s(user)
+    before = md5_tree(user)
     config = sales_config.get_config("tiny")
     config.data.csv_dir = str(user)  # synthetic stays True: it would write into the user's CSVs
     with pytest.raises(ownership.DataDirError, match="my_olist"):
         data.prepare(config, str(tmp_path / "work"))
-    assert _md5s(user) == before
+    assert md5_tree(user) == before
     assert not os.path.exists(tmp_path / "work" / "data" / "panel.parquet")

@@ -1,15 +1,14 @@
 """Malformed GreenEarthNet cubes: one clear error per class, naming the file and the variable (or
 an explicit, logged, counted policy); and synthetic data never touching a user's folder."""
 
-import hashlib
 import logging
-import os
 
 import numpy as np
 import pytest
 
 from jaxlab.data import ownership
 from jaxlab.vegetation import data
+from tests.folder_md5 import md5_tree
 from tests.vegetation import helpers
 
 IDENTITY = data.Normalisation(
@@ -183,34 +182,24 @@ def test_context_only_reader_applies_the_same_checks(tmp_path):
         data.read_window(path, config, 0, days, context_only=True)
 
 
-def _md5s(root):
-    out = {}
-    for folder, _, files in os.walk(root):
-        for name in files:
-            path = os.path.join(folder, name)
-            with open(path, "rb") as f:
-                out[os.path.relpath(path, root)] = hashlib.md5(f.read()).hexdigest()
-    return out
-
-
 def test_synthetic_data_never_touches_a_user_folder(tmp_path):
     """A user's GreenEarthNet folder with data.synthetic=True: one error, every file unchanged,
     nothing added. An empty folder is claimed (marker) and filled; a second run reuses it."""
     user = tmp_path / "greenearthnet"
     helpers.write_cube(str(user), helpers.cube(seed=1), "train", "32UNC", "mine.nc")
     (user / "notes.txt").write_text("my download\n")
-    before = _md5s(user)
+    before = md5_tree(user)
     config = helpers.tiny_config()
     config.data.synthetic_cubes = (("train", 1), ("val_chopped", 1))
     config.data.dir = str(user)
     with pytest.raises(ownership.DataDirError, match="holds files that jaxlab did not write"):
         data.prepare(config, str(tmp_path / "work"))
-    assert _md5s(user) == before
+    assert md5_tree(user) == before
 
     config.data.dir = str(tmp_path / "empty")
     root = data.prepare(config, str(tmp_path / "work"))
     assert ownership.is_synthetic_dir(root)
-    written = _md5s(root)
+    written = md5_tree(root)
     assert sum(p.endswith(".nc") for p in written) == 2
     assert data.prepare(config, str(tmp_path / "work")) == root
-    assert _md5s(root) == written
+    assert md5_tree(root) == written

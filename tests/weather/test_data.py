@@ -2,7 +2,6 @@
 one-pass statistics), normaliser, projection, synthetic-folder ownership."""
 
 import datetime as dt
-import hashlib
 import json
 import os
 import shutil
@@ -15,6 +14,7 @@ import xarray as xr
 from jaxlab.configs import weather as weather_config
 from jaxlab.data import ownership
 from jaxlab.weather import data, data_grib, data_zarr, synthetic
+from tests.folder_md5 import md5_tree
 
 SHAPE = (12, 16)
 
@@ -187,16 +187,6 @@ def test_process_pool_gives_the_serial_store(grib_files, tmp_path):
         np.testing.assert_array_equal(got[key], want[key], err_msg=key)
 
 
-def _md5s(folder):
-    return {
-        os.path.relpath(os.path.join(root, f), folder): hashlib.md5(
-            open(os.path.join(root, f), "rb").read()
-        ).hexdigest()
-        for root, _, files in os.walk(folder)
-        for f in files
-    }
-
-
 def test_synthetic_data_never_touches_a_users_folder(grib_files, tmp_path):
     """A synthetic config pointed at a folder of the user's GRIB2 files (the synthetic names):
     one clear error, and the folder's files are byte for byte what they were, none added."""
@@ -206,12 +196,12 @@ def test_synthetic_data_never_touches_a_users_folder(grib_files, tmp_path):
         target = user / "grib" / os.path.relpath(path, directory)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, target)
-    before = _md5s(user)
+    before = md5_tree(user)
     config = weather_config.get_config("tiny")
     config.data.dir = str(user)
     with pytest.raises(ownership.DataDirError, match="did not write.*data.synthetic=False"):
         data.prepare(config, str(tmp_path / "work"))
-    assert _md5s(user) == before
+    assert md5_tree(user) == before
 
 
 def test_missing_field_is_named_and_skipped_or_fails(grib_files, tmp_path):
