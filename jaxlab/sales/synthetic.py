@@ -1,6 +1,6 @@
 """Writes a small Olist-format dataset: the four CSVs the sales reader needs, with planted signal.
 
-Files (exact Olist names and headers, see FORMATS.md; the "lenght" misspellings included):
+Files (exact Olist names and headers, listed in docs/data.md; the "lenght" misspellings included):
 `olist_orders_dataset.csv`, `olist_order_items_dataset.csv`, `olist_order_reviews_dataset.csv`,
 `olist_products_dataset.csv`. Timestamps are "YYYY-MM-DD HH:MM:SS"; review texts contain commas,
 double quotes and newlines (quoted by the `csv` module exactly as in the real export).
