@@ -32,31 +32,12 @@ import numpy as np
 import optax
 from absl import logging
 
-from jaxlab.core import loop, rng, run
 from jaxlab.core import mesh as mesh_lib
+from jaxlab.core import rng, run
 from jaxlab.core.writer import read_metrics
-from jaxlab.data import pipeline
 from jaxlab.sales import data, data_windows, forecast, plots, predict, steps, study_report
 from jaxlab.sales import metrics as metrics_lib
 from jaxlab.sales import model as model_lib
-
-
-def ordered_pass(
-    eval_step: Callable, params: Any, source: Any, mesh: Any, batch_size: int, *extra: Any
-) -> tuple[dict[str, float], np.ndarray]:
-    """`eval_step(params, batch, valid, *extra)` over `source` in order.
-
-    Returns the sums over all batches (on the host) and the outputs of the N records [N, ...].
-    """
-    totals, outputs = None, []
-    throttle = loop.StepThrottle()
-    for local_batch, valid in pipeline.eval_batches(source, global_batch_size=batch_size):
-        batch = mesh_lib.global_batch(local_batch, mesh)
-        sums, out = eval_step(params, batch, mesh_lib.global_batch(valid, mesh), *extra)
-        throttle(out)
-        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-        outputs.append(out)
-    return jax.device_get(totals), np.concatenate(jax.device_get(outputs))[: len(source)]
 
 
 def generate(
@@ -64,7 +45,7 @@ def generate(
 ) -> tuple[dict[str, float], np.ndarray]:
     """One generated sequence per window of `source` with `steps.Parts.eval_step`:
     (`metrics.sample_statistics` of them vs the real targets, generated [N, T])."""
-    totals, generated = ordered_pass(eval_step, gen_params, source, mesh, batch_size, key)
+    totals, generated = run.eval_pass(eval_step, gen_params, source, mesh, batch_size, key)
     return metrics_lib.sample_statistics(totals), generated
 
 
@@ -73,7 +54,7 @@ def forecast_pass(
 ) -> tuple[dict[str, float], np.ndarray]:
     """Forecasts of every window of `source` with `ForecasterParts.eval_step`:
     ({"val_mae", "val_rmse"}, forecasts [N, T])."""
-    totals, pred = ordered_pass(eval_step, params, source, mesh, batch_size)
+    totals, pred = run.eval_pass(eval_step, params, source, mesh, batch_size)
     metrics = {
         "val_mae": float(totals["abs_err_sum"] / totals["count"]),
         "val_rmse": float(np.sqrt(totals["sq_err_sum"] / totals["count"])),
