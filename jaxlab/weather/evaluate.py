@@ -34,9 +34,8 @@ import numpy as np
 import xarray as xr
 from absl import logging
 
-from jaxlab.core import loop, rng, run
 from jaxlab.core import mesh as mesh_lib
-from jaxlab.data import pipeline
+from jaxlab.core import rng, run
 from jaxlab.weather import data, def_ensemble, ensemble, metrics, plots, steps
 
 
@@ -51,14 +50,9 @@ def denoising_loss(
     """{"eval_loss"}: noise MSE of `params` (`Parts.eval_step`) on the first `ec.loss_examples`
     pairs of `source`; the loss train.py logs and the best checkpoint is chosen by."""
     subset = _FirstPairs(source, min(len(source), ec.loss_examples))
-    totals = None
-    throttle = loop.StepThrottle()
-    for local, valid in pipeline.eval_batches(subset, global_batch_size=ec.global_batch_size):
-        batch = mesh_lib.global_batch(local, mesh)
-        sums, _ = eval_step(params, batch, mesh_lib.global_batch(valid, mesh), residual_std)
-        throttle(sums["loss"])
-        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-    totals = jax.device_get(totals)
+    totals, _ = run.eval_pass(
+        eval_step, params, subset, mesh, ec.global_batch_size, residual_std, keep_outputs=False
+    )
     return {"eval_loss": float(totals["loss"] / totals["count"])}
 
 
