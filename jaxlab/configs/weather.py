@@ -1,31 +1,36 @@
 """HRRR convection: conditional DDPM forecaster, DPM-Solver++ ensembles (jaxlab/weather).
 
 Run (demo: synthetic GRIB2 -> Zarr -> train -> ensemble evaluation, CPU; the deterministic run is
-DEF's forecaster):
+DEF's forecaster, the perturbation run its perturbation model):
   python scripts/train.py --config=weather:demo --workdir=runs/weather
   python scripts/train.py --config=weather:deterministic --workdir=runs/weather_det
+  python scripts/train.py --config=weather:perturbation --workdir=runs/weather_pert
   python scripts/evaluate.py --config=weather:demo --workdir=runs/weather
-      --config.eval.def_workdir=runs/weather_det --allow_config_change
+      --config.eval.def_workdir=runs/weather_det
+      --config.eval.def_perturb_workdir=runs/weather_pert --allow_config_change
 
-Expect (demo, 8 members, DPM-Solver++ 15 steps, 3 hourly lead steps, 16 held-out cases): ensemble
-CRPS averaged over the 7 variables and 3 leads in standardised units `crps` about 0.35 against
-persistence `persistence_crps` 0.40 and a per-gridpoint Gaussian climatology 0.51; spread/skill
-about 0.8 (1.0 at 1 h); REFC >= 35 dBZ Brier skill about 0.3 at 1 h. DEF's CRPS
-(`compare/def/crps/lead<k>`, spread/skill about 1) about 0.13 / 0.19 / 0.23 against the
-deterministic forecaster's 0.15 / 0.22 / 0.28 and direct sampling's 0.22 / 0.37 / 0.48
-(jaxlab/weather/README.md has the per-variable calibration and the full table). Training takes
-about 7 min per run on a shared 2-core CPU, evaluation with DEF about 3 min.
+Expect (demo, v-prediction, 8 members, DPM-Solver++ 15 steps, 3 hourly lead steps, 16 held-out
+cases): ensemble CRPS averaged over the 7 variables and 3 leads in standardised units `crps`
+about 0.24 against persistence `persistence_crps` 0.48 and a per-gridpoint Gaussian climatology
+0.58; spread/skill about 0.84 (0.9 at 1 h, every variable in [0.7, 1.3] at 1 h); REFC >= 35 dBZ
+Brier skill about 0.4 at 1 h. DEF's CRPS (`compare/def/crps/lead<k>`) about 0.20 / 0.28 / 0.34
+against the deterministic forecaster's 0.22 / 0.32 / 0.40 and direct sampling's 0.17 / 0.25 /
+0.30 (jaxlab/weather/README.md has the per-variable calibration and the full table). Training
+takes 3-7 min per run on a shared 2-core CPU, evaluation with DEF about 3 min.
 
 Vary it:
   variants: demo (`minimal_unet`, 84,839 params, 32 x 48 synthetic grid, 32 x 32 crops), tiny
     (demo shrunk for tests), deterministic (DEF's forecaster: the demo network trained with MSE),
-    paper (the seed's setup: its network `seed_minimal_unet`, 82,119 params, on the full
-    1059 x 1799 HRRR grid, batch 1 with gradient accumulation 8, lr 2e-4, constant schedule,
-    per-block remat; real data), unet_cropped (standard U-Net on 256 x 256 crops; real data).
-    `fullres_minimal` is the old name of `paper` (an alias, same config).
-  keys: model.name / base_dim, diffusion.prediction ("eps" | "v"), diffusion.sampler / sample_steps,
-    eval.num_members / num_cases / rollout_steps, eval.def_workdir / def_level / def_guidance,
-    diffusion.spacing, model.use_hour / remat, train.ema_decay / objective.
+    perturbation (DEF's perturbation model: the demo network as a diffusion model of the state
+    given itself, condition dropped for 10%), paper (the seed's setup: its network
+    `seed_minimal_unet`, 82,119 params, eps-prediction, on the full 1059 x 1799 HRRR grid, batch 1
+    with gradient accumulation 8, lr 2e-4, constant schedule, per-block remat; real data),
+    unet_cropped (standard U-Net on 256 x 256 crops; real data). `fullres_minimal` is the old
+    name of `paper` (an alias, same config).
+  keys: model.name / base_dim, diffusion.prediction ("v" | "eps"), diffusion.sampler /
+    sample_steps, eval.num_members / num_cases / rollout_steps, eval.def_workdir / def_mode /
+    def_perturb_workdir / def_guidance / def_walks / def_level, diffusion.spacing,
+    model.use_hour / hour_concat / remat, train.ema_decay / objective / cond_drop.
   real data: python scripts/prepare_weather.py --grib_dir=<hrrr archive> --store=<dir>/hrrr.zarr
     then --config=weather:paper --config.data.dir=<dir> (data.dir must be set for real data).
 Benchmark logs (scripts/benchmark.py --tasks=weather --variant=paper): jaxlab/weather/README.md.
@@ -60,7 +65,10 @@ def demo() -> ml_collections.ConfigDict:
     config.diffusion = ml_collections.ConfigDict()
     config.diffusion.schedule = "cosine"  # "cosine" (Nichol & Dhariwal) or "linear"
     config.diffusion.num_steps = 1000
-    config.diffusion.prediction = "eps"  # "eps" or "v"
+    # "v" or "eps". v: the network's output at high noise is the sample itself, so it learns the
+    # domain-wide change (the diurnal T2M / CIN tendency) from the conditioning; an eps network
+    # read it off x_t, where the sampler's start does not have it (README, "Samplers").
+    config.diffusion.prediction = "v"
     config.diffusion.residual = True  # diffuse the scaled change x_{t+lead} - x_t
     config.diffusion.sampler = "dpm_solver_pp"  # "dpm_solver_pp", "ddim" or "ddpm"
     config.diffusion.sample_steps = 15
@@ -81,6 +89,9 @@ def demo() -> ml_collections.ConfigDict:
     config.model.attention_heads = 4  # unet, coarsest level
     config.model.use_lead = True
     config.model.use_hour = True  # hour of day of the initial state enters the embedding
+    # (seed_)minimal_unet: concatenate the hour's harmonics to the step's sinusoid instead of
+    # adding them (+ sin_dim x dim embedding weights; jaxlab/weather/model.py `Embedding`).
+    config.model.hour_concat = False
     config.model.remat = False  # recompute each block in the backward pass (jax.checkpoint)
     config.model.dtype = "float32"
 
@@ -93,6 +104,7 @@ def demo() -> ml_collections.ConfigDict:
     # "diffusion": the conditional DDPM; "mse": the deterministic forecaster (variant
     # `deterministic`), the same network regressing the next hour's scaled change.
     config.train.objective = "diffusion"
+    config.train.cond_drop = 0.1  # "perturbation": fraction of examples with the null condition
 
     config.optim.name = "adamw"
     config.optim.lr = 2e-3
@@ -112,12 +124,20 @@ def demo() -> ml_collections.ConfigDict:
     config.eval.num_cases = 16  # held-out start times, evenly spaced
     config.eval.rollout_steps = 3  # autoregressive lead steps of data.leads[0] hours
     config.eval.use_ema = True
-    # DEF (jaxlab/weather/def_ensemble.py): the deterministic forecaster's workdir (variant
-    # `deterministic`; empty: DEF off), the perturbation's noise level L (a diffusion step, eq. 1)
-    # and the guidance gamma pulling the perturbed state back to the analysis (eq. 2, 0 to 1).
+    # DEF (jaxlab/weather/def_ensemble.py, equations in its docstring): the deterministic
+    # forecaster's workdir (variant `deterministic`; empty: DEF off) and the mode: "paper" (the
+    # perturbation model of variant `perturbation`, its workdir `def_perturb_workdir`, samples the
+    # state from pure noise with classifier-free guidance w = `def_guidance` (eq. P2; 1: the
+    # conditional model alone, 0: the unconditional one), `def_walks` times per lead step) or
+    # "change" (the former reading: the forecast model's last-hour change noised to step L =
+    # `def_level` (eq. C1) and denoised with the pull gamma = `def_guidance` (eq. C2); gamma = 1
+    # is no perturbation, so set --config.eval.def_guidance=0 with this mode).
     config.eval.def_workdir = ""
+    config.eval.def_mode = "paper"
+    config.eval.def_perturb_workdir = ""
+    config.eval.def_guidance = 1.0  # the best CRPS of w = 0.5, 0.8, 1, 1.5 on the demo (README)
+    config.eval.def_walks = 1
     config.eval.def_level = 900
-    config.eval.def_guidance = 0.0
     config.eval.bench_members = 0  # scripts/benchmark.py sampling: members (0: num_members)
     config.eval.bench_repeats = 3  # scripts/benchmark.py sampling: timed forecast steps
     config.eval.thresholds = (("refc", 35.0), ("cape", 1000.0))  # exceedance events
@@ -160,6 +180,16 @@ def deterministic() -> ml_collections.ConfigDict:
     return config
 
 
+def perturbation() -> ml_collections.ConfigDict:
+    """DEF's perturbation model: the demo's network as a conditional DDPM of the state given the
+    state itself, the condition dropped for 10% of the examples (classifier-free guidance);
+    evaluate DEF with --config.eval.def_perturb_workdir=<this run's workdir>."""
+    config = demo()
+    config.train.objective = "perturbation"
+    config.eval.train_figure_members = 0  # its samples are states, not forecasts
+    return config
+
+
 def paper() -> ml_collections.ConfigDict:
     """The seed: its ultra-minimal network at HRRR's full grid, on real data."""
     config = demo()
@@ -170,6 +200,7 @@ def paper() -> ml_collections.ConfigDict:
     config.model.name = "seed_minimal_unet"  # 82,119 params: the seed's 81,111 + condition
     config.model.emb_mult = 4  # the seed's time MLP: base_dim -> 4 base_dim
     config.model.remat = True  # one 1059 x 1799 micro-batch in the seed's 24 GB (README)
+    config.diffusion.prediction = "eps"  # the seed's (the demo's "v" fixes its domain mean)
     config.train.global_batch_size = 1
     config.optim.grad_accum_steps = 8
     config.optim.lr = 2e-4
@@ -215,7 +246,9 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
         return unet_cropped()
     if arg == "deterministic":
         return deterministic()
+    if arg == "perturbation":
+        return perturbation()
     raise ValueError(
-        f"config weather: unknown variant {arg!r}; use demo, tiny, deterministic, paper (alias "
-        "fullres_minimal) or unet_cropped."
+        f"config weather: unknown variant {arg!r}; use demo, tiny, deterministic, perturbation, "
+        "paper (alias fullres_minimal) or unet_cropped."
     )

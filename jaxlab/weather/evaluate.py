@@ -13,7 +13,8 @@ normaliser's transformed, standardised space) so the variables can be averaged:
   mean minus truth), `spread_skill/...`, `rank_histogram/...` and its flatness
   (`rank_chi2`, `rank_rel_entropy`, `rank_mean_offset`: metrics.rank_flatness);
   Brier score and reliability for exceedance events in physical units (REFC >= 35 dBZ, ...).
-- DEF (`eval.def_workdir`: the deterministic forecaster's workdir; jaxlab/weather/def_ensemble.py):
+- DEF (`eval.def_workdir`: the deterministic forecaster's workdir; in the default "paper" mode
+  `eval.def_perturb_workdir` the perturbation model's; jaxlab/weather/def_ensemble.py):
   the deterministic forecaster alone, DEF (its members from diffusion-perturbed initial states at
   every lead step) and direct sampling, same cases and members, side by side per lead:
   `compare/<system>/<score>/lead<k>` (crps, crps_fair, spread_skill, rmse, rank_histogram) and
@@ -130,10 +131,11 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
         truth = np.stack([source.state(i + k * lead) for k in range(1, ec.rollout_steps + 1)])
         acc.add(ens, truth, init, clim_mean, clim_std, source.normaliser, thresholds)
         if systems is not None:
-            fns, det_params, scales, accs = systems
+            fns, det_params, scales, accs, def_params, mode = systems
             members, alone = def_ensemble.rollout(
-                fns, params, det_params, jnp.asarray(source.state(i - 1)), jnp.asarray(init),
+                fns, def_params, det_params, jnp.asarray(source.state(i - 1)), jnp.asarray(init),
                 hour, lead, rng.stream(config.seed, "def_noise", c), m, ec.rollout_steps, scales,
+                mode,
             )  # fmt: skip
             for name, e in (("def", members), ("deterministic", alone)):
                 accs[name].add(np.asarray(e), truth, init, clim_mean, clim_std,
@@ -285,21 +287,46 @@ def spread_skill(sq_err: np.ndarray, var: np.ndarray, members: int) -> float:
     return float(np.mean(spread * np.sqrt((members + 1) / members)) / rmse.mean())
 
 
+def _restore_variant(config, mesh, objective: str, workdir: str, what: str):
+    """(parts, EMA or raw params, state) of a run of `config`'s network trained with
+    `objective` in `workdir` (DEF's deterministic forecaster or perturbation model)."""
+    variant = config.copy_and_resolve_references()
+    variant.train.objective = objective
+    parts = steps.build(variant, mesh)
+    state, step = run.restore_for_eval(variant, workdir, parts)
+    logging.info("DEF: %s step %d from %s", what, step, workdir)
+    return parts, state.extra["ema"] if config.eval.use_ema else state.params, state
+
+
 def _def_systems(config, parts, mesh, params, scale, m):
-    """DEF's jitted steps, the deterministic forecaster's EMA params restored from
-    `eval.def_workdir`, the two models' scales and one accumulator per extra system."""
-    det_config = config.copy_and_resolve_references()
-    det_config.train.objective = "mse"
-    det_parts = steps.build(det_config, mesh)
-    det_state, det_step = run.restore_for_eval(det_config, config.eval.def_workdir, det_parts)
-    logging.info("DEF: deterministic forecaster step %d from %s", det_step, config.eval.def_workdir)
-    fns = def_ensemble.make_steps(parts.model, det_parts.model, parts.schedule, config, mesh, m)
-    det_params = det_state.extra["ema"] if config.eval.use_ema else det_state.params
-    guidance = jnp.float32(config.eval.def_guidance)
-    scales = (scale, ensemble.scale_of(det_state.extra), guidance)
-    accs = {"def": _Accumulator(config.eval.rollout_steps, m),
-            "deterministic": _Accumulator(config.eval.rollout_steps, 1)}  # fmt: skip
-    return fns, det_params, scales, accs
+    """DEF's jitted steps, the deterministic forecaster's params (from `eval.def_workdir`), the
+    scales and guidance, one accumulator per extra system, the perturbing model's params (the
+    perturbation model of `eval.def_perturb_workdir` in "paper" mode, the forecast diffusion
+    model's in "change" mode) and the mode."""
+    ec = config.eval
+    mode = ec.get("def_mode", "change")  # older recorded configs: the former reading
+    det_parts, det_params, det_state = _restore_variant(
+        config, mesh, "mse", ec.def_workdir, "deterministic forecaster"
+    )
+    if mode == "paper":
+        if not ec.get("def_perturb_workdir", ""):
+            raise ValueError(
+                "eval.def_mode 'paper' needs eval.def_perturb_workdir: the workdir of a run of "
+                "variant `perturbation` (or set eval.def_mode='change')."
+            )
+        pert_parts, def_params, _ = _restore_variant(
+            config, mesh, "perturbation", ec.def_perturb_workdir, "perturbation model"
+        )
+        model = pert_parts.model
+    elif mode == "change":
+        model, def_params = parts.model, params
+    else:
+        raise ValueError(f"eval.def_mode must be 'paper' or 'change', got {mode!r}.")
+    fns = def_ensemble.make_steps(model, det_parts.model, parts.schedule, config, mesh, m)
+    scales = (scale, ensemble.scale_of(det_state.extra), jnp.float32(ec.def_guidance))
+    accs = {"def": _Accumulator(ec.rollout_steps, m),
+            "deterministic": _Accumulator(ec.rollout_steps, 1)}  # fmt: skip
+    return fns, det_params, scales, accs, def_params, mode
 
 
 def comparison_table(accs: dict) -> dict[str, float]:

@@ -119,6 +119,16 @@ def deterministic_inputs(x0: jax.Array):
     return jnp.zeros_like(x0), jnp.zeros((x0.shape[0],), jnp.int32), x0
 
 
+def perturbation_inputs(batch: dict[str, jax.Array], key: jax.Array, cond_drop: float):
+    """(x0, cond) of DEF's perturbation model: the state itself [B, H, W, C] is both the sample
+    and the condition; the condition is zeros (the null condition of classifier-free guidance)
+    for a fraction `cond_drop` of the examples (drawn with `key`), so one network gives both the
+    conditional and the unconditional noise prediction."""
+    state = batch["cond"]
+    keep = jax.random.bernoulli(key, 1.0 - cond_drop, (state.shape[0], 1, 1, 1))
+    return state, jnp.where(keep, state, 0.0)
+
+
 def train_step(
     state: state_lib.TrainState,
     batch: dict[str, jax.Array],
@@ -132,9 +142,12 @@ def train_step(
     seed: int,
     use_hour: bool,
     objective: str = "diffusion",
+    cond_drop: float = 0.1,
 ) -> tuple[state_lib.TrainState, dict[str, jax.Array]]:
-    """One optimizer (micro-)step on the noise MSE (`objective` "diffusion") or on the MSE of the
-    scaled change itself ("mse": the deterministic forecaster); the EMA follows every step.
+    """One optimizer (micro-)step on the noise MSE (`objective` "diffusion"), on the MSE of the
+    scaled change itself ("mse": the deterministic forecaster) or on the noise MSE of the state
+    itself given itself, the condition dropped for `cond_drop` of the examples ("perturbation":
+    DEF's perturbation model, `perturbation_inputs`); the EMA follows every step.
 
     batch: cond, target [B, H, W, C] standardised states, lead [B] hours, hour [B] hour of day
     of cond (used when `use_hour`), index [B] record ids.
@@ -143,15 +156,19 @@ def train_step(
     """
     key = rng.stream(seed, "diffusion_noise", state.step)
     residual_std = state.extra["residual_std"]
-    x0 = diffusion_input(batch, residual_std, residual)
+    x0, cond = diffusion_input(batch, residual_std, residual), batch["cond"]
     if objective == "mse":  # the deterministic forecaster: no noise, predicts x0 itself
         xt, t, target = deterministic_inputs(x0)
+    elif objective == "perturbation":  # DEF's perturbation model
+        noise_key, drop_key = jax.random.split(key)
+        x0, cond = perturbation_inputs(batch, drop_key, cond_drop)
+        xt, t, target = diffusion.loss_targets(schedule, x0, noise_key, prediction)
     else:
         xt, t, target = diffusion.loss_targets(schedule, x0, key, prediction)
 
     def loss_fn(params):
         pred = model_lib.apply(
-            model, params, xt, batch["cond"], t, batch["lead"], batch.get("hour"), use_hour
+            model, params, xt, cond, t, batch["lead"], batch.get("hour"), use_hour
         )
         return jnp.mean(jnp.square(pred - target))
 
@@ -183,14 +200,21 @@ def eval_step(
     seed: int,
     use_hour: bool,
     objective: str = "diffusion",
+    cond_drop: float = 0.1,
 ):
-    """Noise MSE (or, `objective` "mse", the change's MSE) per example [B] and its sums over
-    valid examples {"loss", "count"}.
+    """Noise MSE (or, `objective` "mse", the change's MSE; "perturbation": the state's noise MSE
+    given the state, condition kept) per example [B] and its sums over valid examples
+    {"loss", "count"}. `cond_drop` is unused (the training step's).
 
     Each example draws its diffusion step and noise from the stream "eval_noise" folded with its
     record index, so the loss of a record is the same in every evaluation and for any batch size.
     """
-    x0 = diffusion_input(batch, residual_std, residual)
+    del cond_drop
+    x0 = (
+        batch["cond"]
+        if objective == "perturbation"
+        else diffusion_input(batch, residual_std, residual)
+    )
     keys = jax.vmap(lambda index: rng.stream(seed, "eval_noise", index))(batch["index"])
     if objective == "mse":
         xt, t, target = (v[:, None] for v in deterministic_inputs(x0))
@@ -247,6 +271,7 @@ def build(
         seed=config.seed,
         use_hour=config.model.use_hour,
         objective=config.train.get("objective", "diffusion"),
+        cond_drop=config.train.get("cond_drop", 0.1),
     )
     train_fn = functools.partial(train_step, tx=tx, ema_decay=config.train.ema_decay, **loss_args)
     return Parts(

@@ -13,7 +13,14 @@ The planted dynamics, hourly (`simulate`):
   60 h and 37 h periods: a tendency the state does not reveal, seen over less than one period in
   training, so held-out u10/v10 changes sat outside every member).
 - Every field's anomaly pattern and every convective cell *advect with the 10 m wind*
-  (semi-Lagrangian, bilinear). This is the signal persistence misses and the model can learn.
+  (semi-Lagrangian, bilinear, on a periodic domain). This is the signal persistence misses and
+  the model can learn. The patterns (temperature, moisture, CAPE, CIN) are unit-std smooth fields,
+  first-order autoregressive in time (`ANOMALY_AR`: advected, then partly renewed by fresh smooth
+  noise, rescaled to unit spatial std), so they stay as strong on the last day as on the first.
+  (Advected alone with the upstream edge copied in, the former patterns were blown out of the
+  domain and smeared by the interpolation within 3-4 days: CIN was spatially uniform and its
+  night-time change exactly zero over the whole held-out period, a regime the training days
+  barely showed, and every grid point of a case then shared one error.)
 - Convective cells (REFC, dBZ) initiate at random where CAPE is high and CIN weak, grow, mature and
   decay over a few hours; they consume CAPE and cool the 2 m air (cold pools).
 - T2M/D2M follow a diurnal cycle plus advected anomalies; CAPE peaks in the afternoon, CIN
@@ -54,6 +61,9 @@ REFC_NO_ECHO = -10.0  # dBZ written where there is no echo
 # from the mean flow; AR(1) coefficient of the spatial pattern (amplitude WIND_PATTERN m/s).
 WIND_MEAN_SPEED, WIND_AR, WIND_INNOVATION = 4.0, 0.95, 0.15
 WIND_PATTERN, WIND_PATTERN_AR = 0.8, 0.9
+# Hourly AR(1) coefficient of the unit-std anomaly patterns (T2M, D2M, CAPE, CIN): the fresh part
+# sqrt(1 - ANOMALY_AR^2) = 0.14 of a pattern per hour is the local change the state cannot tell.
+ANOMALY_AR = 0.99
 
 
 def file_path(directory: str, time: dt.datetime, forecast_hour: int = 0) -> str:
@@ -144,10 +154,19 @@ def _smooth_noise(rng, shape, scale):
 
 
 def _advect(field, u_cells, v_cells):
-    """Semi-Lagrangian step: value at p comes from p - (v, u) (cells per hour, y up, x right)."""
+    """Semi-Lagrangian step: value at p comes from p - (v, u) (cells per hour, y up, x right), on
+    a periodic domain (the smooth patterns are periodic: `_smooth_noise` wraps)."""
     ny, nx = field.shape
     yy, xx = np.meshgrid(np.arange(ny), np.arange(nx), indexing="ij")
-    return ndimage.map_coordinates(field, [yy - v_cells, xx - u_cells], order=1, mode="nearest")
+    return ndimage.map_coordinates(field, [yy - v_cells, xx - u_cells], order=1, mode="grid-wrap")
+
+
+def _evolve_pattern(pattern, u_cells, v_cells, rng, scale):
+    """One hour of a unit-std anomaly pattern [Ny, Nx]: advect, renew a part (AR(1),
+    `ANOMALY_AR`), rescale to unit spatial std (undoes the interpolation's smoothing)."""
+    fresh = _smooth_noise(rng, pattern.shape, scale)
+    moved = ANOMALY_AR * _advect(pattern, u_cells, v_cells) + np.sqrt(1 - ANOMALY_AR**2) * fresh
+    return moved / (moved.std() + 1e-9)
 
 
 def _cell_intensity(cell: Cell) -> float:
@@ -161,10 +180,8 @@ def simulate(shape: tuple[int, int], num_times: int, *, dx_m: float, seed: int):
     ny, nx = shape
     rng = np.random.default_rng(seed)
     scale = max(min(ny, nx) / 8, 1.0)
-    temp_anom = 2.0 * _smooth_noise(rng, shape, scale)
-    moist_anom = 2.0 * _smooth_noise(rng, shape, scale)
-    cape_pattern = np.clip(0.6 + 0.5 * _smooth_noise(rng, shape, scale), 0.0, None)
-    cin_pattern = np.clip(1.0 + 0.5 * _smooth_noise(rng, shape, scale), 0.2, None)
+    # Unit-std anomaly patterns: temperature, moisture, CAPE, CIN (see `_evolve_pattern`).
+    patterns = {k: _smooth_noise(rng, shape, scale) for k in ("temp", "moist", "cape", "cin")}
     wind_pattern_u = _smooth_noise(rng, shape, 2 * scale)
     wind_pattern_v = _smooth_noise(rng, shape, 2 * scale)
     yy, xx = np.meshgrid(np.arange(ny), np.arange(nx), indexing="ij")
@@ -191,10 +208,12 @@ def simulate(shape: tuple[int, int], num_times: int, *, dx_m: float, seed: int):
         u_cells, v_cells = u * 3600.0 / dx_m, v * 3600.0 / dx_m
         day = max(0.0, np.sin(2 * np.pi * (hour - 12) / 24.0 + np.pi / 2))  # peak 12 UTC
         # Advect the anomaly patterns and the cells with the current wind.
-        temp_anom = _advect(temp_anom, u_cells, v_cells)
-        moist_anom = _advect(moist_anom, u_cells, v_cells)
-        cape_pattern = _advect(cape_pattern, u_cells, v_cells)
-        cin_pattern = _advect(cin_pattern, u_cells, v_cells)
+        patterns = {
+            k: _evolve_pattern(p, u_cells, v_cells, rng, scale) for k, p in patterns.items()
+        }
+        temp_anom, moist_anom = 2.0 * patterns["temp"], 2.0 * patterns["moist"]
+        cape_pattern = np.clip(0.6 + 0.5 * patterns["cape"], 0.1, None)  # no CAPE-free hole
+        cin_pattern = np.clip(1.0 + 0.5 * patterns["cin"], 0.2, None)
         for c in cells:
             iy, ix = int(np.clip(round(c.y), 0, ny - 1)), int(np.clip(round(c.x), 0, nx - 1))
             c.y += v_cells[iy, ix]

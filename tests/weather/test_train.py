@@ -249,15 +249,16 @@ def test_training_learns_and_evaluation_writes_products(data_dir, tmp_path):
     # steps.train_step wrapped in a trace counter; this run's own shapes may trace it once more.
     chex.clear_trace_counter()
     config = tiny_config(data_dir)
+    config.diffusion.prediction = "eps"  # the loss bound below is eps's (the demo uses v)
     workdir = str(tmp_path)
     metrics = train.train_and_evaluate(config, workdir)
     # An untrained network predicts eps with MSE >= 1; predicting eps ~ x_t at high noise alone
     # gets under 1, and the planted advection lowers it further.
     losses = [r["eval_loss"] for r in read_metrics(workdir) if "eval_loss" in r]
     assert metrics["eval_loss"] < 0.8 and losses[-1] < losses[0], losses
-    # DEF's plumbing: the diffusion checkpoint stands in for the deterministic forecaster (the
-    # same network); test_def.py checks the perturbation itself.
-    config.eval.def_workdir = workdir
+    # DEF's plumbing: the diffusion checkpoint stands in for the deterministic forecaster and the
+    # perturbation model (the same network); test_def.py checks the perturbation itself.
+    config.eval.def_workdir = config.eval.def_perturb_workdir = workdir
     results = evaluate.evaluate(config, workdir)
     out = os.path.join(workdir, "eval", "eval")
     with open(os.path.join(out, "metrics.json")) as f:
