@@ -10,26 +10,42 @@ PyTorch (conv 3x3 / GroupNorm(8) / SiLU blocks 14 -> 16 -> 32 -> 32 -> 32 -> 16 
 the sinusoid + MLP embedding added in every block, noise-prediction MSE, AdamW, clipping).
 
 Every measurement is a separate process, run interleaved A, B, A, B for `--rounds` rounds, so
-slow drift of a shared machine's load hits both sides alike. In a process: build, compile (jax's
-compilation cache is on, so later rounds load it) and `--warmup` steps, then `--steps` synced
-steps timed one by one. Printed per workload: min and median step time of each side over all
-rounds, the throughput ratio jaxlab / PyTorch as the median of the per-round ratios of median
-step times, and the load average at the start and the end. torch and timm are imported only
-here and in scripts/gpu_check.py, never by the package (`pip install torch timm`).
+slow drift of a shared machine's load hits both sides alike. Both sides run on the same CPUs
+(`--cpus`, default: all this process may use; each worker is pinned to them, PyTorch gets one
+intra-op thread per CPU and XLA sizes its pool from the same affinity). In a process: build,
+compile (jax's compilation cache is on, so later rounds load it) and `--warmup` steps, then
+`--steps` synced steps timed one by one, wall clock and process CPU time (all threads).
+
+Printed per workload: min and median step time of each side over all rounds, the throughput ratio
+jaxlab / PyTorch as the median of the per-round ratios of median step times, the CPU seconds per
+step of each side and its utilisation (CPU time / (wall time x CPUs)). The CPU seconds are the
+work a step costs, nearly independent of other load; the utilisation says how much of the
+machine a side keeps busy. The load average is recorded before every round and at the end.
+
+On a shared machine PyTorch's OpenMP threads busy-wait by default and lose far more than XLA's
+pool to oversubscription; `--omp_wait_policy=auto` (default) sets OMP_WAIT_POLICY=PASSIVE for
+the PyTorch workers when the 1-minute load at the start is at least the number of CPUs, and the
+JSON records the choice. torch and timm are imported only here and in scripts/gpu_check.py,
+never by the package (`pip install torch timm`).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
 import pathlib
+import resource
 import statistics
 import subprocess
 import sys
 import time
+from typing import Any
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # without an install
+
+PINNABLE = hasattr(os, "sched_setaffinity")  # Linux; elsewhere every CPU is used, unpinned
 
 WORKLOADS = (
     "vit_train_fp32",
@@ -43,7 +59,22 @@ WORKLOADS = (
 # --- jaxlab side ---------------------------------------------------------------------------------
 
 
-def jax_worker(workload: str, args) -> list[float]:
+def timed_steps(run, args, block=lambda out: out) -> dict[str, Any]:
+    """`--warmup` untimed calls, then `--steps` calls: wall and process CPU seconds of each, and
+    the process's peak resident memory (GiB)."""
+    for _ in range(args.warmup):
+        block(run())
+    wall, cpu = [], []
+    for _ in range(args.steps):
+        cpu_start, start = time.process_time(), time.perf_counter()
+        block(run())
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - cpu_start)
+    peak_rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+    return {"wall": wall, "cpu": cpu, "peak_rss_gib": peak_rss_gib}
+
+
+def jax_worker(workload: str, args) -> dict[str, Any]:
     import jax  # noqa: PLC0415
 
     from jaxlab.core import compile_cache  # noqa: PLC0415
@@ -55,6 +86,7 @@ def jax_worker(workload: str, args) -> list[float]:
         config = load_config("weather:paper")
         config.data.shape = tuple(args.unet_shape)
         config.optim.grad_accum_steps = 1
+        config.model.remat = False  # torch_unet recomputes nothing either
     else:
         config = load_config("glitch:vit_b16_single")
         config.model.dtype = "bfloat16" if workload.endswith("bf16") else "float32"
@@ -79,14 +111,7 @@ def jax_worker(workload: str, args) -> list[float]:
             state, metrics = step_fn(state, batch)
             return state, metrics
 
-    for _ in range(args.warmup):
-        jax.block_until_ready(run())
-    times = []
-    for _ in range(args.steps):
-        start = time.perf_counter()
-        jax.block_until_ready(run())
-        times.append(time.perf_counter() - start)
-    return times
+    return timed_steps(run, args, jax.block_until_ready)
 
 
 # --- PyTorch side --------------------------------------------------------------------------------
@@ -134,14 +159,15 @@ def torch_unet(torch, channels: int = 7, d: int = 16, emb_mult: int = 4):
     return Net()
 
 
-def torch_worker(workload: str, args) -> list[float]:
+def torch_worker(workload: str, args) -> dict[str, Any]:
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
     from gpu_check import import_torch_timm  # noqa: PLC0415 - beside this script
 
     from jaxlab.core.task import load_config  # noqa: PLC0415
 
     torch, timm = import_torch_timm()
-    torch.set_num_threads(os.cpu_count() or 1)
+    cpus = len(os.sched_getaffinity(0)) if PINNABLE else os.cpu_count() or 1
+    torch.set_num_threads(cpus)  # the CPUs this worker is pinned to
     torch.manual_seed(0)
     b = args.batch
     if workload == "unet_train":
@@ -188,21 +214,24 @@ def torch_worker(workload: str, args) -> list[float]:
         with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
             model(images)
 
-    run = forward if "fwd" in workload else train_step
-    for _ in range(args.warmup):
-        run()
-    times = []
-    for _ in range(args.steps):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return times
+    return timed_steps(forward if "fwd" in workload else train_step, args)
 
 
 # --- driver --------------------------------------------------------------------------------------
 
 
-def run_one(side: str, workload: str, args) -> list[float]:
+def package_versions(names: tuple[str, ...]) -> dict[str, str | None]:
+    """Installed versions, read from the package metadata without importing anything."""
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def run_one(side: str, workload: str, args) -> dict[str, Any]:
     command = [
         sys.executable,
         __file__,
@@ -214,7 +243,18 @@ def run_one(side: str, workload: str, args) -> list[float]:
         f"--unet_shape={args.unet_shape[0]},{args.unet_shape[1]}",
     ]
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3"}
-    out = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    if side == "torch":
+        env["OMP_NUM_THREADS"] = str(len(args.cpus))
+        if args.omp_wait_policy:
+            env["OMP_WAIT_POLICY"] = args.omp_wait_policy
+    out = subprocess.run(
+        command,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        preexec_fn=(lambda: os.sched_setaffinity(0, args.cpus)) if PINNABLE else None,
+    )
     lines = [line for line in out.stdout.splitlines() if line.startswith("TIMES ")]
     if out.returncode or not lines:
         raise RuntimeError(f"{side} {workload} failed:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}")
@@ -229,6 +269,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--unet_shape", default="256,384")
+    parser.add_argument(
+        "--cpus", default="", help="CPU ids both sides run on, e.g. 0,1 (default: all allowed)."
+    )
+    parser.add_argument(
+        "--omp_wait_policy",
+        default="auto",
+        choices=("auto", "PASSIVE", "ACTIVE", "default"),
+        help="OMP_WAIT_POLICY of the PyTorch workers; auto: PASSIVE when load >= CPUs.",
+    )
     parser.add_argument("--out", default=None, help="Also write the results as JSON here.")
     parser.add_argument("--worker", choices=("jax", "torch"), default=None)
     args = parser.parse_args()
@@ -238,39 +287,74 @@ def main() -> None:
         worker = jax_worker if args.worker == "jax" else torch_worker
         print("TIMES " + json.dumps(worker(workloads[0], args)), flush=True)
         return
+    allowed = sorted(os.sched_getaffinity(0)) if PINNABLE else list(range(os.cpu_count() or 1))
+    args.cpus = [int(c) for c in args.cpus.split(",")] if args.cpus else allowed
     load_start = os.getloadavg()
+    if args.omp_wait_policy == "auto":
+        args.omp_wait_policy = "PASSIVE" if load_start[0] >= len(args.cpus) else None
+    elif args.omp_wait_policy == "default":
+        args.omp_wait_policy = None
     results = {}
     header = (
         f"{'workload':<16} {'jaxlab min/med s':>17} {'torch min/med s':>16} {'jaxlab/torch':>12}"
-        f" {'per-round ratios':<24}"
+        f" {'cpu-s/step jax|torch (util)':>30}  per-round ratios"
     )
-    print(f"batch {args.batch}, {args.rounds} rounds x {args.steps} steps; load {load_start}")
+    print(
+        f"batch {args.batch}, {args.rounds} rounds x {args.steps} steps, CPUs {args.cpus}, "
+        f"OMP_WAIT_POLICY={args.omp_wait_policy or 'default'}; load {load_start}"
+    )
     print(header + "\n" + "-" * len(header), flush=True)
+    threads = len(args.cpus)
     for workload in workloads:
-        jax_times, torch_times, ratios = [], [], []
+        rounds = []
         for _ in range(args.rounds):
+            load = os.getloadavg()
             a = run_one("jax", workload, args)
             b = run_one("torch", workload, args)
-            jax_times += a
-            torch_times += b
-            ratios.append(statistics.median(b) / statistics.median(a))
-        ratio = statistics.median(ratios)
+            ratio = statistics.median(b["wall"]) / statistics.median(a["wall"])
+            rounds.append({"load": load, "jaxlab": a, "torch": b, "ratio": ratio})
+        jax_times = [t for r in rounds for t in r["jaxlab"]["wall"]]
+        torch_times = [t for r in rounds for t in r["torch"]["wall"]]
+        ratio = statistics.median([r["ratio"] for r in rounds])
+        cpu = {
+            side: statistics.median([t for r in rounds for t in r[side]["cpu"]])
+            for side in ("jaxlab", "torch")
+        }
+        util = {
+            side: cpu[side] / (statistics.median(times) * threads)
+            for side, times in (("jaxlab", jax_times), ("torch", torch_times))
+        }
+        rss = {side: max(r[side]["peak_rss_gib"] for r in rounds) for side in ("jaxlab", "torch")}
         results[workload] = {
             "jaxlab_s": jax_times,
             "torch_s": torch_times,
-            "round_ratios": ratios,
+            "round_ratios": [r["ratio"] for r in rounds],
             "jaxlab_over_torch_throughput": ratio,
+            "cpu_s_per_step_median": cpu,
+            "utilisation": util,
+            "peak_rss_gib": rss,
+            "rounds": rounds,
         }
         print(
             f"{workload:<16} {min(jax_times):>8.3f}/{statistics.median(jax_times):<8.3f} "
             f"{min(torch_times):>7.3f}/{statistics.median(torch_times):<8.3f} {ratio:>12.2f} "
-            + " ".join(f"{r:.2f}" for r in ratios),
+            f"{cpu['jaxlab']:>9.2f} ({util['jaxlab']:.2f}) | {cpu['torch']:>6.2f} "
+            f"({util['torch']:.2f})  " + " ".join(f"{r['ratio']:.2f}" for r in rounds),
             flush=True,
         )
     load_end = os.getloadavg()
     print(f"load average: start {load_start}, end {load_end}")
     if args.out:
-        meta = {"batch": args.batch, "rounds": args.rounds, "steps": args.steps}
+        meta = {
+            "batch": args.batch,
+            "rounds": args.rounds,
+            "steps": args.steps,
+            "warmup": args.warmup,
+            "cpus": args.cpus,
+            "omp_wait_policy": args.omp_wait_policy,
+            "xla_flags": os.environ.get("XLA_FLAGS", ""),
+            "versions": package_versions(("jax", "jaxlib", "torch", "timm")),
+        }
         payload = {**meta, "load_start": load_start, "load_end": load_end, "results": results}
         pathlib.Path(args.out).write_text(json.dumps(payload, indent=2))
 

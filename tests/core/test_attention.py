@@ -152,9 +152,36 @@ def test_forced_xla_implementation_matches_default():
     np.testing.assert_allclose(default, forced, atol=1e-6)
 
 
+def test_softmax_matches_float64_and_jax_nn_values_and_gradients():
+    """The custom-vjp softmax (backward from P alone, reciprocal of the row sum multiplied in)
+    against float64 numpy: values and the vector-Jacobian product P (g - sum(g P)); and against
+    jax.nn.softmax's own gradient. Rows include the large-negative mask fill, a fully masked row
+    and a large spread, where a wrong max subtraction or residual would show."""
+    rng = np.random.default_rng(11)
+    logits = 4.0 * rng.standard_normal((3, 5, 33))
+    fill = 0.7 * np.finfo(np.float32).min
+    logits[0, 1, 7:] = fill  # a masked tail
+    logits[1, 2, :] = fill  # a fully masked row: uniform, as jax.nn gives
+    logits[2, 3, 0] = 60.0  # one dominant logit
+    grad = rng.standard_normal(logits.shape)
+    x, g = jnp.asarray(logits, jnp.float32), jnp.asarray(grad, jnp.float32)
+
+    exp = np.exp(logits - logits.max(-1, keepdims=True))
+    p64 = exp / exp.sum(-1, keepdims=True)
+    dx64 = p64 * (grad - np.sum(grad * p64, -1, keepdims=True))
+
+    probs, vjp = jax.jit(lambda x: jax.vjp(attention_lib.softmax, x))(x)
+    (dx,) = vjp(g)
+    np.testing.assert_allclose(probs, p64, rtol=2e-6, atol=1e-7)
+    np.testing.assert_allclose(np.sum(probs, -1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(dx, dx64, rtol=2e-5, atol=2e-6)
+    _, ref_vjp = jax.vjp(lambda x: jax.nn.softmax(x, axis=-1), x)
+    np.testing.assert_allclose(dx, ref_vjp(g)[0], rtol=1e-5, atol=1e-6)
+
+
 def test_xla_path_matches_jax_nn_forward_and_gradients():
-    """jaxlab's einsum path (scale folded into Q) is jax.nn's XLA attention: values and all three
-    input gradients, with a mask; bit-identical here since head dim 4 makes the scale exact."""
+    """jaxlab's einsum path (scale folded into Q, its own softmax) is jax.nn's XLA attention:
+    values and all three input gradients, with a mask, within float32 rounding."""
     q, k, v = random_qkv(6, batch=2, q_len=ROW_LEN, kv_len=ROW_LEN)
     mask = attention_mask(packed_segment_ids())
 
@@ -165,7 +192,7 @@ def test_xla_path_matches_jax_nn_forward_and_gradients():
     ref = lambda q, k, v: jax.nn.dot_product_attention(  # noqa: E731
         q, k, v, mask=mask, implementation="xla"
     )
-    np.testing.assert_array_equal(jax.jit(ours)(q, k, v), jax.jit(ref)(q, k, v))
+    np.testing.assert_allclose(jax.jit(ours)(q, k, v), jax.jit(ref)(q, k, v), rtol=1e-6, atol=1e-6)
     grads = jax.jit(jax.grad(loss(ours), argnums=(0, 1, 2)))(q, k, v)
     expected = jax.jit(jax.grad(loss(ref), argnums=(0, 1, 2)))(q, k, v)
     for got, want in zip(grads, expected, strict=True):
