@@ -35,10 +35,10 @@ PACKAGES = (
 )
 
 
-def package_versions() -> dict[str, str | None]:
-    """{package: installed version or None} for `PACKAGES`."""
+def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str | None]:
+    """{package: installed version or None}, read from the package metadata (nothing imported)."""
     versions = {}
-    for name in PACKAGES:
+    for name in names:
         try:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:

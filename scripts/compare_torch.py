@@ -32,7 +32,6 @@ never by the package (`pip install torch timm`).
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
 import os
 import pathlib
@@ -44,6 +43,8 @@ import time
 from typing import Any
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # without an install
+
+from jaxlab import run_records  # noqa: E402  (stdlib only: nothing heavy is imported)
 
 PINNABLE = hasattr(os, "sched_setaffinity")  # Linux; elsewhere every CPU is used, unpinned
 
@@ -220,17 +221,6 @@ def torch_worker(workload: str, args) -> dict[str, Any]:
 # --- driver --------------------------------------------------------------------------------------
 
 
-def package_versions(names: tuple[str, ...]) -> dict[str, str | None]:
-    """Installed versions, read from the package metadata without importing anything."""
-    versions = {}
-    for name in names:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
-
-
 def run_one(side: str, workload: str, args) -> dict[str, Any]:
     command = [
         sys.executable,
@@ -353,7 +343,7 @@ def main() -> None:
             "cpus": args.cpus,
             "omp_wait_policy": args.omp_wait_policy,
             "xla_flags": os.environ.get("XLA_FLAGS", ""),
-            "versions": package_versions(("jax", "jaxlib", "torch", "timm")),
+            "versions": run_records.package_versions(("jax", "jaxlib", "torch", "timm")),
         }
         payload = {**meta, "load_start": load_start, "load_end": load_end, "results": results}
         pathlib.Path(args.out).write_text(json.dumps(payload, indent=2))

@@ -83,7 +83,9 @@ class Sizes:
 
 
 GPU_SIZES = Sizes(False, 8192, 32, 1024, 8, 3, 10, ((32, 197, 12, 64), (4, 4096, 8, 64)))
-SMOKE_SIZES = Sizes(True, 128, 2, 4, 2, 1, 2, ((2, 17, 2, 8), (1, 64, 2, 8)))
+# Smoke: max_batch = probe_batch, so each searched section compiles once (the search itself is
+# tested on its own in tests/core/test_gpu_check.py).
+SMOKE_SIZES = Sizes(True, 128, 2, 2, 2, 1, 2, ((2, 17, 2, 8), (1, 64, 2, 8)))
 
 
 # --- configs -------------------------------------------------------------------------------------
@@ -168,8 +170,9 @@ def largest_batch(
         plans[batch] = planned_bytes(setups[batch][-2])
 
     compile_at(sizes.probe_batch)
-    compile_at(2 * sizes.probe_batch)
-    while len(plans) < max_compiles:
+    if 2 * sizes.probe_batch <= sizes.max_batch:  # smoke: one probe, the batch is the probe's
+        compile_at(2 * sizes.probe_batch)
+    while 1 < len(plans) < max_compiles:
         fits = sorted(b for b in plans if plans[b] <= limit)
         over = sorted(b for b in plans if plans[b] > limit)
         low, high = (fits[-1], over[0]) if fits and over else sorted(plans)[-2:]
