@@ -30,7 +30,7 @@ Vary it:
   keys: model.name / base_dim, diffusion.prediction ("v" | "eps"), diffusion.sampler /
     sample_steps, eval.num_members / num_cases / rollout_steps, eval.def_workdir / def_mode /
     def_perturb_workdir / def_guidance / def_walks / def_level, diffusion.spacing,
-    model.use_hour / hour_concat / remat, train.ema_decay / objective / cond_drop.
+    model.use_hour / remat, train.ema_decay / objective / cond_drop.
   real data: python scripts/prepare_weather.py --grib_dir=<hrrr archive> --store=<dir>/hrrr.zarr
     then --config=weather:paper --config.data.dir=<dir> (data.dir must be set for real data).
 Benchmark logs (scripts/benchmark.py --tasks=weather --variant=paper): jaxlab/weather/README.md.
@@ -89,9 +89,6 @@ def demo() -> ml_collections.ConfigDict:
     config.model.attention_heads = 4  # unet, coarsest level
     config.model.use_lead = True
     config.model.use_hour = True  # hour of day of the initial state enters the embedding
-    # (seed_)minimal_unet: concatenate the hour's harmonics to the step's sinusoid instead of
-    # adding them (+ sin_dim x dim embedding weights; jaxlab/weather/model.py `Embedding`).
-    config.model.hour_concat = False
     config.model.remat = False  # recompute each block in the backward pass (jax.checkpoint)
     config.model.dtype = "float32"
 

@@ -91,33 +91,20 @@ class Embedding(nn.Module):
     """Diffusion step (and lead time) -> sinusoid [B, sin_dim] -> MLP -> [B, dim].
 
     The lead time (hours, x 10 so hours differ in phase) adds its own sinusoid, and the hour of
-    day (when given) its harmonics sin / cos(2 pi k h / 24), k = 1 .. sin_dim / 2: added to the
-    step's sinusoid (no parameters), or with `hour_concat` concatenated to it, so the first Dense
-    sees the hour apart from the diffusion step ([B, 2 sin_dim] in, sin_dim x dim more weights;
-    zeros when no hour is given). Added, the hour's harmonics share the step sinusoid's
-    coordinates and the MLP must untangle the two; concatenating them did not change the demo's
-    diurnal error, whose cause was the eps target (jaxlab/weather/README.md, "Samplers"), so it
-    is off by default.
+    day (when given) its harmonics sin / cos(2 pi k h / 24), k = 1 .. sin_dim / 2: no parameters.
     """
 
     sin_dim: int
     dim: int
     use_lead: bool = True
     dtype: jnp.dtype = jnp.float32
-    hour_concat: bool = False
 
     @nn.compact
     def __call__(self, t: jax.Array, lead: jax.Array, hour=None) -> jax.Array:
         emb = sinusoidal_embedding(t.astype(jnp.float32), self.sin_dim)
         if self.use_lead:
             emb = emb + sinusoidal_embedding(lead.astype(jnp.float32) * 10.0, self.sin_dim)
-        if self.hour_concat:
-            if hour is None:
-                hours = jnp.zeros((t.shape[0], self.sin_dim), jnp.float32)
-            else:
-                hours = hour_embedding(hour, self.sin_dim)
-            emb = jnp.concatenate([emb, hours], axis=-1)
-        elif hour is not None:
+        if hour is not None:
             emb = emb + hour_embedding(hour, self.sin_dim)
         emb = nn.silu(nn.Dense(self.dim, dtype=self.dtype)(emb))
         return nn.Dense(self.dim, dtype=self.dtype)(emb)
@@ -160,16 +147,13 @@ class SeedMinimalUNet(nn.Module):
     dtype: jnp.dtype = jnp.float32
     emb_mult: int = 4
     remat: bool = False
-    hour_concat: bool = False
 
     @nn.compact
     def __call__(self, xt, cond, t, lead, hour=None):
         chex.assert_equal_shape([xt, cond])
         chex.assert_rank(xt, 4)
         d = self.base_dim
-        emb = Embedding(d, d * self.emb_mult, self.use_lead, self.dtype, self.hour_concat)(
-            t, lead, hour
-        )
+        emb = Embedding(d, d * self.emb_mult, self.use_lead, self.dtype)(t, lead, hour)
         h = jnp.concatenate([xt, cond], axis=-1).astype(self.dtype)
         widths = [d * m for m in self.channel_mults]  # encoder d, 2d; then 2d; mirrored
         block = _block(ConvBlock, self.remat)
@@ -194,14 +178,13 @@ class MinimalUNet(nn.Module):
     dtype: jnp.dtype = jnp.float32
     emb_mult: int = 1
     remat: bool = False
-    hour_concat: bool = False
 
     @nn.compact
     def __call__(self, xt, cond, t, lead, hour=None):
         chex.assert_equal_shape([xt, cond])
         chex.assert_rank(xt, 4)
         dim = self.base_dim * self.emb_mult
-        emb = Embedding(dim, dim, self.use_lead, self.dtype, self.hour_concat)(t, lead, hour)
+        emb = Embedding(dim, dim, self.use_lead, self.dtype)(t, lead, hour)
         h = jnp.concatenate([xt, cond], axis=-1).astype(self.dtype)
         h = nn.Conv(self.base_dim, (3, 3), dtype=self.dtype)(h)
         skips = [h]
@@ -289,14 +272,12 @@ def make_model(config: ml_collections.ConfigDict) -> nn.Module:
     channels = len(data.VARIABLES)
     if m.name == "seed_minimal_unet":
         return SeedMinimalUNet(
-            channels, m.base_dim, tuple(m.channel_mults), m.use_lead, dtype, m.emb_mult, m.remat,
-            m.get("hour_concat", False),
-        )  # fmt: skip
+            channels, m.base_dim, tuple(m.channel_mults), m.use_lead, dtype, m.emb_mult, m.remat
+        )
     if m.name == "minimal_unet":
         return MinimalUNet(
-            channels, m.base_dim, tuple(m.channel_mults), m.use_lead, dtype, m.emb_mult, m.remat,
-            m.get("hour_concat", False),
-        )  # fmt: skip
+            channels, m.base_dim, tuple(m.channel_mults), m.use_lead, dtype, m.emb_mult, m.remat
+        )
     if m.name == "unet":
         return UNet(
             channels,
@@ -313,8 +294,7 @@ def make_model(config: ml_collections.ConfigDict) -> nn.Module:
 
 
 def init_params(model: nn.Module, rng: jax.Array, shape: tuple[int, int, int]):
-    """Parameters for inputs of [1, H, W, C] (the hour of day adds parameters only with
-    `model.hour_concat`, and the same with or without an hour)."""
+    """Parameters for inputs of [1, H, W, C] (the hour of day adds no parameters)."""
     x = jnp.zeros((1, *shape), jnp.float32)
     return model.init(rng, x, x, jnp.zeros((1,), jnp.int32), jnp.ones((1,), jnp.float32))["params"]
 

@@ -200,16 +200,14 @@ def eval_step(
     seed: int,
     use_hour: bool,
     objective: str = "diffusion",
-    cond_drop: float = 0.1,
 ):
     """Noise MSE (or, `objective` "mse", the change's MSE; "perturbation": the state's noise MSE
     given the state, condition kept) per example [B] and its sums over valid examples
-    {"loss", "count"}. `cond_drop` is unused (the training step's).
+    {"loss", "count"}.
 
     Each example draws its diffusion step and noise from the stream "eval_noise" folded with its
     record index, so the loss of a record is the same in every evaluation and for any batch size.
     """
-    del cond_drop
     x0 = (
         batch["cond"]
         if objective == "perturbation"
@@ -271,9 +269,14 @@ def build(
         seed=config.seed,
         use_hour=config.model.use_hour,
         objective=config.train.get("objective", "diffusion"),
-        cond_drop=config.train.get("cond_drop", 0.1),
     )
-    train_fn = functools.partial(train_step, tx=tx, ema_decay=config.train.ema_decay, **loss_args)
+    train_fn = functools.partial(
+        train_step,
+        tx=tx,
+        ema_decay=config.train.ema_decay,
+        cond_drop=config.train.get("cond_drop", 0.1),
+        **loss_args,
+    )
     return Parts(
         model=model,
         optimizer=tx,

@@ -135,25 +135,3 @@ def test_hour_of_day_enters_the_network_periodically():
     np.testing.assert_allclose(out[2], out[3], atol=1e-5)
     off = model_lib.apply(model, params, x, x, jnp.full((4,), 300), jnp.ones(4), hours, False)
     np.testing.assert_allclose(off[0], off[1], atol=1e-6)
-
-
-def test_hour_concat_adds_only_the_embedding_weights_and_keeps_the_hour():
-    """`model.hour_concat` widens only the embedding MLP's first Dense (sin_dim x dim weights: 16
-    x 16 for the demo, 16 x 64 for the seed's network); the default tree is unchanged. The hour
-    still enters periodically: 6 h and 18 h differ, 0 h and 24 h agree."""
-    for variant, default in (("demo", 84_839), ("paper", 82_119)):
-        config = weather_config.get_config(variant)
-        config.model.hour_concat = True
-        dim = config.model.base_dim * config.model.emb_mult
-        assert _count(model_lib.make_model(config), (8, 8, 7)) == default + 16 * dim
-    config = weather_config.get_config("tiny")
-    config.model.hour_concat = True
-    model = model_lib.make_model(config)
-    params = host_params(model, (4, 4, 7))
-    x = jnp.broadcast_to(jax.random.normal(jax.random.key(3), (1, 4, 4, 7)), (4, 4, 4, 7))
-    hours = jnp.array([6.0, 18.0, 0.0, 24.0])
-    out = jax.jit(model_lib.apply, static_argnums=(0, 7))(
-        model, params, x, x, jnp.full((4,), 300), jnp.ones(4), hours, True
-    )
-    assert float(jnp.abs(out[0] - out[1]).max()) > 1e-4
-    np.testing.assert_allclose(out[2], out[3], atol=1e-5)
