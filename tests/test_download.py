@@ -1,9 +1,14 @@
 """`jaxlab.download` against a local HTTP server on 127.0.0.1 with fault injection.
 
-The server serves fixture bytes with HTTP Range support, an S3-style ListObjectsV2 listing (two
-keys a page, so continuation tokens are followed), and per-path scripted faults: "503" answers
-503, "drop:N" sends the headers of the whole answer and then only N bytes before closing the
-connection. Kaggle is replaced by a stand-in client module.
+The server's answers copy the shapes the real services document: Zenodo record JSON (current
+InvenioRDM keys and the legacy/deposit keys), S3 ListObjectsV2 XML (two keys a page, so
+continuation tokens are followed; single-part md5 ETags and multipart "<hex>-<n>" ETags), HRRR
+files with `.idx` indexes (several CAPE/CIN levels, a missing hour), and Kaggle's paged file list
+(`files`, `nextPageToken`) and file downloads, served to a stand-in client that calls the server
+the way the `kaggle` client does (same method names and arguments, writes straight to the final
+name, resumes a partial file it finds). Per-path scripted faults: "503" answers 503, "429:N"
+answers 429 with `Retry-After: N`, "drop:N" sends the headers of the whole answer and then only N
+bytes before closing the connection.
 """
 
 import hashlib
@@ -34,6 +39,9 @@ class FakeServer:
         self.buckets: dict[str, dict[str, bytes]] = {}  # bucket path -> {key: body}
         self.faults: dict[str, list[str]] = {}  # URL path -> actions, one per request
         self.requests: list[tuple[str, str, str | None]] = []  # (method, path, Range)
+        self.etags: dict[str, str] = {}  # S3 key -> ETag to list instead of the md5
+        self.kaggle_lists: dict[str, list[tuple[str, int]]] = {}  # list URL path -> (name, size)
+        self.kaggle_page_max = 200  # the list call's largest page
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -53,9 +61,17 @@ class FakeServer:
                 action = server.faults.get(path, [None]).pop(0) if server.faults.get(path) else None
                 if action == "503":
                     return self.send_error(503, "Slow Down")
+                if action and action.startswith("429:"):
+                    self.send_response(429, "Too Many Requests")
+                    self.send_header("Retry-After", action[4:])
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return None
                 query = dict(urllib.parse.parse_qsl(url.query))
                 if query.get("list-type") == "2" and path in server.buckets:
                     return self.send_body(server.listing(path, query), "application/xml", head)
+                if path in server.kaggle_lists:
+                    return self.send_body(server.kaggle_page(path, query), "application/json", head)
                 body = server.files.get(path)
                 if body is None:
                     return self.send_error(404, "Not Found")
@@ -98,8 +114,10 @@ class FakeServer:
         start = int(query.get("continuation-token", 0))
         page, rest = keys[start : start + 2], keys[start + 2 :]
         items = "".join(
-            f"<Contents><Key>{escape(k)}</Key><Size>{len(self.buckets[bucket][k])}</Size>"
-            f'<ETag>"{hashlib.md5(self.buckets[bucket][k]).hexdigest()}"</ETag></Contents>'
+            f"<Contents><Key>{escape(k)}</Key><LastModified>2023-05-01T10:00:00.000Z"
+            f"</LastModified><Size>{len(self.buckets[bucket][k])}</Size><ETag>&quot;"
+            f"{self.etags.get(k) or hashlib.md5(self.buckets[bucket][k]).hexdigest()}&quot;</ETag>"
+            "<StorageClass>STANDARD</StorageClass></Contents>"
             for k in page
         )
         token = f"<NextContinuationToken>{start + 2}</NextContinuationToken>" if rest else ""
@@ -108,6 +126,19 @@ class FakeServer:
             f"<IsTruncated>{'true' if rest else 'false'}</IsTruncated>{items}{token}"
             "</ListBucketResult>"
         ).encode()
+
+    def kaggle_page(self, path, query):
+        """One page of a competition's file list, as the list call answers it (JSON)."""
+        files = self.kaggle_lists[path]
+        start = int(query.get("pageToken") or 0)
+        size = min(int(query.get("pageSize", 20)), self.kaggle_page_max)
+        page = files[start : start + size]
+        token = str(start + size) if start + size < len(files) else ""
+        body = {
+            "files": [{"name": n, "totalBytes": b, "creationDate": "2023-01-19"} for n, b in page],
+            "nextPageToken": token,
+        }
+        return json.dumps(body).encode()
 
     def gets(self, path):
         return [r for r in self.requests if r[0] == "GET" and r[1] == path]
@@ -133,7 +164,7 @@ def file_md5(path) -> str:
 
 # --- Gravity Spy: Zenodo record JSON + files -------------------------------------------------
 
-H5 = "/files/trainingsetv1d1.h5"
+H5 = "/api/records/1476551/files/trainingsetv1d1.h5/content"
 
 
 def png_tarball() -> bytes:
@@ -147,26 +178,45 @@ def png_tarball() -> bytes:
     return out.getvalue()
 
 
+def zenodo_entry(server, key, body, legacy=False):
+    """One file of a Zenodo record JSON: the current (InvenioRDM) keys, or the legacy ones."""
+    link = f"{server.url}/api/records/{{rec}}/files/{urllib.parse.quote(key)}/content"
+    if legacy:
+        return {"id": "f" + md5(key.encode())[:8], "filename": key, "filesize": len(body),
+                "checksum": md5(body), "links": {"download": link}}  # fmt: skip
+    return {"id": md5(key.encode())[:8], "key": key, "size": len(body),
+            "checksum": f"md5:{md5(body)}", "links": {"self": link}}  # fmt: skip
+
+
+def zenodo_record(server, record, bodies, legacy=False):
+    """Serves `bodies` ({key: bytes}) as Zenodo record `record`: JSON at /api/records/<id>,
+    bytes at the file links."""
+    entries = []
+    for key, body in bodies.items():
+        entry = json.loads(json.dumps(zenodo_entry(server, key, body, legacy)).replace("{rec}", record))
+        entries.append(entry)
+        server.files[f"/api/records/{record}/files/{key}/content"] = body
+    doc = {"id": int(record), "doi": f"10.5281/zenodo.{record}", "files": entries,
+           "metadata": {"title": "Gravity Spy Training Set"}}  # fmt: skip
+    server.files[f"/api/records/{record}"] = json.dumps(doc).encode()
+
+
 @pytest.fixture
 def zenodo(server):
+    """Record 1476551 holds the v1d1 files and, as decoys, v1d0 ones (a pattern like `\\.h5$`
+    would take both); record 1476156 holds v1d0 only, in the legacy key names."""
     rng = np.random.default_rng(0)
     bodies = {
         "trainingsetv1d1.h5": rng.bytes(300_000),
         "trainingset_v1d1_metadata.csv": b"gravityspy_id,label,sample_type\nabc,Blip,train\n",
         "trainingsetv1d1.tar.gz": png_tarball(),
     }
-    record = {"files": []}
-    for key, body in bodies.items():
-        server.files[f"/files/{key}"] = body
-        record["files"].append(
-            {
-                "key": key,
-                "size": len(body),
-                "checksum": f"md5:{md5(body)}",
-                "links": {"self": f"{server.url}/files/{key}"},
-            }
-        )
-    server.files["/api/records/1476156"] = json.dumps(record).encode()
+    v1d0 = {
+        "trainingsetv1d0.h5": rng.bytes(1000),
+        "trainingset_v1d0_metadata.csv": b"gravityspy_id,label\nold,Blip\n",
+    }
+    zenodo_record(server, "1476551", {**bodies, **v1d0})
+    zenodo_record(server, "1476156", v1d0, legacy=True)
     return bodies
 
 
@@ -191,7 +241,31 @@ def test_gravityspy_download_verifies_and_rerun_is_idempotent(server, zenodo, tm
     server.requests.clear()
     again = get_gravityspy(server, to, pngs=True)
     assert sorted(again.skipped) == sorted(zenodo) and not again.downloaded
-    assert [r[1] for r in server.requests] == ["/api/records/1476156"]  # no file transferred
+    assert [r[1] for r in server.requests] == ["/api/records/1476551"]  # no file transferred
+
+
+def test_gravityspy_fetches_the_v1d1_files_the_glitch_config_reads(server, zenodo, tmp_path):
+    """Issue 25 item 1: the v1d1 record and exact names, not v1d0 by a pattern."""
+    from jaxlab.configs import glitch
+
+    config = glitch.get_config()
+    to = tmp_path / "gs"
+    summary = get_gravityspy(server, to)
+    assert sorted(summary.downloaded) == sorted([config.data.h5_name, config.data.metadata_name])
+    assert file_md5(to / config.data.h5_name) == md5(zenodo["trainingsetv1d1.h5"])
+    assert not list(to.glob("*v1d0*"))
+    assert server.gets("/api/records/1476551") and not server.gets("/api/records/1476156")
+
+
+def test_gravityspy_v1d0_from_its_legacy_record(server, zenodo, tmp_path):
+    to = tmp_path / "old"
+    summary = get_gravityspy(server, to, version="v1d0")
+    assert sorted(summary.downloaded) == ["trainingset_v1d0_metadata.csv", "trainingsetv1d0.h5"]
+    assert server.gets("/api/records/1476156")
+    with pytest.raises(ValueError, match="unknown version 'v2'; choose v1d1 or v1d0"):
+        get_gravityspy(server, to, version="v2")
+    with pytest.raises(download.DownloadError, match="no trainingsetv1d1.h5, .*check version="):
+        get_gravityspy(server, to, record="1476156")
 
 
 def test_zenodo_record_shapes_give_content_urls_and_md5():
@@ -199,8 +273,8 @@ def test_zenodo_record_shapes_give_content_urls_and_md5():
 
     api = "https://zenodo.org/api"
     entry = {"key": "a b.h5", "size": 3, "checksum": "md5:" + "0" * 32}
-    legacy = sources.zenodo_files({"files": [entry]}, api, "1")
-    assert legacy == [
+    current = sources.zenodo_files({"files": [entry]}, api, "1")
+    assert current == [
         {
             "key": "a b.h5",
             "size": 3,
@@ -209,9 +283,59 @@ def test_zenodo_record_shapes_give_content_urls_and_md5():
         }
     ]
     linked = {**entry, "links": {"self": f"{api}/records/1/files/a%20b.h5"}}
-    assert sources.zenodo_files({"files": {"entries": {"x": linked}}}, api, "1") == legacy
+    assert sources.zenodo_files({"files": {"entries": {"x": linked}}}, api, "1") == current
+    legacy = {"filename": "a b.h5", "filesize": 3, "checksum": "A" * 32,
+              "links": {"download": f"{api}/files/bucket/a%20b.h5"}}  # fmt: skip
+    assert sources.zenodo_files({"files": [legacy]}, api, "1") == [
+        {"key": "a b.h5", "size": 3, "md5": "a" * 32, "url": f"{api}/files/bucket/a%20b.h5"}
+    ]
     with pytest.raises(download.DownloadError, match="records/1: the record lists no files"):
         sources.zenodo_files({"files": []}, api, "1")
+
+
+def test_file_key_with_spaces_is_quoted_in_the_request(server, tmp_path):
+    """Issue 25 item 5: a link holding a raw space (as a record may give it) still downloads."""
+    from jaxlab.download import sources
+
+    body = b"x" * 5000
+    raw_link = f"{server.url}/api/records/7/files/my data.h5/content"
+    server.files["/api/records/7/files/my data.h5/content"] = body
+    entry = {"key": "my data.h5", "size": len(body), "checksum": f"md5:{md5(body)}",
+             "links": {"self": raw_link}}  # fmt: skip
+    (item,) = sources.zenodo_files({"files": [entry]}, f"{server.url}/api", "7")
+    remote = fetch.Remote(item["key"], item["url"], size=item["size"], md5=item["md5"])
+    summary = fetch.fetch_all("zenodo", [remote], str(tmp_path), fetch.Options(**FAST))
+    assert summary.downloaded == ["my data.h5"] and (tmp_path / "my data.h5").read_bytes() == body
+    assert fetch.safe_url(raw_link).endswith("/my%20data.h5/content")
+    assert fetch.safe_url("https://h/a%20b?x=1&y=2") == "https://h/a%20b?x=1&y=2"  # unchanged
+
+
+def test_429_waits_as_long_as_retry_after_says(server, zenodo, tmp_path, monkeypatch):
+    """Issue 25 item 5: Zenodo's Retry-After on 429 is honoured (not the 1 ms backoff)."""
+    sleeps = []
+    monkeypatch.setattr(fetch.time, "sleep", sleeps.append)
+    server.faults["/api/records/1476551"] = ["429:7"]
+    server.faults["/api/records/1476551/files/trainingsetv1d1.h5/content"] = ["429:3", "503"]
+    get_gravityspy(server, tmp_path / "gs", workers=1)
+    assert sleeps == [7.0, 3.0, 0.002]  # Retry-After twice, then the backoff after a 503
+    assert file_md5(tmp_path / "gs" / "trainingsetv1d1.h5") == md5(zenodo["trainingsetv1d1.h5"])
+    assert fetch.retry_after_s("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # a date in the past
+    assert fetch.retry_after_s("soon") is None
+
+
+def test_python_floor_allows_tarfile_data_filter():
+    """Issue 25 item 5: `extractall(filter="data")` exists from Python 3.11.4 on; the project
+    must not claim an older 3.11."""
+    import pathlib
+    import tomllib
+
+    from packaging.specifiers import SpecifierSet
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    spec = SpecifierSet(tomllib.loads((root / "pyproject.toml").read_text())["project"]
+                        ["requires-python"].split("#")[0].strip())  # fmt: skip
+    assert not spec.contains("3.11.3") and spec.contains("3.11.4") and spec.contains("3.12.0")
+    assert hasattr(tarfile, "data_filter")
 
 
 def test_interrupted_transfer_resumes_from_part_file(server, zenodo, tmp_path):
@@ -264,11 +388,11 @@ def test_404_names_the_url(server, zenodo, tmp_path):
 def test_503_is_retried_with_exponential_backoff(server, zenodo, tmp_path, monkeypatch):
     sleeps = []
     monkeypatch.setattr(fetch.time, "sleep", sleeps.append)
-    server.faults["/api/records/1476156"] = ["503", "503"]
+    server.faults["/api/records/1476551"] = ["503", "503"]
     server.faults[H5] = ["503"]
     get_gravityspy(server, tmp_path / "gs")
     assert sleeps == [0.001, 0.002, 0.001]
-    assert len(server.gets("/api/records/1476156")) == 3 and len(server.gets(H5)) == 2
+    assert len(server.gets("/api/records/1476551")) == 3 and len(server.gets(H5)) == 2
     assert file_md5(tmp_path / "gs" / "trainingsetv1d1.h5") == md5(zenodo["trainingsetv1d1.h5"])
 
     server.faults[H5] = ["503"] * 10
