@@ -178,7 +178,8 @@ def download_greenearthnet(
     remotes = sources.greenearthnet_remotes(
         tracks=tracks, limit=limit, url=url, etag_md5=etag_md5, options=opts
     )
-    return fetch.fetch_all("greenearthnet", remotes, to, opts)
+    hint = "the store's ETags may not be md5 sums; rerun with etag_md5=false (sizes still checked)"
+    return fetch.fetch_all("greenearthnet", remotes, to, opts, sums_hint=hint)
 
 
 def download_icecube(to: str, *, batches="1", **options) -> fetch.Summary:

@@ -35,7 +35,6 @@ import http.client
 import json
 import os
 import shutil
-import threading
 import time
 import urllib.error
 import urllib.parse
@@ -499,12 +498,14 @@ def fetch_all(
     *,
     missing: list[tuple[str, str]] = (),
     skip_not_found: bool = False,
+    sums_hint: str = "rerun with the source's option to not use its checksums",
 ) -> Summary:
     """Brings every remote to `<to>/<remote.path>`: announce, check space, fetch, summarise.
 
     `missing`: (path, why) of requested files the source lacks, found while listing (listed in
     the summary). `skip_not_found`: a 404 on a file adds it to those instead of stopping the run
-    (sources with known gaps, HRRR). Up to `options.workers` files are fetched at a time; a
+    (sources with known gaps, HRRR). `sums_hint`: what to do when most checksums fail. Up to
+    `options.workers` files are fetched at a time; a
     failing file stops new transfers, lets those in flight finish, then raises its error.
     """
     to = os.path.abspath(to)
@@ -526,7 +527,7 @@ def fetch_all(
             f"{to}: {dataset} needs {human_bytes(needed)} more but only {human_bytes(free)} is "
             "free; free some space or choose another folder."
         )
-    bar = Progress(needed if not unknown else None, dataset, options.progress)
+    bar = Progress(needed if not unknown else None, dataset, options.progress and bool(todo))
     bad_sums: list[ChecksumError] = []
     error: BaseException | None = None
     try:
@@ -566,8 +567,7 @@ def fetch_all(
             raise ChecksumError(
                 f"{dataset}: {len(bad_sums)} files failed their checksum and only "
                 f"{len(summary.downloaded)} passed, so the published sums are likely not sums of "
-                f"the content (first: {first}); stopped. If the source's sums are known to be "
-                "something else (e.g. S3 ETags), rerun with its option to not use them."
+                f"the content (first: {first}); stopped: {sums_hint}."
             ) from first
         more = f" ({len(bad_sums) - 1} more files too)" if len(bad_sums) > 1 else ""
         raise ChecksumError(f"{first}{more}") from first

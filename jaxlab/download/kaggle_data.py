@@ -204,13 +204,16 @@ def icecube_files(batches) -> list[str]:
 
 
 def _staged_file(staging: str, name: str) -> str | None:
-    """The file the client left in `staging` for `name` (unzipped when delivered zipped)."""
+    """The file the client left in `staging` for `name`, unzipped when it came zipped (the
+    member may sit in a subfolder named like the file's folder)."""
     base = os.path.basename(name)
     zipped = os.path.join(staging, base + ".zip")
     if os.path.isfile(zipped) and not os.path.isfile(os.path.join(staging, base)):
         _unzip(zipped, staging)
-    got = os.path.join(staging, base)
-    return got if os.path.isfile(got) else None
+    for folder, _, files in os.walk(staging):
+        if base in files:
+            return os.path.join(folder, base)
+    return None
 
 
 def _fetch_file(api, name: str, size: int, to: str, options: fetch.Options, page: str) -> None:
@@ -287,7 +290,9 @@ def download_icecube(
             f"{report.human_bytes(free)} is free; free some space or choose another folder."
         )
     for number, name in enumerate(todo, 1):
-        report.say(f"icecube: file {number} / {len(todo)}: {name} ({report.human_bytes(sizes[name])})")
+        report.say(
+            f"icecube: file {number} / {len(todo)}: {name} ({report.human_bytes(sizes[name])})"
+        )
         _fetch_file(api, name, sizes[name], to, options, page)
         summary.downloaded.append(name)
         summary.bytes_downloaded += sizes[name]
