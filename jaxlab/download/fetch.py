@@ -35,6 +35,7 @@ import http.client
 import json
 import os
 import shutil
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -76,6 +77,10 @@ class _Transient(Exception):
     def __init__(self, message: str, retry_after: float | None = None):
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class _Stopped(Exception):
+    """The run is stopping (another file failed, Ctrl-C): the `.part` is kept for the next run."""
 
 
 class _RangeNotSatisfiable(Exception):
@@ -178,6 +183,14 @@ def wait_s(retry_after: float | None, failures: int, options: Options) -> float:
     return min(options.max_backoff_s, options.backoff_s * 2 ** max(failures - 1, 0))
 
 
+def _pause(seconds: float, stop: threading.Event | None = None) -> None:
+    """Waits `seconds` before a retry; a run that is stopping (`stop` set) ends the wait."""
+    if stop is None:
+        time.sleep(seconds)
+    elif stop.wait(seconds):
+        raise _Stopped("stopping")
+
+
 def open_url(
     url: str,
     options: Options,
@@ -218,7 +231,7 @@ def with_retries(fn, url: str, options: Options):
                 raise DownloadError(
                     f"{url}: {e} (gave up after {options.retries + 1} attempts; rerun to resume)."
                 ) from e
-            time.sleep(wait_s(e.retry_after, attempt + 1, options))
+            _pause(wait_s(e.retry_after, attempt + 1, options))
     raise AssertionError("unreachable")
 
 
@@ -365,7 +378,9 @@ def _pieces(remote: Remote) -> tuple[tuple[int, int | None], ...]:
     return ((0, None if remote.size is None else remote.size - 1),)
 
 
-def _fill(remote: Remote, part: str, options: Options, bar: Progress) -> None:
+def _fill(
+    remote: Remote, part: str, options: Options, bar: Progress, stop: threading.Event | None = None
+) -> None:
     """Appends to `part` the bytes it still lacks. Raises _Transient on a network failure; what
     arrived before it stays in `part`, so the next call resumes there."""
     have, pos = _part_size(part), 0
@@ -399,6 +414,8 @@ def _fill(remote: Remote, part: str, options: Options, bar: Progress) -> None:
             try:
                 while chunk := response.read(options.chunk_bytes):
                     f.write(chunk)
+                    if stop is not None and stop.is_set():
+                        raise _Stopped(remote.path)
                     bar.update(len(chunk))
             except (OSError, http.client.HTTPException) as e:
                 raise _Transient(f"connection lost mid-file ({type(e).__name__}: {e})") from e
@@ -441,8 +458,15 @@ def _verify(remote: Remote, part: str) -> dict[str, str]:
     return sums
 
 
-def fetch_one(remote: Remote, directory: str, options: Options, bar: Progress) -> dict[str, str]:
-    """Downloads one remote into place (resuming a `.part`); returns its digests."""
+def fetch_one(
+    remote: Remote,
+    directory: str,
+    options: Options,
+    bar: Progress,
+    stop: threading.Event | None = None,
+) -> dict[str, str]:
+    """Downloads one remote into place (resuming a `.part`); returns its digests. Setting
+    `stop` ends the transfer at the next chunk (raising _Stopped), keeping the `.part`."""
     dest = os.path.join(directory, remote.path)
     os.makedirs(os.path.dirname(dest) or ".", exist_ok=True)
     part = part_path(directory, remote)
@@ -452,7 +476,7 @@ def fetch_one(remote: Remote, directory: str, options: Options, bar: Progress) -
     while True:
         before = _part_size(part)
         try:
-            _fill(remote, part, options, bar)
+            _fill(remote, part, options, bar, stop)
             break
         except _Transient as e:
             failures = 0 if _part_size(part) > before else failures + 1  # progress resets
@@ -461,7 +485,7 @@ def fetch_one(remote: Remote, directory: str, options: Options, bar: Progress) -
                     f"{remote.url}: {e} (gave up after {options.retries + 1} attempts without "
                     f"progress; {_part_size(part)} bytes kept in {part}, rerun to resume)."
                 ) from e
-            time.sleep(wait_s(e.retry_after, max(failures, 1), options))
+            _pause(wait_s(e.retry_after, max(failures, 1), options), stop)
     sums = _verify(remote, part)
     os.replace(part, dest)
     return sums
@@ -506,7 +530,8 @@ def fetch_all(
     the summary). `skip_not_found`: a 404 on a file adds it to those instead of stopping the run
     (sources with known gaps, HRRR). `sums_hint`: what to do when most checksums fail. Up to
     `options.workers` files are fetched at a time; a
-    failing file stops new transfers, lets those in flight finish, then raises its error.
+    failing file stops the run: no new transfers, those in flight end at their next chunk
+    and keep their `.part` for the next run; then its error is raised.
     """
     to = os.path.abspath(to)
     os.makedirs(to, exist_ok=True)
@@ -530,35 +555,41 @@ def fetch_all(
     bar = Progress(needed if not unknown else None, dataset, options.progress and bool(todo))
     bad_sums: list[ChecksumError] = []
     error: BaseException | None = None
+    stop = threading.Event()
+    pool = futures.ThreadPoolExecutor(max(1, options.workers))
     try:
-        with futures.ThreadPoolExecutor(max(1, options.workers)) as pool:
-            pending = {pool.submit(fetch_one, r, to, options, bar): r for r in todo}
-            for done in futures.as_completed(pending):
-                remote = pending[done]
-                try:
-                    sums = done.result()
-                except ChecksumError as e:
-                    bad_sums.append(e)
-                    if _mostly_bad_sums(len(bad_sums), len(summary.downloaded)):
-                        error = error or e
-                except NotFoundError as e:
-                    if not skip_not_found:
-                        error = error or e
-                    summary.missing.append((remote.path, "not found (HTTP 404)"))
-                except BaseException as e:  # noqa: BLE001 - re-raised below, after the others
+        pending = {pool.submit(fetch_one, r, to, options, bar, stop): r for r in todo}
+        for done in futures.as_completed(pending):
+            remote = pending[done]
+            try:
+                sums = done.result()
+            except ChecksumError as e:
+                bad_sums.append(e)
+                if _mostly_bad_sums(len(bad_sums), len(summary.downloaded)):
                     error = error or e
-                else:
-                    _record(manifest, to, remote, sums)
-                    save_manifest(to, manifest)
-                    summary.downloaded.append(remote.path)
-                    summary.bytes_total += os.path.getsize(os.path.join(to, remote.path))
-                if error is not None:
-                    for future in pending:
-                        future.cancel()  # those not started; the running ones finish
-    except KeyboardInterrupt:
-        save_manifest(to, manifest)
+            except NotFoundError as e:
+                if not skip_not_found:
+                    error = error or e
+                summary.missing.append((remote.path, "not found (HTTP 404)"))
+            except _Stopped:
+                pass  # its .part stays for the next run
+            except BaseException as e:  # noqa: BLE001 - re-raised below, after the others
+                error = error or e
+            else:
+                _record(manifest, to, remote, sums)
+                save_manifest(to, manifest)
+                summary.downloaded.append(remote.path)
+                summary.bytes_total += os.path.getsize(os.path.join(to, remote.path))
+            if error is not None:
+                stop.set()  # transfers in flight end at their next chunk, keeping .part
+                for future in pending:
+                    future.cancel()  # those not started
+    except BaseException:  # Ctrl-C: the workers stop too; what is finished stays recorded
+        stop.set()
         raise
     finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        save_manifest(to, manifest)
         bar.close()
         summary.bytes_downloaded = max(bar.done, 0)
     if bad_sums and (error is None or isinstance(error, ChecksumError)):
