@@ -359,7 +359,7 @@ COMMANDS = {
         define_download_flags,
         download_main,
         uses_config=False,
-        more_help=lambda: __import__("jaxlab.download", fromlist=["help_text"]).help_text(),
+        more_help=lambda: importlib.import_module("jaxlab.download").help_text(),
     ),
     "prepare": Command(
         "Write a task's dataset in its on-disk format (the synthetic one when data.synthetic).",

@@ -662,10 +662,13 @@ def test_hrrr_changed_fields_are_fetched_again(server, tmp_path):
     names = [(n, lv) for n, lv, *_ in HRRR_MESSAGES]
     want = b"".join(m for m, key in zip(messages, names, strict=True) if key in fields)
     assert (to / rel).read_bytes() == want
+    as_text = "TMP:2 m above ground; CAPE:180-0 mb above ground"  # the command line's form
     third = download.download(
-        "hrrr", str(to), start="2024-06-01", url=server.url, fields=fields, **FAST
+        "hrrr", str(to), start="2024-06-01", url=server.url, fields=as_text, **FAST
     )
     assert third.skipped == [rel]
+    with pytest.raises(ValueError, match="expected 'NAME:LEVEL;NAME:LEVEL'"):
+        download.download("hrrr", str(to), start="2024-06-01", fields="TMP", **FAST)
     assert not list(to.rglob("*.part"))
 
 

@@ -108,7 +108,8 @@ def download_hrrr(
 ) -> fetch.Summary:
     """HRRR surface files `hrrr.YYYYMMDD/conus/hrrr.tHHz.wrfsfcfFF.grib2` holding only the seven
     weather fields (or `fields`), for every day in [start, end] and every init / forecast hour
-    (ints, lists, or strings like "0-23" / "0,6,12"); forecast hours past a cycle's length (18 h
+    (ints, lists, or strings like "0-23" / "0,6,12"); `fields` also as "NAME:LEVEL;..."
+    (the `.idx` names, e.g. "CAPE:surface"); forecast hours past a cycle's length (18 h
     but for 00/06/12/18z, 48 h) are left out with a note. Files the archive lacks or has without
     every field are listed and skipped; more than `allow_missing` (a count, "2%", "all") of them
     raises MissingFilesError after the rest is downloaded. Size- and GRIB2-checked (NOAA
@@ -117,6 +118,11 @@ def download_hrrr(
     if rest:
         raise TypeError(f"hrrr: unknown options {sorted(rest)}.")
     fetch.allowed_missing(allow_missing, 1)  # a bad value fails before any request
+    if isinstance(fields, str):  # from the command line: "TMP:2 m above ground;CAPE:surface"
+        pairs = [f.partition(":") for f in fields.split(";") if f.strip()]
+        if not pairs or any(not sep or not name.strip() for name, sep, _ in pairs):
+            raise ValueError(f"hrrr: fields={fields!r}: expected 'NAME:LEVEL;NAME:LEVEL'.")
+        fields = tuple((name.strip(), level.strip()) for name, _, level in pairs)
     remotes, missing, requested = sources.hrrr_remotes(
         to,
         start=start,
@@ -225,10 +231,12 @@ def _options_of(function) -> list[str]:
     """NAME=DEFAULT of a downloader's own keyword options ("NAME (required)" when none)."""
     out = []
     for name, parameter in inspect.signature(function).parameters.items():
-        if parameter.kind is not inspect.Parameter.KEYWORD_ONLY or name == "fields":
+        if parameter.kind is not inspect.Parameter.KEYWORD_ONLY:
             continue
         default = parameter.default
-        if default is inspect.Parameter.empty:
+        if name == "fields":
+            out.append("fields=NAME:LEVEL;... (the seven weather fields)")
+        elif default is inspect.Parameter.empty:
             out.append(f"{name} (required)")
         else:
             out.append(f"{name}={'' if default is None else default}")
