@@ -4,12 +4,14 @@
   (one line per message: `number:byte_offset:d=YYYYMMDDHH:SHORTNAME:LEVEL:FORECAST:`); the byte
   range of a message runs from its offset to the next message's offset minus one. Only the seven
   fields the weather task reads are fetched (about 7 of ~170 messages); concatenated GRIB2
-  messages are a valid GRIB2 file.
-- Gravity Spy: the Zenodo record's JSON (`<api>/records/<id>`) lists every file with its size and
-  md5 checksum.
+  messages are a valid GRIB2 file. Cycles run 0-48 h (00/06/12/18z) or 0-18 h (the others);
+  the archive has gaps, so a file without an index, or an index without every field, is
+  returned as missing (path, why) rather than raised.
+- Gravity Spy: per version a Zenodo record and exact file names (v1d1: 1476551, v1d0: 1476156);
+  the record's JSON (`<api>/records/<id>`) lists every file with its size and md5 checksum.
 - GreenEarthNet: the S3-compatible store the earthnet toolkit downloads from (bucket `earthnet`,
   prefix `earthnet2021x/<track>/`); an anonymous ListObjectsV2 request gives keys, sizes and ETags
-  (the md5 of objects uploaded in one part).
+  (the md5 of objects uploaded in one part; multipart "<hex>-<n>" ETags are not used).
 
 Every base URL can be changed by argument or environment variable (tests serve fixture files from
 127.0.0.1). Talking to the real services is unverified here (no internet where this was written).
