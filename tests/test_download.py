@@ -268,12 +268,16 @@ def test_gravityspy_download_verifies_and_rerun_is_idempotent(server, zenodo, tm
 
 def test_gravityspy_fetches_the_v1d1_files_the_glitch_config_reads(server, zenodo, tmp_path):
     """Issue 25 item 1: the v1d1 record and exact names, not v1d0 by a pattern."""
+    from jaxlab import cli
     from jaxlab.configs import glitch
 
     config = glitch.get_config()
     to = tmp_path / "gs"
-    summary = get_gravityspy(server, to)
-    assert sorted(summary.downloaded) == sorted([config.data.h5_name, config.data.metadata_name])
+    with pytest.raises(SystemExit) as exit_info:  # `jaxlab download gravityspy`, as a user runs it
+        cli.main(["jaxlab", "download", "gravityspy", f"--to={to}", f"url={server.url}/api"])
+    assert not exit_info.value.code
+    files = sorted(p.name for p in to.iterdir() if not p.name.startswith("."))
+    assert files == sorted([config.data.h5_name, config.data.metadata_name])
     assert file_md5(to / config.data.h5_name) == md5(zenodo["trainingsetv1d1.h5"])
     assert not list(to.glob("*v1d0*"))
     assert server.gets("/api/records/1476551") and not server.gets("/api/records/1476156")
