@@ -20,6 +20,7 @@ import re
 import sys
 import tarfile
 import threading
+import time
 import types
 import urllib.error
 import urllib.parse
@@ -67,6 +68,8 @@ class FakeServer:
                     return self.send_error(503, "Slow Down")
                 if action == "403":
                     return self.send_error(403, "Forbidden")
+                if action and action.startswith("wait:"):  # a slow answer, then the usual one
+                    time.sleep(float(action[5:]))
                 if action and action.startswith("429:"):
                     self.send_response(429, "Too Many Requests")
                     self.send_header("Retry-After", action[4:])
@@ -99,6 +102,15 @@ class FakeServer:
                 if action and action.startswith("drop:"):
                     chunk = chunk[: int(action[5:])]
                     self.close_connection = True
+                if action == "slow":  # 1 kB every 20 ms: a long transfer
+                    try:
+                        for i in range(0, len(chunk), 1000):
+                            self.wfile.write(chunk[i : i + 1000])
+                            self.wfile.flush()
+                            time.sleep(0.02)
+                    except (BrokenPipeError, ConnectionResetError):
+                        self.close_connection = True  # the client stopped reading
+                    return None
                 self.wfile.write(chunk)
 
             def send_body(self, data, kind, head):
@@ -400,6 +412,30 @@ def test_dropped_connections_resume_within_one_run(server, zenodo, tmp_path):
         "bytes=120010-299999",
     ]
     assert file_md5(to / "trainingsetv1d1.h5") == md5(zenodo["trainingsetv1d1.h5"])
+
+
+def test_a_failing_file_stops_transfers_in_flight_keeping_their_part(server, tmp_path):
+    """With several workers, a 404 on one file ends the run at once: the long transfer beside
+    it stops at its next chunk and keeps its .part (resumed by the next run). The same stop
+    serves Ctrl-C."""
+    body = bytes(range(256)) * 800  # 204.8 kB: about 4 s at the slow rate
+    server.files["/big.bin"] = body
+    server.faults["/big.bin"] = ["slow"]
+    server.faults["/gone.bin"] = ["wait:0.2"]  # the 404 comes while big.bin is under way
+    remotes = [
+        fetch.Remote("big.bin", f"{server.url}/big.bin", size=len(body)),
+        fetch.Remote("gone.bin", f"{server.url}/gone.bin", size=10),
+    ]
+    options = fetch.Options(**{**FAST, "chunk_bytes": 1000, "workers": 2})
+    started = time.monotonic()
+    with pytest.raises(fetch.NotFoundError, match="gone.bin: not found"):
+        fetch.fetch_all("demo", remotes, str(tmp_path), options)
+    assert time.monotonic() - started < 2.0
+    kept = (tmp_path / "big.bin.part").stat().st_size
+    assert 0 < kept < len(body) / 2 and not (tmp_path / "big.bin").exists()
+    fetch.fetch_all("demo", remotes[:1], str(tmp_path), options)
+    assert (tmp_path / "big.bin").read_bytes() == body
+    assert server.requests[-1][2] == f"bytes={kept}-{len(body) - 1}"
 
 
 def test_corrupted_file_is_caught_by_its_checksum(server, zenodo, tmp_path):
