@@ -38,6 +38,8 @@ from tensorboardX import summary as tb_summary
 from tensorboardX.event_file_writer import EventsWriter
 from tensorboardX.proto.event_pb2 import Event
 
+from jaxlab.core import lock
+
 METRICS_FILE = "metrics.jsonl"
 HPARAMS_FILE = "hparams.json"
 TB_DIR = "tb"
@@ -111,7 +113,7 @@ class MetricWriter:
         self._jsonl = None
         self._tb = None
         if self.enabled:
-            os.makedirs(os.path.join(workdir, TB_DIR), exist_ok=True)
+            os.makedirs(os.path.join(lock.make_workdir(workdir), TB_DIR), exist_ok=True)
             # Appending: a resumed run continues the same file, minus a torn last line.
             _drop_torn_tail(os.path.join(workdir, METRICS_FILE))
             self._jsonl = open(os.path.join(workdir, METRICS_FILE), "a")  # noqa: SIM115
