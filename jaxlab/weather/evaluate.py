@@ -222,7 +222,9 @@ class _Accumulator:
         for name, thr in thresholds:
             v = data.VARIABLES.index(name)
             prob = np.asarray(metrics.exceedance_probability(phys_ens[..., v], thr))
-            self.events.setdefault(f"{name}>={thr:g}", []).append((prob, phys_truth[..., v] >= thr))
+            self.events.setdefault(event_key(name, thr), []).append(
+                (prob, phys_truth[..., v] >= thr)
+            )
 
     def reliability(self):
         out = {}
@@ -275,6 +277,15 @@ class _Accumulator:
         for v, name in enumerate(data.VARIABLES):
             r[f"rank_histogram/{name}"] = self.ranks[0, v].tolist()
         return r
+
+
+def event_key(name: str, threshold: float) -> str:
+    """The event "`name` >= `threshold`" as a metric key, e.g. `refc_ge_35` (`brier/refc_ge_35`).
+
+    Only letters, digits and `_ . - /`: TensorBoard renames any other character in a tag, so
+    this key is the same in metrics.json and in TensorBoard.
+    """
+    return f"{name}_ge_{threshold:g}".replace("+", "")
 
 
 def spread_skill(sq_err: np.ndarray, var: np.ndarray, members: int) -> float:
@@ -347,7 +358,7 @@ def comparison_table(accs: dict) -> dict[str, float]:
             )
             for v, name in enumerate(data.VARIABLES):
                 out[f"compare/{system}/rank_histogram/{name}/{lead}"] = acc.ranks[k, v].tolist()
-        for key in ("brier/refc>=35", "brier/cape>=1000"):
+        for key in (f"brier/{event_key('refc', 35)}", f"brier/{event_key('cape', 1000)}"):
             if key in r:
                 out[f"compare/{system}/{key}"] = r[key]
     return out

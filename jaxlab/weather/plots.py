@@ -171,7 +171,8 @@ def reliability(curves: dict, path: str) -> None:
         used = r["count"] > 0
         ax.plot([0, 1], [0, 1], "k--", lw=1)
         ax.plot(r["forecast"][used], r["observed"][used], "o-")
-        ax.set(xlabel="forecast probability", ylabel="observed frequency", title=key)
+        title = key.replace("_ge_", " >= ")  # refc_ge_35 -> refc >= 35
+        ax.set(xlabel="forecast probability", ylabel="observed frequency", title=title)
         ax.set(xlim=(0, 1), ylim=(0, 1))
         hist.bar((np.arange(len(r["count"])) + 0.5) / len(r["count"]), r["count"], width=0.09)
         hist.set(yscale="log", xlabel="forecast probability", ylabel="forecasts", xlim=(0, 1))
