@@ -411,4 +411,5 @@ def write_products(out_dir, source, i, lead, init, ens, thresholds, num_plotted)
         )
     ds = xr.Dataset(variables, coords=coords, attrs={"model": "jaxlab.weather conditional DDPM"})
     ds.to_netcdf(os.path.join(out_dir, "ensemble.nc"), engine="h5netcdf")
-    plots.products(out_dir, current, mean[0], spread[0], probs, members[0], num_plotted)
+    plots.products(out_dir, current, mean[0], spread[0], probs, members[0], num_plotted,
+                   source.ds["latitude"].values, source.ds["longitude"].values)  # fmt: skip
