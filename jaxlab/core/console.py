@@ -132,11 +132,13 @@ def open_bar(**tqdm_args: Any) -> tqdm.tqdm:
     """A tqdm bar on the terminal; the first open bar routes stderr and absl's log above it.
 
     Call only when `is_live()`. Close it with `close_bar` (also on errors): the last close puts
-    the streams back.
+    the streams back. A bar opened while another is open (an evaluation inside training) is
+    drawn below it and removed when closed; the first stays on screen, finished.
     """
     if not _TERMINAL.bars:
         _TERMINAL.redirect()
     tqdm_args.setdefault("dynamic_ncols", True)
+    tqdm_args.setdefault("leave", not _TERMINAL.bars)  # a bar inside another's job goes away
     bar = tqdm.tqdm(file=_TERMINAL.screen, **tqdm_args)
     _TERMINAL.bars.append(bar)
     return bar

@@ -26,7 +26,7 @@ RECORD = re.compile(r"[IWEF]\d{4} \d\d:\d\d:\d\d\.\d{6} +\d+ [\w.]+:\d+\] ")
 TOKEN = re.compile(r"\x1b\[(\d*)([A-Za-z])|\r|\n")
 
 # A loop as the tasks' train.py write it (Progress + MetricWriter), with log records, a stderr
-# line written in two pieces and a multi-line warning between the reports.
+# line written in two pieces, a multi-line warning and an inner bar between the reports.
 PROGRAM = """
 import sys, tempfile
 from absl import app, logging
@@ -43,6 +43,9 @@ def main(argv):
             sys.stderr.write("a line written ")
             sys.stderr.write("in two pieces\\n")
             logging.warning("first line\\nsecond line")
+            if step == 20:  # a bar inside the job's: drawn below it, gone when done
+                for item in loop.progress_bar(range(3), desc="inner"):
+                    logging.info("inner item %d", item)
     progress.close()
     logging.info("done")
 
@@ -148,7 +151,8 @@ def test_bar_and_log_lines_in_a_terminal():
     screen, problems = play(output)
     assert problems == [], "\n".join(problems + screen)
     bars = [line for line in screen if "%|" in line]
-    assert len(bars) == 1, screen  # one bar, redrawn in place
+    assert len(bars) == 1, screen  # one bar, redrawn in place; the inner one removed
+    assert sum("inner item" in line for line in screen) == 3
     assert "40/40" in bars[0] and "loss 0.025 |" in bars[0] and "| accuracy 1]" in bars[0]
     assert sum("evaluated at step" in line for line in screen) == 4
     assert sum(line.endswith("a line written in two pieces") for line in screen) == 4
