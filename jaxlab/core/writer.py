@@ -15,9 +15,9 @@ get a writer whose methods do nothing), so multi-host runs produce one copy of e
 `figure_to_image` turns a matplotlib figure into the uint8 array `write_images` takes: the train
 loops write one telling figure per evaluation under `eval/<name>`.
 
-Names are TensorBoard tags as they are (letters, digits and `_ . - /`, no leading `/`): TensorBoard
-renames any other character, so a name that would differ between metrics.jsonl (or a task's
-metrics.json) and TensorBoard is a ValueError naming it.
+Scalar names are TensorBoard tags as they are (letters, digits and `_ . - /`, no leading `/`):
+TensorBoard renames any other character, so a name that would differ between metrics.jsonl (or a
+task's metrics.json) and TensorBoard is a ValueError naming it.
 
 `write_scalars` fetches all values with one `jax.device_get` and converts them to `float`:
 that is the one device-to-host sync of a logging step, so pass device arrays straight from the
@@ -223,7 +223,7 @@ class MetricWriter:
                 raise ValueError(
                     f"Image {key!r} has shape {image.shape}; expected HW, HWC or NHWC."
                 )
-            self._write_summary(step, tb_summary.image(check_tag(key), image, dataformats=formats))
+            self._write_summary(step, tb_summary.image(key, image, dataformats=formats))
 
     def write_hparams(self, hparams: Mapping[str, Any]) -> None:
         """Writes the flattened hparams ("model.dim": 64) to hparams.json and as TensorBoard text.
