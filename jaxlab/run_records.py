@@ -106,12 +106,12 @@ def write_run_info(workdir: str, info: dict[str, Any]) -> None:
     """
     import jax
 
+    from jaxlab.core.lock import make_workdir
     from jaxlab.core.writer import MetricWriter
 
     if jax.process_index() != 0:
         return
-    path = pathlib.Path(workdir) / RUN_INFO_JSON
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = pathlib.Path(make_workdir(workdir)) / RUN_INFO_JSON
     if path.exists():
         record = _read_json(path)
         record.setdefault("resumed", []).append(info)

@@ -18,6 +18,11 @@ into --grib_dir first.
 writes full-size (1059 x 1799) synthetic files and prepares stores of the first 12 and 48 of them,
 each in its own process, and prints the peak RSS (which must not grow with the number of files)
 and the files/s of each as JSON.
+
+Bad input (an empty, truncated or text file, another grid, a missing or non-finite value, a value
+out of range, two files at one valid time, a field twice in a file) ends in one line on stderr,
+`prepare_weather.py: <Error>: <file>: <what is wrong>`, and exit status 1; --verbose prints the
+traceback too.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 
 import numpy as np
 from absl import app, flags, logging
@@ -58,6 +64,7 @@ _MEASURE = flags.DEFINE_bool("measure", False, "Measure peak RSS and files/s (se
 _MEASURE_FILES = flags.DEFINE_list("measure_files", ["12", "48"], "Store sizes to measure.")
 _MEASURE_DIR = flags.DEFINE_string("measure_dir", None, "Where --measure writes (default tmp).")
 _REPORT = flags.DEFINE_string("report", None, "Write the --measure result (JSON) here too.")
+_VERBOSE = flags.DEFINE_bool("verbose", False, "On an error, print the full traceback too.")
 
 
 def prepare(grib_dir: str, store: str, limit: int = 0) -> dict:
@@ -134,6 +141,21 @@ def measure() -> dict:
 
 
 def main(argv):
+    """`run`, with an error as one line on stderr (exit 1); the traceback under --verbose."""
+    try:
+        run(argv)
+    except app.UsageError:
+        raise  # absl prints it with the usage
+    except Exception as e:  # noqa: BLE001 - every error is reported the same way
+        if _VERBOSE.value:
+            traceback.print_exc()
+        message = " ".join(str(e).split()) or "(no message)"
+        hint = "" if _VERBOSE.value else " (--verbose prints the traceback)"
+        print(f"prepare_weather.py: {type(e).__name__}: {message}{hint}", file=sys.stderr)
+        sys.exit(1)
+
+
+def run(argv):
     del argv
     logging.set_verbosity(logging.INFO)
     if _MEASURE.value:

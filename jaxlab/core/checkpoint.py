@@ -433,7 +433,12 @@ def best_step(manager: ocp.CheckpointManager, metric: str, mode: str = "min") ->
 
 
 def select_step(manager: ocp.CheckpointManager, which: str, metric: str | None, mode: str) -> int:
-    """`which` is "latest", "best" (by `metric`, falling back to latest) or a step number."""
+    """`which` is "latest", "best" (by `metric`, falling back to latest) or a step number.
+
+    An empty checkpoint folder is one error before anything else (no "using the latest" first).
+    """
+    if not manager.all_steps():
+        raise FileNotFoundError(f"No checkpoint in {manager.directory}.")
     if which == "latest":
         step = manager.latest_step()
     elif which == "best":

@@ -86,9 +86,37 @@ def _is_dead_here(holder: dict | None) -> bool:
     return False
 
 
+def make_workdir(workdir: str) -> str:
+    """Creates the run folder `workdir` (and its parents) when missing; returns it.
+
+    Every writer into a workdir (run records, lock, metric writer) creates it through here, so a
+    path that is a file is one error saying what a workdir must be, not errno 17 or 20.
+
+    Raises:
+      NotADirectoryError: `workdir`, or a folder above it, is a file.
+    """
+    if os.path.isdir(workdir):
+        return workdir
+    if os.path.lexists(workdir):
+        raise NotADirectoryError(
+            f"--workdir={workdir} is a file; the workdir must be a folder (a new one, or the "
+            "workdir of an earlier run). Pass another --workdir."
+        )
+    parent = os.path.dirname(os.path.abspath(workdir))
+    while not os.path.lexists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise NotADirectoryError(
+            f"--workdir={workdir}: cannot create the folder, {parent} is a file; the workdir "
+            "must be a folder. Pass another --workdir."
+        )
+    os.makedirs(workdir, exist_ok=True)
+    return workdir
+
+
 def acquire(workdir: str) -> WorkdirLock:
     """Takes `workdir/.lock` (creating workdir) or raises WorkdirLockedError naming the holder."""
-    os.makedirs(workdir, exist_ok=True)
+    make_workdir(workdir)
     path = os.path.join(workdir, LOCK_FILE)
     for attempt in range(2):
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by children (PEP 446)

@@ -10,15 +10,15 @@ import collections
 import logging as py_logging
 import math
 import signal
-import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
 import jax
 import numpy as np
-import tqdm
 from absl import logging
+
+from jaxlab.core import console
 
 T = TypeVar("T")
 
@@ -69,12 +69,15 @@ def log_preempted(step: int) -> None:
 
 
 class Progress:
-    """Step / total, loss, steps/s, examples/s and ETA: a tqdm bar on a tty, log lines otherwise.
+    """Step / total, the step's metrics, steps/s, examples/s and ETA: on a terminal one live bar
+    (`console.open_bar`; log lines print above it), otherwise a log line per report.
 
     Call `report(step, scalars)` at log time only (it reads host values); it returns the rates so
     the caller can write them with the other metrics. Timing starts at the first report: the
     steps before it include compilation (and restoring), which would make the first rates and
     the ETA wrong, so the first report returns no rates ({}) and later ones measure from it.
+    `live` says whether the reports go to a bar (the writer then keeps its copy of the step's
+    metrics off the screen); `close()` ends the bar early (a run stopped before its last step).
     """
 
     def __init__(self, total_steps: int, global_batch_size: int, start_step: int = 0):
@@ -84,13 +87,14 @@ class Progress:
         self._last_time = 0.0
         self._bar = None
         if _is_live():
-            self._bar = tqdm.tqdm(
+            self._bar = console.open_bar(
                 total=total_steps,
                 initial=start_step,
+                desc="train",
                 unit="step",
-                dynamic_ncols=True,
                 bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]",
             )
+        self.live = self._bar is not None
 
     def report(self, step: int, scalars: Mapping[str, Any] | None = None) -> dict[str, float]:
         now = time.perf_counter()
@@ -110,21 +114,30 @@ class Progress:
             parts += [f"{steps_per_sec:.2f} steps/s", f"{rates['examples_per_sec']:.1f} ex/s"]
         parts.append(f"ETA {format_seconds(eta)}")
         if self._bar is not None:
-            self._bar.update(step - self._bar.n)
-            self._bar.set_postfix_str(" | ".join(parts), refresh=True)
-            if step >= self.total_steps:
-                self._bar.close()
-        else:
+            # The bar is the step's only copy on screen: all its metrics, after the rates and
+            # ETA (a narrow terminal cuts the end of the line). The bar stays open after the
+            # last step (its evaluation logs above it) until `close()`.
+            parts += [f"{k} {float(v):.4g}" for k, v in (scalars or {}).items() if k != "loss"]
+            self._bar.set_postfix_str(" | ".join(parts), refresh=False)
+            self._bar.n = step
+            self._bar.refresh()
+        elif not self.live:
             percent = 100.0 * step / max(self.total_steps, 1)
             logging.info(
                 "step %d/%d (%.0f%%) | %s", step, self.total_steps, percent, " | ".join(parts)
             )
         return rates
 
+    def close(self) -> None:
+        """Ends the bar (it stays on screen as it was); a no-op off a terminal or when done."""
+        if self._bar is not None:
+            console.close_bar(self._bar)
+            self._bar = None
+
 
 def _is_live() -> bool:
     """A live bar only for a person watching: stderr is a terminal, and on process 0 only."""
-    return sys.stderr.isatty() and jax.process_index() == 0
+    return console.is_live()
 
 
 def progress_bar(
@@ -138,7 +151,13 @@ def progress_bar(
     if total is None and hasattr(iterable, "__len__"):
         total = len(iterable)
     if _is_live():
-        yield from tqdm.tqdm(iterable, total=total, desc=desc, dynamic_ncols=True)
+        bar = console.open_bar(total=total, desc=desc)
+        try:
+            for item in iterable:
+                yield item
+                bar.update(1)
+        finally:
+            console.close_bar(bar)
         return
     start = last = time.perf_counter()
     count = 0

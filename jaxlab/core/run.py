@@ -358,6 +358,7 @@ def loop_helpers(
             try:
                 yield helpers
             finally:
+                helpers.progress.close()  # a run stopped early: its bar ends where it stopped
                 _finish(manager, writer)
     finally:
         close_workdir(workdir)
@@ -389,6 +390,7 @@ def log_train_step(
     host = jax.device_get({**metrics, **(extra or {})})
     scalars = {k: float(v) for k, v in host.items()}
     scalars.update(helpers.progress.report(step, scalars))
-    helpers.writer.write_scalars(step, scalars)  # the failing step's record too
+    # The failing step's record too; on a terminal the bar shows these values already.
+    helpers.writer.write_scalars(step, scalars, shown_on_bar=helpers.progress.live)
     loop.check_finite(step, {k: v for k, v in host.items() if k in metrics})
     return scalars

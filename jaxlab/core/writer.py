@@ -15,6 +15,10 @@ get a writer whose methods do nothing), so multi-host runs produce one copy of e
 `figure_to_image` turns a matplotlib figure into the uint8 array `write_images` takes: the train
 loops write one telling figure per evaluation under `eval/<name>`.
 
+Scalar names are TensorBoard tags as they are (letters, digits and `_ . - /`, no leading `/`):
+TensorBoard renames any other character, so a name that would differ between metrics.jsonl (or a
+task's metrics.json) and TensorBoard is a ValueError naming it.
+
 `write_scalars` fetches all values with one `jax.device_get` and converts them to `float`:
 that is the one device-to-host sync of a logging step, so pass device arrays straight from the
 train step and call it every `log_every` steps only. JSON has no NaN or Inf, so non-finite
@@ -26,6 +30,7 @@ import itertools
 import json
 import math
 import os
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -38,11 +43,15 @@ from tensorboardX import summary as tb_summary
 from tensorboardX.event_file_writer import EventsWriter
 from tensorboardX.proto.event_pb2 import Event
 
+from jaxlab.core import console, lock
+
 METRICS_FILE = "metrics.jsonl"
 HPARAMS_FILE = "hparams.json"
 TB_DIR = "tb"
 
 _NON_FINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+# The characters TensorBoard keeps in a tag (tensorboardX and tf.summary replace others by "_").
+_TAG_CHARACTERS = re.compile(r"[-/\w.]+")
 # Event file names only carry the time in seconds; this keeps two writers apart.
 _writer_ids = itertools.count()
 
@@ -52,6 +61,23 @@ def _to_float(key: str, value: Any) -> float:
     if array.size != 1:
         raise ValueError(f"Scalar {key!r} has shape {array.shape}; expected a single value.")
     return float(array.reshape(()))
+
+
+def check_tag(name: str) -> str:
+    """Returns `name` when TensorBoard shows it unchanged; else a ValueError naming it.
+
+    TensorBoard's summary ops replace every character but letters, digits and `_ . - /` with `_`
+    and strip leading slashes (`brier/refc>=35` becomes `brier/refc__35`), so such a name would
+    differ from the same metric's key in metrics.json.
+    """
+    if not _TAG_CHARACTERS.fullmatch(name) or name.startswith("/"):
+        shown = re.sub(r"[^-/\w.]", "_", name).lstrip("/")
+        raise ValueError(
+            f"Metric name {name!r} is not a legal TensorBoard tag (TensorBoard would show it as "
+            f"{shown!r}); use only letters, digits and _ . - / so metrics.json and TensorBoard "
+            "name it alike."
+        )
+    return name
 
 
 def _json_value(value: float) -> float | str:
@@ -111,7 +137,7 @@ class MetricWriter:
         self._jsonl = None
         self._tb = None
         if self.enabled:
-            os.makedirs(os.path.join(workdir, TB_DIR), exist_ok=True)
+            os.makedirs(os.path.join(lock.make_workdir(workdir), TB_DIR), exist_ok=True)
             # Appending: a resumed run continues the same file, minus a torn last line.
             _drop_torn_tail(os.path.join(workdir, METRICS_FILE))
             self._jsonl = open(os.path.join(workdir, METRICS_FILE), "a")  # noqa: SIM115
@@ -123,25 +149,31 @@ class MetricWriter:
     def _write_summary(self, step: int, summary) -> None:
         self._tb.write_event(Event(wall_time=time.time(), step=int(step), summary=summary))
 
-    def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+    def write_scalars(
+        self, step: int, scalars: Mapping[str, Any], *, shown_on_bar: bool = False
+    ) -> None:
         """Appends `{"step": step, **scalars}` to metrics.jsonl, TensorBoard and the log.
 
         Args:
           step: train step.
           scalars: name -> Python, numpy or jax scalar (any shape with one element).
+          shown_on_bar: the values are on a live progress bar (`loop.Progress.live`): the log
+            line is marked `console.SHOWN_ON_BAR`, so it reaches absl's log file, when one is in
+            use, but not the terminal a second time.
         """
         if not self.enabled:
             return
         step = int(step)
         host = jax.device_get(dict(scalars))  # One transfer for all device arrays.
-        values = {key: _to_float(key, host[key]) for key in scalars}  # The caller's order.
+        values = {check_tag(key): _to_float(key, host[key]) for key in scalars}  # Caller's order.
         record = {"step": step, **{k: _json_value(v) for k, v in values.items()}}
         self._jsonl.write(json.dumps(record, allow_nan=False) + "\n")
         self._jsonl.flush()
         for key, value in values.items():
             self._write_summary(step, tb_summary.scalar(key, value))
         logging.info(
-            " | ".join([f"step {step}"] + [f"{k} {_format(v)}" for k, v in values.items()])
+            " | ".join([f"step {step}"] + [f"{k} {_format(v)}" for k, v in values.items()]),
+            extra={console.SHOWN_ON_BAR: shown_on_bar},
         )
 
     def truncate_after(self, step: int) -> None:
@@ -229,7 +261,7 @@ class MetricWriter:
             return
         flat = _flatten(_as_dict(hparams))
         host = jax.device_get(dict(metrics))
-        values = {key: _to_float(key, host[key]) for key in metrics}
+        values = {check_tag(key): _to_float(key, host[key]) for key in metrics}
         for summary in tb_summary.hparams(flat, values):
             self._write_summary(step, summary)
         self.write_summary_scalars(step, values)
@@ -241,7 +273,8 @@ class MetricWriter:
             return
         host = jax.device_get(dict(scalars))
         for key in scalars:
-            self._write_summary(step, tb_summary.scalar(key, _to_float(key, host[key])))
+            value = _to_float(key, host[key])
+            self._write_summary(step, tb_summary.scalar(check_tag(key), value))
         self._tb.flush()
 
     def write_text(self, step: int, texts: Mapping[str, str]) -> None:

@@ -46,17 +46,19 @@ def is_synthetic_dir(path: str) -> bool:
     return os.path.isfile(os.path.join(os.fspath(path), MARKER))
 
 
-def claim_synthetic_dir(path: str) -> str:
+def claim_synthetic_dir(path: str, key: str = "data.dir") -> str:
     """Makes `path` jaxlab's synthetic-data folder, or refuses; returns the absolute path.
 
     Accepted: a missing folder (created), an empty one, or one already carrying `MARKER`. The
     marker is written before returning, so later runs (and `check_not_overwriting`) know the
-    folder's files are jaxlab's. Anything else raises `DataDirError` and changes nothing.
+    folder's files are jaxlab's. Anything else raises `DataDirError` and changes nothing; its
+    message tells the user to point `key` (the task's config key of this folder, e.g.
+    "data.root") elsewhere.
     """
     path = os.path.abspath(os.fspath(path))
     if os.path.exists(path) and not os.path.isdir(path):
         raise DataDirError(
-            f"{path} is a file, not a folder; point data.dir at a folder (empty, or one that "
+            f"{path} is a file, not a folder; point {key} at a folder (empty, or one that "
             "jaxlab wrote synthetic data into)."
         )
     try:
@@ -70,7 +72,7 @@ def claim_synthetic_dir(path: str) -> str:
         examples = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
         raise DataDirError(
             f"{path} holds files that jaxlab did not write (e.g. {examples}); set "
-            "data.synthetic=False to use them, or point data.dir at an empty folder."
+            f"data.synthetic=False to use them, or point {key} at an empty folder."
         )
     _write_marker(path)
     return path
@@ -88,13 +90,13 @@ def _marked_ancestor(path: str) -> str | None:
         directory = parent
 
 
-def check_not_overwriting(path: str) -> str:
+def check_not_overwriting(path: str, key: str = "data.dir") -> str:
     """Refuses to replace a file that jaxlab did not write; returns the absolute path.
 
     A writer calls this before creating or replacing `path`. A missing file is fine. An existing
     one may be replaced only when a folder at or above it carries `MARKER` (a folder claimed with
-    `claim_synthetic_dir`); otherwise `DataDirError` names the file. A folder at `path` is an
-    error either way.
+    `claim_synthetic_dir`); otherwise `DataDirError` names the file and the config `key` to
+    point elsewhere. A folder at `path` is an error either way.
     """
     path = os.path.abspath(os.fspath(path))
     if os.path.isdir(path):
@@ -104,7 +106,7 @@ def check_not_overwriting(path: str) -> str:
     if os.path.lexists(path) and _marked_ancestor(path) is None:
         raise DataDirError(
             f"{path} exists and jaxlab did not write it (no {MARKER} in its folder or above); "
-            "refusing to overwrite it. Set data.synthetic=False to use it, or point data.dir at "
+            f"refusing to overwrite it. Set data.synthetic=False to use it, or point {key} at "
             "an empty folder."
         )
     return path

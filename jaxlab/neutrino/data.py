@@ -378,7 +378,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> str:
     root = config.data.root or os.path.join(workdir, "data")
     if config.data.synthetic:
         # Refuses (one error, nothing written) a folder holding files jaxlab did not write.
-        root = ownership.claim_synthetic_dir(root)
+        root = ownership.claim_synthetic_dir(root, key="data.root")
         s = config.data.synth
         synthetic.write_dataset(
             root,

@@ -178,7 +178,7 @@ def write_geometry(root: str) -> None:
             "z": pa.array(np.round(xyz[:, 2], 2)),
         }
     )
-    pa_csv.write_csv(table, ownership.check_not_overwriting(geometry_path(root)))
+    pa_csv.write_csv(table, ownership.check_not_overwriting(geometry_path(root), key="data.root"))
 
 
 def write_split(
@@ -249,7 +249,7 @@ def write_split(
 
 def _write_parquet(table: pa.Table, path: str) -> None:
     # Written under a temporary name then renamed: processes of a multi-host job may race.
-    path = ownership.check_not_overwriting(path)  # only below a folder jaxlab claimed
+    path = ownership.check_not_overwriting(path, key="data.root")  # below a claimed folder only
     tmp = f"{path}.{os.getpid()}.tmp"
     pq.write_table(table, tmp)
     os.replace(tmp, path)

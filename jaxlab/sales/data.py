@@ -362,9 +362,11 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> str:
     panel_path = dc.panel_path or os.path.join(data_dir, "panel.parquet")
     if dc.synthetic:
         if not csv_dir:
-            csv_dir = os.path.join(ownership.claim_synthetic_dir(data_dir), "olist")
+            csv_dir = os.path.join(
+                ownership.claim_synthetic_dir(data_dir, key="data.csv_dir"), "olist"
+            )
         else:
-            csv_dir = ownership.claim_synthetic_dir(csv_dir)
+            csv_dir = ownership.claim_synthetic_dir(csv_dir, key="data.csv_dir")
         synthetic.write_dataset(
             csv_dir, num_products=dc.num_products, num_days=dc.num_days, seed=config.seed
         )

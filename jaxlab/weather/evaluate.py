@@ -222,7 +222,9 @@ class _Accumulator:
         for name, thr in thresholds:
             v = data.VARIABLES.index(name)
             prob = np.asarray(metrics.exceedance_probability(phys_ens[..., v], thr))
-            self.events.setdefault(f"{name}>={thr:g}", []).append((prob, phys_truth[..., v] >= thr))
+            self.events.setdefault(event_key(name, thr), []).append(
+                (prob, phys_truth[..., v] >= thr)
+            )
 
     def reliability(self):
         out = {}
@@ -275,6 +277,15 @@ class _Accumulator:
         for v, name in enumerate(data.VARIABLES):
             r[f"rank_histogram/{name}"] = self.ranks[0, v].tolist()
         return r
+
+
+def event_key(name: str, threshold: float) -> str:
+    """The event "`name` >= `threshold`" as a metric key, e.g. `refc_ge_35` (`brier/refc_ge_35`).
+
+    Only letters, digits and `_ . - /`: TensorBoard renames any other character in a tag, so
+    this key is the same in metrics.json and in TensorBoard.
+    """
+    return f"{name}_ge_{threshold:g}".replace("+", "")
 
 
 def spread_skill(sq_err: np.ndarray, var: np.ndarray, members: int) -> float:
@@ -347,7 +358,7 @@ def comparison_table(accs: dict) -> dict[str, float]:
             )
             for v, name in enumerate(data.VARIABLES):
                 out[f"compare/{system}/rank_histogram/{name}/{lead}"] = acc.ranks[k, v].tolist()
-        for key in ("brier/refc>=35", "brier/cape>=1000"):
+        for key in (f"brier/{event_key('refc', 35)}", f"brier/{event_key('cape', 1000)}"):
             if key in r:
                 out[f"compare/{system}/{key}"] = r[key]
     return out
@@ -400,4 +411,5 @@ def write_products(out_dir, source, i, lead, init, ens, thresholds, num_plotted)
         )
     ds = xr.Dataset(variables, coords=coords, attrs={"model": "jaxlab.weather conditional DDPM"})
     ds.to_netcdf(os.path.join(out_dir, "ensemble.nc"), engine="h5netcdf")
-    plots.products(out_dir, current, mean[0], spread[0], probs, members[0], num_plotted)
+    plots.products(out_dir, current, mean[0], spread[0], probs, members[0], num_plotted,
+                   source.ds["latitude"].values, source.ds["longitude"].values)  # fmt: skip

@@ -1,4 +1,10 @@
-"""PNG figures (matplotlib Agg): product maps with per-variable colormaps and units, diagnostics."""
+"""PNG figures (matplotlib Agg): product maps with per-variable colormaps and units, diagnostics.
+
+Maps are drawn in the grid's own row / column space (no reprojection) with latitude and longitude
+lines from the grid's coordinates (`graticule`: the 2-D `latitude` / `longitude` that ecCodes
+decodes from the GRIB2 and the Zarr store keeps). No state or coast outlines: no installed
+dependency ships them for offline use (cartopy downloads Natural Earth on first use).
+"""
 
 from __future__ import annotations
 
@@ -42,7 +48,54 @@ CMAPS = {
 }
 
 
-def _map(field: np.ndarray, name: str, title: str, path: str, cmap=None, label=None) -> None:
+# Latitude / longitude line spacings (degrees) a map may use; the finest giving <= 6 lines.
+_GRATICULE_STEPS = (0.1, 0.2, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 30.0)
+
+
+def _degrees(value: float, positive: str, negative: str) -> str:
+    return f"{abs(value):g}°{positive if value >= 0 else negative}"
+
+
+def graticule(ax, latitude: np.ndarray, longitude: np.ndarray, max_points: int = 240) -> dict:
+    """Draws latitude and longitude lines, labelled (40°N, 100°W), over a map of the grid.
+
+    The map is an `imshow(field, origin="lower")` of the [H, W] grid, so pixel (row i, column j)
+    is at (x=j, y=i); the lines are contours of the grid's own `latitude` / `longitude` [H, W]
+    (degrees; longitudes east, 0..360 or -180..180), at a round spacing giving a few lines
+    across the map. Contoured on every `stride`-th point (the coordinates are smooth, so this
+    is exact to well under a pixel on HRRR's 1059 x 1799 grid, and quick).
+
+    Returns {"latitude": levels, "longitude": levels, "sets": the two ContourSets}.
+    """
+    lat = np.asarray(latitude, np.float64)
+    lon = (np.asarray(longitude, np.float64) + 180.0) % 360.0 - 180.0
+    height, width = lat.shape
+    stride = max(1, max(height, width) // max_points)
+    rows = np.unique(np.r_[np.arange(0, height, stride), height - 1])
+    cols = np.unique(np.r_[np.arange(0, width, stride), width - 1])
+    out: dict = {"sets": []}
+    for key, values, label in (
+        ("latitude", lat[np.ix_(rows, cols)], lambda v: _degrees(v, "N", "S")),
+        ("longitude", lon[np.ix_(rows, cols)], lambda v: _degrees(v, "E", "W")),
+    ):
+        low, high = float(values.min()), float(values.max())
+        step = next((s for s in _GRATICULE_STEPS if (high - low) / s <= 6), _GRATICULE_STEPS[-1])
+        levels = np.arange(np.ceil(low / step), np.floor(high / step) + 1) * step
+        out[key] = levels
+        if len(levels) == 0 or low == high:
+            continue
+        lines = ax.contour(cols, rows, values, levels=levels, colors="0.15", linewidths=0.5,
+                           alpha=0.7, linestyles="--")  # fmt: skip
+        ax.clabel(lines, fmt=label, fontsize=7, inline=True)
+        out["sets"].append(lines)
+    ax.set(xlim=(-0.5, width - 0.5), ylim=(-0.5, height - 0.5))
+    return out
+
+
+def _map(
+    field: np.ndarray, name: str, title: str, path: str, cmap=None, label=None, latlon=None
+) -> None:
+    """One map PNG; `latlon` = (latitude, longitude) [H, W] adds the graticule."""
     fig, ax = plt.subplots(figsize=(5, 3.4))
     if name == "refc" and cmap is None:
         im = ax.imshow(field, origin="lower", cmap=REFC_CMAP, norm=REFC_NORM)
@@ -51,13 +104,19 @@ def _map(field: np.ndarray, name: str, title: str, path: str, cmap=None, label=N
     cbar = fig.colorbar(im, ax=ax, shrink=0.85, extend="min" if name == "refc" else "neither")
     cbar.set_label(label or f"{name} [{data.UNITS[name]}]")
     ax.set(title=title, xticks=[], yticks=[])
+    if latlon is not None:
+        graticule(ax, *latlon)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
 
 
-def products(out_dir, current, mean, spread, probs, members, num_plotted) -> None:
-    """The five folders; fields [H, W, C] physical units; members [M, H, W, C]."""
+def products(
+    out_dir, current, mean, spread, probs, members, num_plotted, latitude=None, longitude=None
+) -> None:
+    """The five folders; fields [H, W, C] physical units; members [M, H, W, C]; `latitude`,
+    `longitude` [H, W] (the grid's coordinates) draw latitude / longitude lines on every map."""
+    latlon = None if latitude is None else (latitude, longitude)
     dirs = {
         k: os.path.join(out_dir, k)
         for k in (
@@ -76,12 +135,14 @@ def products(out_dir, current, mean, spread, probs, members, num_plotted) -> Non
             name,
             f"current {name}",
             os.path.join(dirs["01_current_state"], f"{name}.png"),
+            latlon=latlon,
         )
         _map(
             mean[..., v],
             name,
             f"ensemble mean {name}",
             os.path.join(dirs["02_ensemble_mean"], f"{name}.png"),
+            latlon=latlon,
         )
         _map(
             spread[..., v],
@@ -90,6 +151,7 @@ def products(out_dir, current, mean, spread, probs, members, num_plotted) -> Non
             os.path.join(dirs["03_ensemble_spread"], f"{name}.png"),
             cmap="magma",
             label=f"{name} spread [{data.UNITS[name]}]",
+            latlon=latlon,
         )
     for key, (name, thr, p) in probs.items():
         _map(
@@ -99,6 +161,7 @@ def products(out_dir, current, mean, spread, probs, members, num_plotted) -> Non
             os.path.join(dirs["04_probability_maps"], f"{key}.png"),
             cmap="viridis",
             label="probability",
+            latlon=latlon,
         )
     for mem in range(min(num_plotted, members.shape[0])):
         _map(
@@ -106,6 +169,7 @@ def products(out_dir, current, mean, spread, probs, members, num_plotted) -> Non
             "refc",
             f"member {mem} refc",
             os.path.join(dirs["05_sample_members"], f"refc_member{mem:02d}.png"),
+            latlon=latlon,
         )
 
 
@@ -171,7 +235,8 @@ def reliability(curves: dict, path: str) -> None:
         used = r["count"] > 0
         ax.plot([0, 1], [0, 1], "k--", lw=1)
         ax.plot(r["forecast"][used], r["observed"][used], "o-")
-        ax.set(xlabel="forecast probability", ylabel="observed frequency", title=key)
+        title = key.replace("_ge_", " >= ")  # refc_ge_35 -> refc >= 35
+        ax.set(xlabel="forecast probability", ylabel="observed frequency", title=title)
         ax.set(xlim=(0, 1), ylim=(0, 1))
         hist.bar((np.arange(len(r["count"])) + 0.5) / len(r["count"]), r["count"], width=0.09)
         hist.set(yscale="log", xlabel="forecast probability", ylabel="forecasts", xlim=(0, 1))

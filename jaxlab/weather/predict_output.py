@@ -185,7 +185,8 @@ def _when(init, valid, lead) -> str:
     return f"init {i} | valid {v} | lead +{int(lead)} h"
 
 
-def _map(field, name, title, path, cmap=None, label=None, limits=None) -> str:
+def _map(field, name, title, path, cmap=None, label=None, limits=None, latlon=None) -> str:
+    """One map PNG; `latlon` = (latitude, longitude) [y, x] adds latitude / longitude lines."""
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     if name == "refc" and cmap is None:
         im = ax.imshow(field, origin="lower", cmap=plots.REFC_CMAP, norm=plots.REFC_NORM)
@@ -199,6 +200,8 @@ def _map(field, name, title, path, cmap=None, label=None, limits=None) -> str:
     cbar.set_label(label or f"{name} [{data.UNITS[name]}]")
     ax.set_title(title, fontsize=8)
     ax.set(xticks=[], yticks=[])
+    if latlon is not None:
+        plots.graticule(ax, *latlon)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
@@ -206,7 +209,10 @@ def _map(field, name, title, path, cmap=None, label=None, limits=None) -> str:
 
 
 def figures(out: str, ds: xr.Dataset, init: dict, num_members: int) -> list[str]:
-    """The five folders; every title carries init time, valid time and lead."""
+    """The five folders; every title carries init time, valid time and lead, every map the
+    latitude / longitude lines of the dataset's grid (its `latitude` / `longitude`, from the
+    GRIB2 or the store)."""
+    latlon = (ds["latitude"].values, ds["longitude"].values)
     dirs = {k: os.path.join(out, k) for k in FOLDERS}
     for d in dirs.values():
         os.makedirs(d, exist_ok=True)
@@ -214,7 +220,9 @@ def figures(out: str, ds: xr.Dataset, init: dict, num_members: int) -> list[str]
     now = _when(t0, t0, 0)
     for c, name in enumerate(data.VARIABLES):
         path = os.path.join(dirs["01_current_state"], f"{name}.png")
-        written.append(_map(init["state"][..., c], name, f"analysis {name}\n{now}", path))
+        written.append(
+            _map(init["state"][..., c], name, f"analysis {name}\n{now}", path, latlon=latlon)
+        )
         if init["previous"] is not None:
             change = init["state"][..., c] - init["previous"][..., c]
             bound = float(np.abs(change).max()) or 1.0
@@ -222,7 +230,7 @@ def figures(out: str, ds: xr.Dataset, init: dict, num_members: int) -> list[str]
             label = f"{name} change [{data.UNITS[name]}]"
             written.append(
                 _map(change, name, f"1-h change {name}\n{now}", path, "RdBu_r", label,
-                     (-bound, bound))
+                     (-bound, bound), latlon)
             )  # fmt: skip
     probs = [v for v in ds.data_vars if v.startswith("probability_of_")]
     for k, valid in enumerate(ds["time"].values):
@@ -230,21 +238,25 @@ def figures(out: str, ds: xr.Dataset, init: dict, num_members: int) -> list[str]
         when, tag = _when(t0, valid, lead), f"lead{lead:02d}h"
         for name in data.VARIABLES:
             path = os.path.join(dirs["02_ensemble_mean"], f"{name}_{tag}.png")
-            written.append(_map(ds[f"{name}_mean"].values[k], name, f"mean {name}\n{when}", path))
+            field = ds[f"{name}_mean"].values[k]
+            written.append(_map(field, name, f"mean {name}\n{when}", path, latlon=latlon))
             path = os.path.join(dirs["03_ensemble_spread"], f"{name}_{tag}.png")
             label = f"{name} spread [{data.UNITS[name]}]"
             spread = ds[f"{name}_spread"].values[k]
-            written.append(_map(spread, name, f"spread {name}\n{when}", path, "magma", label))
+            written.append(
+                _map(spread, name, f"spread {name}\n{when}", path, "magma", label, latlon=latlon)
+            )
         for key in probs:
             attrs = ds[key].attrs
             title = f"P({key.split('_')[2]} >= {attrs['threshold']:g} {attrs['threshold_units']})"
             path = os.path.join(dirs["04_probability_maps"], f"{key}_{tag}.png")
             field = ds[key].values[k]
+            label, limits = "probability", (0, 1)
             written.append(
-                _map(field, "prob", f"{title}\n{when}", path, "viridis", "probability", (0, 1))
+                _map(field, "prob", f"{title}\n{when}", path, "viridis", label, limits, latlon)
             )
         for m in range(min(num_members, ds.sizes["realization"])):
             path = os.path.join(dirs["05_sample_members"], f"refc_member{m:02d}_{tag}.png")
             field = ds["refc"].values[m, k]
-            written.append(_map(field, "refc", f"member {m} refc\n{when}", path))
+            written.append(_map(field, "refc", f"member {m} refc\n{when}", path, latlon=latlon))
     return written

@@ -227,3 +227,37 @@ def test_hparams_with_metrics_read_back_by_tensorboard(tmp_path):
     assert text.tensor_proto.string_val == [b"**sha** abc"]
     # metrics.jsonl holds only what write_scalars wrote.
     assert writer_lib.read_metrics(str(tmp_path)) == [{"step": 5, "loss": 2.0}]
+
+
+def test_metric_names_are_tensorboard_tags_as_they_are(tmp_path):
+    """TensorBoard renames characters outside letters, digits and _ . - / (issue 28: the
+    weather Brier keys `brier/refc>=35` became `brier/refc__35`): legal names read back
+    unchanged, others are an error before anything is written."""
+    from tensorboard.backend.event_processing import event_accumulator
+
+    from jaxlab.weather.evaluate import event_key
+
+    assert [event_key("refc", 35), event_key("cin", -50.0), event_key("q", 1e6)] == [
+        "refc_ge_35",
+        "cin_ge_-50",
+        "q_ge_1e06",
+    ]
+    names = {f"brier/{event_key('refc', 35)}": 0.1, "crps/t2m/lead1": 0.3, "rate_1.5-x": 2.0}
+    workdir = str(tmp_path)
+    with writer_lib.MetricWriter(workdir, enabled=True) as writer:
+        writer.write_scalars(3, names)
+        writer.write_summary_scalars(3, {f"evaluate/eval/{k}": v for k, v in names.items()})
+        with pytest.raises(ValueError) as error:
+            writer.write_scalars(4, {"loss": 1.0, "brier/refc>=35": 0.1})
+        with pytest.raises(ValueError, match="'/loss' is not a legal TensorBoard tag"):
+            writer.write_summary_scalars(4, {"/loss": 1.0})
+    assert str(error.value) == (
+        "Metric name 'brier/refc>=35' is not a legal TensorBoard tag (TensorBoard would show it "
+        "as 'brier/refc__35'); use only letters, digits and _ . - / so metrics.json and "
+        "TensorBoard name it alike."
+    )
+    accumulator = event_accumulator.EventAccumulator(os.path.join(workdir, "tb"))
+    accumulator.Reload()
+    tags = set(accumulator.Tags()["scalars"])
+    assert tags == set(names) | {f"evaluate/eval/{k}" for k in names}
+    assert writer_lib.read_metrics(workdir) == [{"step": 3, **names}]  # nothing of step 4

@@ -15,7 +15,9 @@ import jax
 import numpy as np
 import pytest
 import xarray as xr
+from tensorboard.backend.event_processing import event_accumulator
 
+from jaxlab import run_records
 from jaxlab.configs import weather as weather_config
 from jaxlab.core import checkpoint, rng
 from jaxlab.core import mesh as mesh_lib
@@ -276,7 +278,7 @@ def test_training_learns_and_evaluation_writes_products(data_dir, tmp_path):
         "bias/u10/lead1",
         "rank_rel_entropy/cin/lead2",
         "spread_skill/lead1",
-        "brier/refc>=35",
+        "brier/refc_ge_35",
         "crps/refc/lead1",
     ):
         assert np.all(np.isfinite(results[key])), key
@@ -302,3 +304,14 @@ def test_training_learns_and_evaluation_writes_products(data_dir, tmp_path):
     assert ds["refc"].dims == ("lead_time", "member", "y", "x")
     assert ds["refc"].attrs["units"] == "dBZ" and "latitude" in ds.coords
     assert float(ds["prob_refc_ge_35"].max()) <= 1.0
+    # TensorBoard shows every number of metrics.json under the same name (issue 28: no renamed
+    # `brier/refc>=35`); `jaxlab evaluate` writes them through run_records.record_evaluation.
+    run_records.record_evaluation(config, workdir, results)
+    accumulator = event_accumulator.EventAccumulator(os.path.join(workdir, "tb"), size_guidance={})
+    accumulator.Reload()
+    prefix = f"evaluate/{config.eval.split}/"
+    tags = {t[len(prefix) :] for t in accumulator.Tags()["scalars"] if t.startswith(prefix)}
+    numbers = {
+        k for k, v in saved.items() if isinstance(v, int | float) and not isinstance(v, bool)
+    }
+    assert "brier/refc_ge_35" in numbers and tags == numbers, tags ^ numbers
