@@ -1,4 +1,4 @@
-"""Reading and writing the parameter file of an exported bundle (see `jaxlab/export.py`).
+"""Reading and writing the parameter file of an exported bundle (see `jaxlab/cli/export.py`).
 
 Kept in core, apart from the exporter, so `run.restore_for_eval` can evaluate a bundle
 (`config.eval.model`) without importing task code.

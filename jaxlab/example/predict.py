@@ -1,6 +1,6 @@
 """Predictions of the example task on new, unlabelled data: an `.npz` with `x` [N, F] -> a CSV.
 
-`predict(model, inputs, out)` takes a training workdir or an exported bundle (`jaxlab.export`);
+`predict(model, inputs, out)` takes a training workdir or an exported bundle (`jaxlab export`);
 both give bitwise the same predictions.
 
     jaxlab predict --model=runs/example/bundle --input=new.npz --out=preds [batch_size=1024]
@@ -17,7 +17,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from jaxlab import export
+from jaxlab.cli import export
 from jaxlab.example import data
 from jaxlab.example import model as model_lib
 

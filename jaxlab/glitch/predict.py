@@ -1,6 +1,6 @@
 """Glitch classes of new, unlabelled Gravity Spy samples: PNGs or an h5 -> `predictions.csv`.
 
-`predict(model, inputs, out)` takes a training workdir or an exported bundle (`jaxlab.export`;
+`predict(model, inputs, out)` takes a training workdir or an exported bundle (`jaxlab export`;
 both give bitwise the same predictions) and one of:
 
   - a folder of Gravity Spy PNGs, `<ifo>_<id>_spectrogram_<dur>.png`, at any depth (the
@@ -33,7 +33,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from jaxlab import export
+from jaxlab.cli import export
 from jaxlab.core import loop
 from jaxlab.glitch import data, plots
 from jaxlab.glitch import model as model_lib

@@ -2,7 +2,7 @@
 
     predict(model, inputs, out) -> [out/submission.csv]   (event_id,azimuth,zenith; radians)
 
-`model` is a training workdir or an exported bundle (`jaxlab.export`); both give bitwise the same
+`model` is a training workdir or an exported bundle (`jaxlab export`); both give bitwise the same
 file. `inputs` is a folder in the Kaggle layout (`sensor_geometry.csv`, `test/batch_<n>.parquet`,
 optionally `test_meta.parquet`), a folder of `batch_<n>.parquet` files, one batch file, or several
 separated by commas. `geometry=` names `sensor_geometry.csv` when it is not found in the inputs'
@@ -36,7 +36,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from jaxlab import export
+from jaxlab.cli import export
 from jaxlab.core import loop
 from jaxlab.neutrino import data, data_packing, data_pipeline, metrics, synthetic
 from jaxlab.neutrino import model as model_lib

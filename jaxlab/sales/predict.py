@@ -29,7 +29,7 @@ import pandas as pd
 from absl import logging
 from safetensors import numpy as safetensors_np
 
-from jaxlab import export
+from jaxlab.cli import export
 from jaxlab.core import mesh as mesh_lib
 from jaxlab.core import rng
 from jaxlab.sales import data, data_windows, forecast, gan, steps

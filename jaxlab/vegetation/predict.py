@@ -3,7 +3,7 @@
     jaxlab predict --model=runs/vegetation/bundle --input=<cubes> --out=preds \
         [batch_size=N] [normalisation=PATH] [plots=true|false]
 
-`model` is a training workdir or an exported bundle (`jaxlab.export`); both give bitwise the same
+`model` is a training workdir or an exported bundle (`jaxlab export`); both give bitwise the same
 files. `inputs` is one cube file, a tile folder of cubes (`<tile>/<cube>.nc`) or a track folder
 in the test-track layout (`<track>/<tile>/<cube>.nc`).
 
@@ -49,7 +49,7 @@ import numpy as np
 import xarray as xr
 from absl import logging
 
-from jaxlab import export
+from jaxlab.cli import export
 from jaxlab.core import loop
 from jaxlab.vegetation import data, data_normalisation, evaluate, plots, synthetic
 from jaxlab.vegetation import model as model_lib

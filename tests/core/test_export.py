@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from safetensors import numpy as safetensors_np
 
-from jaxlab import export
+from jaxlab.cli import export
 from jaxlab.configs import example as example_config
 from jaxlab.example import predict, train
 

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from jaxlab import export
+from jaxlab.cli import export
 from jaxlab.configs import glitch as glitch_config
 from jaxlab.glitch import data, evaluate, predict, train
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from jaxlab import export
+from jaxlab.cli import export
 from jaxlab.configs import neutrino as neutrino_config
 from jaxlab.neutrino import data_packing, predict, synthetic, train
 

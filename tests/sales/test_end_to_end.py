@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from jaxlab import export
+from jaxlab.cli import export
 from jaxlab.configs import sales as sales_config
 from jaxlab.core import checkpoint, loop, run
 from jaxlab.core import mesh as mesh_lib

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from jaxlab import export
+from jaxlab.cli import export
 from jaxlab.vegetation import data, data_normalisation, evaluate, predict, train
 from tests.vegetation import helpers
 

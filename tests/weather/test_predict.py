@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from jaxlab import export
+from jaxlab.cli import export
 from jaxlab.configs import weather as weather_config
 from jaxlab.core import mesh as mesh_lib
 from jaxlab.weather import data, predict, predict_output, train

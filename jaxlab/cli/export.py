@@ -30,7 +30,7 @@ import jax
 import ml_collections
 from absl import logging
 
-from jaxlab import run_records
+from jaxlab.cli import run_records
 from jaxlab.core import bundle, checkpoint, run
 from jaxlab.core import mesh as mesh_lib
 from jaxlab.core import task as task_lib
@@ -43,7 +43,7 @@ from jaxlab.core.bundle import (  # noqa: F401 - the bundle API, re-exported
     unflatten_params,
 )
 
-PACKAGE_DIR = pathlib.Path(__file__).resolve().parent
+PACKAGE_DIR = pathlib.Path(__file__).resolve().parents[1]  # jaxlab/
 CARD_FILE = "model_card.md"
 BUNDLE_FORMAT = 1
 

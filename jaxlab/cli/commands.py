@@ -39,7 +39,7 @@ from typing import Any
 
 from absl import app, flags, logging
 
-from jaxlab.cli_config import (  # noqa: F401 - part of the command's API (tests use them)
+from jaxlab.cli.config import (  # noqa: F401 - part of the command's API (tests use them)
     CONFIG_JSON,
     EVAL_KEYS,
     explicit_overrides,
@@ -48,7 +48,7 @@ from jaxlab.cli_config import (  # noqa: F401 - part of the command's API (tests
     resolved_config,
     with_recorded_config,
 )
-from jaxlab.cli_flags import (
+from jaxlab.cli.flags import (
     define_check_data_flags,
     define_download_flags,
     define_evaluate_only_flags,
@@ -63,9 +63,9 @@ from jaxlab.cli_flags import (
     flag_value,
     require_flags,
 )
+from jaxlab.cli.run_records import record_evaluation, record_final_metrics, run_info, write_run_info
 from jaxlab.core import run
 from jaxlab.core import task as task_lib
-from jaxlab.run_records import record_evaluation, record_final_metrics, run_info, write_run_info
 
 NOT_YET = 2  # exit status of a command a task does not have yet (predict, check-data)
 
@@ -143,7 +143,7 @@ def export_main(argv: list[str]) -> None:
     """`jaxlab export --workdir=W --out=BUNDLE [--checkpoint=best|latest|STEP]`."""
     _start(argv)
     require_flags("workdir", "out")
-    from jaxlab import export
+    from jaxlab.cli import export
 
     config = resolved_config(_ARGV, flag_value("allow_config_change"))
     out = export.export_bundle(
@@ -168,7 +168,7 @@ def key_values(args: list[str], command: str) -> dict[str, str]:
 
 def _model_config(model: str) -> Any:
     """The config a bundle or a training workdir recorded (`config.json`)."""
-    from jaxlab import export
+    from jaxlab.cli import export
 
     if not os.path.isdir(model):
         raise FileNotFoundError(f"--model={model}: no such bundle or workdir.")
@@ -317,13 +317,13 @@ def prepare_main(argv: list[str]) -> None:
 
 
 def bench_main(argv: list[str]) -> None:
-    from jaxlab import bench
+    from jaxlab.cli import bench
 
     bench.main(argv)
 
 
 def demo_main(argv: list[str]) -> None:
-    from jaxlab import demo
+    from jaxlab.cli import demo
 
     demo.main(argv)
 
@@ -367,13 +367,13 @@ COMMANDS = {
     ),
     "bench": Command(
         "Step time, compile time, FLOPs, memory and MFU of each task's train step.",
-        define_module_flags("jaxlab.bench"),
+        define_module_flags("jaxlab.cli.bench"),
         bench_main,
         uses_config=False,
     ),
     "demo": Command(
         "Train, evaluate, export and predict with every task's demo config; print a table.",
-        define_module_flags("jaxlab.demo"),
+        define_module_flags("jaxlab.cli.demo"),
         demo_main,
         uses_config=False,
     ),

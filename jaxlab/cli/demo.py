@@ -19,7 +19,7 @@ import time
 
 from absl import app, flags, logging
 
-from jaxlab import export
+from jaxlab.cli import export
 from jaxlab.core import loop
 from jaxlab.core import mesh as mesh_lib
 from jaxlab.core.task import import_task, load_config
