@@ -16,9 +16,8 @@ from collections.abc import Sequence
 import h5py
 from absl import logging
 
-from jaxlab.glitch import synthetic
+from jaxlab.glitch.format import SPLITS
 
-SPLITS = synthetic.SPLITS
 PNG_PATTERN = re.compile(r"^(?P<ifo>[A-Za-z0-9]+)_(?P<id>.+)_spectrogram_(?P<dur>[0-9.]+)\.png$")
 
 

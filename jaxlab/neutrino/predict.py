@@ -38,8 +38,9 @@ from absl import logging
 
 from jaxlab.cli import export
 from jaxlab.core import loop
-from jaxlab.neutrino import data, data_packing, data_pipeline, metrics, synthetic
+from jaxlab.neutrino import data, data_packing, data_pipeline, metrics
 from jaxlab.neutrino import model as model_lib
+from jaxlab.neutrino.format import geometry_path, meta_path
 
 SUBMISSION_FILE = "submission.csv"
 HEADER = ("event_id", "azimuth", "zenith")
@@ -78,7 +79,7 @@ def find_geometry(inputs: str, files: Sequence[str]) -> str:
     start = inputs if os.path.isdir(inputs) else os.path.dirname(os.path.abspath(files[0]))
     folder = os.path.abspath(start)
     for _ in range(3):
-        path = synthetic.geometry_path(folder)
+        path = geometry_path(folder)
         if os.path.isfile(path):
             return path
         folder = os.path.dirname(folder)
@@ -206,7 +207,7 @@ def predict(
     files = batch_files(inputs)
     geometry = geometry or find_geometry(inputs, files)
     if meta is None and os.path.isdir(inputs):
-        found = synthetic.meta_path(inputs, "test")
+        found = meta_path(inputs, "test")
         meta = found if os.path.isfile(found) else None
     xyz = data.read_geometry_file(geometry)
     processor = data_packing.EventProcessor(
@@ -279,6 +280,6 @@ def demo_input(config: ml_collections.ConfigDict, workdir: str) -> str:
         raise FileNotFoundError(f"{root}: no test/batch_<n>.parquet to predict on.")
     folder = os.path.join(workdir, "predict_input")
     os.makedirs(os.path.join(folder, "test"), exist_ok=True)
-    shutil.copyfile(synthetic.geometry_path(root), synthetic.geometry_path(folder))
+    shutil.copyfile(geometry_path(root), geometry_path(folder))
     shutil.copyfile(tests[0], os.path.join(folder, "test", os.path.basename(tests[0])))
     return folder

@@ -16,12 +16,7 @@ import ml_collections
 import numpy as np
 
 from jaxlab.vegetation import data, metrics
-
-VARIABLES = (
-    "s2_B02", "s2_B03", "s2_B04", "s2_B8A", "s2_mask", "s2_SCL", "s2_dlmask", "s2_avail",
-    "esawc_lc", "cop_dem", "geom_cls", "eobs_tg", "eobs_tn", "eobs_tx", "eobs_rr", "eobs_pp",
-    "eobs_hu", "eobs_qq", "eobs_fg",
-)  # fmt: skip
+from jaxlab.vegetation.format import VARIABLES
 
 
 class Running:

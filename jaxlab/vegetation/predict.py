@@ -51,7 +51,7 @@ from absl import logging
 
 from jaxlab.cli import export
 from jaxlab.core import loop
-from jaxlab.vegetation import data, data_normalisation, evaluate, plots, synthetic
+from jaxlab.vegetation import data, data_normalisation, evaluate, plots
 from jaxlab.vegetation import model as model_lib
 
 NORMALISATION_FILE = "normalisation.json"
@@ -134,16 +134,7 @@ def recompute_normalisation(config: ml_collections.ConfigDict) -> data_normalisa
             )
         return _normalisation_of_track(config, d.dir)
     with tempfile.TemporaryDirectory(prefix="jaxlab_vegetation_norm_") as root:
-        # Same tuple positions (they seed the cubes), other tracks with no cube.
-        cubes = tuple((str(t), int(n) if t == d.train_track else 0) for t, n in d.synthetic_cubes)
-        synthetic.write_dataset(
-            root,
-            cubes=cubes,
-            regions=tuple(d.synthetic_regions),
-            size=d.synthetic_size,
-            seed=config.seed,
-            engine=d.engine,
-        )
+        data.write_synthetic(config, root, tracks=(d.train_track,))
         return _normalisation_of_track(config, root)
 
 
