@@ -257,9 +257,9 @@ def download_main(argv: list[str]) -> None:
 
 
 def _data_check(config: Any) -> Callable[[], Any] | None:
-    """The task's data check: `check(config)` in `<task>.datacheck` or `<task>.data`; else a
-    `datacheck.check_track(root, track, config)` over the config's tracks (vegetation)."""
-    for name in ("datacheck", "data"):
+    """The task's data check: `check(config)` in `<task>.data_report` or `<task>.data`; else a
+    `data_report.check_track(root, track, config)` over the config's tracks (vegetation)."""
+    for name in ("data_report", "data"):
         full = f"{config.task}.{name}"
         if importlib.util.find_spec(full) is None:
             continue

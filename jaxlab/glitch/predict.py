@@ -242,7 +242,7 @@ def predict(
             samples = png_samples(inputs, durations)
             crop = _crop(png_crop, config)
             read = lambda paths: read_png_views(paths, crop)  # noqa: E731
-        written, counts = write_predictions(
+        written, counts = predict_samples(
             config, params, samples, read, out, batch_size, make_plots
         )
     logging.info(
@@ -256,7 +256,7 @@ def predict(
     return written
 
 
-def write_predictions(config, params, samples, read, out, batch_size, make_plots):
+def predict_samples(config, params, samples, read, out, batch_size, make_plots):
     """The batched pass over `samples` ([(id, source)], `read(source)` -> views): writes the CSV
     (and figures); returns (files written, counts of top-1 classes)."""
     dc = config.data

@@ -5,7 +5,8 @@ cubes of a track (evenly spaced), runs the reader's checks on each (missing vari
 wrong size, reflectance scale) and accumulates per variable min / max / mean / NaN fraction, plus
 the fraction of 5-daily frames with a Sentinel-2 acquisition, the clear fraction (`s2_mask` == 0)
 of acquired pixels, and the official validity fraction (`s2_dlmask` < 1 and SCL in the clear
-classes) of the frames.
+classes) of the frames. The per-cube checks themselves are `data_checks.py` (which the reader
+runs on every cube); this module only summarises a whole track (`jaxlab check-data`).
 """
 
 from __future__ import annotations
