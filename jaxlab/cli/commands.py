@@ -63,9 +63,14 @@ from jaxlab.cli.flags import (
     flag_value,
     require_flags,
 )
-from jaxlab.cli.run_records import record_evaluation, record_final_metrics, run_info, write_run_info
 from jaxlab.core import run
 from jaxlab.core import task as task_lib
+from jaxlab.core.run_records import (
+    record_evaluation,
+    record_final_metrics,
+    run_info,
+    write_run_info,
+)
 
 NOT_YET = 2  # exit status of a command a task does not have yet (predict, check-data)
 
@@ -124,12 +129,13 @@ def evaluate_main(argv: list[str]) -> None:
     config = resolved_config(_ARGV, flag_value("allow_config_change"))
     workdir = flag_value("workdir")
     if flag_value("model"):
-        from jaxlab.core import bundle
+        from jaxlab.core import bundle as bundle_lib
 
-        if not bundle.is_bundle(flag_value("model")):
-            fatal(f"--model={flag_value('model')}: not an exported bundle (no {bundle.INFO_FILE}).")
+        model = flag_value("model")
+        if not bundle_lib.is_bundle(model):
+            fatal(f"--model={model}: not an exported bundle (no {bundle_lib.INFO_FILE}).")
         with config.unlocked():
-            config.eval.model = os.path.abspath(flag_value("model"))
+            config.eval.model = os.path.abspath(model)
     task = task_lib.import_task(config, "evaluate")
     metrics = task.evaluate(config, workdir)
     logging.info("Eval metrics:\n%s", json.dumps(metrics, indent=2, default=float))
@@ -143,10 +149,10 @@ def export_main(argv: list[str]) -> None:
     """`jaxlab export --workdir=W --out=BUNDLE [--checkpoint=best|latest|STEP]`."""
     _start(argv)
     require_flags("workdir", "out")
-    from jaxlab.cli import export
+    from jaxlab.core import bundle as bundle_lib
 
     config = resolved_config(_ARGV, flag_value("allow_config_change"))
-    out = export.export_bundle(
+    out = bundle_lib.export_bundle(
         config, flag_value("workdir"), flag_value("out"), flag_value("checkpoint")
     )
     for name in sorted(os.listdir(out)):
@@ -168,16 +174,16 @@ def key_values(args: list[str], command: str) -> dict[str, str]:
 
 def _model_config(model: str) -> Any:
     """The config a bundle or a training workdir recorded (`config.json`)."""
-    from jaxlab.cli import export
+    from jaxlab.core import bundle as bundle_lib
 
     if not os.path.isdir(model):
         raise FileNotFoundError(f"--model={model}: no such bundle or workdir.")
-    if not os.path.isfile(os.path.join(model, export.CONFIG_FILE)):
+    if not os.path.isfile(os.path.join(model, bundle_lib.CONFIG_FILE)):
         raise FileNotFoundError(
-            f"--model={model}: no {export.CONFIG_FILE}; give an exported bundle (`jaxlab export`) "
-            "or the workdir of a training run."
+            f"--model={model}: no {bundle_lib.CONFIG_FILE}; give an exported bundle "
+            "(`jaxlab export`) or the workdir of a training run."
         )
-    return export.read_config(model)
+    return bundle_lib.read_config(model)
 
 
 def predict_main(argv: list[str]) -> None:

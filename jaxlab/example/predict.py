@@ -17,7 +17,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from jaxlab.cli import export
+from jaxlab.core import bundle as bundle_lib
 from jaxlab.example import data
 from jaxlab.example import model as model_lib
 
@@ -58,8 +58,8 @@ def predict(
 ) -> list[str]:
     """Writes `out/predictions.csv` (index, prediction) for every row of `inputs`; returns
     [its path]. `batch_size` (a CLI option, so it may come as a string) rows per compiled call."""
-    batch_size = export.positive_int_option("batch_size", batch_size)
-    config, params, info = export.load_model(model, config, task="jaxlab.example")
+    batch_size = bundle_lib.positive_int_option("batch_size", batch_size)
+    config, params, info = bundle_lib.load_model(model, config, task="jaxlab.example")
     x = read_inputs(inputs, config.data.num_features)
     predictions = predict_array(config, params, x, batch_size)
     os.makedirs(out, exist_ok=True)

@@ -33,7 +33,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from jaxlab.cli import export
+from jaxlab.core import bundle as bundle_lib
 from jaxlab.core import loop
 from jaxlab.glitch import data, plots
 from jaxlab.glitch import model as model_lib
@@ -228,7 +228,7 @@ def predict(
     batch_size = int(batch_size)
     if batch_size < 1:
         raise ValueError(f"predict option batch_size={batch_size}: expected a positive integer.")
-    config, params, info = export.load_model(model, config, task="jaxlab.glitch")
+    config, params, info = bundle_lib.load_model(model, config, task="jaxlab.glitch")
     dc = config.data
     durations = tuple(dc.durations) if dc.multi_view else (dc.view,)
     if not os.path.exists(inputs):

@@ -36,7 +36,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from jaxlab.cli import export
+from jaxlab.core import bundle as bundle_lib
 from jaxlab.core import loop
 from jaxlab.neutrino import data, data_packing, data_pipeline, metrics
 from jaxlab.neutrino import model as model_lib
@@ -203,7 +203,7 @@ def predict(
     cross-check against), packs_per_batch=N (packs per device call; default
     eval.global_batch_size).
     """
-    config, params, info = export.load_model(model, config, task="jaxlab.neutrino")
+    config, params, info = bundle_lib.load_model(model, config, task="jaxlab.neutrino")
     files = batch_files(inputs)
     geometry = geometry or find_geometry(inputs, files)
     if meta is None and os.path.isdir(inputs):

@@ -49,7 +49,7 @@ import numpy as np
 import xarray as xr
 from absl import logging
 
-from jaxlab.cli import export
+from jaxlab.core import bundle as bundle_lib
 from jaxlab.core import loop
 from jaxlab.vegetation import data, data_normalisation, evaluate, plots
 from jaxlab.vegetation import model as model_lib
@@ -108,7 +108,7 @@ def find_normalisation(
     """(the training normalisation, where it came from); the order is in the module docstring."""
     candidates = [explicit] if explicit else []
     candidates.append(os.path.join(model, NORMALISATION_FILE))
-    info_file = os.path.join(model, export.INFO_FILE)
+    info_file = os.path.join(model, bundle_lib.INFO_FILE)
     if os.path.isfile(info_file):
         with open(info_file) as f:
             source = json.load(f).get("source_workdir")
@@ -213,8 +213,8 @@ def predict(
     """Forecasts of every cube of `inputs` into `out` (see the module docstring); returns the
     files written. `batch_size` cubes per compiled call (0: config.eval.global_batch_size)."""
     begin = time.perf_counter()
-    config, params, info = export.load_model(model, config, task="jaxlab.vegetation")
-    batch_size = export.positive_int_option(
+    config, params, info = bundle_lib.load_model(model, config, task="jaxlab.vegetation")
+    batch_size = bundle_lib.positive_int_option(
         "batch_size", batch_size or config.eval.global_batch_size
     )
     plot = _flag("plots", plots)

@@ -49,7 +49,7 @@ import numpy as np
 import xarray as xr
 from absl import logging
 
-from jaxlab.cli import export
+from jaxlab.core import bundle as bundle_lib
 from jaxlab.core import mesh as mesh_lib
 from jaxlab.core import rng
 from jaxlab.weather import data, data_grib, diffusion, ensemble
@@ -63,7 +63,7 @@ DEMO_INPUT_DIR = "predict_input"
 
 def load_forecaster(model: str, config=None):
     """(config, EMA params, scale {"std", "mean"} [C], info) from a bundle or a workdir."""
-    config, params, info = export.load_model(model, config, task=TASK)
+    config, params, info = bundle_lib.load_model(model, config, task=TASK)
     return config, params["ema"], params["scale"], info
 
 
