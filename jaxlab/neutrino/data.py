@@ -388,13 +388,16 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> str:
             test_batches=s.test_batches,
             events_per_batch=s.events_per_batch,
             seed=config.seed,
-            max_pulses=s.max_pulses,
-            energy_scale=s.energy_scale,
-            energy_cap=s.energy_cap,
-            track_half_length=s.track_half_length,
-            noise_hits=s.noise_hits,
+            **event_physics(s),
         )
     return root
+
+
+def event_physics(synth: ml_collections.ConfigDict) -> dict[str, float]:
+    """The simulator's event sizes and physics from `config.data.synth` (synthetic.simulate_event's
+    keyword arguments)."""
+    names = ("max_pulses", "energy_scale", "energy_cap", "track_half_length", "noise_hits")
+    return {name: synth[name] for name in names}
 
 
 def simulated_events(
@@ -407,19 +410,11 @@ def simulated_events(
     `auxiliary`, `event_id`, `azimuth`, `zenith`): the benchmark's packed batches and tests.
     """
     positions = synthetic.geometry()
-    s = config.data.synth
+    physics = event_physics(config.data.synth)
 
     def events() -> Iterator[dict[str, Any]]:
         for event_id in itertools.count():
-            pulses, azimuth, zenith = synthetic.simulate_event(
-                gen,
-                positions,
-                max_pulses=s.max_pulses,
-                energy_scale=s.energy_scale,
-                energy_cap=s.energy_cap,
-                track_half_length=s.track_half_length,
-                noise_hits=s.noise_hits,
-            )
+            pulses, azimuth, zenith = synthetic.simulate_event(gen, positions, **physics)
             yield {**pulses, "event_id": event_id, "azimuth": azimuth, "zenith": zenith}
 
     return positions, events()
