@@ -10,6 +10,8 @@ The h5 arrays are the PNG plot areas in gray (`rgb_to_gray`).
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 H5_NAME = "trainingsetv1d1.h5"
@@ -55,4 +57,8 @@ def rgb_to_gray(rgb: np.ndarray) -> np.ndarray:
 
 
 def png_name(ifo: str, gid: str, dur: str) -> str:
+    """The tarball's name of one view: `<ifo>_<gravityspy_id>_spectrogram_<dur>.png`."""
     return f"{ifo}_{gid}_spectrogram_{dur}.png"
+
+
+PNG_PATTERN = re.compile(r"^(?P<ifo>[A-Za-z0-9]+)_(?P<id>.+)_spectrogram_(?P<dur>[0-9.]+)\.png$")
