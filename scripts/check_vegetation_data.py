@@ -7,7 +7,7 @@ For every track: cubes found, cubes that fail the reader's checks (missing varia
 wrong size) with the first errors, and per variable min / max / mean / NaN fraction over the
 sampled cubes, plus the clear-sky and official-validity fractions of the Sentinel-2 acquisitions.
 Exits non-zero when a cube fails, so it can gate a training job. The checks are
-`jaxlab.vegetation.datacheck.check_track`; this binary parses flags and prints.
+`jaxlab.vegetation.data_report.check_track`; this binary parses flags and prints.
 """
 
 import json
@@ -19,7 +19,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # for jaxl
 from absl import app, flags, logging  # noqa: E402
 
 from jaxlab.configs import vegetation as vegetation_config  # noqa: E402
-from jaxlab.vegetation import datacheck  # noqa: E402
+from jaxlab.vegetation import data_report  # noqa: E402
 
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Root holding the track folders.")
 _TRACKS = flags.DEFINE_list("tracks", ["train", "val_chopped", "ood-t_chopped"], "Tracks.")
@@ -40,7 +40,7 @@ def main(argv):
     reports, failed = {}, 0
     for track in _TRACKS.value:
         logging.info("Checking %s/%s", _DATA_DIR.value, track)
-        reports[track] = datacheck.check_track(
+        reports[track] = data_report.check_track(
             _DATA_DIR.value, track, config, max_cubes=_MAX_CUBES.value
         )
         failed += reports[track]["failed"]

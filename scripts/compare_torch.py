@@ -44,7 +44,7 @@ from typing import Any
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # without an install
 
-from jaxlab import run_records  # noqa: E402  (stdlib only: nothing heavy is imported)
+from jaxlab.core import run_records  # noqa: E402  (stdlib only: nothing heavy is imported)
 
 PINNABLE = hasattr(os, "sched_setaffinity")  # Linux; elsewhere every CPU is used, unpinned
 

@@ -1,6 +1,6 @@
 """`python scripts/demo.py [flags]` is `jaxlab demo [flags]`, from a source checkout.
 
-See `jaxlab demo --help` (jaxlab/cli.py).
+See `jaxlab demo --help` (jaxlab/cli/commands.py).
 """
 
 import pathlib
@@ -8,7 +8,7 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # without an install
 
-from jaxlab import cli  # noqa: E402
+from jaxlab.cli.commands import main  # noqa: E402
 
 if __name__ == "__main__":
-    cli.main(["jaxlab", "demo", *sys.argv[1:]])
+    main(["jaxlab", "demo", *sys.argv[1:]])

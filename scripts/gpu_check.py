@@ -54,7 +54,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxlab import bench
+from jaxlab.cli import bench
 from jaxlab.core import compile_cache
 from jaxlab.core import mesh as mesh_lib
 from jaxlab.core.task import import_task, load_config

@@ -14,8 +14,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from jaxlab import cli
 from jaxlab import download as download_lib
+from jaxlab.cli import commands as cli
 from jaxlab.core import task as task_lib
 from tests.core import scripts_util
 

@@ -460,6 +460,29 @@ def select_step(manager: ocp.CheckpointManager, which: str, metric: str | None, 
     return step
 
 
+def restore_selected(
+    config: Any, workdir: str, abstract_state: Any, which: str | None = None
+) -> tuple[Any, int]:
+    """(state, step) of the checkpoint `which` (default `config.eval.checkpoint`) in workdir.
+
+    Read-only and lock-free: safe while a training run writes the same workdir. The step's files
+    are verified; a damaged one is an error naming the step, item and file (nothing is moved).
+    """
+    manager = manager_from_config(config, workdir, read_only=True)
+    which = config.eval.checkpoint if which is None else which
+    step = select_step(manager, which, config.eval.best_metric, config.eval.best_mode)
+    try:
+        state = restore(manager, abstract_state, step=step)
+    except CorruptCheckpointError as e:
+        others = [s for s in manager.all_steps() if s != step]
+        raise CorruptCheckpointError(
+            f"{e} Evaluate another step (--config.eval.checkpoint=<step>; kept: {others})."
+        ) from e
+    finally:
+        manager.close()
+    return state, step
+
+
 def wait(manager: ocp.CheckpointManager) -> None:
     """Blocks until async saves are on disk (before exiting or reading them back)."""
     manager.wait_until_finished()

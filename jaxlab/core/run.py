@@ -37,7 +37,6 @@ from jaxlab.core import bundle, checkpoint, loop
 from jaxlab.core import lock as lock_lib
 from jaxlab.core import mesh as mesh_lib
 from jaxlab.core import state as state_lib
-from jaxlab.core import task as task_lib
 from jaxlab.core.writer import MetricWriter
 from jaxlab.data import pipeline
 
@@ -272,44 +271,12 @@ def restore_for_eval(
     are verified; a damaged one is an error naming the step, item and file (nothing is moved).
 
     With `which` left None and `config.eval.model` naming an exported bundle, the state holds the
-    bundle's inference parameters instead (see `state_from_bundle`): `jaxlab evaluate
+    bundle's inference parameters instead (see `bundle.state_from_bundle`): `jaxlab evaluate
     --model=BUNDLE` evaluates a bundle with the task's own evaluate.
     """
     if which is None and config.eval.get("model", ""):
-        return state_from_bundle(config, config.eval.model, parts)
-    manager = checkpoint.manager_from_config(config, workdir, read_only=True)
-    which = config.eval.checkpoint if which is None else which
-    step = checkpoint.select_step(manager, which, config.eval.best_metric, config.eval.best_mode)
-    try:
-        state = checkpoint.restore(manager, parts.abstract_state, step=step)
-    except checkpoint.CorruptCheckpointError as e:
-        others = [s for s in manager.all_steps() if s != step]
-        raise checkpoint.CorruptCheckpointError(
-            f"{e} Evaluate another step (--config.eval.checkpoint=<step>; kept: {others})."
-        ) from e
-    finally:
-        manager.close()
-    return state, step
-
-
-def state_from_bundle(config: ml_collections.ConfigDict, path: str, parts: Any) -> tuple[Any, int]:
-    """(state, step): a fresh state carrying the bundle's inference parameters.
-
-    The task's `steps.inference_params(state)` (default `state.params`) says what a bundle holds
-    and `steps.with_inference_params(state, params)` (default `state.replace(params=...)`) puts
-    it back; the optimizer state is a fresh one (evaluation never reads it).
-    """
-    info = bundle.read_info(path)
-    if info.get("task") != config.task:
-        raise ValueError(f"{path} holds a {info.get('task')} model; the config is {config.task}.")
-    steps = task_lib.import_task(config, "steps")
-    get = getattr(steps, "inference_params", lambda state: state.params)
-    put = getattr(steps, "with_inference_params", lambda state, p: state.replace(params=p))
-    params = bundle.read_params(path, jax.eval_shape(get, parts.abstract_state))
-    state = jax.jit(parts.init_fn, out_shardings=parts.shardings)(jax.random.key(0))
-    state = put(state, jax.device_put(params, jax.tree.map(lambda x: x.sharding, get(state))))
-    logging.info("Evaluating bundle %s (step %d)", path, info["checkpoint_step"])
-    return state, int(info["checkpoint_step"])
+        return bundle.state_from_bundle(config, config.eval.model, parts)
+    return checkpoint.restore_selected(config, workdir, parts.abstract_state, which)
 
 
 @dataclasses.dataclass

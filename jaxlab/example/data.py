@@ -8,6 +8,7 @@ import ml_collections
 import numpy as np
 
 from jaxlab.example import synthetic
+from jaxlab.example.format import ARRAYS, split_path
 
 
 class RegressionSource:
@@ -17,7 +18,7 @@ class RegressionSource:
         if not os.path.exists(path):
             raise FileNotFoundError(f"{path}: no such file (write it with example.synthetic).")
         with np.load(path) as f:
-            for name in ("x", "y"):
+            for name in ARRAYS:
                 if name not in f:
                     raise ValueError(f"{path}: missing array {name!r}; found {sorted(f.files)}.")
             self.x = np.asarray(f["x"], np.float32)
@@ -43,10 +44,10 @@ class RegressionSource:
 
 def load(directory: str, split: str, num_features: int | None = None) -> RegressionSource:
     """The split's records; with `num_features`, checks the file has that many columns."""
-    source = RegressionSource(synthetic.split_path(directory, split))
+    source = RegressionSource(split_path(directory, split))
     if num_features is not None and source.num_features != num_features:
         raise ValueError(
-            f"{synthetic.split_path(directory, split)}: x has {source.num_features} features; "
+            f"{split_path(directory, split)}: x has {source.num_features} features; "
             f"config.data.num_features is {num_features}."
         )
     return source

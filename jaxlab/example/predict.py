@@ -1,6 +1,6 @@
 """Predictions of the example task on new, unlabelled data: an `.npz` with `x` [N, F] -> a CSV.
 
-`predict(model, inputs, out)` takes a training workdir or an exported bundle (`jaxlab.export`);
+`predict(model, inputs, out)` takes a training workdir or an exported bundle (`jaxlab export`);
 both give bitwise the same predictions.
 
     jaxlab predict --model=runs/example/bundle --input=new.npz --out=preds [batch_size=1024]
@@ -17,7 +17,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from jaxlab import export
+from jaxlab.core import bundle as bundle_lib
 from jaxlab.example import data
 from jaxlab.example import model as model_lib
 
@@ -58,8 +58,8 @@ def predict(
 ) -> list[str]:
     """Writes `out/predictions.csv` (index, prediction) for every row of `inputs`; returns
     [its path]. `batch_size` (a CLI option, so it may come as a string) rows per compiled call."""
-    batch_size = export.positive_int_option("batch_size", batch_size)
-    config, params, info = export.load_model(model, config, task="jaxlab.example")
+    batch_size = bundle_lib.positive_int_option("batch_size", batch_size)
+    config, params, info = bundle_lib.load_model(model, config, task="jaxlab.example")
     x = read_inputs(inputs, config.data.num_features)
     predictions = predict_array(config, params, x, batch_size)
     os.makedirs(out, exist_ok=True)

@@ -10,11 +10,9 @@ import os
 
 import numpy as np
 
+from jaxlab.example.format import split_path
+
 NOISE_STD = 0.05
-
-
-def split_path(directory: str, split: str) -> str:
-    return os.path.join(directory, f"regression_{split}.npz")
 
 
 def write_dataset(directory: str, *, num_train: int, num_eval: int, num_features: int, seed: int):

@@ -38,9 +38,7 @@ from jaxlab.glitch.data_index import (  # noqa: F401  (read_metadata: part of th
     label_set,
     read_metadata,
 )
-
-DURATIONS = synthetic.DURATIONS
-SPLITS = synthetic.SPLITS
+from jaxlab.glitch.format import DURATIONS, rgb_to_gray
 
 
 def to_unit_range(array: np.ndarray, where: str) -> np.ndarray:
@@ -109,7 +107,7 @@ def png_to_gray(png: Image.Image, path: str) -> np.ndarray:
         return to_unit_range(np.asarray(png), path)
     if png.mode not in ("RGB", "RGBA", "P", "LA"):
         raise ValueError(f"{path}: PNG mode {png.mode!r}; expected an RGB or grayscale image.")
-    return synthetic.rgb_to_gray(np.asarray(png.convert("RGB")))
+    return rgb_to_gray(np.asarray(png.convert("RGB")))
 
 
 class GravitySpyH5:

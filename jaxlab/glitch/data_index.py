@@ -10,16 +10,12 @@ from __future__ import annotations
 import collections
 import csv
 import os
-import re
 from collections.abc import Sequence
 
 import h5py
 from absl import logging
 
-from jaxlab.glitch import synthetic
-
-SPLITS = synthetic.SPLITS
-PNG_PATTERN = re.compile(r"^(?P<ifo>[A-Za-z0-9]+)_(?P<id>.+)_spectrogram_(?P<dur>[0-9.]+)\.png$")
+from jaxlab.glitch.format import PNG_PATTERN, SPLITS
 
 
 def label_set(

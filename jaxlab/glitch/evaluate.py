@@ -101,7 +101,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                 durations,
                 os.path.join(out_dir, "view_importance.png"),
             )
-        write_predictions(
+        write_labelled_predictions(
             os.path.join(out_dir, "predictions.csv"),
             source,
             classes,
@@ -112,7 +112,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     return out
 
 
-def write_predictions(path, source, classes, probs, view_weights, durations) -> None:
+def write_labelled_predictions(path, source, classes, probs, view_weights, durations) -> None:
     """One row per sample: id, label, predicted, top-3 classes and probabilities, view weights."""
     top = np.argsort(-probs, axis=1)[:, :3]
     header = ["gravityspy_id", "label", "predicted"]

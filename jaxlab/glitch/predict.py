@@ -1,6 +1,6 @@
 """Glitch classes of new, unlabelled Gravity Spy samples: PNGs or an h5 -> `predictions.csv`.
 
-`predict(model, inputs, out)` takes a training workdir or an exported bundle (`jaxlab.export`;
+`predict(model, inputs, out)` takes a training workdir or an exported bundle (`jaxlab export`;
 both give bitwise the same predictions) and one of:
 
   - a folder of Gravity Spy PNGs, `<ifo>_<id>_spectrogram_<dur>.png`, at any depth (the
@@ -33,7 +33,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from jaxlab import export
+from jaxlab.core import bundle as bundle_lib
 from jaxlab.core import loop
 from jaxlab.glitch import data, plots
 from jaxlab.glitch import model as model_lib
@@ -228,7 +228,7 @@ def predict(
     batch_size = int(batch_size)
     if batch_size < 1:
         raise ValueError(f"predict option batch_size={batch_size}: expected a positive integer.")
-    config, params, info = export.load_model(model, config, task="jaxlab.glitch")
+    config, params, info = bundle_lib.load_model(model, config, task="jaxlab.glitch")
     dc = config.data
     durations = tuple(dc.durations) if dc.multi_view else (dc.view,)
     if not os.path.exists(inputs):
@@ -242,7 +242,7 @@ def predict(
             samples = png_samples(inputs, durations)
             crop = _crop(png_crop, config)
             read = lambda paths: read_png_views(paths, crop)  # noqa: E731
-        written, counts = write_predictions(
+        written, counts = predict_samples(
             config, params, samples, read, out, batch_size, make_plots
         )
     logging.info(
@@ -256,7 +256,7 @@ def predict(
     return written
 
 
-def write_predictions(config, params, samples, read, out, batch_size, make_plots):
+def predict_samples(config, params, samples, read, out, batch_size, make_plots):
     """The batched pass over `samples` ([(id, source)], `read(source)` -> views): writes the CSV
     (and figures); returns (files written, counts of top-1 classes)."""
     dc = config.data

@@ -36,12 +36,16 @@ import numpy as np
 from PIL import Image
 
 from jaxlab.data import ownership
-
-H5_NAME = "trainingsetv1d1.h5"
-METADATA_NAME = "trainingset_v1d1_metadata.csv"
-DURATIONS = ("0.5", "1.0", "2.0", "4.0")
-SPLITS = ("train", "validation", "test")
-IMAGE_SHAPE = (140, 170)  # (frequency rows, time columns) of the published arrays
+from jaxlab.glitch.format import (
+    DURATIONS,
+    H5_NAME,
+    IMAGE_SHAPE,
+    METADATA_COLUMNS,
+    METADATA_NAME,
+    SPLITS,
+    png_name,
+    rgb_to_gray,
+)
 
 # Approximate per-class counts of the v1d1 training set (the shape of the imbalance only).
 REAL_COUNTS = {
@@ -69,32 +73,6 @@ REAL_COUNTS = {
     "Whistle": 299,
 }
 CLASSES = tuple(sorted(REAL_COUNTS))
-
-METADATA_COLUMNS = (
-    "event_time",
-    "ifo",
-    "peak_time",
-    "peak_time_ns",
-    "start_time",
-    "start_time_ns",
-    "duration",
-    "event_id",
-    "peak_frequency",
-    "central_freq",
-    "bandwidth",
-    "amplitude",
-    "snr",
-    "gravityspy_id",
-    "label",
-    "sample_type",
-    "url1",
-    "url2",
-    "url3",
-    "url4",
-)
-
-# Gray = RGB @ these (skimage.color.rgb2gray, which Gravity Spy's image reader uses).
-GRAY_WEIGHTS = (0.2125, 0.7154, 0.0721)
 
 BACKGROUND = 0.12
 NOISE_STD = 0.05
@@ -237,15 +215,6 @@ def to_rgb(intensity: np.ndarray) -> np.ndarray:
     return np.round(colormaps["viridis"](intensity)[..., :3] * 255).astype(np.uint8)
 
 
-def rgb_to_gray(rgb: np.ndarray) -> np.ndarray:
-    """[H, W, 3] uint8 -> [H, W] float32 gray in [0, 1] (skimage's rgb2gray weights).
-
-    The one conversion both the synthetic writer (for the h5) and the PNG reader use.
-    """
-    weights = np.asarray(GRAY_WEIGHTS, np.float32)
-    return (rgb[..., :3].astype(np.float32) / np.float32(255.0)) @ weights
-
-
 def class_sizes(
     samples_per_class: int, imbalance_power: float, min_per_class: int
 ) -> dict[str, int]:
@@ -372,10 +341,6 @@ def write_dataset(
 
 # Plot margins of the synthetic PNGs, in pixels: (left, top, right, bottom) around the axes.
 PNG_MARGINS = (60, 30, 20, 45)
-
-
-def png_name(ifo: str, gid: str, dur: str) -> str:
-    return f"{ifo}_{gid}_spectrogram_{dur}.png"
 
 
 def write_png_sample(

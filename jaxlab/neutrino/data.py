@@ -14,10 +14,11 @@ expected. Per-event processing and packing are in `data_packing.py`, the grain p
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import ml_collections
@@ -29,6 +30,7 @@ from absl import logging
 
 from jaxlab.data import ownership
 from jaxlab.neutrino import synthetic
+from jaxlab.neutrino.format import batch_path, geometry_path, meta_path
 
 META_COLUMNS = ("batch_id", "event_id", "first_pulse_index", "last_pulse_index")
 ANGLE_COLUMNS = ("azimuth", "zenith")
@@ -41,7 +43,7 @@ ON_DUPLICATE = ("error", "drop_later")
 
 def read_geometry(root: str) -> np.ndarray:
     """`<root>/sensor_geometry.csv` -> [num_sensors, 3] float32 x, y, z (metres)."""
-    return read_geometry_file(synthetic.geometry_path(root))
+    return read_geometry_file(geometry_path(root))
 
 
 def read_geometry_file(path: str) -> np.ndarray:
@@ -156,7 +158,7 @@ def read_meta(
     has labels, azimuth and zenith (float64). A repeated event_id is an error, or with
     `on_duplicate="drop_later"` its later rows are dropped, counted and logged.
     """
-    return read_meta_file(synthetic.meta_path(root, split), batch_ids, on_duplicate)
+    return read_meta_file(meta_path(root, split), batch_ids, on_duplicate)
 
 
 def read_meta_file(
@@ -316,10 +318,10 @@ class IceCubeSource:
             return columns
 
     def _read_batch(self, batch_id: int) -> dict[str, np.ndarray]:
-        path = synthetic.batch_path(self.root, self.split, batch_id)
+        path = batch_path(self.root, self.split, batch_id)
         if not os.path.exists(path):
             raise FileNotFoundError(
-                f"{path}: no such file, but {synthetic.meta_path(self.root, self.split)} lists "
+                f"{path}: no such file, but {meta_path(self.root, self.split)} lists "
                 f"events of batch_id {batch_id}."
             )
         columns = read_pulses(path, self.num_sensors)
@@ -386,13 +388,36 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> str:
             test_batches=s.test_batches,
             events_per_batch=s.events_per_batch,
             seed=config.seed,
-            max_pulses=s.max_pulses,
-            energy_scale=s.energy_scale,
-            energy_cap=s.energy_cap,
-            track_half_length=s.track_half_length,
-            noise_hits=s.noise_hits,
+            **event_physics(s),
         )
     return root
+
+
+def event_physics(synth: ml_collections.ConfigDict) -> dict[str, float]:
+    """The simulator's event sizes and physics from `config.data.synth` (synthetic.simulate_event's
+    keyword arguments)."""
+    names = ("max_pulses", "energy_scale", "energy_cap", "track_half_length", "noise_hits")
+    return {name: synth[name] for name in names}
+
+
+def simulated_events(
+    config: ml_collections.ConfigDict, gen: np.random.Generator
+) -> tuple[np.ndarray, Iterator[dict[str, Any]]]:
+    """(geometry [5160, 3], an endless stream of freshly simulated events); no file is written.
+
+    The synthetic dataset's detector and physics with its long-tailed event sizes
+    (`config.data.synth`), as records of the reader's layout (`sensor_id`, `time`, `charge`,
+    `auxiliary`, `event_id`, `azimuth`, `zenith`): the benchmark's packed batches and tests.
+    """
+    positions = synthetic.geometry()
+    physics = event_physics(config.data.synth)
+
+    def events() -> Iterator[dict[str, Any]]:
+        for event_id in itertools.count():
+            pulses, azimuth, zenith = synthetic.simulate_event(gen, positions, **physics)
+            yield {**pulses, "event_id": event_id, "azimuth": azimuth, "zenith": zenith}
+
+    return positions, events()
 
 
 def load_split(config: ml_collections.ConfigDict, root: str, split: str) -> IceCubeSource:

@@ -30,7 +30,8 @@ import ml_collections
 import numpy as np
 
 from jaxlab.core import rng
-from jaxlab.neutrino import data, synthetic
+from jaxlab.neutrino import data
+from jaxlab.neutrino.format import direction_vector
 
 # The seed's normalisation constants (not hyperparameters).
 TIME_OFFSET_NS = 1.0e4
@@ -104,7 +105,7 @@ class EventProcessor:
             [self.geometry[dom_sensor] / GEOMETRY_SCALE_M, dom_sensor[:, None] / SENSOR_SCALE],
             axis=1,
         ).astype(np.float32)
-        direction = synthetic.direction_vector(event["azimuth"], event["zenith"])
+        direction = direction_vector(event["azimuth"], event["zenith"])
         return {
             "pulses": pulses,
             "dom_lengths": kept_counts.astype(np.int32),
@@ -307,26 +308,14 @@ def synthetic_batch(config: ml_collections.ConfigDict, spec: PackSpec, seed: int
     benchmark and tests. `seed` picks the events.
     """
     gen = np.random.default_rng([rng.name_id("synthetic_batch"), seed])
-    positions = synthetic.geometry()
+    positions, events = data.simulated_events(config, gen)
     processor = EventProcessor(
         positions.astype(np.float32), config.data.max_doms, config.data.max_pulses_per_dom
     )
-    s = config.data.synth
     packs: list[dict[str, np.ndarray]] = []
     builder = PackBuilder(spec)
-    event_id = 0
     while len(packs) < config.train.global_batch_size:
-        pulses, azimuth, zenith = synthetic.simulate_event(
-            gen,
-            positions,
-            max_pulses=s.max_pulses,
-            energy_scale=s.energy_scale,
-            energy_cap=s.energy_cap,
-            track_half_length=s.track_half_length,
-            noise_hits=s.noise_hits,
-        )
-        event = processor({**pulses, "event_id": event_id, "azimuth": azimuth, "zenith": zenith})
-        event_id += 1
+        event = processor(next(events))
         if not builder.add(event):
             packs.append(builder.finish())
             builder = PackBuilder(spec)

@@ -15,7 +15,8 @@ import pyarrow.csv as pa_csv
 
 from jaxlab.core import loop, run
 from jaxlab.core import mesh as mesh_lib
-from jaxlab.neutrino import data, data_packing, data_pipeline, metrics, plots, steps, synthetic
+from jaxlab.neutrino import data, data_packing, data_pipeline, metrics, plots, steps
+from jaxlab.neutrino.format import direction_vector
 
 
 def predict_split(
@@ -77,7 +78,7 @@ def event_errors(result: dict[str, np.ndarray]) -> np.ndarray:
 
 def constant_baseline(train_meta: dict[str, np.ndarray], result: dict[str, np.ndarray]) -> float:
     """Score of always predicting the mean training direction (about pi / 2 when isotropic)."""
-    mean = synthetic.direction_vector(train_meta["azimuth"], train_meta["zenith"]).mean(0)
+    mean = direction_vector(train_meta["azimuth"], train_meta["zenith"]).mean(0)
     if np.linalg.norm(mean) < 1e-9:
         mean = np.array([0.0, 0.0, 1.0])
     az, zen = metrics.vector_to_angles(mean[None])

@@ -2,7 +2,7 @@
 
     predict(model, inputs, out) -> [out/submission.csv]   (event_id,azimuth,zenith; radians)
 
-`model` is a training workdir or an exported bundle (`jaxlab.export`); both give bitwise the same
+`model` is a training workdir or an exported bundle (`jaxlab export`); both give bitwise the same
 file. `inputs` is a folder in the Kaggle layout (`sensor_geometry.csv`, `test/batch_<n>.parquet`,
 optionally `test_meta.parquet`), a folder of `batch_<n>.parquet` files, one batch file, or several
 separated by commas. `geometry=` names `sensor_geometry.csv` when it is not found in the inputs'
@@ -36,10 +36,11 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from jaxlab import export
+from jaxlab.core import bundle as bundle_lib
 from jaxlab.core import loop
-from jaxlab.neutrino import data, data_packing, data_pipeline, metrics, synthetic
+from jaxlab.neutrino import data, data_packing, data_pipeline, metrics
 from jaxlab.neutrino import model as model_lib
+from jaxlab.neutrino.format import geometry_path, meta_path
 
 SUBMISSION_FILE = "submission.csv"
 HEADER = ("event_id", "azimuth", "zenith")
@@ -78,7 +79,7 @@ def find_geometry(inputs: str, files: Sequence[str]) -> str:
     start = inputs if os.path.isdir(inputs) else os.path.dirname(os.path.abspath(files[0]))
     folder = os.path.abspath(start)
     for _ in range(3):
-        path = synthetic.geometry_path(folder)
+        path = geometry_path(folder)
         if os.path.isfile(path):
             return path
         folder = os.path.dirname(folder)
@@ -202,11 +203,11 @@ def predict(
     cross-check against), packs_per_batch=N (packs per device call; default
     eval.global_batch_size).
     """
-    config, params, info = export.load_model(model, config, task="jaxlab.neutrino")
+    config, params, info = bundle_lib.load_model(model, config, task="jaxlab.neutrino")
     files = batch_files(inputs)
     geometry = geometry or find_geometry(inputs, files)
     if meta is None and os.path.isdir(inputs):
-        found = synthetic.meta_path(inputs, "test")
+        found = meta_path(inputs, "test")
         meta = found if os.path.isfile(found) else None
     xyz = data.read_geometry_file(geometry)
     processor = data_packing.EventProcessor(
@@ -279,6 +280,6 @@ def demo_input(config: ml_collections.ConfigDict, workdir: str) -> str:
         raise FileNotFoundError(f"{root}: no test/batch_<n>.parquet to predict on.")
     folder = os.path.join(workdir, "predict_input")
     os.makedirs(os.path.join(folder, "test"), exist_ok=True)
-    shutil.copyfile(synthetic.geometry_path(root), synthetic.geometry_path(folder))
+    shutil.copyfile(geometry_path(root), geometry_path(folder))
     shutil.copyfile(tests[0], os.path.join(folder, "test", os.path.basename(tests[0])))
     return folder

@@ -38,6 +38,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from jaxlab.data import ownership
+from jaxlab.neutrino.format import batch_path, direction_vector, geometry_path, meta_path
 
 NUM_STRINGS = 86
 DOMS_PER_STRING = 60
@@ -73,13 +74,6 @@ def geometry() -> np.ndarray:
     z = TOP_DOM_Z_M - DOM_SPACING_M * np.arange(DOMS_PER_STRING)
     xy = np.repeat(strings, DOMS_PER_STRING, axis=0)
     return np.concatenate([xy, np.tile(z, NUM_STRINGS)[:, None]], axis=1)
-
-
-def direction_vector(azimuth: np.ndarray, zenith: np.ndarray) -> np.ndarray:
-    """[..., 3] unit vectors (cos az sin zen, sin az sin zen, cos zen)."""
-    return np.stack(
-        [np.cos(azimuth) * np.sin(zenith), np.sin(azimuth) * np.sin(zenith), np.cos(zenith)], -1
-    )
 
 
 def simulate_event(
@@ -154,18 +148,6 @@ def light_arrival(
     distance = np.where(inside, cherenkov_path, end_distance)
     t = t0 + np.where(inside, s_emit, s_clip) / C_VACUUM + distance / C_ICE
     return t, distance
-
-
-def meta_path(root: str, split: str) -> str:
-    return os.path.join(root, f"{split}_meta.parquet")
-
-
-def batch_path(root: str, split: str, batch_id: int) -> str:
-    return os.path.join(root, split, f"batch_{batch_id}.parquet")
-
-
-def geometry_path(root: str) -> str:
-    return os.path.join(root, "sensor_geometry.csv")
 
 
 def write_geometry(root: str) -> None:

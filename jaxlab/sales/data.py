@@ -32,8 +32,8 @@ from absl import logging
 
 from jaxlab.data import ownership
 from jaxlab.sales import synthetic
+from jaxlab.sales.format import ITEMS_FILE, ORDERS_FILE, REVIEWS_FILE, TIME_FORMAT
 
-TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 PANEL_COLUMNS = ("product_id", "date", "sales", "review_count", "review_score_mean")
 # Key columns a record may hold once. Olist's item key is (order_id, order_item_id); product_id is
 # part of it here so that two products under one order_item_id (hand-made sets) stay two sales.
@@ -204,8 +204,8 @@ def build_panel(
     or with on_duplicate="drop_later" the first is kept and the repeats are counted in the report.
     Item rows of an order absent from the orders file are an error (their day is unknown).
     """
-    orders_path = os.path.join(csv_dir, synthetic.ORDERS_FILE)
-    items_path = os.path.join(csv_dir, synthetic.ITEMS_FILE)
+    orders_path = os.path.join(csv_dir, ORDERS_FILE)
+    items_path = os.path.join(csv_dir, ITEMS_FILE)
     orders = read_csv(
         orders_path,
         {"order_id": "string", "order_status": "string", "order_purchase_timestamp": "timestamp"},
@@ -224,14 +224,14 @@ def build_panel(
             "the two files must come from the same Olist download."
         )
     reviews = read_csv(
-        os.path.join(csv_dir, synthetic.REVIEWS_FILE),
+        os.path.join(csv_dir, REVIEWS_FILE),
         {"order_id": "string", "review_score": "int", "review_creation_date": "timestamp"},
     )
     bad_score = ~reviews["review_score"].between(1, 5)
     if bad_score.any():
         value = reviews["review_score"][bad_score].iloc[0]
         raise ValueError(
-            f"{os.path.join(csv_dir, synthetic.REVIEWS_FILE)}: column 'review_score' holds "
+            f"{os.path.join(csv_dir, REVIEWS_FILE)}: column 'review_score' holds "
             f"{value}; expected 1..5."
         )
 
@@ -332,7 +332,7 @@ def find_olist_dir(root: str, max_depth: int = 3) -> str | None:
         subdirs.sort()
         if directory[len(root) :].count(os.sep) >= max_depth:
             subdirs.clear()
-        if synthetic.ORDERS_FILE in files:
+        if ORDERS_FILE in files:
             return directory
     return None
 
@@ -355,7 +355,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> str:
             raise ValueError(
                 "config.data.synthetic is False, so set config.data.panel_path (a panel parquet "
                 "from scripts/prepare_sales.py) or config.data.csv_dir (the folder of the Olist "
-                f"CSVs); no {synthetic.ORDERS_FILE} was found under config.data.kaggle_input "
+                f"CSVs); no {ORDERS_FILE} was found under config.data.kaggle_input "
                 f"({dc.get('kaggle_input', '')!r})."
             )
         logging.info("Olist CSVs found under %s: %s", dc.kaggle_input, csv_dir)

@@ -29,7 +29,7 @@ import pandas as pd
 from absl import logging
 from safetensors import numpy as safetensors_np
 
-from jaxlab import export
+from jaxlab.core import bundle as bundle_lib
 from jaxlab.core import mesh as mesh_lib
 from jaxlab.core import rng
 from jaxlab.sales import data, data_windows, forecast, gan, steps
@@ -111,7 +111,7 @@ def predict(
     num_scenarios: str | int = 20,
 ) -> list[str]:
     """Writes scenarios.csv, forecast.csv and one PNG per product; returns their paths."""
-    config, gen_params, info = export.load_model(model, config, task="jaxlab.sales")
+    config, gen_params, info = bundle_lib.load_model(model, config, task="jaxlab.sales")
     panel = read_history(inputs, config)
     ids = [p for p in str(product_ids).split(",") if p]
     try:
@@ -182,7 +182,7 @@ def predict(
 
 def forecaster_params(model: str, config, parts: forecast.ForecasterParts):
     """The real-only forecaster's parameters from a bundle (its safetensors file) or a workdir."""
-    if export.is_bundle(model):
+    if bundle_lib.is_bundle(model):
         path = os.path.join(model, steps.FORECASTER_FILE)
         if not os.path.isfile(path):
             raise FileNotFoundError(
@@ -190,7 +190,7 @@ def forecaster_params(model: str, config, parts: forecast.ForecasterParts):
                 "forecasters finished training."
             )
         abstract = parts.abstract_state.params
-        return export.unflatten_params(safetensors_np.load_file(path), abstract, path)
+        return bundle_lib.unflatten_params(safetensors_np.load_file(path), abstract, path)
     forecaster_dir = forecast.forecast_dir(model, "real")
     if not os.path.isdir(forecaster_dir):
         raise FileNotFoundError(

@@ -23,7 +23,7 @@ import numpy as np
 import optax
 from safetensors import numpy as safetensors_np
 
-from jaxlab import export
+from jaxlab.core import bundle as bundle_lib
 from jaxlab.core import mesh as mesh_lib
 from jaxlab.core import rng, run
 from jaxlab.core import state as state_lib
@@ -263,7 +263,7 @@ FORECASTER_FILE = "forecaster_real.safetensors"
 def bundle_files(config: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
     """The real-only forecaster's parameters, which `predict` needs beside the generator's.
 
-    Written as safetensors into `workdir/export/` and copied into the bundle by `jaxlab.export`.
+    Written as safetensors into `workdir/export/` and copied into the bundle by `jaxlab export`.
     """
     forecaster_dir = forecast.forecast_dir(workdir, "real")
     if not os.path.isdir(forecaster_dir):
@@ -272,5 +272,5 @@ def bundle_files(config: ml_collections.ConfigDict, workdir: str) -> dict[str, s
     params, _ = forecast.restore_params(config, forecaster_dir, forecast.build(config, mesh))
     path = os.path.join(workdir, "export", FORECASTER_FILE)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    safetensors_np.save_file(export.flatten_params(params), path)
+    safetensors_np.save_file(bundle_lib.flatten_params(params), path)
     return {FORECASTER_FILE: path}

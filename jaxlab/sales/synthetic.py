@@ -30,53 +30,19 @@ import os
 
 import numpy as np
 
-ORDERS_FILE = "olist_orders_dataset.csv"
-ITEMS_FILE = "olist_order_items_dataset.csv"
-REVIEWS_FILE = "olist_order_reviews_dataset.csv"
-PRODUCTS_FILE = "olist_products_dataset.csv"
+from jaxlab.sales.format import (
+    ITEMS_FILE,
+    ITEMS_HEADER,
+    ORDERS_FILE,
+    ORDERS_HEADER,
+    PRODUCTS_FILE,
+    PRODUCTS_HEADER,
+    REVIEWS_FILE,
+    REVIEWS_HEADER,
+    TIME_FORMAT,
+)
+
 TRUTH_FILE = "synthetic_truth.json"
-
-ORDERS_HEADER = (
-    "order_id",
-    "customer_id",
-    "order_status",
-    "order_purchase_timestamp",
-    "order_approved_at",
-    "order_delivered_carrier_date",
-    "order_delivered_customer_date",
-    "order_estimated_delivery_date",
-)
-ITEMS_HEADER = (
-    "order_id",
-    "order_item_id",
-    "product_id",
-    "seller_id",
-    "shipping_limit_date",
-    "price",
-    "freight_value",
-)
-REVIEWS_HEADER = (
-    "review_id",
-    "order_id",
-    "review_score",
-    "review_comment_title",
-    "review_comment_message",
-    "review_creation_date",
-    "review_answer_timestamp",
-)
-PRODUCTS_HEADER = (
-    "product_id",
-    "product_category_name",
-    "product_name_lenght",
-    "product_description_lenght",
-    "product_photos_qty",
-    "product_weight_g",
-    "product_length_cm",
-    "product_height_cm",
-    "product_width_cm",
-)
-
-TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 START_DATE = dt.datetime(2017, 1, 2)  # a Monday
 # Mean-zero day-of-week shapes (Monday first) of the three weekly kinds.
 WEEKLY_SHAPES = {

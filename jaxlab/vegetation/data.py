@@ -38,6 +38,7 @@ from absl import logging
 
 from jaxlab.data import ownership
 from jaxlab.vegetation import data_checks, data_features, data_normalisation, synthetic
+from jaxlab.vegetation.format import BANDS
 
 CubeError = data_checks.CubeError  # one error type for every reader of the task
 check_variable = data_checks.check_variable
@@ -65,7 +66,7 @@ def landcover_onehot(
 
 def clear_mask(frames: dict[str, np.ndarray], kind: str, scl_clear: tuple[int, ...]) -> np.ndarray:
     """Clear-sky [T, H, W] bool from the mask variables; NaN band values are never clear."""
-    finite = np.all([np.isfinite(frames[b]) for b in synthetic.BANDS], axis=0)
+    finite = np.all([np.isfinite(frames[b]) for b in BANDS], axis=0)
     with np.errstate(invalid="ignore"):
         if kind == "s2_mask":
             clear = frames["s2_mask"] == 0
@@ -242,7 +243,7 @@ def read_window(
             dims,
         )
     bands = np.stack([frames[b] for b in d.bands], axis=-1)
-    named = dict(zip(synthetic.BANDS, [frames[b] for b in d.bands], strict=True))
+    named = dict(zip(BANDS, [frames[b] for b in d.bands], strict=True))
     clear = clear_mask({**frames, **named}, d.cloud_mask, tuple(d.scl_clear))
     data_checks.check_reflectance(bands, clear, tuple(d.bands), path)
     weather = data_features.weather_features(
@@ -385,15 +386,28 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> str:
         # Only into a folder that is missing, empty or already jaxlab's (a user's track folders
         # are refused with one error, untouched).
         root = ownership.claim_synthetic_dir(root)
-        synthetic.write_dataset(
-            root,
-            cubes=tuple((str(t), int(n)) for t, n in d.synthetic_cubes),
-            regions=tuple(d.synthetic_regions),
-            size=d.synthetic_size,
-            seed=config.seed,
-            engine=d.engine,
-        )
+        write_synthetic(config, root)
     return root
+
+
+def write_synthetic(
+    config: ml_collections.ConfigDict, root: str, tracks: tuple[str, ...] | None = None
+) -> list[str]:
+    """Writes the config's synthetic cubes under `root` (only those of `tracks` when given: the
+    other tracks keep their place in `config.data.synthetic_cubes`, which seeds the cubes, with no
+    cube). Existing files are kept; returns every cube path."""
+    d = config.data
+    cubes = tuple(
+        (str(t), int(n) if tracks is None or t in tracks else 0) for t, n in d.synthetic_cubes
+    )
+    return synthetic.write_dataset(
+        root,
+        cubes=cubes,
+        regions=tuple(d.synthetic_regions),
+        size=d.synthetic_size,
+        seed=config.seed,
+        engine=d.engine,
+    )
 
 
 def normalisation(config: ml_collections.ConfigDict, workdir: str, root: str) -> Normalisation:

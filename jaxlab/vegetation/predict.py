@@ -3,7 +3,7 @@
     jaxlab predict --model=runs/vegetation/bundle --input=<cubes> --out=preds \
         [batch_size=N] [normalisation=PATH] [plots=true|false]
 
-`model` is a training workdir or an exported bundle (`jaxlab.export`); both give bitwise the same
+`model` is a training workdir or an exported bundle (`jaxlab export`); both give bitwise the same
 files. `inputs` is one cube file, a tile folder of cubes (`<tile>/<cube>.nc`) or a track folder
 in the test-track layout (`<track>/<tile>/<cube>.nc`).
 
@@ -49,9 +49,9 @@ import numpy as np
 import xarray as xr
 from absl import logging
 
-from jaxlab import export
+from jaxlab.core import bundle as bundle_lib
 from jaxlab.core import loop
-from jaxlab.vegetation import data, data_normalisation, evaluate, plots, synthetic
+from jaxlab.vegetation import data, data_normalisation, evaluate, plots
 from jaxlab.vegetation import model as model_lib
 
 NORMALISATION_FILE = "normalisation.json"
@@ -108,7 +108,7 @@ def find_normalisation(
     """(the training normalisation, where it came from); the order is in the module docstring."""
     candidates = [explicit] if explicit else []
     candidates.append(os.path.join(model, NORMALISATION_FILE))
-    info_file = os.path.join(model, export.INFO_FILE)
+    info_file = os.path.join(model, bundle_lib.INFO_FILE)
     if os.path.isfile(info_file):
         with open(info_file) as f:
             source = json.load(f).get("source_workdir")
@@ -134,16 +134,7 @@ def recompute_normalisation(config: ml_collections.ConfigDict) -> data_normalisa
             )
         return _normalisation_of_track(config, d.dir)
     with tempfile.TemporaryDirectory(prefix="jaxlab_vegetation_norm_") as root:
-        # Same tuple positions (they seed the cubes), other tracks with no cube.
-        cubes = tuple((str(t), int(n) if t == d.train_track else 0) for t, n in d.synthetic_cubes)
-        synthetic.write_dataset(
-            root,
-            cubes=cubes,
-            regions=tuple(d.synthetic_regions),
-            size=d.synthetic_size,
-            seed=config.seed,
-            engine=d.engine,
-        )
+        data.write_synthetic(config, root, tracks=(d.train_track,))
         return _normalisation_of_track(config, root)
 
 
@@ -222,8 +213,8 @@ def predict(
     """Forecasts of every cube of `inputs` into `out` (see the module docstring); returns the
     files written. `batch_size` cubes per compiled call (0: config.eval.global_batch_size)."""
     begin = time.perf_counter()
-    config, params, info = export.load_model(model, config, task="jaxlab.vegetation")
-    batch_size = export.positive_int_option(
+    config, params, info = bundle_lib.load_model(model, config, task="jaxlab.vegetation")
+    batch_size = bundle_lib.positive_int_option(
         "batch_size", batch_size or config.eval.global_batch_size
     )
     plot = _flag("plots", plots)

@@ -23,9 +23,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-BANDS = ("s2_B02", "s2_B03", "s2_B04", "s2_B8A")
-EOBS = ("eobs_tg", "eobs_tn", "eobs_tx", "eobs_rr", "eobs_pp", "eobs_hu", "eobs_qq", "eobs_fg")
-NUM_DAYS = 150
+from jaxlab.vegetation.format import BANDS, EOBS, NUM_DAYS
+
 # Land cover class -> (weight in the map, NDVI base, amplitude, peak day of year, width in days,
 # drought sensitivity, brightness NIR + red).
 CLASSES = {

@@ -4,7 +4,7 @@
         [members=N] [leads=L] [init_time=2024-06-03T18] [thresholds=refc:35,cape:1000] \
         [stats=PATH] [plots=true|false] [sample_members=K]
 
-`model` is a training workdir or an exported bundle (`jaxlab.export`); both give bitwise the same
+`model` is a training workdir or an exported bundle (`jaxlab export`); both give bitwise the same
 files. `input` is one `*.grib2` file, several (comma-separated), a folder of them, or a Zarr store
 written by `scripts/prepare_weather.py`. The initialisation time is `init_time`, else the latest
 valid time among the inputs; only its file and, when present, the file valid one hour earlier are
@@ -49,7 +49,7 @@ import numpy as np
 import xarray as xr
 from absl import logging
 
-from jaxlab import export
+from jaxlab.core import bundle as bundle_lib
 from jaxlab.core import mesh as mesh_lib
 from jaxlab.core import rng
 from jaxlab.weather import data, data_grib, diffusion, ensemble
@@ -63,7 +63,7 @@ DEMO_INPUT_DIR = "predict_input"
 
 def load_forecaster(model: str, config=None):
     """(config, EMA params, scale {"std", "mean"} [C], info) from a bundle or a workdir."""
-    config, params, info = export.load_model(model, config, task=TASK)
+    config, params, info = bundle_lib.load_model(model, config, task=TASK)
     return config, params["ema"], params["scale"], info
 
 

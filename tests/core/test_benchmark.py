@@ -145,7 +145,7 @@ def test_compile_cache_second_process_reads_what_the_first_wrote(tmp_path):
 def test_matmul_peak_reports_median_and_spread():
     import jax
 
-    from jaxlab import bench
+    from jaxlab.cli import bench
 
     peak = bench.matmul_tflops(128, "float32", jax.devices()[:1], repeats=5)
     assert peak["repeats"] == 5

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from safetensors import numpy as safetensors_np
 
-from jaxlab import export
 from jaxlab.configs import example as example_config
+from jaxlab.core import bundle as bundle_lib
 from jaxlab.example import predict, train
 
 
@@ -29,11 +29,11 @@ def _read_predictions(path):
 
 def test_bundle_and_checkpoint_predict_bitwise_the_same(trained, tmp_path):
     config, workdir = trained
-    bundle = export.export_bundle(config, workdir, str(tmp_path / "bundle"))
+    bundle = bundle_lib.export_bundle(config, workdir, str(tmp_path / "bundle"))
     assert sorted(os.listdir(bundle)) == sorted(
-        [export.PARAMS_FILE, export.CONFIG_FILE, export.INFO_FILE, export.CARD_FILE]
+        [bundle_lib.PARAMS_FILE, bundle_lib.CONFIG_FILE, bundle_lib.INFO_FILE, bundle_lib.CARD_FILE]
     )
-    with open(os.path.join(bundle, export.INFO_FILE)) as f:
+    with open(os.path.join(bundle, bundle_lib.INFO_FILE)) as f:
         info = json.load(f)
     assert info["task"] == "jaxlab.example" and info["checkpoint_step"] > 0
     assert "eval_mse" in info["metrics"]
@@ -50,20 +50,20 @@ def test_bundle_and_checkpoint_predict_bitwise_the_same(trained, tmp_path):
     np.testing.assert_array_equal(from_bundle, from_ckpt)
 
     # The bundle's tensors are the checkpoint's parameters, bitwise; no optimizer state.
-    _, params, _ = export.load_model(workdir, config)
-    flat = safetensors_np.load_file(os.path.join(bundle, export.PARAMS_FILE))
-    assert flat.keys() == export.flatten_params(params).keys()
-    for name, value in export.flatten_params(params).items():
+    _, params, _ = bundle_lib.load_model(workdir, config)
+    flat = safetensors_np.load_file(os.path.join(bundle, bundle_lib.PARAMS_FILE))
+    assert flat.keys() == bundle_lib.flatten_params(params).keys()
+    for name, value in bundle_lib.flatten_params(params).items():
         np.testing.assert_array_equal(flat[name], value)
 
 
 def test_bundle_with_wrong_task_or_shape_is_one_clear_error(trained, tmp_path):
     config, workdir = trained
-    bundle = export.export_bundle(config, workdir, str(tmp_path / "bundle"))
+    bundle = bundle_lib.export_bundle(config, workdir, str(tmp_path / "bundle"))
     with pytest.raises(ValueError, match="holds a jaxlab.example model; .* jaxlab.glitch"):
-        export.load_model(bundle, task="jaxlab.glitch")
+        bundle_lib.load_model(bundle, task="jaxlab.glitch")
     other = example_config.get_config("tiny")
     other.model.hidden = (32,)
     expected = r"parameter 'Dense_0/bias' is float32\[16\]; .* expects float32\[32\]"
     with pytest.raises(ValueError, match=expected):
-        export.load_model(bundle, config=other)
+        bundle_lib.load_model(bundle, config=other)

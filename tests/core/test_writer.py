@@ -178,7 +178,7 @@ def test_package_needs_neither_tensorflow_nor_torch():
     code = (
         "import sys\n"
         "sys.modules['torch'] = sys.modules['tensorflow'] = None  # import raises ImportError\n"
-        "import jaxlab.core.writer, jaxlab.cli, jaxlab.export\n"
+        "import jaxlab.core.writer, jaxlab.cli.commands, jaxlab.core.bundle\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
 

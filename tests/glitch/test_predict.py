@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from jaxlab import export
 from jaxlab.configs import glitch as glitch_config
+from jaxlab.core import bundle as bundle_lib
 from jaxlab.glitch import data, evaluate, predict, train
 
 pytestmark = pytest.mark.slow  # trains (2 steps), exports, evaluates and predicts
@@ -26,7 +26,7 @@ def trained(tmp_path_factory):
     config = glitch_config.get_config("tiny")
     config.train.num_steps = 2
     train.train_and_evaluate(config, workdir)
-    bundle = export.export_bundle(config, workdir, os.path.join(workdir, "bundle"))
+    bundle = bundle_lib.export_bundle(config, workdir, os.path.join(workdir, "bundle"))
     return config, workdir, bundle
 
 
@@ -41,8 +41,8 @@ def test_unlabelled_h5_matches_evaluate_and_bundle_equals_checkpoint(trained, tm
     from_ckpt = predict.predict(workdir, inputs, str(tmp_path / "c"), config=config)
     with open(from_bundle[0], "rb") as a, open(from_ckpt[0], "rb") as b:
         assert a.read() == b.read()  # bitwise-equal predictions
-    _, params_b, _ = export.load_model(bundle)
-    _, params_c, _ = export.load_model(workdir, config)
+    _, params_b, _ = bundle_lib.load_model(bundle)
+    _, params_c, _ = bundle_lib.load_model(workdir, config)
     for a, b in zip(jax.tree.leaves(params_b), jax.tree.leaves(params_c), strict=True):
         np.testing.assert_array_equal(a, b)
 

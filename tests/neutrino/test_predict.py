@@ -9,8 +9,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from jaxlab import export
 from jaxlab.configs import neutrino as neutrino_config
+from jaxlab.core import bundle as bundle_lib
 from jaxlab.neutrino import data_packing, predict, synthetic, train
 
 pytestmark = pytest.mark.slow  # trains a tiny model (~35 s on 2 cores), then predicts end to end
@@ -46,7 +46,7 @@ def test_submission_from_a_lone_test_parquet_bundle_equals_checkpoint(trained, t
     batch_file = os.path.join(folder, "test", batch)
     assert "azimuth" not in pq.read_schema(batch_file).names
 
-    bundle = export.export_bundle(config, workdir, str(tmp_path / "bundle"))
+    bundle = bundle_lib.export_bundle(config, workdir, str(tmp_path / "bundle"))
     (from_bundle,) = predict.predict(bundle, folder, str(tmp_path / "a"))
     # Explicit files instead of the Kaggle folder, from the checkpoint.
     (from_ckpt,) = predict.predict(
@@ -72,7 +72,7 @@ def test_submission_from_a_lone_test_parquet_bundle_equals_checkpoint(trained, t
     assert np.std(azimuth) > 0.01  # not one constant direction
 
     # Each row is the model's direction for that event alone, read from the parquet by pandas.
-    _, params, _ = export.load_model(bundle)
+    _, params, _ = bundle_lib.load_model(bundle)
     spec = data_packing.PackSpec.from_config(config)
     geometry = pd.read_csv(os.path.join(folder, "sensor_geometry.csv"))[["x", "y", "z"]]
     processor = data_packing.EventProcessor(

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from jaxlab import export
 from jaxlab.configs import sales as sales_config
+from jaxlab.core import bundle as bundle_lib
 from jaxlab.core import checkpoint, loop, run
 from jaxlab.core import mesh as mesh_lib
 from jaxlab.core.writer import read_metrics
@@ -95,7 +95,7 @@ def _check_predict(config, workdir, out, metrics):
     assert len(written) == 2 + len(ids)
 
     # An exported bundle (generator + the forecaster's safetensors) predicts bitwise the same.
-    bundle = export.export_bundle(config, workdir, os.path.join(out, "bundle"))
+    bundle = bundle_lib.export_bundle(config, workdir, os.path.join(out, "bundle"))
     assert os.path.exists(os.path.join(bundle, steps.FORECASTER_FILE))
     from_bundle = os.path.join(out, "from_bundle")
     predict.predict(

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from jaxlab import export
+from jaxlab.core import bundle as bundle_lib
 from jaxlab.vegetation import data, data_normalisation, evaluate, predict, train
 from tests.vegetation import helpers
 
@@ -89,7 +89,7 @@ def test_context_only_cubes_predict_in_the_official_layout(trained, tmp_path):
 def test_bundle_and_checkpoint_give_bitwise_the_same_files(trained, tmp_path):
     config, workdir = trained
     inputs = predict.demo_input(config, workdir)
-    bundle = export.export_bundle(config, workdir, str(tmp_path / "bundle"))
+    bundle = bundle_lib.export_bundle(config, workdir, str(tmp_path / "bundle"))
     from_ckpt = predict.predict(workdir, inputs, str(tmp_path / "a"), config=config, plots="false")
     from_bundle = predict.predict(bundle, inputs, str(tmp_path / "b"), plots="false")
     assert len(from_ckpt) == len(from_bundle) == 2
@@ -109,10 +109,10 @@ def test_bundle_and_checkpoint_give_bitwise_the_same_files(trained, tmp_path):
     shipped = os.path.join(bundle, "normalisation.json")
     assert predict.find_normalisation(bundle, config)[1] == shipped
     os.remove(shipped)
-    with open(os.path.join(bundle, export.INFO_FILE)) as f:
+    with open(os.path.join(bundle, bundle_lib.INFO_FILE)) as f:
         info = json.load(f)
     info["source_workdir"] = str(tmp_path / "gone")
-    with open(os.path.join(bundle, export.INFO_FILE), "w") as f:
+    with open(os.path.join(bundle, bundle_lib.INFO_FILE), "w") as f:
         json.dump(info, f)
     assert predict.find_normalisation(bundle, config)[1].startswith("recomputed")
 

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from jaxlab import export
 from jaxlab.configs import weather as weather_config
+from jaxlab.core import bundle as bundle_lib
 from jaxlab.core import mesh as mesh_lib
 from jaxlab.weather import data, predict, predict_output, train
 
@@ -46,7 +46,7 @@ def trained(tmp_path_factory):
             lambda axes, devices=None: make_mesh(axes, devices or jax.devices()[:2]),
         )
         train.train_and_evaluate(config, workdir)
-        export.export_bundle(config, workdir, bundle)
+        bundle_lib.export_bundle(config, workdir, bundle)
         inputs = predict.demo_input(config, workdir)
         yield workdir, bundle, inputs
 

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from jaxlab.vegetation import datacheck
+from jaxlab.vegetation import data_report
 from tests.vegetation import helpers
 
 
@@ -16,7 +16,7 @@ def test_check_track_report_matches_direct_numpy(tmp_path):
     config = helpers.tiny_config()
     config.data.cloud_mask = "official"
 
-    report = datacheck.check_track(root, "train", config)
+    report = data_report.check_track(root, "train", config)
     assert (report["cubes"], report["checked"], report["failed"]) == (3, 3, 1)
     assert "c2.nc" in report["errors"][0] and "eobs_rr" in report["errors"][0]
     for name in ("s2_B04", "s2_SCL", "eobs_tg", "esawc_lc"):

@@ -77,7 +77,7 @@ def run_info(spec: str, overrides: list[str]) -> dict[str, Any]:
     """Provenance of this process: code, packages, devices and hosts, the command."""
     import jax
 
-    package_dir = pathlib.Path(__file__).resolve().parent
+    package_dir = pathlib.Path(__file__).resolve().parents[1]  # jaxlab/
     in_checkout = (package_dir.parent / ".git").exists()
     versions = package_versions()
     device = jax.devices()[0]

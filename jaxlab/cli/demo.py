@@ -19,7 +19,7 @@ import time
 
 from absl import app, flags, logging
 
-from jaxlab import export
+from jaxlab.core import bundle as bundle_lib
 from jaxlab.core import loop
 from jaxlab.core import mesh as mesh_lib
 from jaxlab.core.task import import_task, load_config
@@ -57,11 +57,11 @@ def export_and_predict(config, workdir: pathlib.Path) -> list[str]:
     """Exports the demo model to `workdir/bundle`, then predicts from that bundle on the task's
     held-out demo input into `workdir/predict`; returns the files predict wrote."""
     predict = import_task(config, "predict")
-    bundle = export.export_bundle(config, str(workdir), str(workdir / "bundle"))
+    bundle = bundle_lib.export_bundle(config, str(workdir), str(workdir / "bundle"))
     inputs = predict.demo_input(config, str(workdir))
     logging.info("=== %s: predicting from %s on %s", config.task, bundle, inputs)
     written = predict.predict(
-        bundle, inputs, str(workdir / "predict"), config=export.read_config(bundle)
+        bundle, inputs, str(workdir / "predict"), config=bundle_lib.read_config(bundle)
     )
     written = [written] if isinstance(written, str) else list(written)
     for path in written:

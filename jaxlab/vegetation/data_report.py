@@ -5,7 +5,8 @@ cubes of a track (evenly spaced), runs the reader's checks on each (missing vari
 wrong size, reflectance scale) and accumulates per variable min / max / mean / NaN fraction, plus
 the fraction of 5-daily frames with a Sentinel-2 acquisition, the clear fraction (`s2_mask` == 0)
 of acquired pixels, and the official validity fraction (`s2_dlmask` < 1 and SCL in the clear
-classes) of the frames.
+classes) of the frames. The per-cube checks themselves are `data_checks.py` (which the reader
+runs on every cube); this module only summarises a whole track (`jaxlab check-data`).
 """
 
 from __future__ import annotations
@@ -16,12 +17,7 @@ import ml_collections
 import numpy as np
 
 from jaxlab.vegetation import data, metrics
-
-VARIABLES = (
-    "s2_B02", "s2_B03", "s2_B04", "s2_B8A", "s2_mask", "s2_SCL", "s2_dlmask", "s2_avail",
-    "esawc_lc", "cop_dem", "geom_cls", "eobs_tg", "eobs_tn", "eobs_tx", "eobs_rr", "eobs_pp",
-    "eobs_hu", "eobs_qq", "eobs_fg",
-)  # fmt: skip
+from jaxlab.vegetation.format import VARIABLES
 
 
 class Running:

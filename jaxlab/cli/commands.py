@@ -39,7 +39,7 @@ from typing import Any
 
 from absl import app, flags, logging
 
-from jaxlab.cli_config import (  # noqa: F401 - part of the command's API (tests use them)
+from jaxlab.cli.config import (  # noqa: F401 - part of the command's API (tests use them)
     CONFIG_JSON,
     EVAL_KEYS,
     explicit_overrides,
@@ -48,7 +48,7 @@ from jaxlab.cli_config import (  # noqa: F401 - part of the command's API (tests
     resolved_config,
     with_recorded_config,
 )
-from jaxlab.cli_flags import (
+from jaxlab.cli.flags import (
     define_check_data_flags,
     define_download_flags,
     define_evaluate_only_flags,
@@ -65,7 +65,12 @@ from jaxlab.cli_flags import (
 )
 from jaxlab.core import run
 from jaxlab.core import task as task_lib
-from jaxlab.run_records import record_evaluation, record_final_metrics, run_info, write_run_info
+from jaxlab.core.run_records import (
+    record_evaluation,
+    record_final_metrics,
+    run_info,
+    write_run_info,
+)
 
 NOT_YET = 2  # exit status of a command a task does not have yet (predict, check-data)
 
@@ -125,12 +130,13 @@ def evaluate_main(argv: list[str]) -> None:
     config = resolved_config(_ARGV, flag_value("allow_config_change"))
     workdir = flag_value("workdir")
     if flag_value("model"):
-        from jaxlab.core import bundle
+        from jaxlab.core import bundle as bundle_lib
 
-        if not bundle.is_bundle(flag_value("model")):
-            fatal(f"--model={flag_value('model')}: not an exported bundle (no {bundle.INFO_FILE}).")
+        model = flag_value("model")
+        if not bundle_lib.is_bundle(model):
+            fatal(f"--model={model}: not an exported bundle (no {bundle_lib.INFO_FILE}).")
         with config.unlocked():
-            config.eval.model = os.path.abspath(flag_value("model"))
+            config.eval.model = os.path.abspath(model)
     task = task_lib.import_task(config, "evaluate")
     metrics = task.evaluate(config, workdir)
     logging.info("Eval metrics:\n%s", json.dumps(metrics, indent=2, default=float))
@@ -144,10 +150,10 @@ def export_main(argv: list[str]) -> None:
     """`jaxlab export --workdir=W --out=BUNDLE [--checkpoint=best|latest|STEP]`."""
     _start(argv)
     require_flags("workdir", "out")
-    from jaxlab import export
+    from jaxlab.core import bundle as bundle_lib
 
     config = resolved_config(_ARGV, flag_value("allow_config_change"))
-    out = export.export_bundle(
+    out = bundle_lib.export_bundle(
         config, flag_value("workdir"), flag_value("out"), flag_value("checkpoint")
     )
     for name in sorted(os.listdir(out)):
@@ -169,16 +175,16 @@ def key_values(args: list[str], command: str) -> dict[str, str]:
 
 def _model_config(model: str) -> Any:
     """The config a bundle or a training workdir recorded (`config.json`)."""
-    from jaxlab import export
+    from jaxlab.core import bundle as bundle_lib
 
     if not os.path.isdir(model):
         raise FileNotFoundError(f"--model={model}: no such bundle or workdir.")
-    if not os.path.isfile(os.path.join(model, export.CONFIG_FILE)):
+    if not os.path.isfile(os.path.join(model, bundle_lib.CONFIG_FILE)):
         raise FileNotFoundError(
-            f"--model={model}: no {export.CONFIG_FILE}; give an exported bundle (`jaxlab export`) "
-            "or the workdir of a training run."
+            f"--model={model}: no {bundle_lib.CONFIG_FILE}; give an exported bundle "
+            "(`jaxlab export`) or the workdir of a training run."
         )
-    return export.read_config(model)
+    return bundle_lib.read_config(model)
 
 
 def predict_main(argv: list[str]) -> None:
@@ -262,9 +268,9 @@ def download_main(argv: list[str]) -> None:
 
 
 def _data_check(config: Any) -> Callable[[], Any] | None:
-    """The task's data check: `check(config)` in `<task>.datacheck` or `<task>.data`; else a
-    `datacheck.check_track(root, track, config)` over the config's tracks (vegetation)."""
-    for name in ("datacheck", "data"):
+    """The task's data check: `check(config)` in `<task>.data_report` or `<task>.data`; else a
+    `data_report.check_track(root, track, config)` over the config's tracks (vegetation)."""
+    for name in ("data_report", "data"):
         full = f"{config.task}.{name}"
         if importlib.util.find_spec(full) is None:
             continue
@@ -322,13 +328,13 @@ def prepare_main(argv: list[str]) -> None:
 
 
 def bench_main(argv: list[str]) -> None:
-    from jaxlab import bench
+    from jaxlab.cli import bench
 
     bench.main(argv)
 
 
 def demo_main(argv: list[str]) -> None:
-    from jaxlab import demo
+    from jaxlab.cli import demo
 
     demo.main(argv)
 
@@ -373,13 +379,13 @@ COMMANDS = {
     ),
     "bench": Command(
         "Step time, compile time, FLOPs, memory and MFU of each task's train step.",
-        define_module_flags("jaxlab.bench"),
+        define_module_flags("jaxlab.cli.bench"),
         bench_main,
         uses_config=False,
     ),
     "demo": Command(
         "Train, evaluate, export and predict with every task's demo config; print a table.",
-        define_module_flags("jaxlab.demo"),
+        define_module_flags("jaxlab.cli.demo"),
         demo_main,
         uses_config=False,
     ),

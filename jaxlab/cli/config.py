@@ -14,9 +14,8 @@ from typing import Any
 
 from absl import logging
 
-from jaxlab import run_records
-from jaxlab.cli_flags import FLAG_HOLDERS, fatal
-from jaxlab.core import run
+from jaxlab.cli.flags import FLAG_HOLDERS, fatal
+from jaxlab.core import run, run_records
 from jaxlab.core import task as task_lib
 
 CONFIG_JSON = "config.json"  # the resolved config, written by run.open_workdir at train time

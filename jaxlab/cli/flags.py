@@ -19,7 +19,7 @@ FLAG_HOLDERS: dict[str, Any] = {}
 def define_flag(define: Callable[..., Any], name: str, *args: Any, **kwargs: Any) -> Any:
     """Defines flag `name` once per process (commands may run one after another in-process)."""
     if name not in FLAG_HOLDERS:
-        if name in flags.FLAGS:  # defined by an imported module (e.g. jaxlab.demo's --workdir)
+        if name in flags.FLAGS:  # defined by an imported module (e.g. jaxlab.cli.demo's --workdir)
             FLAG_HOLDERS[name] = flags.FLAGS[name]
         else:
             FLAG_HOLDERS[name] = define(name, *args, **kwargs)
