@@ -280,7 +280,7 @@ def test_gravityspy_download_verifies_and_rerun_is_idempotent(server, zenodo, tm
 
 def test_gravityspy_fetches_the_v1d1_files_the_glitch_config_reads(server, zenodo, tmp_path):
     """Issue 25 item 1: the v1d1 record and exact names, not v1d0 by a pattern."""
-    from jaxlab import cli
+    from jaxlab.cli import commands as cli
     from jaxlab.configs import glitch
 
     config = glitch.get_config()
@@ -614,7 +614,7 @@ def test_hrrr_gap_and_short_cycles_finish_with_the_rest_and_list_the_gaps(server
     hours 17-20 (01z runs to 18 h): the rest is downloaded, the gaps listed, the run says so."""
     import datetime as dt
 
-    from jaxlab import cli
+    from jaxlab.cli import commands as cli
 
     day = dt.date(2024, 6, 1)
     served = {}
@@ -1079,7 +1079,7 @@ def test_kaggle_interrupted_file_is_fetched_again_on_rerun(
 
 
 def test_download_help_lists_the_datasets_with_sizes_and_options(capsys):
-    from jaxlab import cli
+    from jaxlab.cli import commands as cli
 
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["jaxlab", "download", "--help"])

@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from jaxlab import cli
+from jaxlab.cli import commands as cli
 from jaxlab.configs import example as example_config
 from jaxlab.configs import neutrino as neutrino_config
 from jaxlab.configs import sales as sales_config

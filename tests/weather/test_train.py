@@ -17,7 +17,7 @@ import pytest
 import xarray as xr
 from tensorboard.backend.event_processing import event_accumulator
 
-from jaxlab import run_records
+from jaxlab.core import run_records
 from jaxlab.configs import weather as weather_config
 from jaxlab.core import checkpoint, rng
 from jaxlab.core import mesh as mesh_lib
