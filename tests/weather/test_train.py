@@ -17,9 +17,8 @@ import pytest
 import xarray as xr
 from tensorboard.backend.event_processing import event_accumulator
 
-from jaxlab.core import run_records
 from jaxlab.configs import weather as weather_config
-from jaxlab.core import checkpoint, rng
+from jaxlab.core import checkpoint, rng, run_records
 from jaxlab.core import mesh as mesh_lib
 from jaxlab.core.writer import read_metrics
 from jaxlab.weather import data, evaluate, steps, train
