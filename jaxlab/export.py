@@ -31,7 +31,7 @@ import ml_collections
 from absl import logging
 
 from jaxlab import run_records
-from jaxlab.core import bundle, checkpoint, run
+from jaxlab.core import bundle, checkpoint, portable, run
 from jaxlab.core import mesh as mesh_lib
 from jaxlab.core import task as task_lib
 from jaxlab.core.bundle import (  # noqa: F401 - the bundle API, re-exported
@@ -59,9 +59,17 @@ def _single_device_parts(config: ml_collections.ConfigDict) -> tuple[Any, Any]:
 
 
 def export_bundle(
-    config: ml_collections.ConfigDict, workdir: str, out: str, which: str | None = None
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    out: str,
+    which: str | None = None,
+    stablehlo: bool = True,
 ) -> str:
-    """Writes the bundle of checkpoint `which` (default `config.eval.checkpoint`) to `out`."""
+    """Writes the bundle of checkpoint `which` (default `config.eval.checkpoint`) to `out`.
+
+    `stablehlo`: also the task's predict network as a portable `jax.export` artefact
+    (`jaxlab.core.portable`; tasks whose predict.py defines `network(config)`).
+    """
     steps, parts = _single_device_parts(config)
     state, step = run.restore_for_eval(config, workdir, parts, which)
     params = _inference_params_fn(steps)(state)
@@ -91,6 +99,8 @@ def export_bundle(
         "source_workdir": os.path.abspath(workdir),
         "files": sorted(extra_files),
     }
+    if stablehlo:
+        info.update(portable.export_task_network(config, params, out))
     with open(os.path.join(out, INFO_FILE), "w") as f:
         json.dump(info, f, indent=2)
     with open(os.path.join(out, CARD_FILE), "w") as f:

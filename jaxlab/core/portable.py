@@ -29,12 +29,16 @@ CPU, a GPU or a TPU.
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import importlib.util
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import numpy as np
+from absl import logging
 from safetensors import numpy as safetensors_np
 
 from jaxlab.core import bundle
@@ -200,3 +204,22 @@ def bind(
     if engine == "stablehlo" or (engine == "auto" and has_artefact(model)):
         return load_callable(model), "stablehlo"
     return python(), "python"
+
+
+def export_task_network(config: Any, params: Any, out: str) -> dict[str, Any]:
+    """{"stablehlo": signature} after writing the artefact of `config.task`'s predict network
+    into the bundle `out`; {} (logged) for a task whose predict.py has no `network(config)`."""
+    name = f"{config.task}.predict"
+    if importlib.util.find_spec(name) is None:
+        logging.info("%s: no predict.py, so no StableHLO predict in the bundle.", config.task)
+        return {}
+    network = getattr(importlib.import_module(name), "network", None)
+    if network is None:
+        logging.info("%s has no network(config), so no StableHLO predict in the bundle.", name)
+        return {}
+    start = time.perf_counter()
+    entry = write(out, network(config), params)
+    logging.info(
+        "StableHLO predict for %s written in %.1f s", ", ".join(PLATFORMS), time.perf_counter() - start
+    )
+    return {INFO_KEY: entry}

@@ -32,6 +32,7 @@ def test_bundle_and_checkpoint_predict_bitwise_the_same(trained, tmp_path):
     bundle = export.export_bundle(config, workdir, str(tmp_path / "bundle"))
     assert sorted(os.listdir(bundle)) == sorted(
         [export.PARAMS_FILE, export.CONFIG_FILE, export.INFO_FILE, export.CARD_FILE]
+        + ["predict.stablehlo"]  # the portable predict (tests/core/test_portable.py)
     )
     with open(os.path.join(bundle, export.INFO_FILE)) as f:
         info = json.load(f)
