@@ -155,7 +155,8 @@ def check_inputs(exported: jax.export.Exported, inputs: dict[str, Any], source: 
     expected = jax.tree.unflatten(exported.in_tree, exported.in_avals)[0][1]
     if sorted(inputs) != sorted(expected):
         raise ValueError(
-            f"{source}: the StableHLO predict takes inputs {sorted(expected)}, got {sorted(inputs)}."
+            f"{source}: the StableHLO predict takes inputs {sorted(expected)}, "
+            f"got {sorted(inputs)}."
         )
     for name, aval in expected.items():
         value = inputs[name]
@@ -220,6 +221,8 @@ def export_task_network(config: Any, params: Any, out: str) -> dict[str, Any]:
     start = time.perf_counter()
     entry = write(out, network(config), params)
     logging.info(
-        "StableHLO predict for %s written in %.1f s", ", ".join(PLATFORMS), time.perf_counter() - start
+        "StableHLO predict for %s written in %.1f s",
+        ", ".join(PLATFORMS),
+        time.perf_counter() - start,
     )
     return {INFO_KEY: entry}

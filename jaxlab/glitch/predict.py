@@ -34,7 +34,7 @@ from absl import logging
 from PIL import Image
 
 from jaxlab import export
-from jaxlab.core import loop
+from jaxlab.core import loop, portable
 from jaxlab.glitch import data, plots
 from jaxlab.glitch import model as model_lib
 
@@ -196,6 +196,19 @@ def _crop(value, config) -> tuple[int, ...] | None:
 def _floor6(p: float) -> float:
     """p rounded down to 6 decimals, so written top-k probabilities never sum above 1."""
     return math.floor(float(p) * 1e6) / 1e6
+
+
+def network(config, batch_size: int = 32) -> portable.Network:
+    """The predict network: {"images": [B, ...]} -> {"probs": [B, C], "view_weights": [B, V]}
+    (eval mode; what a bundle exports as its StableHLO predict)."""
+    apply = make_apply(config, len(config.data.classes))
+    images = jax.ShapeDtypeStruct((batch_size, *model_lib.input_shape(config)), np.float32)
+
+    def fn(params, inputs):
+        probs, weights = apply(params, inputs["images"])
+        return {"probs": probs, "view_weights": weights}
+
+    return portable.Network(fn=fn, inputs={"images": images})
 
 
 def make_apply(config, num_classes: int):

@@ -37,7 +37,7 @@ import numpy as np
 from absl import logging
 
 from jaxlab import export
-from jaxlab.core import loop
+from jaxlab.core import loop, portable
 from jaxlab.neutrino import data, data_packing, data_pipeline, metrics, synthetic
 from jaxlab.neutrino import model as model_lib
 
@@ -184,6 +184,21 @@ def predict_file(apply, params, events: FileEvents, processor, spec, packs: int)
     if not np.array_equal(got, events.event_ids):  # packing keeps the stream order
         raise RuntimeError(f"packing lost or reordered events: {len(got)} of {len(events)}.")
     return np.concatenate(vectors)
+
+
+def network(config: ml_collections.ConfigDict, packs: int | None = None) -> portable.Network:
+    """The predict network: `data_packing.MODEL_KEYS` arrays of `packs` (default
+    `eval.global_batch_size`) packs -> {"direction": [G, E, 3]} unit vectors (what a bundle exports
+    as its StableHLO predict)."""
+    net = model_lib.make_model(config)
+    spec = data_packing.PackSpec.from_config(config)
+    batch = jax.eval_shape(
+        lambda: model_lib.dummy_batch(spec, packs or config.eval.global_batch_size)
+    )
+    return portable.Network(
+        fn=lambda p, inputs: {"direction": net.apply({"params": p}, inputs, deterministic=True)},
+        inputs=batch,
+    )
 
 
 def predict(

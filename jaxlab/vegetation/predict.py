@@ -50,7 +50,7 @@ import xarray as xr
 from absl import logging
 
 from jaxlab import export
-from jaxlab.core import loop
+from jaxlab.core import loop, portable
 from jaxlab.vegetation import data, data_normalisation, evaluate, plots, synthetic
 from jaxlab.vegetation import model as model_lib
 
@@ -165,6 +165,17 @@ def _flag(name: str, value: str | bool) -> bool:
     if value.lower() in ("false", "no", "0"):
         return False
     raise ValueError(f"predict option {name}={value!r}: expected true or false.")
+
+
+def network(config: ml_collections.ConfigDict, batch_size: int = 8) -> portable.Network:
+    """The predict network: `MODEL_KEYS` record batch [B, ...] -> {"deltas": [B, T, H, W, 4]}
+    (normalised units; what a bundle exports as its StableHLO predict)."""
+    model = model_lib.make_model(config)
+    batch = jax.eval_shape(lambda: model_lib.dummy_batch(config, batch_size))
+    return portable.Network(
+        fn=lambda p, inputs: {"deltas": model.apply({"params": p}, inputs)},
+        inputs={k: batch[k] for k in MODEL_KEYS},
+    )
 
 
 def make_forecaster(config: ml_collections.ConfigDict):
