@@ -82,3 +82,69 @@ def test_wrong_input_shape_and_missing_artefact_are_clear_errors(bundle_dir, tmp
         portable.bind(bare, "stablehlo", lambda: None)
     with pytest.raises(ValueError, match="engine='gpu'"):
         portable.bind(bundle, "gpu", lambda: None)
+
+
+# --- every task's predict network: the artefact equals the Python network -------------------
+
+
+def _task_inputs(name, config, network, gen):
+    """Plausible inputs for `network` (one predict batch) with the right dtypes and ranges."""
+    if name == "neutrino":
+        from jaxlab.neutrino import data_packing
+
+        spec = data_packing.PackSpec.from_config(config)
+        g = next(iter(network.inputs.values())).shape[0]
+        with config.unlocked():
+            config.train.global_batch_size = g
+        return data_packing.model_inputs(data_packing.synthetic_batch(config, spec, 0))
+    if name == "vegetation":
+        from jaxlab.vegetation import steps
+
+        batch = steps.random_batch(config, next(iter(network.inputs.values())).shape[0])
+        return {k: batch[k] for k in network.inputs}
+    inputs = {}
+    for key, aval in network.inputs.items():
+        if aval.dtype == np.int32:  # weather's diffusion step t
+            inputs[key] = gen.integers(0, config.diffusion.num_steps, aval.shape).astype(np.int32)
+        else:
+            inputs[key] = gen.normal(size=aval.shape).astype(aval.dtype)
+    return inputs
+
+
+SMALL = {"vegetation": 2, "weather": 2, "glitch": 2, "sales": 4, "neutrino": None}
+
+
+@pytest.mark.parametrize("name", list(SMALL))
+def test_every_task_artefact_equals_its_python_network(name, tmp_path):
+    from jaxlab.core import bundle
+    from jaxlab.core import mesh as mesh_lib
+    from jaxlab.core import task as task_lib
+
+    config = task_lib.load_config(f"{name}:tiny")
+    steps = task_lib.import_task(config, "steps")
+    predict_module = task_lib.import_task(config, "predict")
+    mesh = mesh_lib.make_mesh([("data", -1)], devices=jax.devices()[:1])
+    parts = steps.build(config, mesh)
+    # Random parameters of the inference shapes (no init compile): equality, not training.
+    abstract = jax.eval_shape(
+        getattr(steps, "inference_params", lambda s: s.params), parts.abstract_state
+    )
+    gen = np.random.default_rng(1)
+    params = jax.tree.map(lambda a: (0.2 * gen.standard_normal(a.shape)).astype(a.dtype), abstract)
+    network = predict_module.network(config, SMALL[name])
+
+    # A bundle of the freshly initialised network: parameters, description, artefact.
+    bundle.write_params(str(tmp_path), params, {"task": config.task})
+    entry = portable.write(str(tmp_path), network, params)
+    with open(tmp_path / export.INFO_FILE, "w") as f:
+        json.dump({"task": config.task, portable.INFO_KEY: entry}, f)
+    assert set(entry["inputs"]) == set(network.inputs)
+
+    inputs = _task_inputs(name, config, network, gen)
+    expected = jax.jit(network.fn)(params, inputs)
+    got = portable.load_callable(str(tmp_path))(inputs)
+    assert set(got) == set(expected) == set(entry["outputs"])
+    for key in expected:
+        assert np.all(np.isfinite(expected[key])), key
+        assert np.std(np.asarray(expected[key])) > 0, f"{name} {key}: a constant output"
+        np.testing.assert_allclose(got[key], expected[key], rtol=1e-5, atol=1e-6, err_msg=key)
