@@ -17,9 +17,9 @@ The exported function takes two dicts and returns one:
       inputs   {name: array} with the shapes and dtypes listed in bundle.json["stablehlo"]["inputs"]
       outputs  {name: array} as listed in bundle.json["stablehlo"]["outputs"]
 
-so plain JAX, safetensors and numpy run it without jaxlab (README: "Portable predict"). jaxlab's
-own `predict` uses it through `bind` when the bundle carries one, reading and writing the
-task's file formats with the task's code, but never building the task's model.
+so plain JAX, safetensors and numpy run it without jaxlab (README: "Portable predict"). A task's
+`predict` runs it (`use_artefact`, `load_callable`) when the bundle carries one: the task's code
+still reads and writes its file formats, but the task's model is never built.
 
 Shapes are static (the predict batch of the export); a caller pads the last batch, as the
 Python path does. The platform is chosen when the artefact is called: the same file runs on a
@@ -31,12 +31,14 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import importlib.util
+import json
 import os
 import time
 from collections.abc import Callable
 from typing import Any
 
 import jax
+import ml_collections
 import numpy as np
 from absl import logging
 from safetensors import numpy as safetensors_np
@@ -191,20 +193,33 @@ def input_batch(path: str) -> int:
     return int(next(iter(inputs.values())).shape[0])
 
 
-def bind(
-    model: str, engine: str, python: Callable[[], Callable[[dict[str, Any]], dict[str, Any]]]
-) -> tuple[Callable[[dict[str, Any]], dict[str, Any]], str]:
-    """(inputs -> outputs, the engine used) for a task's predict.
+def use_artefact(model: str, engine: str) -> bool:
+    """Whether a task's predict runs the bundle's StableHLO predict (the `engine` option).
 
-    engine "auto": the bundle's StableHLO predict when `model` is a bundle that carries one,
-    else `python()` (the task's jitted network); "stablehlo" requires the artefact; "python"
-    never uses it. `python` is only called when it is used, so the artefact path builds no model.
+    "auto": when `model` is a bundle that carries one; "stablehlo": always (one clear error when
+    the bundle has none); "python": never (the task's jitted network).
     """
     if engine not in ENGINES:
         raise ValueError(f"predict option engine={engine!r}: expected one of {ENGINES}.")
-    if engine == "stablehlo" or (engine == "auto" and has_artefact(model)):
-        return load_callable(model), "stablehlo"
-    return python(), "python"
+    if engine == "stablehlo" and not has_artefact(model):
+        raise FileNotFoundError(
+            f"{os.path.join(model, ARTEFACT_FILE)}: predict option engine=stablehlo, but "
+            "--model carries no StableHLO predict; re-export it with `jaxlab export --stablehlo`."
+        )
+    return engine != "python" and has_artefact(model)
+
+
+def bundle_config(model: str, task: str) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
+    """(config.json, bundle.json) of a bundle, checked to hold a `task` model; no model code."""
+    file = os.path.join(model, bundle.CONFIG_FILE)
+    try:
+        with open(file) as f:
+            config = ml_collections.ConfigDict(json.load(f))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{file}: not a readable jaxlab bundle config ({e}).") from e
+    if config.get("task") != task:
+        raise ValueError(f"{model} holds a {config.get('task')} model; this needs a {task} model.")
+    return config, bundle.read_info(model)
 
 
 def export_task_network(config: Any, params: Any, out: str) -> dict[str, Any]:

@@ -6,9 +6,9 @@ both give bitwise the same predictions.
     jaxlab predict --model=runs/example/bundle --input=new.npz --out=preds [batch_size=1024]
 
 writes `preds/predictions.csv` with columns `index` (the row of `x`) and `prediction`.
-A bundle that carries a StableHLO predict (`jaxlab.core.portable`) runs it (option
-`engine=auto|stablehlo|python`), so the model's code is not needed: equal to the Python network
-to float32 rounding.
+Option `engine=stablehlo` (or `auto`: when the bundle carries one) runs the bundle's StableHLO
+predict (`jaxlab.core.portable`) instead of building the model: equal to the Python network to
+float32 rounding. The default, `python`, keeps bundle and workdir predictions bitwise equal.
 """
 
 from __future__ import annotations
@@ -73,23 +73,19 @@ def predict(
     out: str,
     config=None,
     batch_size: str | int = 1024,
-    engine: str = "auto",
+    engine: str = "python",
 ) -> list[str]:
     """Writes `out/predictions.csv` (index, prediction) for every row of `inputs`; returns
     [its path]. `batch_size` (a CLI option, so it may come as a string) rows per compiled call;
-    `engine`: "auto" (the bundle's StableHLO predict if it has one), "stablehlo" or "python"."""
+    `engine`: "python" (the model's code), "stablehlo" (the bundle's artefact) or "auto"."""
     batch_size = export.positive_int_option("batch_size", batch_size)
-    if engine != "python" and portable.has_artefact(model):
-        config, info = config or export.read_config(model), export.bundle.read_info(model)
-        if config.task != "jaxlab.example":
-            raise ValueError(f"{model} holds a {config.task} model, not a jaxlab.example one.")
-        batch_size = portable.input_batch(model)
+    if portable.use_artefact(model, engine):  # the bundle's StableHLO: no model code
+        config, info = portable.bundle_config(model, "jaxlab.example")
+        apply, batch_size = portable.load_callable(model), portable.input_batch(model)
     else:
         config, params, info = export.load_model(model, config, task="jaxlab.example")
+        apply = functools.partial(jax.jit(network(config, batch_size).fn), params)
     x = read_inputs(inputs, config.data.num_features)
-    apply, used = portable.bind(
-        model, engine, lambda: functools.partial(jax.jit(network(config, batch_size).fn), params)
-    )
     predictions = predict_array(apply, x, batch_size)
     os.makedirs(out, exist_ok=True)
     path = os.path.join(out, PREDICTIONS_FILE)
@@ -102,7 +98,7 @@ def predict(
         len(x),
         info["checkpoint_step"],
         model,
-        used,
+        "StableHLO" if portable.use_artefact(model, engine) else "Python",
         path,
     )
     return [path]

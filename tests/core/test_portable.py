@@ -78,10 +78,14 @@ def test_wrong_input_shape_and_missing_artefact_are_clear_errors(bundle_dir, tmp
         apply({"y": np.zeros((1024, config.data.num_features), np.float32)})
     bare = export.export_bundle(config, workdir, str(tmp_path / "bare"), stablehlo=False)
     assert not os.path.exists(os.path.join(bare, portable.ARTEFACT_FILE))
-    with pytest.raises(FileNotFoundError, match="carries no StableHLO predict"):
-        portable.bind(bare, "stablehlo", lambda: None)
+    with pytest.raises(FileNotFoundError, match="engine=stablehlo, but --model carries no"):
+        portable.use_artefact(bare, "stablehlo")
+    assert not portable.use_artefact(bare, "auto") and portable.use_artefact(bundle, "auto")
+    assert not portable.use_artefact(workdir, "auto") and not portable.use_artefact(
+        bundle, "python"
+    )
     with pytest.raises(ValueError, match="engine='gpu'"):
-        portable.bind(bundle, "gpu", lambda: None)
+        portable.use_artefact(bundle, "gpu")
 
 
 # --- every task's predict network: the artefact equals the Python network -------------------
