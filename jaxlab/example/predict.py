@@ -45,10 +45,10 @@ def read_inputs(path: str, num_features: int) -> np.ndarray:
     return x
 
 
-def network(config, batch_size: int = 1024) -> portable.Network:
+def network(config, batch_size: int | None = None) -> portable.Network:
     """The predict network: {"x": [B, F]} -> {"prediction": [B]} (what a bundle exports)."""
     model = model_lib.make_model(config)
-    x = jax.ShapeDtypeStruct((batch_size, config.data.num_features), np.float32)
+    x = jax.ShapeDtypeStruct((batch_size or 1024, config.data.num_features), np.float32)
     return portable.Network(
         fn=lambda p, inputs: {"prediction": model.apply({"params": p}, inputs["x"])},
         inputs={"x": x},

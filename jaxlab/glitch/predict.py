@@ -198,11 +198,12 @@ def _floor6(p: float) -> float:
     return math.floor(float(p) * 1e6) / 1e6
 
 
-def network(config, batch_size: int = 32) -> portable.Network:
+def network(config, batch_size: int | None = None) -> portable.Network:
     """The predict network: {"images": [B, ...]} -> {"probs": [B, C], "view_weights": [B, V]}
     (eval mode; what a bundle exports as its StableHLO predict)."""
     apply = make_apply(config, len(config.data.classes))
-    images = jax.ShapeDtypeStruct((batch_size, *model_lib.input_shape(config)), np.float32)
+    batch = batch_size or 32  # predict's default batch_size
+    images = jax.ShapeDtypeStruct((batch, *model_lib.input_shape(config)), np.float32)
 
     def fn(params, inputs):
         probs, weights = apply(params, inputs["images"])

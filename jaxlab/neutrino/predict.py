@@ -210,14 +210,28 @@ def predict(
     geometry: str | None = None,
     meta: str | None = None,
     packs_per_batch: int | str | None = None,
+    engine: str = "python",
 ) -> list[str]:
     """Writes `out/submission.csv` for every event of `inputs`; returns [its path].
 
     Options (strings from the command line): geometry=PATH, meta=PATH (a test_meta.parquet to
     cross-check against), packs_per_batch=N (packs per device call; default
-    eval.global_batch_size).
+    eval.global_batch_size), engine (python, the default: the model's code; stablehlo: the
+    bundle's StableHLO predict, without the model's code, at its packs per call; auto: stablehlo
+    when the bundle carries one).
     """
-    config, params, info = export.load_model(model, config, task="jaxlab.neutrino")
+    if portable.use_artefact(model, engine):
+        config, info = portable.bundle_config(model, "jaxlab.neutrino")
+        hlo, params, packs_per_batch = (
+            portable.load_callable(model),
+            None,
+            portable.input_batch(model),
+        )
+        apply = lambda _, batch: hlo(batch)["direction"]  # noqa: E731
+    else:
+        config, params, info = export.load_model(model, config, task="jaxlab.neutrino")
+        net = model_lib.make_model(config)
+        apply = jax.jit(lambda p, batch: net.apply({"params": p}, batch, deterministic=True))
     files = batch_files(inputs)
     geometry = geometry or find_geometry(inputs, files)
     if meta is None and os.path.isdir(inputs):
@@ -228,8 +242,6 @@ def predict(
         xyz, config.data.max_doms, config.data.max_pulses_per_dom
     )
     spec = data_packing.PackSpec.from_config(config)
-    net = model_lib.make_model(config)
-    apply = jax.jit(lambda p, batch: net.apply({"params": p}, batch, deterministic=True))
     params = jax.device_put(params)
     packs = int(packs_per_batch or config.eval.global_batch_size)
     logging.info(

@@ -101,12 +101,12 @@ def conditions(panel: pd.DataFrame, product_ids, as_of: np.datetime64, config, i
     return batch, np.asarray(lows, np.float32), np.asarray(scales, np.float32), target_dates
 
 
-def network(config, num_products: int = 16) -> portable.Network:
+def network(config, num_products: int | None = None) -> portable.Network:
     """The predict network: the generator, {"noise" [P, T, Z], "history_sales", "history_features",
     "target_features"} -> {"scenario": [P, T]} in normalised units (one draw per product; the
     noise carries the randomness). What a bundle exports as its StableHLO predict."""
     generator, _ = model_lib.make_gan(config)
-    dc, n = config.data, num_products
+    dc, n = config.data, num_products or 16
     windows = steps.random_windows(config)
     inputs = {
         "noise": jax.ShapeDtypeStruct((n, dc.horizon, config.gan.noise_dim), np.float32),

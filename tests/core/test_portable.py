@@ -115,35 +115,43 @@ def _task_inputs(name, config, network, gen):
     return inputs
 
 
+def _random_bundle(name, out, variant="tiny", batch=None):
+    """(config, bundle path, network, params): a bundle of randomly initialised parameters of the
+    task's `variant` config with its StableHLO predict; no training, no init compile."""
+    from jaxlab.core import bundle
+    from jaxlab.core import mesh as mesh_lib
+    from jaxlab.core import task as task_lib
+
+    config = task_lib.load_config(f"{name}:{variant}")
+    steps = task_lib.import_task(config, "steps")
+    predict_module = task_lib.import_task(config, "predict")
+    mesh = mesh_lib.make_mesh([("data", -1)], devices=jax.devices()[:1])
+    parts = steps.build(config, mesh)
+    inference = getattr(steps, "inference_params", lambda s: s.params)
+    abstract = jax.eval_shape(inference, parts.abstract_state)
+    gen = np.random.default_rng(1)
+    params = jax.tree.map(lambda a: (0.2 * gen.standard_normal(a.shape)).astype(a.dtype), abstract)
+    network = predict_module.network(config, batch)
+    os.makedirs(out, exist_ok=True)
+    bundle.write_params(out, params, {"task": config.task})
+    entry = portable.write(out, network, params)
+    with open(os.path.join(out, export.CONFIG_FILE), "w") as f:
+        f.write(config.to_json_best_effort())
+    with open(os.path.join(out, export.INFO_FILE), "w") as f:
+        json.dump({"task": config.task, "checkpoint_step": 0, portable.INFO_KEY: entry}, f)
+    return config, out, network, params
+
+
 SMALL = {"vegetation": 2, "weather": 2, "glitch": 2, "sales": 4, "neutrino": None}
 
 
 @pytest.mark.parametrize("name", list(SMALL))
 def test_every_task_artefact_equals_its_python_network(name, tmp_path):
-    from jaxlab.core import bundle
-    from jaxlab.core import mesh as mesh_lib
-    from jaxlab.core import task as task_lib
-
-    config = task_lib.load_config(f"{name}:tiny")
-    steps = task_lib.import_task(config, "steps")
-    predict_module = task_lib.import_task(config, "predict")
-    mesh = mesh_lib.make_mesh([("data", -1)], devices=jax.devices()[:1])
-    parts = steps.build(config, mesh)
-    # Random parameters of the inference shapes (no init compile): equality, not training.
-    abstract = jax.eval_shape(
-        getattr(steps, "inference_params", lambda s: s.params), parts.abstract_state
-    )
-    gen = np.random.default_rng(1)
-    params = jax.tree.map(lambda a: (0.2 * gen.standard_normal(a.shape)).astype(a.dtype), abstract)
-    network = predict_module.network(config, SMALL[name])
-
-    # A bundle of the freshly initialised network: parameters, description, artefact.
-    bundle.write_params(str(tmp_path), params, {"task": config.task})
-    entry = portable.write(str(tmp_path), network, params)
-    with open(tmp_path / export.INFO_FILE, "w") as f:
-        json.dump({"task": config.task, portable.INFO_KEY: entry}, f)
+    config, path, network, params = _random_bundle(name, str(tmp_path), batch=SMALL[name])
+    with open(tmp_path / export.INFO_FILE) as f:
+        entry = json.load(f)[portable.INFO_KEY]
     assert set(entry["inputs"]) == set(network.inputs)
-
+    gen = np.random.default_rng(0)
     inputs = _task_inputs(name, config, network, gen)
     expected = jax.jit(network.fn)(params, inputs)
     got = portable.load_callable(str(tmp_path))(inputs)
@@ -152,3 +160,50 @@ def test_every_task_artefact_equals_its_python_network(name, tmp_path):
         assert np.all(np.isfinite(expected[key])), key
         assert np.std(np.asarray(expected[key])) > 0, f"{name} {key}: a constant output"
         np.testing.assert_allclose(got[key], expected[key], rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+def _csv_columns(path, columns):
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    return [r["id" if "id" in r else "event_id"] for r in rows], np.array(
+        [[float(r[c]) for c in columns] for r in rows]
+    )
+
+
+@pytest.mark.parametrize(
+    "name", ["glitch", "neutrino", pytest.param("vegetation", marks=pytest.mark.slow)]
+)  # seconds: glitch 15, neutrino 15, vegetation 72 (writes and reads NetCDF cubes, plots)
+def test_task_predict_runs_the_artefact_without_the_model(name, tmp_path, monkeypatch):
+    """`predict(engine="stablehlo")` on the task's held-out demo input equals the Python path;
+    the model module's `make_model` is made to fail, so the artefact path cannot build it."""
+    from jaxlab.core import task as task_lib
+
+    config, bundle, _, _ = _random_bundle(name, str(tmp_path / "bundle"))
+    predict_module = task_lib.import_task(config, "predict")
+    workdir = str(tmp_path / "work")
+    inputs = predict_module.demo_input(config, workdir)
+    python = predict_module.predict(bundle, inputs, str(tmp_path / "py"), engine="python")
+    monkeypatch.setattr(predict_module.model_lib, "make_model", lambda *a, **k: 1 / 0)
+    hlo = predict_module.predict(bundle, inputs, str(tmp_path / "hlo"), engine="stablehlo")
+    assert [os.path.basename(p) for p in hlo] == [os.path.basename(p) for p in python]
+    if name == "glitch":
+        columns = ["top1_prob", "top2_prob", "top3_prob"]
+        ids_py, py = _csv_columns(python[0], columns)
+        ids_hlo, got = _csv_columns(hlo[0], columns)
+        assert ids_py == ids_hlo and len(ids_py) > 0
+        np.testing.assert_allclose(got, py, atol=2e-6)  # probabilities floored to 6 digits
+    elif name == "neutrino":
+        ids_py, py = _csv_columns(python[0], ["azimuth", "zenith"])
+        ids_hlo, got = _csv_columns(hlo[0], ["azimuth", "zenith"])
+        assert ids_py == ids_hlo and len(ids_py) > 0
+        np.testing.assert_allclose(got, py, rtol=1e-5, atol=1e-5)
+    else:
+        import xarray as xr
+
+        cubes = [p for p in python if p.endswith(".nc")]
+        assert cubes
+        for path in cubes:
+            other = os.path.join(str(tmp_path / "hlo"), os.path.relpath(path, str(tmp_path / "py")))
+            with xr.open_dataset(path) as a, xr.open_dataset(other) as b:
+                for var in a.data_vars:
+                    np.testing.assert_allclose(b[var].values, a[var].values, rtol=1e-4, atol=1e-5)
