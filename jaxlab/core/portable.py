@@ -234,7 +234,14 @@ def export_task_network(config: Any, params: Any, out: str) -> dict[str, Any]:
         logging.info("%s has no network(config), so no StableHLO predict in the bundle.", name)
         return {}
     start = time.perf_counter()
-    entry = write(out, network(config), params)
+    try:
+        entry = write(out, network(config), params)
+    except Exception as e:  # an optional artefact: say what failed and how to export without it
+        raise RuntimeError(
+            f"{name}.network: lowering the predict network for {', '.join(PLATFORMS)} failed "
+            f"({type(e).__name__}: {e}); `jaxlab export --nostablehlo` writes the bundle "
+            "without the StableHLO predict."
+        ) from e
     logging.info(
         "StableHLO predict for %s written in %.1f s",
         ", ".join(PLATFORMS),
