@@ -170,9 +170,8 @@ def _csv_columns(path, columns):
     )
 
 
-@pytest.mark.parametrize(
-    "name", ["glitch", "neutrino", pytest.param("vegetation", marks=pytest.mark.slow)]
-)  # seconds: glitch 15, neutrino 15, vegetation 72 (writes and reads NetCDF cubes, plots)
+@pytest.mark.slow  # seconds: glitch 15, neutrino 15, vegetation 72 (synthetic data, NetCDF, plots)
+@pytest.mark.parametrize("name", ["glitch", "neutrino", "vegetation"])
 def test_task_predict_runs_the_artefact_without_the_model(name, tmp_path, monkeypatch):
     """`predict(engine="stablehlo")` on the task's held-out demo input equals the Python path;
     the model module's `make_model` is made to fail, so the artefact path cannot build it."""
