@@ -118,10 +118,10 @@ def _lower_all(name, variant):
 
 
 # Seconds to lower train + eval + predict for ("cuda", "tpu") and train for ("cpu",) on this
-# project's 2-core CPU, measured (most of it tracing, which barely depends on the shapes): example
-# demo 5, sales 15, neutrino 17, weather 18, vegetation 20, glitch 26 (paper configs). make
-# test-fast runs the example and weather, the task whose lowering differs per platform; make test
-# runs all six.
+# project's 2-core CPU (most of it tracing, which barely depends on the shapes), each alone in a
+# fresh process with its imports: example demo 5, sales 15, neutrino 17, weather 18, vegetation
+# 20, glitch 26 (paper configs); all six in one process 50. make test-fast runs the example and
+# weather, the task whose lowering differs per platform; make test runs all six.
 CASES = [
     ("example", "demo"),  # the example task has no paper config; demo is its largest
     ("weather", "paper"),
