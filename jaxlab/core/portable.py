@@ -100,11 +100,11 @@ def export_network(
     return jax.export.export(jitted, platforms=platforms)(flat_abstract, dict(network.inputs))
 
 
-def _spec(tree: Any, avals: Any) -> dict[str, dict[str, Any]]:
-    """{"name": {"shape": [...], "dtype": "float32"}} for a dict of arrays (nested names with /)."""
+def _spec(tree: Any) -> dict[str, dict[str, Any]]:
+    """{"name": {"shape": [...], "dtype": "float32"}} for a dict of avals (nested names with /)."""
     return {
         name: {"shape": [int(d) for d in aval.shape], "dtype": str(aval.dtype)}
-        for name, aval in zip(leaf_names(tree), avals, strict=True)
+        for name, aval in zip(leaf_names(tree), jax.tree.leaves(tree), strict=True)
     }
 
 
@@ -117,8 +117,8 @@ def signature(exported: jax.export.Exported) -> dict[str, Any]:
         "platforms": list(exported.platforms),
         "params": bundle.PARAMS_FILE,
         "num_param_tensors": len(params_tree),
-        "inputs": _spec(inputs_tree, jax.tree.leaves(inputs_tree)),
-        "outputs": _spec(outputs_tree, jax.tree.leaves(outputs_tree)),
+        "inputs": _spec(inputs_tree),
+        "outputs": _spec(outputs_tree),
         "jax_version": jax.__version__,
         "calling_convention_version": int(exported.calling_convention_version),
     }
@@ -133,7 +133,11 @@ def write(out: str, network: Network, params: Any, platforms=PLATFORMS) -> dict[
 
 
 def has_artefact(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, ARTEFACT_FILE)) and bundle.is_bundle(path)
+    """A bundle whose bundle.json describes a StableHLO predict and which holds its file (a stale
+    file left by an earlier export into the same folder does not count)."""
+    if not (bundle.is_bundle(path) and os.path.isfile(os.path.join(path, ARTEFACT_FILE))):
+        return False
+    return INFO_KEY in bundle.read_info(path)
 
 
 def load(path: str) -> jax.export.Exported:

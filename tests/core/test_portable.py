@@ -78,6 +78,10 @@ def test_wrong_input_shape_and_missing_artefact_are_clear_errors(bundle_dir, tmp
         apply({"y": np.zeros((1024, config.data.num_features), np.float32)})
     bare = export.export_bundle(config, workdir, str(tmp_path / "bare"), stablehlo=False)
     assert not os.path.exists(os.path.join(bare, portable.ARTEFACT_FILE))
+    stale = export.export_bundle(config, workdir, str(tmp_path / "stale"))
+    export.export_bundle(config, workdir, stale, stablehlo=False)  # the old file stays behind
+    assert os.path.exists(os.path.join(stale, portable.ARTEFACT_FILE))
+    assert not portable.has_artefact(stale)
     with pytest.raises(FileNotFoundError, match="engine=stablehlo, but --model carries no"):
         portable.use_artefact(bare, "stablehlo")
     assert not portable.use_artefact(bare, "auto") and portable.use_artefact(bundle, "auto")
