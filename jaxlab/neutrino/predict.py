@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
@@ -188,17 +189,20 @@ def predict_file(apply, params, events: FileEvents, processor, spec, packs: int)
 
 def network(config: ml_collections.ConfigDict, packs: int | None = None) -> portable.Network:
     """The predict network: `data_packing.MODEL_KEYS` arrays of `packs` (default
-    `eval.global_batch_size`) packs -> {"direction": [G, E, 3]} unit vectors (what a bundle exports
-    as its StableHLO predict)."""
+    `eval.global_batch_size`) packs, less the target `direction` -> {"direction": [G, E, 3]} unit
+    vectors (what a bundle exports as its StableHLO predict)."""
     net = model_lib.make_model(config)
     spec = data_packing.PackSpec.from_config(config)
     batch = jax.eval_shape(
         lambda: model_lib.dummy_batch(spec, packs or config.eval.global_batch_size)
     )
-    return portable.Network(
-        fn=lambda p, inputs: {"direction": net.apply({"params": p}, inputs, deterministic=True)},
-        inputs=batch,
-    )
+    target = batch.pop("direction")  # the model reads only its shape (E events per pack)
+
+    def fn(params, inputs):
+        full = inputs | {"direction": jnp.zeros(target.shape, target.dtype)}
+        return {"direction": net.apply({"params": params}, full, deterministic=True)}
+
+    return portable.Network(fn=fn, inputs=batch)
 
 
 def predict(
@@ -222,12 +226,12 @@ def predict(
     """
     if portable.use_artefact(model, engine):
         config, info = portable.bundle_config(model, "jaxlab.neutrino")
-        hlo, params, packs_per_batch = (
-            portable.load_callable(model),
-            None,
-            portable.input_batch(model),
-        )
-        apply = lambda _, batch: hlo(batch)["direction"]  # noqa: E731
+        hlo, params = portable.load_callable(model), None
+        packs_per_batch = portable.input_batch(model)
+
+        def apply(_, batch):  # the artefact takes no target direction
+            return hlo({k: v for k, v in batch.items() if k != "direction"})["direction"]
+
     else:
         config, params, info = export.load_model(model, config, task="jaxlab.neutrino")
         net = model_lib.make_model(config)

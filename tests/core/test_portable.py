@@ -104,7 +104,8 @@ def _task_inputs(name, config, network, gen):
         g = next(iter(network.inputs.values())).shape[0]
         with config.unlocked():
             config.train.global_batch_size = g
-        return data_packing.model_inputs(data_packing.synthetic_batch(config, spec, 0))
+        batch = data_packing.model_inputs(data_packing.synthetic_batch(config, spec, 0))
+        return {k: batch[k] for k in network.inputs}
     if name == "vegetation":
         from jaxlab.vegetation import steps
 
