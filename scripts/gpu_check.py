@@ -25,6 +25,10 @@ prints a table. Sections, each one number set that the project's GPU claims rest
                   20-step DPM-Solver++ ensemble
   vegetation_*    vegetation:paper / paper_bf16 at their largest batch
   neutrino        neutrino:paper: events/s, pulse-token efficiency
+  portable_predict  each task's bundle StableHLO predict (`jaxlab.core.portable`: exported for
+                  cpu, cuda and tpu, serialised and deserialised, as `jaxlab export` writes it)
+                  beside the Python network it came from, on one predict batch (paper configs,
+                  random parameters): time per call of each, their ratio, max |difference|
 
 Each section runs in its own process on a GPU (`--isolate`, the default there), so peak memory
 (`device.memory_stats()["peak_bytes_in_use"]`) belongs to that section alone and an out-of-memory
@@ -53,9 +57,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxlab.cli import bench
-from jaxlab.core import compile_cache
+from jaxlab.core import compile_cache, portable
 from jaxlab.core import mesh as mesh_lib
 from jaxlab.core.task import import_task, load_config
 
@@ -503,6 +508,83 @@ def task_section(spec: str, fit: bool) -> Callable[[Sizes, dict], dict]:
     return run
 
 
+# Task configs whose predict network `portable_predict` times; (config, network batch argument).
+PORTABLE_TASKS = {
+    "example": ("example:demo", None),
+    "glitch": ("glitch:paper", None),
+    "neutrino": ("neutrino:paper", None),
+    "vegetation": ("vegetation:paper", None),
+    "weather": ("weather:paper", 4),  # 4 ensemble members of one denoiser call, full grid
+    "sales": ("sales:paper", None),
+}
+
+
+def random_inference_params(config, seed: int = 0):
+    """Parameters of the task's inference shapes (`steps.inference_params`), N(0, 0.05^2):
+    timing needs no trained weights, and nothing is compiled to make them."""
+    steps = import_task(config, "steps")
+    parts = steps.build(config, _mesh(config))
+    inference = getattr(steps, "inference_params", lambda state: state.params)
+    abstract = jax.eval_shape(inference, parts.abstract_state)
+    gen = np.random.default_rng(seed)  # host numbers: no compile per parameter shape
+    return jax.tree.map(
+        lambda a: jnp.asarray((0.05 * gen.standard_normal(a.shape)).astype(a.dtype)), abstract
+    )
+
+
+def portable_entry(sizes: Sizes, name: str) -> dict[str, Any]:
+    """One task: the artefact's and the Python network's time per predict call (median, synced)."""
+    spec, batch = PORTABLE_TASKS[name]
+    config = task_config(sizes, spec) if name != "example" or sizes.smoke else load_config(spec)
+    network = import_task(config, "predict").network(config, batch)
+    params = random_inference_params(config)
+    gen = np.random.default_rng(1)
+    inputs = {
+        k: jnp.asarray(
+            gen.standard_normal(v.shape).astype(v.dtype)
+            if jnp.issubdtype(v.dtype, jnp.floating)
+            else np.zeros(v.shape, v.dtype)
+        )
+        for k, v in network.inputs.items()
+    }
+    start = time.perf_counter()
+    blob = portable.export_network(network, params).serialize()
+    export_s = time.perf_counter() - start
+    exported = jax.export.deserialize(blob)
+    flat = dict(zip(portable.leaf_names(params), jax.tree.leaves(params), strict=True))
+    python_fn, hlo_fn = jax.jit(network.fn), jax.jit(exported.call)
+    python_out, hlo_out = python_fn(params, inputs), hlo_fn(flat, inputs)
+    diff = max(
+        float(jnp.max(jnp.abs(hlo_out[k].astype(jnp.float32) - python_out[k].astype(jnp.float32))))
+        for k in python_out
+    )
+    python_s = _median_time(python_fn, params, inputs, repeats=sizes.steps)
+    hlo_s = _median_time(hlo_fn, flat, inputs, repeats=sizes.steps)
+    return {
+        "config": spec if not sizes.smoke else f"{config.task} (smoke)",
+        "inputs": {k: list(v.shape) for k, v in network.inputs.items()},
+        "export_s": export_s,
+        "artefact_bytes": len(blob),
+        "platforms": list(exported.platforms),
+        "python_ms": python_s * 1e3,
+        "stablehlo_ms": hlo_s * 1e3,
+        "stablehlo_over_python": hlo_s / python_s,
+        "max_abs_diff": diff,
+    }
+
+
+def section_portable_predict(sizes: Sizes, results: dict) -> dict[str, Any]:
+    """`portable_entry` for every task; one task's failure is recorded, not fatal."""
+    out: dict[str, Any] = {}
+    for name in PORTABLE_TASKS:
+        try:
+            out[name] = portable_entry(sizes, name)
+        except Exception as e:
+            traceback.print_exc()
+            out[name] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+    return out
+
+
 def _short(dtype: str) -> str:
     return {"float32": "fp32", "bfloat16": "bf16"}[dtype]
 
@@ -515,6 +597,7 @@ SECTIONS: dict[str, Callable[[Sizes, dict], dict]] = {
     "vit_single_fp32": vit_section(False, "float32"),
     "timm_fp32": timm_section("float32"),
     "attention": section_attention,
+    "portable_predict": section_portable_predict,
     "weather_remat": weather_section(True),
     "weather_no_remat": weather_section(False),
     "weather_sampling": section_weather_sampling,
@@ -638,7 +721,7 @@ def report_table(report: dict[str, Any]) -> str:
     )
     lines += [header, "-" * len(header)]
     for name, entry in sections.items():
-        if name in ("matmul", "attention"):
+        if name in ("matmul", "attention", "portable_predict"):
             continue
         note = entry.get("error") or entry.get("skipped") or ""
         if "jaxlab_over_timm" in entry:
@@ -662,6 +745,17 @@ def report_table(report: dict[str, Any]) -> str:
                 f"{kernel} " + ("n/a" if "error" in k else f"{k['forward_backward_ms']:.2f} ms")
             )
         lines.append(f"attention {shape} fwd+bwd: " + ", ".join(parts))
+    for task, entry in sections.get("portable_predict", {}).items():
+        if not isinstance(entry, dict):
+            continue
+        if "error" in entry:
+            lines.append(f"portable predict {task}: {entry['error'][:80]}")
+            continue
+        lines.append(
+            f"portable predict {task}: python {entry['python_ms']:.2f} ms, StableHLO "
+            f"{entry['stablehlo_ms']:.2f} ms ({entry['stablehlo_over_python']:.2f}x), "
+            f"max |diff| {entry['max_abs_diff']:.2g}"
+        )
     return "\n".join(lines)
 
 

@@ -3,6 +3,7 @@
 # writes $OUT/gpu_check.json (default runs/gpu_check.json) and prints a table.
 #   scripts/gpu_check.sh            # the GPU run
 #   scripts/gpu_check.sh --smoke    # the same sections on CPU with tiny sizes (CI)
+# Its portable_predict section times each bundle's StableHLO predict beside the Python network.
 # Extra flags go to `python scripts/gpu_check.py` (--budget_s, --sections=a,b, --out=...).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -154,7 +154,11 @@ def export_main(argv: list[str]) -> None:
 
     config = resolved_config(_ARGV, flag_value("allow_config_change"))
     out = bundle_lib.export_bundle(
-        config, flag_value("workdir"), flag_value("out"), flag_value("checkpoint")
+        config,
+        flag_value("workdir"),
+        flag_value("out"),
+        flag_value("checkpoint"),
+        stablehlo=flag_value("stablehlo"),
     )
     for name in sorted(os.listdir(out)):
         print(os.path.join(out, name))

@@ -95,7 +95,14 @@ def define_export_flags() -> list[Any]:
         None,
         "Checkpoint to export: best, latest or a step number (default: config.eval.checkpoint).",
     )
-    return [*holders, out, which]
+    stablehlo = define_flag(
+        flags.DEFINE_bool,
+        "stablehlo",
+        True,
+        "Also write the predict network as a portable jax.export artefact for cpu, cuda and "
+        "tpu (predict.stablehlo; --nostablehlo skips it).",
+    )
+    return [*holders, out, which, stablehlo]
 
 
 def define_predict_flags() -> list[Any]:

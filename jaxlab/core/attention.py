@@ -34,6 +34,10 @@ Kernels (`implementation`):
                 memory-bound accelerators without a fused kernel.
   'cudnn'       `jax.nn.dot_product_attention(implementation='cudnn')`: cuDNN's fused flash
                 attention on NVIDIA GPUs (bf16/fp16 only), the GPU path for speed.
+The kernel is an explicit choice, never picked from `jax.default_backend()` at trace time, so a
+program lowered on one machine for another platform (`jax.export`) says which it uses. No config
+selects 'cudnn' yet: its lowering needs cuDNN present, so the steps exported for CUDA and TPU from
+a CPU machine (tests/core/test_lowering.py) use the XLA path.
 There is no attention-weight dropout; the module applies dropout to the attention output before
 the output projection instead.
 """

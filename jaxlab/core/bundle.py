@@ -125,9 +125,19 @@ def _single_device_parts(config: ml_collections.ConfigDict) -> tuple[Any, Any]:
 
 
 def export_bundle(
-    config: ml_collections.ConfigDict, workdir: str, out: str, which: str | None = None
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    out: str,
+    which: str | None = None,
+    stablehlo: bool = True,
 ) -> str:
-    """Writes the bundle of checkpoint `which` (default `config.eval.checkpoint`) to `out`."""
+    """Writes the bundle of checkpoint `which` (default `config.eval.checkpoint`) to `out`.
+
+    `stablehlo`: also the task's predict network as a portable `jax.export` artefact
+    (`jaxlab.core.portable`; tasks whose predict.py defines `network(config)`).
+    """
+    from jaxlab.core import portable  # portable reads bundles: imported here, not at the top
+
     steps, parts = _single_device_parts(config)
     state, step = checkpoint.restore_selected(config, workdir, parts.abstract_state, which)
     params = _inference_params_fn(steps)(state)
@@ -157,6 +167,8 @@ def export_bundle(
         "source_workdir": os.path.abspath(workdir),
         "files": sorted(extra_files),
     }
+    if stablehlo:
+        info.update(portable.export_task_network(config, params, out))
     with open(os.path.join(out, INFO_FILE), "w") as f:
         json.dump(info, f, indent=2)
     with open(os.path.join(out, CARD_FILE), "w") as f:

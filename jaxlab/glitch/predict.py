@@ -34,7 +34,7 @@ from absl import logging
 from PIL import Image
 
 from jaxlab.core import bundle as bundle_lib
-from jaxlab.core import loop
+from jaxlab.core import loop, portable
 from jaxlab.glitch import data, plots
 from jaxlab.glitch import model as model_lib
 
@@ -198,6 +198,20 @@ def _floor6(p: float) -> float:
     return math.floor(float(p) * 1e6) / 1e6
 
 
+def network(config, batch_size: int | None = None) -> portable.Network:
+    """The predict network: {"images": [B, ...]} -> {"probs": [B, C], "view_weights": [B, V]}
+    (eval mode; what a bundle exports as its StableHLO predict)."""
+    apply = make_apply(config, len(config.data.classes))
+    batch = batch_size or 32  # predict's default batch_size
+    images = jax.ShapeDtypeStruct((batch, *model_lib.input_shape(config)), np.float32)
+
+    def fn(params, inputs):
+        probs, weights = apply(params, inputs["images"])
+        return {"probs": probs, "view_weights": weights}
+
+    return portable.Network(fn=fn, inputs={"images": images})
+
+
 def make_apply(config, num_classes: int):
     """Jitted (params, images [B, ...]) -> (probs [B, C], view_weights [B, V]), eval mode."""
     model = model_lib.make_model(config, num_classes)
@@ -218,17 +232,30 @@ def predict(
     batch_size: str | int = 32,
     group: str = "/",
     png_crop: str | None = None,
+    engine: str = "python",
 ) -> list[str]:
     """Writes `out/predictions.csv` (and with `plots` a figure per sample); returns the paths.
 
     Options come from the CLI as strings: plots (true/false), batch_size (samples per compiled
-    call; the last batch is padded), group (an h5 group), png_crop (l,t,r,b or none).
+    call; the last batch is padded), group (an h5 group), png_crop (l,t,r,b or none), engine
+    (python, the default: the model's code; stablehlo: the bundle's StableHLO predict, without
+    the model's code, batches of its size; auto: stablehlo when the bundle carries one).
     """
     make_plots = _bool("plots", plots)
     batch_size = int(batch_size)
     if batch_size < 1:
         raise ValueError(f"predict option batch_size={batch_size}: expected a positive integer.")
-    config, params, info = bundle_lib.load_model(model, config, task="jaxlab.glitch")
+    apply = None
+    if portable.use_artefact(model, engine):  # batches of the artefact's size
+        config, info = portable.bundle_config(model, "jaxlab.glitch")
+        params, batch_size, hlo = None, portable.input_batch(model), portable.load_callable(model)
+
+        def apply(_, images):
+            out = hlo({"images": images})
+            return out["probs"], out["view_weights"]
+
+    else:
+        config, params, info = bundle_lib.load_model(model, config, task="jaxlab.glitch")
     dc = config.data
     durations = tuple(dc.durations) if dc.multi_view else (dc.view,)
     if not os.path.exists(inputs):
@@ -243,7 +270,7 @@ def predict(
             crop = _crop(png_crop, config)
             read = lambda paths: read_png_views(paths, crop)  # noqa: E731
         written, counts = predict_samples(
-            config, params, samples, read, out, batch_size, make_plots
+            config, params, samples, read, out, batch_size, make_plots, apply
         )
     logging.info(
         "Predicted %d glitches with step %d of %s -> %s; most frequent: %s",
@@ -256,14 +283,15 @@ def predict(
     return written
 
 
-def predict_samples(config, params, samples, read, out, batch_size, make_plots):
+def predict_samples(config, params, samples, read, out, batch_size, make_plots, apply=None):
     """The batched pass over `samples` ([(id, source)], `read(source)` -> views): writes the CSV
-    (and figures); returns (files written, counts of top-1 classes)."""
+    (and figures); returns (files written, counts of top-1 classes). `apply(params, images)` ->
+    (probs, view_weights); default `make_apply` (the Python network)."""
     dc = config.data
     classes = list(dc.classes)
     durations = tuple(dc.durations) if dc.multi_view else (dc.view,)
 
-    apply = make_apply(config, len(classes))
+    apply = apply or make_apply(config, len(classes))
     shape = model_lib.input_shape(config)
     os.makedirs(out, exist_ok=True)
     csv_path = os.path.join(out, PREDICTIONS_FILE)

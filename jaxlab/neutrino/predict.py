@@ -32,12 +32,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
 
 from jaxlab.core import bundle as bundle_lib
-from jaxlab.core import loop
+from jaxlab.core import loop, portable
 from jaxlab.neutrino import data, data_packing, data_pipeline, metrics
 from jaxlab.neutrino import model as model_lib
 from jaxlab.neutrino.format import geometry_path, meta_path
@@ -187,6 +188,24 @@ def predict_file(apply, params, events: FileEvents, processor, spec, packs: int)
     return np.concatenate(vectors)
 
 
+def network(config: ml_collections.ConfigDict, packs: int | None = None) -> portable.Network:
+    """The predict network: `data_packing.MODEL_KEYS` arrays of `packs` (default
+    `eval.global_batch_size`) packs, less the target `direction` -> {"direction": [G, E, 3]} unit
+    vectors (what a bundle exports as its StableHLO predict)."""
+    net = model_lib.make_model(config)
+    spec = data_packing.PackSpec.from_config(config)
+    batch = jax.eval_shape(
+        lambda: model_lib.dummy_batch(spec, packs or config.eval.global_batch_size)
+    )
+    target = batch.pop("direction")  # the model reads only its shape (E events per pack)
+
+    def fn(params, inputs):
+        full = inputs | {"direction": jnp.zeros(target.shape, target.dtype)}
+        return {"direction": net.apply({"params": params}, full, deterministic=True)}
+
+    return portable.Network(fn=fn, inputs=batch)
+
+
 def predict(
     model: str,
     inputs: str,
@@ -196,14 +215,28 @@ def predict(
     geometry: str | None = None,
     meta: str | None = None,
     packs_per_batch: int | str | None = None,
+    engine: str = "python",
 ) -> list[str]:
     """Writes `out/submission.csv` for every event of `inputs`; returns [its path].
 
     Options (strings from the command line): geometry=PATH, meta=PATH (a test_meta.parquet to
     cross-check against), packs_per_batch=N (packs per device call; default
-    eval.global_batch_size).
+    eval.global_batch_size), engine (python, the default: the model's code; stablehlo: the
+    bundle's StableHLO predict, without the model's code, at its packs per call; auto: stablehlo
+    when the bundle carries one).
     """
-    config, params, info = bundle_lib.load_model(model, config, task="jaxlab.neutrino")
+    if portable.use_artefact(model, engine):
+        config, info = portable.bundle_config(model, "jaxlab.neutrino")
+        hlo, params = portable.load_callable(model), None
+        packs_per_batch = portable.input_batch(model)
+
+        def apply(_, batch):  # the artefact takes no target direction
+            return hlo({k: v for k, v in batch.items() if k != "direction"})["direction"]
+
+    else:
+        config, params, info = bundle_lib.load_model(model, config, task="jaxlab.neutrino")
+        net = model_lib.make_model(config)
+        apply = jax.jit(lambda p, batch: net.apply({"params": p}, batch, deterministic=True))
     files = batch_files(inputs)
     geometry = geometry or find_geometry(inputs, files)
     if meta is None and os.path.isdir(inputs):
@@ -214,8 +247,6 @@ def predict(
         xyz, config.data.max_doms, config.data.max_pulses_per_dom
     )
     spec = data_packing.PackSpec.from_config(config)
-    net = model_lib.make_model(config)
-    apply = jax.jit(lambda p, batch: net.apply({"params": p}, batch, deterministic=True))
     params = jax.device_put(params)
     packs = int(packs_per_batch or config.eval.global_batch_size)
     logging.info(

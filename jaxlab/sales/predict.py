@@ -31,7 +31,7 @@ from safetensors import numpy as safetensors_np
 
 from jaxlab.core import bundle as bundle_lib
 from jaxlab.core import mesh as mesh_lib
-from jaxlab.core import rng
+from jaxlab.core import portable, rng
 from jaxlab.sales import data, data_windows, forecast, gan, steps
 from jaxlab.sales import model as model_lib
 
@@ -99,6 +99,28 @@ def conditions(panel: pd.DataFrame, product_ids, as_of: np.datetime64, config, i
         scales.append(arrays.sales_scale[p])
     batch = {k: np.stack(v).astype(np.float32) for k, v in rows.items()}
     return batch, np.asarray(lows, np.float32), np.asarray(scales, np.float32), target_dates
+
+
+def network(config, num_products: int | None = None) -> portable.Network:
+    """The predict network: the generator, {"noise" [P, T, Z], "history_sales", "history_features",
+    "target_features"} -> {"scenario": [P, T]} in normalised units (one draw per product; the
+    noise carries the randomness). What a bundle exports as its StableHLO predict."""
+    generator, _ = model_lib.make_gan(config)
+    dc, n = config.data, num_products or 16
+    windows = steps.random_windows(config)
+    inputs = {
+        "noise": jax.ShapeDtypeStruct((n, dc.horizon, config.gan.noise_dim), np.float32),
+        **{
+            k: jax.ShapeDtypeStruct((n, *windows[k].shape[1:]), np.float32)
+            for k in ("history_sales", "history_features", "target_features")
+        },
+    }
+
+    def fn(params, x):
+        cond = model_lib.condition(x)
+        return {"scenario": generator.apply({"params": params}, x["noise"], *cond)}
+
+    return portable.Network(fn=fn, inputs=inputs)
 
 
 def predict(

@@ -50,7 +50,7 @@ import xarray as xr
 from absl import logging
 
 from jaxlab.core import bundle as bundle_lib
-from jaxlab.core import loop
+from jaxlab.core import loop, portable
 from jaxlab.vegetation import data, data_normalisation, evaluate, plots
 from jaxlab.vegetation import model as model_lib
 
@@ -158,12 +158,25 @@ def _flag(name: str, value: str | bool) -> bool:
     raise ValueError(f"predict option {name}={value!r}: expected true or false.")
 
 
-def make_forecaster(config: ml_collections.ConfigDict):
+def network(config: ml_collections.ConfigDict, batch_size: int | None = None) -> portable.Network:
+    """The predict network: `MODEL_KEYS` record batch [B, ...] -> {"deltas": [B, T, H, W, 4]}
+    (normalised units; what a bundle exports as its StableHLO predict)."""
+    model = model_lib.make_model(config)
+    size = batch_size or config.eval.global_batch_size
+    batch = jax.eval_shape(lambda: model_lib.dummy_batch(config, size))
+    return portable.Network(
+        fn=lambda p, inputs: {"deltas": model.apply({"params": p}, inputs)},
+        inputs={k: batch[k] for k in MODEL_KEYS},
+    )
+
+
+def make_forecaster(config: ml_collections.ConfigDict, apply=None):
     """`forecast(params, records) -> deltas [N, T, H, W, 4]` (normalised units) for up to
     `batch_size` records, padded to `batch_size` with copies of the first so one compilation of
-    the model serves every call."""
-    model = model_lib.make_model(config)
-    apply = jax.jit(lambda p, b: model.apply({"params": p}, b))
+    the model serves every call. `apply(params, batch)`: default the Python network."""
+    if apply is None:
+        model = model_lib.make_model(config)
+        apply = jax.jit(lambda p, b: model.apply({"params": p}, b))
 
     def forecast(params, records: list[dict[str, np.ndarray]], batch_size: int) -> np.ndarray:
         padded = records + [records[0]] * (batch_size - len(records))
@@ -209,11 +222,20 @@ def predict(
     batch_size: str | int = 0,
     normalisation: str = "",
     plots: str | bool = True,
+    engine: str = "python",
 ) -> list[str]:
     """Forecasts of every cube of `inputs` into `out` (see the module docstring); returns the
-    files written. `batch_size` cubes per compiled call (0: config.eval.global_batch_size)."""
+    files written. `batch_size` cubes per compiled call (0: config.eval.global_batch_size).
+    `engine`: python (the default: the model's code), stablehlo (the bundle's StableHLO predict,
+    without the model's code, at its batch size) or auto (stablehlo when the bundle has one)."""
     begin = time.perf_counter()
-    config, params, info = bundle_lib.load_model(model, config, task="jaxlab.vegetation")
+    apply = None
+    if portable.use_artefact(model, engine):
+        config, info = portable.bundle_config(model, "jaxlab.vegetation")
+        hlo, params, batch_size = portable.load_callable(model), None, portable.input_batch(model)
+        apply = lambda _, batch: hlo(batch)["deltas"]  # noqa: E731
+    else:
+        config, params, info = bundle_lib.load_model(model, config, task="jaxlab.vegetation")
     batch_size = bundle_lib.positive_int_option(
         "batch_size", batch_size or config.eval.global_batch_size
     )
@@ -221,7 +243,7 @@ def predict(
     norm, norm_from = find_normalisation(model, config, normalisation)
     logging.info("Normalisation: %s", norm_from)
     cubes = list_inputs(inputs)
-    forecast = make_forecaster(config)
+    forecast = make_forecaster(config, apply)
     written, clipped, pending = [], [], []
 
     def flush():

@@ -51,7 +51,7 @@ from absl import logging
 
 from jaxlab.core import bundle as bundle_lib
 from jaxlab.core import mesh as mesh_lib
-from jaxlab.core import rng
+from jaxlab.core import portable, rng
 from jaxlab.weather import data, data_grib, diffusion, ensemble
 from jaxlab.weather import model as model_lib
 from jaxlab.weather import predict_output as output
@@ -215,6 +215,39 @@ def forecast(config, params, scale, normaliser, state, init_time, members: int, 
         scale,
     )
     return normaliser.decode(np.asarray(jax.device_get(ens)))
+
+
+def network(config, members: int | None = None) -> portable.Network:
+    """The predict network: one denoiser evaluation of `members` (default `eval.num_members`)
+    ensemble members on the full grid, {"xt", "cond" [M, H, W, C], "t" [M] int32, "lead" [M],
+    "hour" [M]} -> {"output": [M, H, W, C]} with the bundle's EMA parameters; the sampler calls it
+    once per solver step. What a bundle exports as its StableHLO predict."""
+    model = model_lib.make_model(config)
+    m = members or config.eval.num_members
+    grid = jax.ShapeDtypeStruct((m, *config.data.shape, len(data.VARIABLES)), np.float32)
+    vector = jax.ShapeDtypeStruct((m,), np.float32)
+    inputs = {
+        "xt": grid,
+        "cond": grid,
+        "t": jax.ShapeDtypeStruct((m,), np.int32),
+        "lead": vector,
+        "hour": vector,
+    }
+
+    def fn(params, x):
+        out = model_lib.apply(
+            model,
+            params["ema"],
+            x["xt"],
+            x["cond"],
+            x["t"],
+            x["lead"],
+            x["hour"],
+            config.model.use_hour,
+        )
+        return {"output": out}
+
+    return portable.Network(fn=fn, inputs=inputs)
 
 
 def clip_to_physical_range(members: np.ndarray) -> tuple[np.ndarray, dict[str, int]]:

@@ -32,6 +32,7 @@ def test_bundle_and_checkpoint_predict_bitwise_the_same(trained, tmp_path):
     bundle = bundle_lib.export_bundle(config, workdir, str(tmp_path / "bundle"))
     assert sorted(os.listdir(bundle)) == sorted(
         [bundle_lib.PARAMS_FILE, bundle_lib.CONFIG_FILE, bundle_lib.INFO_FILE, bundle_lib.CARD_FILE]
+        + ["predict.stablehlo"]  # the portable predict (tests/core/test_portable.py)
     )
     with open(os.path.join(bundle, bundle_lib.INFO_FILE)) as f:
         info = json.load(f)

@@ -39,6 +39,24 @@ def test_largest_batch_plan_fits_the_memory_limit(monkeypatch):
     assert list(setups) == [batch]
 
 
+def test_portable_predict_entry_times_the_artefact_beside_the_python_network():
+    """The artefact (exported for cpu, cuda, tpu, serialised, deserialised) runs here and
+    agrees with the Python network; both times are measured."""
+    entry = gpu_check.portable_entry(gpu_check.SMOKE_SIZES, "example")
+    assert entry["platforms"] == ["cpu", "cuda", "tpu"] and entry["artefact_bytes"] > 0
+    assert entry["python_ms"] > 0 and entry["stablehlo_ms"] > 0
+    assert entry["stablehlo_over_python"] == entry["stablehlo_ms"] / entry["python_ms"]
+    assert entry["max_abs_diff"] < 1e-5
+    line = gpu_check.report_table(
+        {
+            "date": "d",
+            "device": {"device_kind": "cpu", "platform": "cpu", "jax_version": "0"},
+            "sections": {"portable_predict": {"example": entry, "section_s": 1.0}},
+        }
+    ).splitlines()[-1]
+    assert line.startswith("portable predict example: python ") and "StableHLO" in line
+
+
 @pytest.mark.slow
 def test_smoke_run_writes_every_section(tmp_path):
     out = tmp_path / "gpu_check.json"
@@ -78,6 +96,10 @@ def test_smoke_run_writes_every_section(tmp_path):
     assert sections["weather_sampling"]["sampling_members"] == 2
     for name in ("timm_fp32", "timm_bf16"):  # measured when torch + timm are installed
         assert "skipped" in sections[name] or sections[name]["jaxlab_over_timm"] > 0
+    for task, entry in sections["portable_predict"].items():
+        if task != "section_s":
+            assert entry["stablehlo_ms"] > 0 and entry["python_ms"] > 0, task
+            assert entry["max_abs_diff"] < 1e-3, task
     for shape in sections["attention"].values():
         if isinstance(shape, dict):
             xla = shape["jaxlab_xla"]

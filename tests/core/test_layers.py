@@ -252,3 +252,35 @@ def test_flax_conv_with_it_keeps_params_and_values():
 
     for a, b in zip(jax.tree.leaves(loss(ours)), jax.tree.leaves(loss(ref)), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-5)
+
+
+def test_weight_gradient_is_chosen_per_platform_inside_the_lowered_program():
+    """One exported program carries the blocked weight gradient for CPU only (lowered here for
+    CUDA it is XLA's own), and both branches agree to float32 rounding."""
+
+    def loss(kernel, x):
+        y = layers.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=layers._NHWC)
+        return jnp.sum(jnp.sin(y))
+
+    grad = jax.jit(jax.grad(loss))
+    args = (
+        jax.ShapeDtypeStruct((3, 3, 4, 8), jnp.float32),
+        jax.ShapeDtypeStruct((2, 8, 8, 4), jnp.float32),
+    )
+    cpu = jax.export.export(grad, platforms=("cpu",))(*args).mlir_module()
+    cuda = jax.export.export(grad, platforms=("cuda",))(*args).mlir_module()
+    assert "blocked_im2col_weight_grad" in cpu and "blocked_im2col_weight_grad" not in cuda
+    assert cuda.count("stablehlo.convolution") == cpu.count("stablehlo.convolution") + 1
+
+    kx, kk, kg = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(kx, (2, 8, 8, 4))
+    kernel = jax.random.normal(kk, (3, 3, 4, 8))
+    dy = jax.random.normal(kg, (2, 8, 8, 8))
+    pads = ((1, 1), (1, 1))
+    blocked = layers.conv_weight_grad(x, dy, kernel.shape, pads)
+    np.testing.assert_allclose(
+        layers.xla_weight_grad(x, dy, kernel, pads), blocked, rtol=1e-5, atol=1e-4
+    )
+    # Both platforms in one program: the CPU branch runs here.
+    both = jax.export.export(grad, platforms=("cpu", "cuda"))(*args)
+    np.testing.assert_allclose(both.call(kernel, x), grad(kernel, x), rtol=1e-6, atol=1e-6)
