@@ -43,6 +43,7 @@ import numpy as np
 from absl import app, flags, logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jaxlab.cli.flags import define_flag
 from jaxlab.core import compile_cache, loop
 from jaxlab.core import mesh as mesh_lib
 from jaxlab.core.task import import_task, load_config
@@ -61,7 +62,9 @@ MATMUL_REPEATS = 9  # timed matmul runs per dtype; the median is reported, with 
 MATMUL_DTYPES = ("float32", "bfloat16")
 _SHORT_DTYPE = {"float32": "fp32", "bfloat16": "bf16"}
 
-_OUT = flags.DEFINE_string("out", "runs/benchmark.json", "Where to write the JSON report.")
+DEFAULT_OUT = "runs/benchmark.json"
+# Through define_flag: `export` and `predict` define --out too when they ran first in-process.
+_OUT = define_flag(flags.DEFINE_string, "out", DEFAULT_OUT, "Where to write the JSON report.")
 _TASKS = flags.DEFINE_list("tasks", None, f"Subset of tasks (default: all of {list(TASKS)}).")
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps per task.", lower_bound=1)
 _WARMUP = flags.DEFINE_integer(
@@ -402,11 +405,12 @@ def main(argv):
                 logging.error("Task %s failed:\n%s", name, traceback.format_exc())
                 report["tasks"][name] = {"error": f"{type(e).__name__}: {e}"}
     if jax.process_index() == 0:
-        write_json(report, _OUT.value)
+        out = _OUT.value or DEFAULT_OUT
+        write_json(report, out)
         print("\n" + report_table(report), flush=True)
-        logging.info("Wrote %s", _OUT.value)
+        logging.info("Wrote %s", out)
     failed = [name for name, entry in report["tasks"].items() if "error" in entry]
     if failed:
         sys.exit(
-            f"Benchmark failed for task(s) {failed}; see the errors above and in {_OUT.value}."
+            f"Benchmark failed for task(s) {failed}; see the errors above and in {_OUT.value or DEFAULT_OUT}."
         )
