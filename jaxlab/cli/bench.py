@@ -412,5 +412,6 @@ def main(argv):
     failed = [name for name, entry in report["tasks"].items() if "error" in entry]
     if failed:
         sys.exit(
-            f"Benchmark failed for task(s) {failed}; see the errors above and in {_OUT.value or DEFAULT_OUT}."
+            f"Benchmark failed for task(s) {failed}; see the errors above and in "
+            f"{_OUT.value or DEFAULT_OUT}."
         )
