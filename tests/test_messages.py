@@ -45,6 +45,23 @@ def test_train_into_a_workdir_that_is_a_file_is_one_line(name, tmp_path, capsys)
     assert afile.read_text() == "a note, not a run folder\n"  # untouched
 
 
+@pytest.mark.parametrize("command", ["evaluate", "export"])
+def test_evaluate_or_export_a_workdir_that_is_a_file_is_one_line(command, tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("a note, not a run folder\n")
+    out = [f"--out={tmp_path / 'bundle'}"] if command == "export" else []
+    status = _jaxlab(command, "--config=example:tiny", f"--workdir={afile}", *out)
+    assert status == 1
+    err = capsys.readouterr().err
+    expected = (
+        f"jaxlab {command}: NotADirectoryError: --workdir={afile} is a file; the workdir must be "
+        "a folder (a new one, or the workdir of an earlier run). Pass another --workdir. (traceback"
+    )
+    assert err.startswith(expected), err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert afile.read_text() == "a note, not a run folder\n"
+
+
 def test_a_workdir_below_a_file_names_that_file(tmp_path):
     from jaxlab.core import lock
 
