@@ -63,8 +63,8 @@ from jaxlab.cli_flags import (
     flag_value,
     require_flags,
 )
-from jaxlab.core import run
 from jaxlab.core import task as task_lib
+from jaxlab.core import workdir as workdir_lib
 from jaxlab.run_records import record_evaluation, record_final_metrics, run_info, write_run_info
 
 NOT_YET = 2  # exit status of a command a task does not have yet (predict, check-data)
@@ -304,7 +304,7 @@ def show_config_main(argv: list[str]) -> None:
     print(f"# {spec} ({file})")
     for override in (a for a in _ARGV if a.startswith(("--config.", "--noconfig."))):
         print(f"# {override}")
-    for key, value in run.flat_dict(config.to_dict()).items():
+    for key, value in workdir_lib.flat_dict(config.to_dict()).items():
         print(f"{key} = {value!r}")
 
 

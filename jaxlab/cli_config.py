@@ -1,6 +1,6 @@
 """Recorded configs: `evaluate`, `export` and `show-config` reuse what a workdir was trained with.
 
-`jaxlab train` records the resolved config in `workdir/config.json` (`run.open_workdir`) and the
+`jaxlab train` records the resolved config in `workdir/config.json` (`workdir.open_workdir`) and the
 spec it came from in `run_info.json`; here a later command finds them, merges the recorded values
 into the given config and names any explicit override that contradicts them.
 """
@@ -16,10 +16,10 @@ from absl import logging
 
 from jaxlab import run_records
 from jaxlab.cli_flags import FLAG_HOLDERS, fatal
-from jaxlab.core import run
 from jaxlab.core import task as task_lib
+from jaxlab.core import workdir as workdir_lib
 
-CONFIG_JSON = "config.json"  # the resolved config, written by run.open_workdir at train time
+CONFIG_JSON = "config.json"  # the resolved config, written by workdir.open_workdir at train time
 RUN_INFO_JSON = run_records.RUN_INFO_JSON
 # Keys an evaluation may change against the trained run's recorded config without a flag.
 EVAL_KEYS = ("eval.",)
@@ -75,10 +75,10 @@ def merge_recorded(
     Returns (key, recorded value, given value) for each explicit override that differs from the
     recording outside `EVAL_KEYS`: the caller names them.
     """
-    current = run.flat_dict(json.loads(config.to_json()))
+    current = workdir_lib.flat_dict(json.loads(config.to_json()))
     conflicts = []
     with config.unlocked():
-        for key, value in run.flat_dict(recorded).items():
+        for key, value in workdir_lib.flat_dict(recorded).items():
             overridden = any(key == k or key.startswith(f"{k}.") for k in explicit)
             if current.get(key, object()) == value:
                 continue

@@ -31,7 +31,7 @@ import ml_collections
 from absl import logging
 
 from jaxlab import run_records
-from jaxlab.core import bundle, checkpoint, run
+from jaxlab.core import bundle, checkpoint, restore
 from jaxlab.core import mesh as mesh_lib
 from jaxlab.core import task as task_lib
 from jaxlab.core.bundle import (  # noqa: F401 - the bundle API, re-exported
@@ -63,7 +63,7 @@ def export_bundle(
 ) -> str:
     """Writes the bundle of checkpoint `which` (default `config.eval.checkpoint`) to `out`."""
     steps, parts = _single_device_parts(config)
-    state, step = run.restore_for_eval(config, workdir, parts, which)
+    state, step = restore.restore_for_eval(config, workdir, parts, which)
     params = _inference_params_fn(steps)(state)
     manager = checkpoint.manager_from_config(config, workdir, read_only=True)
     metrics = {k: float(v) for k, v in (manager.metrics(step) or {}).items()}
@@ -143,7 +143,7 @@ def load_model(
     abstract = jax.eval_shape(_inference_params_fn(steps), parts.abstract_state)
     if is_bundle(path):
         return config, bundle.read_params(path, abstract), bundle.read_info(path)
-    state, step = run.restore_for_eval(config, path, parts)
+    state, step = restore.restore_for_eval(config, path, parts)
     params = jax.device_get(_inference_params_fn(steps)(state))
     return config, params, {"task": config.task, "checkpoint_step": int(step)}
 

@@ -1,6 +1,6 @@
 """Reading and writing the parameter file of an exported bundle (see `jaxlab/export.py`).
 
-Kept in core, apart from the exporter, so `run.restore_for_eval` can evaluate a bundle
+Kept in core, apart from the exporter, so `restore.restore_for_eval` can evaluate a bundle
 (`config.eval.model`) without importing task code.
 """
 

@@ -20,7 +20,7 @@ import numpy as np
 import optax
 
 from jaxlab.core import mesh as mesh_lib
-from jaxlab.core import optim, rng, run
+from jaxlab.core import optim, rng, steps_jit
 from jaxlab.core import state as state_lib
 from jaxlab.example import model as model_lib
 
@@ -84,10 +84,10 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Parts:
         abstract_state=abstract,
         shardings=shardings,
         num_steps=num_steps,
-        train_step=run.jit_train_step(
+        train_step=steps_jit.jit_train_step(
             functools.partial(train_step, model=model, tx=tx), shardings, mesh
         ),
-        eval_step=run.jit_eval_step(functools.partial(eval_step, model=model), mesh),
+        eval_step=steps_jit.jit_eval_step(functools.partial(eval_step, model=model), mesh),
     )
 
 

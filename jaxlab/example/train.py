@@ -13,8 +13,9 @@ import functools
 import jax
 import ml_collections
 
-from jaxlab.core import checkpoint, loop, optim, rng, run
+from jaxlab.core import checkpoint, loop, optim, restore, rng, trainer
 from jaxlab.core import mesh as mesh_lib
+from jaxlab.core import workdir as workdir_lib
 from jaxlab.core.writer import figure_to_image
 from jaxlab.data import pipeline
 from jaxlab.example import data, evaluate, plots, steps
@@ -23,7 +24,7 @@ from jaxlab.example import data, evaluate, plots, steps
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Trains to `config.train.num_steps`, resuming from `workdir`; returns last eval metrics."""
     tc = config.train
-    writer = run.open_workdir(config, workdir)
+    writer = workdir_lib.open_workdir(config, workdir)
 
     # Mesh.
     mesh = mesh_lib.make_mesh(config.mesh)
@@ -40,13 +41,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # Parts and state (restored when the workdir has a checkpoint).
     parts = steps.build(config, mesh)
     manager = checkpoint.manager_from_config(config, workdir)
-    state, _ = run.init_or_restore(manager, parts, rng.stream(config.seed, "init"), train_iter)
+    state, _ = restore.init_or_restore(manager, parts, rng.stream(config.seed, "init"), train_iter)
     lr_fn = jax.jit(functools.partial(optim.current_learning_rate, config.optim, parts.num_steps))
 
     # Loop.
     start_step = int(state.step)
     eval_metrics: dict[str, float] = {}
-    with run.loop_helpers(
+    with trainer.loop_helpers(
         config, workdir, manager, writer, start_step, parts.num_steps, tc.global_batch_size
     ) as h:
         for step in range(start_step + 1, parts.num_steps + 1):
@@ -59,7 +60,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             last = step == parts.num_steps
             save = loop.every(step, tc.ckpt_every) or last or preempted
             if loop.every(step, tc.log_every) or save:
-                run.log_train_step(h, step, metrics, {"lr": lr_fn(state.opt_state, state.step)})
+                trainer.log_train_step(h, step, metrics, {"lr": lr_fn(state.opt_state, state.step)})
             metrics_for_ckpt = None
             if loop.every(step, tc.eval_every) or last:
                 eval_metrics, predictions = evaluate.evaluate_split(

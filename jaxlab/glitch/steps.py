@@ -23,7 +23,7 @@ import numpy as np
 import optax
 
 from jaxlab.core import mesh as mesh_lib
-from jaxlab.core import optim, rng, run
+from jaxlab.core import optim, rng, steps_jit
 from jaxlab.core import state as state_lib
 from jaxlab.glitch import losses, metrics, timm_import
 from jaxlab.glitch import model as model_lib
@@ -168,8 +168,8 @@ def build(
         abstract_state=abstract,
         shardings=shardings,
         num_steps=num_steps,
-        train_step=run.jit_train_step(step_fn, shardings, mesh),
-        eval_step=run.jit_eval_step(
+        train_step=steps_jit.jit_train_step(step_fn, shardings, mesh),
+        eval_step=steps_jit.jit_eval_step(
             functools.partial(eval_step, model=model, loss_config=config.loss), mesh
         ),
         steps_per_epoch=steps_per_epoch,

@@ -24,8 +24,9 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from jaxlab.core import checkpoint, early_stopping, loop, rng, run
+from jaxlab.core import checkpoint, early_stopping, loop, restore, rng, trainer
 from jaxlab.core import mesh as mesh_lib
+from jaxlab.core import workdir as workdir_lib
 from jaxlab.core.writer import figure_to_image
 from jaxlab.data import pipeline
 from jaxlab.glitch import data, evaluate, metrics, plots, steps
@@ -48,7 +49,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     Returns the last epoch's validation metrics plus best_val_accuracy and stopped_epoch.
     """
     tc = config.train
-    writer = run.open_workdir(config, workdir)
+    writer = workdir_lib.open_workdir(config, workdir)
 
     # Mesh.
     mesh = mesh_lib.make_mesh(config.mesh)
@@ -89,7 +90,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     )
     manager = checkpoint.manager_from_config(config, workdir)
     new_run = manager.latest_step() is None
-    state, resumed = run.init_or_restore(
+    state, resumed = restore.init_or_restore(
         manager, parts, rng.stream(config.seed, "init"), train_iter
     )
     if new_run and config.model.pretrained:
@@ -130,7 +131,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if early_stopping.should_stop(stopping):
         logging.info("Early stopped at epoch %d (best %s).", epoch, stopping)
         first_step = parts.num_steps + 1
-    with run.loop_helpers(
+    with trainer.loop_helpers(
         config, workdir, manager, writer, start_step, parts.num_steps, tc.global_batch_size
     ) as h:
         for step in range(first_step, parts.num_steps + 1):
@@ -146,7 +147,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             end_of_epoch = step % parts.steps_per_epoch == 0 or step == parts.num_steps
             if loop.every(step, tc.log_every) or end_of_epoch or preempted:
                 lr = parts.learning_rate(state.opt_state, state.step)
-                run.log_train_step(h, step, step_metrics, {"lr": lr})
+                trainer.log_train_step(h, step, step_metrics, {"lr": lr})
 
             if end_of_epoch:
                 epoch = -(-step // parts.steps_per_epoch)

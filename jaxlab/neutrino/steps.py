@@ -22,7 +22,7 @@ import optax
 from absl import logging
 
 from jaxlab.core import mesh as mesh_lib
-from jaxlab.core import optim, rng, run
+from jaxlab.core import optim, rng, steps_jit
 from jaxlab.core import state as state_lib
 from jaxlab.neutrino import data_packing, losses
 from jaxlab.neutrino import model as model_lib
@@ -130,8 +130,8 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Parts:
         abstract_state=abstract,
         shardings=shardings,
         num_steps=num_steps,
-        train_step=run.jit_train_step(step, shardings, mesh),
-        eval_step=run.jit_eval_step(functools.partial(eval_step, model=model), mesh),
+        train_step=steps_jit.jit_train_step(step, shardings, mesh),
+        eval_step=steps_jit.jit_eval_step(functools.partial(eval_step, model=model), mesh),
     )
 
 

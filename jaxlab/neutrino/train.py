@@ -19,8 +19,9 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from jaxlab.core import checkpoint, loop, optim, rng, run
+from jaxlab.core import checkpoint, loop, optim, restore, rng, trainer
 from jaxlab.core import mesh as mesh_lib
+from jaxlab.core import workdir as workdir_lib
 from jaxlab.core.writer import figure_to_image
 from jaxlab.neutrino import data, data_packing, data_pipeline, evaluate, plots, steps
 from jaxlab.neutrino.metrics import vector_to_angles
@@ -29,7 +30,7 @@ from jaxlab.neutrino.metrics import vector_to_angles
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Trains to `config.train.num_steps`, resuming from `workdir`; returns last eval metrics."""
     tc = config.train
-    writer = run.open_workdir(config, workdir)
+    writer = workdir_lib.open_workdir(config, workdir)
 
     # Mesh.
     mesh = mesh_lib.make_mesh(config.mesh)
@@ -54,7 +55,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     # State (restored when the workdir has a checkpoint).
     manager = checkpoint.manager_from_config(config, workdir)
-    state, _ = run.init_or_restore(manager, parts, rng.stream(config.seed, "init"), train_iter)
+    state, _ = restore.init_or_restore(manager, parts, rng.stream(config.seed, "init"), train_iter)
     lr_fn = jax.jit(functools.partial(optim.current_learning_rate, config.optim, parts.num_steps))
 
     # Loop.
@@ -63,7 +64,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     window: list[dict[str, np.ndarray]] = []  # host batches since the last log (packing stats)
     window_events: list[jax.Array] = []  # device event counts since the last log
     window_start = time.perf_counter()
-    with run.loop_helpers(
+    with trainer.loop_helpers(
         config, workdir, manager, writer, start_step, parts.num_steps, tc.global_batch_size
     ) as h:
         for step in range(start_step + 1, parts.num_steps + 1):
@@ -86,7 +87,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 events = float(np.sum(jax.device_get(window_events)))
                 now = time.perf_counter()  # the window's end, as for the core's steps_per_sec
                 extra["events_per_sec"] = events / max(now - window_start, 1e-9)
-                run.log_train_step(h, step, metrics, extra)
+                trainer.log_train_step(h, step, metrics, extra)
                 window, window_events, window_start = [], [], now
             metrics_for_ckpt = None
             if loop.every(step, tc.eval_every) or last:

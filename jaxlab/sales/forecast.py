@@ -21,7 +21,7 @@ import ml_collections
 import optax
 import orbax.checkpoint as ocp
 
-from jaxlab.core import checkpoint, optim, run
+from jaxlab.core import checkpoint, optim, steps_jit
 from jaxlab.core import state as state_lib
 from jaxlab.sales import gan
 from jaxlab.sales import model as model_lib
@@ -131,12 +131,12 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Forecas
         abstract_state=abstract,
         shardings=shardings,
         num_steps=num_steps,
-        train_step=run.jit_train_step(
+        train_step=steps_jit.jit_train_step(
             functools.partial(train_step, model=model, tx=tx, loss=config.forecaster.loss),
             shardings,
             mesh,
         ),
-        eval_step=run.jit_eval_step(functools.partial(eval_step, model=model), mesh),
+        eval_step=steps_jit.jit_eval_step(functools.partial(eval_step, model=model), mesh),
     )
 
 

@@ -25,7 +25,7 @@ from safetensors import numpy as safetensors_np
 
 from jaxlab import export
 from jaxlab.core import mesh as mesh_lib
-from jaxlab.core import rng, run
+from jaxlab.core import rng, steps_jit
 from jaxlab.core import state as state_lib
 from jaxlab.sales import data_windows, forecast, gan
 from jaxlab.sales import model as model_lib
@@ -226,8 +226,8 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Parts:
         abstract_state=abstract,
         shardings=shardings,
         num_steps=config.train.num_steps,
-        train_step=run.jit_train_step(step_fn, shardings, mesh),
-        eval_step=run.jit_eval_step(sample_fn, mesh, num_extra_args=1),
+        train_step=steps_jit.jit_train_step(step_fn, shardings, mesh),
+        eval_step=steps_jit.jit_eval_step(sample_fn, mesh, num_extra_args=1),
     )
 
 

@@ -30,7 +30,8 @@ import numpy as np
 from absl import logging
 
 from jaxlab.core import mesh as mesh_lib
-from jaxlab.core import rng, run
+from jaxlab.core import restore, rng
+from jaxlab.core import workdir as workdir_lib
 from jaxlab.sales import data_windows, evaluate, forecast, steps, study_report
 
 KEYS = ("history_sales", "history_features", "target_features", "target", "index")
@@ -133,7 +134,7 @@ def generate_pool(config, parts, gan_dir, subset, mesh, count: int) -> np.ndarra
     path = os.path.join(gan_dir, "generated.npy")
     if os.path.exists(path):
         return np.load(path)
-    state, _ = run.restore_for_eval(config, gan_dir, parts, "latest")
+    state, _ = restore.restore_for_eval(config, gan_dir, parts, "latest")
     pool = np.stack(
         [
             evaluate.generate(
@@ -156,7 +157,7 @@ def discriminative(config, parts, gan_dir, test_source, mesh, out_path) -> None:
     """The fraction's GAN against real test targets (evaluate.discriminative_score)."""
     if os.path.exists(out_path):
         return
-    state, _ = run.restore_for_eval(config, gan_dir, parts, "latest")
+    state, _ = restore.restore_for_eval(config, gan_dir, parts, "latest")
     source = data_windows.spread_subset(test_source, config.eval.max_windows)
     _, fake = evaluate.generate(
         parts.eval_step,
@@ -199,7 +200,7 @@ def run_study(
         gan_dir = os.path.join(out, "gan")
         gan_sources = {"train": subset, "val": sources["val"]}
         if not train_gan(
-            gan_config, gan_dir, run.open_workdir(gan_config, gan_dir), mesh, gan_sources
+            gan_config, gan_dir, workdir_lib.open_workdir(gan_config, gan_dir), mesh, gan_sources
         ):
             return {}
         count = int(np.ceil(max(sc.ratios)))

@@ -28,9 +28,10 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from jaxlab.core import checkpoint, loop, optim, rng, run
+from jaxlab.core import checkpoint, loop, optim, restore, rng, trainer
 from jaxlab.core import mesh as mesh_lib
 from jaxlab.core import state as state_lib
+from jaxlab.core import workdir as workdir_lib
 from jaxlab.core.writer import MetricWriter, figure_to_image
 from jaxlab.data import pipeline
 from jaxlab.sales import (
@@ -77,11 +78,11 @@ def train_gan(
 
     parts = steps.build(config, mesh)
     manager = checkpoint.manager_from_config(config, workdir)
-    state, _ = run.init_or_restore(manager, parts, rng.stream(config.seed, "init"), train_iter)
+    state, _ = restore.init_or_restore(manager, parts, rng.stream(config.seed, "init"), train_iter)
     logging.info("Critic: %d parameters", state_lib.param_count(state.extra.params))
 
     start_step, preempted = int(state.step), False
-    with run.loop_helpers(
+    with trainer.loop_helpers(
         config, workdir, manager, writer, start_step, parts.num_steps, tc.global_batch_size
     ) as h:
         for step in range(start_step + 1, parts.num_steps + 1):
@@ -94,7 +95,7 @@ def train_gan(
             last = step == parts.num_steps
             save = loop.every(step, tc.ckpt_every) or last or preempted
             if loop.every(step, tc.log_every) or save:
-                run.log_train_step(h, step, metrics)
+                trainer.log_train_step(h, step, metrics)
             eval_metrics = None
             if loop.every(step, tc.eval_every) or last:
                 eval_metrics, generated = evaluate.generate(
@@ -126,7 +127,7 @@ def write_generated(
     if os.path.exists(path):
         return path
     parts = steps.build(config, mesh)
-    state, step = run.restore_for_eval(config, workdir, parts, config.gan.generate_checkpoint)
+    state, step = restore.restore_for_eval(config, workdir, parts, config.gan.generate_checkpoint)
     samples = [
         evaluate.generate(
             parts.eval_step,
@@ -171,18 +172,18 @@ def train_forecaster(
     """One forecaster to `config.forecaster.num_steps`, evaluated and checkpointed every
     `forecaster.eval_every` steps (the best kept by validation MAE); False when preempted."""
     fc = config.forecaster
-    writer = run.open_workdir(config, forecaster_dir)
+    writer = workdir_lib.open_workdir(config, forecaster_dir)
     train_iter = pipeline.train_iterator(
         train_source, global_batch_size=fc.global_batch_size, seed=config.seed
     )
     manager = forecast.make_manager(config, forecaster_dir)
     # The same initial parameters for the three forecasters: the study compares training sets.
     init_key = rng.stream(config.seed, "forecaster_init")
-    state, _ = run.init_or_restore(manager, parts, init_key, train_iter)
+    state, _ = restore.init_or_restore(manager, parts, init_key, train_iter)
     lr_fn = jax.jit(functools.partial(optim.current_learning_rate, fc.optim, parts.num_steps))
 
     start_step, preempted = int(state.step), False
-    with run.loop_helpers(
+    with trainer.loop_helpers(
         config, forecaster_dir, manager, writer, start_step, parts.num_steps, fc.global_batch_size
     ) as h:
         for step in range(start_step + 1, parts.num_steps + 1):
@@ -194,7 +195,7 @@ def train_forecaster(
             last = step == parts.num_steps
             evaluate_now = loop.every(step, fc.eval_every) or last
             if loop.every(step, config.train.log_every) or evaluate_now or preempted:
-                run.log_train_step(h, step, metrics, {"lr": lr_fn(state.opt_state, state.step)})
+                trainer.log_train_step(h, step, metrics, {"lr": lr_fn(state.opt_state, state.step)})
             val_metrics = None
             if evaluate_now:
                 val_metrics, _ = evaluate.forecast_pass(
@@ -212,7 +213,7 @@ def train_forecaster(
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """GAN, generation and forecasters (each resumed from workdir); returns each forecaster's
     validation MAE of its kept checkpoint (`eval.forecaster_checkpoint`), or {} when preempted."""
-    writer = run.open_workdir(config, workdir)
+    writer = workdir_lib.open_workdir(config, workdir)
 
     # Mesh.
     mesh = mesh_lib.make_mesh(config.mesh)

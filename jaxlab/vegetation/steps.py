@@ -22,7 +22,7 @@ import numpy as np
 import optax
 
 from jaxlab.core import mesh as mesh_lib
-from jaxlab.core import optim, rng, run
+from jaxlab.core import optim, rng, steps_jit
 from jaxlab.core import state as state_lib
 from jaxlab.vegetation import losses
 from jaxlab.vegetation import model as model_lib
@@ -125,10 +125,12 @@ def build(
         abstract_state=abstract,
         shardings=shardings,
         num_steps=num_steps,
-        train_step=run.jit_train_step(
+        train_step=steps_jit.jit_train_step(
             functools.partial(train_step, model=model, tx=tx, config=config), shardings, mesh
         ),
-        eval_step=run.jit_eval_step(functools.partial(eval_step, model=model, config=config), mesh),
+        eval_step=steps_jit.jit_eval_step(
+            functools.partial(eval_step, model=model, config=config), mesh
+        ),
         steps_per_epoch=steps_per_epoch,
         optim_config=optim_config,
     )

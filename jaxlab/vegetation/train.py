@@ -22,8 +22,9 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from jaxlab.core import checkpoint, early_stopping, loop, optim, rng, run
+from jaxlab.core import checkpoint, early_stopping, loop, optim, restore, rng, steps_jit, trainer
 from jaxlab.core import mesh as mesh_lib
+from jaxlab.core import workdir as workdir_lib
 from jaxlab.core.writer import MetricWriter, figure_to_image
 from jaxlab.data import pipeline
 from jaxlab.vegetation import data, evaluate, plots, steps
@@ -72,7 +73,7 @@ def write_forecast_image(
     is collective; the figure is drawn on the writing process only.
     """
     record = val_source[0]
-    _, pred = run.eval_pass(parts.eval_step, params, [record], mesh, batch_size)
+    _, pred = steps_jit.eval_pass(parts.eval_step, params, [record], mesh, batch_size)
     if not writer.enabled:
         return
     norm, d = val_source.norm, val_source.config.data
@@ -90,7 +91,7 @@ def write_forecast_image(
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Trains (resuming from workdir) until num_epochs or early stopping; returns val metrics."""
     t = config.train
-    writer = run.open_workdir(config, workdir)
+    writer = workdir_lib.open_workdir(config, workdir)
 
     # Mesh.
     mesh = mesh_lib.make_mesh(config.mesh)
@@ -115,7 +116,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         parts.num_steps,
     )
     manager = checkpoint.manager_from_config(config, workdir)
-    state, loop_state = run.init_or_restore(
+    state, loop_state = restore.init_or_restore(
         manager, parts, rng.stream(config.seed, "init"), train_iter
     )
     lr_fn = jax.jit(
@@ -131,7 +132,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         end_step = start_step
     eval_every = t.eval_every_epochs * parts.steps_per_epoch
     val_metrics: dict[str, float] = {}
-    with run.loop_helpers(
+    with trainer.loop_helpers(
         config, workdir, manager, writer, start_step, parts.num_steps, t.global_batch_size
     ) as h:
         for step in range(start_step + 1, end_step + 1):
@@ -147,7 +148,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     "lr": lr_fn(state.opt_state, state.step),
                     "epoch": step / parts.steps_per_epoch,
                 }
-                run.log_train_step(h, step, metrics, extra)
+                trainer.log_train_step(h, step, metrics, extra)
             if evaluate_now:
                 val_metrics = evaluate.validation_metrics(
                     parts.eval_step, state.params, val_source, mesh, config.eval.global_batch_size

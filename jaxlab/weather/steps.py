@@ -33,7 +33,7 @@ import optax
 from absl import logging
 
 from jaxlab.core import mesh as mesh_lib
-from jaxlab.core import optim, rng, run
+from jaxlab.core import optim, rng, steps_jit
 from jaxlab.core import state as state_lib
 from jaxlab.weather import data, diffusion, ensemble
 from jaxlab.weather import model as model_lib
@@ -284,8 +284,8 @@ def build(
         abstract_state=abstract,
         shardings=shardings,
         num_steps=config.train.num_steps,
-        train_step=run.jit_train_step(train_fn, shardings, mesh),
-        eval_step=run.jit_eval_step(
+        train_step=steps_jit.jit_train_step(train_fn, shardings, mesh),
+        eval_step=steps_jit.jit_eval_step(
             functools.partial(eval_step, **loss_args), mesh, num_extra_args=1
         ),
         schedule=schedule,

@@ -16,8 +16,9 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from jaxlab.core import checkpoint, loop, optim, rng, run
+from jaxlab.core import checkpoint, loop, optim, restore, rng, trainer
 from jaxlab.core import mesh as mesh_lib
+from jaxlab.core import workdir as workdir_lib
 from jaxlab.core import writer as writer_lib
 from jaxlab.data import pipeline
 from jaxlab.weather import data, ensemble, evaluate, plots, steps
@@ -53,7 +54,7 @@ def members_image(step_fn, state, source, config, step: int) -> dict[str, np.nda
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Trains to `config.train.num_steps`, resuming from `workdir`; returns the last eval loss."""
     tc = config.train
-    writer = run.open_workdir(config, workdir)
+    writer = workdir_lib.open_workdir(config, workdir)
 
     # Mesh.
     mesh = mesh_lib.make_mesh(config.mesh)
@@ -80,7 +81,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # Parts and state (restored when the workdir has a checkpoint).
     parts = steps.build(config, mesh, residual_std, residual_mean)
     manager = checkpoint.manager_from_config(config, workdir)
-    state, _ = run.init_or_restore(manager, parts, rng.stream(config.seed, "init"), train_iter)
+    state, _ = restore.init_or_restore(manager, parts, rng.stream(config.seed, "init"), train_iter)
     lr_fn = jax.jit(functools.partial(optim.current_learning_rate, config.optim, parts.num_steps))
     figure_members = int(config.eval.get("train_figure_members", 0))
     figure_step = None  # the sampler for the members drawn to TensorBoard at each evaluation
@@ -92,7 +93,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # Loop.
     start_step = int(state.step)
     eval_metrics: dict[str, float] = {}
-    with run.loop_helpers(
+    with trainer.loop_helpers(
         config, workdir, manager, writer, start_step, parts.num_steps, tc.global_batch_size
     ) as h:
         for step in range(start_step + 1, parts.num_steps + 1):
@@ -105,7 +106,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             last = step == parts.num_steps
             save = loop.every(step, tc.ckpt_every) or last or preempted
             if loop.every(step, tc.log_every) or save:
-                run.log_train_step(h, step, metrics, {"lr": lr_fn(state.opt_state, state.step)})
+                trainer.log_train_step(h, step, metrics, {"lr": lr_fn(state.opt_state, state.step)})
             metrics_for_ckpt = None
             if loop.every(step, tc.eval_every) or last:
                 # The EMA params: what evaluate.py samples ensembles with.

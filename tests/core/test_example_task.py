@@ -16,7 +16,7 @@ import jax
 import pytest
 
 from jaxlab.configs import example as example_config
-from jaxlab.core import checkpoint, loop, rng, run
+from jaxlab.core import checkpoint, loop, rng, steps_jit
 from jaxlab.core import mesh as mesh_lib
 from jaxlab.core.writer import read_metrics
 from jaxlab.data import pipeline
@@ -71,7 +71,7 @@ def test_train_step_compiles_once(tmp_path):
     state = jax.jit(parts.init_fn, out_shardings=parts.shardings)(jax.random.key(0))
     chex.clear_trace_counter()
     counted = chex.assert_max_traces(steps.train_step, n=1)
-    step = run.jit_train_step(
+    step = steps_jit.jit_train_step(
         functools.partial(counted, model=parts.model, tx=parts.optimizer), parts.shardings, mesh
     )
     for batch in batches:  # a second trace would raise AssertionError

@@ -20,10 +20,11 @@ import numpy as np
 import optax
 import pytest
 
-from jaxlab.core import checkpoint, loop, run
+from jaxlab.core import checkpoint, loop
 from jaxlab.core import lock as lock_lib
 from jaxlab.core import mesh as mesh_lib
 from jaxlab.core import state as state_lib
+from jaxlab.core import workdir as workdir_lib
 from jaxlab.core.writer import MetricWriter, read_metrics
 from jaxlab.data import pipeline
 from tests.core import scripts_util
@@ -207,8 +208,8 @@ def _config(batch_size=16):
 
 def test_config_change_on_resume_names_the_keys(tmp_path):
     workdir = str(tmp_path)
-    run.check_config(_config(), workdir)
-    run.check_config(_config(batch_size=32), workdir)  # no checkpoint yet: a new run
+    workdir_lib.check_config(_config(), workdir)
+    workdir_lib.check_config(_config(batch_size=32), workdir)  # no checkpoint yet: a new run
     os.makedirs(os.path.join(workdir, "checkpoints", "5"))
     changed = _config(batch_size=16)
     changed.train.num_steps = 20  # harmless: logged
@@ -217,10 +218,10 @@ def test_config_change_on_resume_names_the_keys(tmp_path):
         ValueError,
         match=r"model.dtype: 'float32' -> 'bfloat16'; train.global_batch_size: 32 -> 16\.",
     ):
-        run.check_config(changed, workdir)
+        workdir_lib.check_config(changed, workdir)
     assert _read_json(os.path.join(workdir, "config.json"))["train"]["global_batch_size"] == 32
     changed.train.allow_config_change = True
-    run.check_config(changed, workdir)
+    workdir_lib.check_config(changed, workdir)
     assert _read_json(os.path.join(workdir, "config.json"))["model"]["dtype"] == "bfloat16"
 
 

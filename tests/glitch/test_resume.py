@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from jaxlab.configs import glitch as glitch_config
-from jaxlab.core import checkpoint, run
+from jaxlab.core import checkpoint, restore
 from jaxlab.core import mesh as mesh_lib
 from jaxlab.core.writer import read_metrics
 from jaxlab.glitch import evaluate, steps, train
@@ -89,7 +89,7 @@ def _saved_steps(workdir: str) -> list[int]:
 
 def _latest_params(config, workdir: str):
     parts = steps.build(config, mesh_lib.make_mesh(config.mesh), num_train=195, num_classes=22)
-    state, _ = run.restore_for_eval(config, workdir, parts, which="latest")
+    state, _ = restore.restore_for_eval(config, workdir, parts, which="latest")
     return jax.device_get(state.params)
 
 

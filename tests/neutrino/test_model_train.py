@@ -12,7 +12,7 @@ import pytest
 
 from jaxlab.configs import neutrino as neutrino_config
 from jaxlab.core import mesh as mesh_lib
-from jaxlab.core import rng, run
+from jaxlab.core import rng, steps_jit
 from jaxlab.core.writer import read_metrics
 from jaxlab.neutrino import data_packing, evaluate, metrics, steps, synthetic, train
 from jaxlab.neutrino import model as model_lib
@@ -99,7 +99,7 @@ def test_parts_train_step_compiles_once_on_8_devices():
     state = jax.jit(parts.init_fn, out_shardings=parts.shardings)(rng.stream(0, "init"))
     chex.clear_trace_counter()
     counted = chex.assert_max_traces(steps.train_step, n=1)
-    step = run.jit_train_step(
+    step = steps_jit.jit_train_step(
         functools.partial(
             counted,
             model=parts.model,

@@ -10,7 +10,7 @@ import pytest
 
 from jaxlab.configs import sales as sales_config
 from jaxlab.core import mesh as mesh_lib
-from jaxlab.core import rng, run
+from jaxlab.core import rng, steps_jit
 from jaxlab.sales import evaluate, forecast, steps
 from jaxlab.sales import gan as gan_lib
 from jaxlab.sales import metrics as metrics_lib
@@ -100,7 +100,7 @@ def test_train_step_compiles_once_and_moves_both_networks():
     before = jax.device_get((state.params, state.extra))
     chex.clear_trace_counter()
     counted = chex.assert_max_traces(steps.train_step, n=1)
-    step = run.jit_train_step(
+    step = steps_jit.jit_train_step(
         functools.partial(
             counted,
             key=rng.stream(config.seed, "gan"),
