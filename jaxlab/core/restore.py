@@ -15,6 +15,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from jaxlab.core import bundle, checkpoint
+from jaxlab.core import parts as parts_lib
 from jaxlab.core import state as state_lib
 from jaxlab.core import task as task_lib
 
@@ -29,14 +30,13 @@ def init_or_restore(
     """(state, loop_state): the newest intact checkpoint's, or a fresh state and None.
 
     Damaged newer steps are logged and moved aside (`checkpoint.restore_latest_intact`). A fresh
-    state is born sharded: `jax.jit(init_fn, out_shardings=parts.shardings)(rng)`. `init_fn`
+    state is born sharded (`parts.init_state`). `init_fn`
     defaults to `parts.init_fn`; pass another (e.g. one loading pretrained weights) to change only
     how a *new* run starts. The data iterator's position is restored in place.
     """
     step, state = checkpoint.restore_latest_intact(manager, parts.abstract_state, data_iterator)
     if step is None:
-        init = parts.init_fn if init_fn is None else init_fn
-        state = jax.jit(init, out_shardings=parts.shardings)(rng)
+        state = parts_lib.init_state(parts, rng, init_fn)
         logging.info("New run: %d parameters", state_lib.param_count(state.params))
         return state, None
     return state, checkpoint.restore_loop_state(manager, step)
@@ -85,7 +85,7 @@ def state_from_bundle(config: ml_collections.ConfigDict, path: str, parts: Any) 
     get = getattr(steps, "inference_params", lambda state: state.params)
     put = getattr(steps, "with_inference_params", lambda state, p: state.replace(params=p))
     params = bundle.read_params(path, jax.eval_shape(get, parts.abstract_state))
-    state = jax.jit(parts.init_fn, out_shardings=parts.shardings)(jax.random.key(0))
+    state = parts_lib.init_state(parts, jax.random.key(0))
     state = put(state, jax.device_put(params, jax.tree.map(lambda x: x.sharding, get(state))))
     logging.info("Evaluating bundle %s (step %d)", path, info["checkpoint_step"])
     return state, int(info["checkpoint_step"])

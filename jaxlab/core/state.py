@@ -5,9 +5,9 @@ else a task carries (EMA parameters, BatchNorm statistics, a GAN's second networ
 Updates happen in each task's pure step function with `state.replace(...)`; there are no methods
 that hide control flow.
 
-`init_sharded` never materialises an unsharded state: `jax.eval_shape` gives the shapes, the mesh
-rules give a sharding per leaf, and `jax.jit(init, out_shardings=...)` creates each shard on its
-own device.
+A state is never materialised unsharded (`parts.init_state`): `jax.eval_shape` gives the
+shapes, the mesh rules give a sharding per leaf, and `jax.jit(init, out_shardings=...)` creates
+each shard on its own device.
 """
 
 from __future__ import annotations
@@ -36,21 +36,6 @@ def create_train_state(params: Any, tx: Any, extra: Any = None) -> TrainState:
     return TrainState(
         step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), extra=extra
     )
-
-
-def init_sharded(
-    init_fn: Callable[[jax.Array], TrainState],
-    rng: jax.Array,
-    mesh: Mesh,
-    fsdp_min_size: int = 2**18,
-) -> tuple[TrainState, Any]:
-    """Runs `init_fn(rng) -> TrainState` under jit so every leaf is born with its sharding.
-
-    Returns the state and its sharding pytree (reuse it for the step's in/out shardings and for
-    checkpoint restore).
-    """
-    _, shardings = abstract_state(init_fn, rng, mesh, fsdp_min_size)
-    return jax.jit(init_fn, out_shardings=shardings)(rng), shardings
 
 
 def abstract_state(

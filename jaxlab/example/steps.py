@@ -8,9 +8,7 @@ without a mesh.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -20,21 +18,10 @@ import numpy as np
 import optax
 
 from jaxlab.core import mesh as mesh_lib
-from jaxlab.core import optim, rng, steps_jit
+from jaxlab.core import optim, rng
+from jaxlab.core import parts as parts_lib
 from jaxlab.core import state as state_lib
 from jaxlab.example import model as model_lib
-
-
-@dataclasses.dataclass(frozen=True)
-class Parts:
-    model: model_lib.MLP
-    optimizer: optax.GradientTransformation
-    init_fn: Callable[[jax.Array], state_lib.TrainState]
-    abstract_state: Any  # TrainState of jax.ShapeDtypeStruct with shardings: the restore target
-    shardings: Any  # TrainState of NamedSharding
-    num_steps: int
-    train_step: Callable  # jitted (state, batch) -> (state, metrics), state donated
-    eval_step: Callable  # jitted (params, batch, valid) -> (sums, predictions [B])
 
 
 def train_step(
@@ -66,7 +53,7 @@ def eval_step(params: Any, batch: dict[str, jax.Array], valid: jax.Array, *, mod
     return sums, pred
 
 
-def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Parts:
+def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> parts_lib.Parts[None]:
     """Model, optimizer, sharded abstract state and jitted steps for `config` on `mesh`."""
     num_steps = config.train.num_steps
     model = model_lib.make_model(config)
@@ -74,27 +61,23 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Parts:
     init_fn = functools.partial(
         model_lib.init_state, model=model, tx=tx, num_features=config.data.num_features
     )
-    abstract, shardings = state_lib.abstract_state(
-        init_fn, jax.random.key(0), mesh, config.fsdp_min_size
-    )
-    return Parts(
+    return parts_lib.assemble(
+        config,
+        mesh,
         model=model,
         optimizer=tx,
         init_fn=init_fn,
-        abstract_state=abstract,
-        shardings=shardings,
         num_steps=num_steps,
-        train_step=steps_jit.jit_train_step(
-            functools.partial(train_step, model=model, tx=tx), shardings, mesh
-        ),
-        eval_step=steps_jit.jit_eval_step(functools.partial(eval_step, model=model), mesh),
+        train_step=functools.partial(train_step, model=model, tx=tx),
+        eval_step=functools.partial(eval_step, model=model),
+        optim_config=config.optim,
     )
 
 
 def benchmark_setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
     """(jitted step, initial state, one global batch, extras {}) for the benchmark; no files."""
     parts = build(config, mesh)
-    state = jax.jit(parts.init_fn, out_shardings=parts.shardings)(rng.stream(config.seed, "init"))
+    state = parts_lib.init_state(parts, rng.stream(config.seed, "init"))
     batch_size, num_features = config.train.global_batch_size, config.data.num_features
     gen = np.random.default_rng(config.seed)
     batch = {

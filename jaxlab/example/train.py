@@ -8,12 +8,9 @@ every `ckpt_every`, at the end and on SIGTERM.
 
 from __future__ import annotations
 
-import functools
-
-import jax
 import ml_collections
 
-from jaxlab.core import checkpoint, loop, optim, restore, rng, trainer
+from jaxlab.core import checkpoint, loop, restore, rng, trainer
 from jaxlab.core import mesh as mesh_lib
 from jaxlab.core import workdir as workdir_lib
 from jaxlab.core.writer import figure_to_image
@@ -42,7 +39,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     parts = steps.build(config, mesh)
     manager = checkpoint.manager_from_config(config, workdir)
     state, _ = restore.init_or_restore(manager, parts, rng.stream(config.seed, "init"), train_iter)
-    lr_fn = jax.jit(functools.partial(optim.current_learning_rate, config.optim, parts.num_steps))
 
     # Loop.
     start_step = int(state.step)
@@ -60,7 +56,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             last = step == parts.num_steps
             save = loop.every(step, tc.ckpt_every) or last or preempted
             if loop.every(step, tc.log_every) or save:
-                trainer.log_train_step(h, step, metrics, {"lr": lr_fn(state.opt_state, state.step)})
+                trainer.log_train_step(h, step, metrics)
             metrics_for_ckpt = None
             if loop.every(step, tc.eval_every) or last:
                 eval_metrics, predictions = evaluate.evaluate_split(

@@ -146,8 +146,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             # A train.num_steps that ends mid-epoch closes its last, partial epoch too.
             end_of_epoch = step % parts.steps_per_epoch == 0 or step == parts.num_steps
             if loop.every(step, tc.log_every) or end_of_epoch or preempted:
-                lr = parts.learning_rate(state.opt_state, state.step)
-                trainer.log_train_step(h, step, step_metrics, {"lr": lr})
+                trainer.log_train_step(h, step, step_metrics)
 
             if end_of_epoch:
                 epoch = -(-step // parts.steps_per_epoch)

@@ -113,7 +113,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         state.params,
         source,
         processor,
-        parts.spec,
+        parts.extras.spec,
         mesh,
         config.eval.global_batch_size,
     )

@@ -11,7 +11,6 @@ evaluation also logs the predicted-vs-true zenith histogram (a TensorBoard image
 
 from __future__ import annotations
 
-import functools
 import time
 
 import jax
@@ -19,7 +18,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from jaxlab.core import checkpoint, loop, optim, restore, rng, trainer
+from jaxlab.core import checkpoint, loop, restore, rng, trainer
 from jaxlab.core import mesh as mesh_lib
 from jaxlab.core import workdir as workdir_lib
 from jaxlab.core.writer import figure_to_image
@@ -45,7 +44,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     train_iter = data_pipeline.train_iterator(
         train_source,
         processor,
-        parts.spec,
+        parts.extras.spec,
         packs_per_batch=tc.global_batch_size,
         seed=config.seed,
         num_threads=config.data.num_threads,
@@ -56,7 +55,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # State (restored when the workdir has a checkpoint).
     manager = checkpoint.manager_from_config(config, workdir)
     state, _ = restore.init_or_restore(manager, parts, rng.stream(config.seed, "init"), train_iter)
-    lr_fn = jax.jit(functools.partial(optim.current_learning_rate, config.optim, parts.num_steps))
 
     # Loop.
     start_step = int(state.step)
@@ -81,7 +79,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             save = loop.every(step, tc.ckpt_every) or last or preempted
             if loop.every(step, tc.log_every) or save:
                 extra = {
-                    "lr": lr_fn(state.opt_state, state.step),
                     **data_packing.packing_stats(window),
                 }
                 events = float(np.sum(jax.device_get(window_events)))
@@ -96,7 +93,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     state.params,
                     eval_source,
                     processor,
-                    parts.spec,
+                    parts.extras.spec,
                     mesh,
                     config.eval.global_batch_size,
                 )

@@ -52,7 +52,7 @@ def generate(
 def forecast_pass(
     eval_step: Callable, params: Any, source: Any, mesh: Any, batch_size: int
 ) -> tuple[dict[str, float], np.ndarray]:
-    """Forecasts of every window of `source` with `ForecasterParts.eval_step`:
+    """Forecasts of every window of `source` with `forecast.build(...).eval_step`:
     ({"val_mae", "val_rmse"}, forecasts [N, T])."""
     totals, pred = steps_jit.eval_pass(eval_step, params, source, mesh, batch_size)
     metrics = {

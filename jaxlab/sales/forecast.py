@@ -4,15 +4,13 @@ Three forecasters are trained from the same seed and initial parameters (train.p
 loop): "real" (real windows), "augmented" (real + generated, ratio configurable) and "synthetic"
 (generated only: train on synthetic, test on real). Each lives in `workdir/forecast_<name>/` with
 its own checkpoints (the best kept by validation MAE) and metrics.jsonl. `build` mirrors
-`steps.build`: one `ForecasterParts` (jitted once) serves all three runs.
+`steps.build`: one `parts_lib.Parts[None]` (jitted once) serves all three runs.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -21,7 +19,8 @@ import ml_collections
 import optax
 import orbax.checkpoint as ocp
 
-from jaxlab.core import checkpoint, optim, steps_jit
+from jaxlab.core import checkpoint, optim
+from jaxlab.core import parts as parts_lib
 from jaxlab.core import state as state_lib
 from jaxlab.sales import gan
 from jaxlab.sales import model as model_lib
@@ -29,18 +28,6 @@ from jaxlab.sales.model import Forecaster
 
 NAMES = ("real", "augmented", "synthetic")
 BEST_METRIC = "val_mae"
-
-
-@dataclasses.dataclass(frozen=True)
-class ForecasterParts:
-    model: Forecaster
-    optimizer: optax.GradientTransformation
-    init_fn: Callable[[jax.Array], state_lib.TrainState]
-    abstract_state: Any  # TrainState of jax.ShapeDtypeStruct with shardings: the restore target
-    shardings: Any  # TrainState of NamedSharding
-    num_steps: int  # config.forecaster.num_steps
-    train_step: Callable  # jitted (state, batch) -> (state, metrics), state donated
-    eval_step: Callable  # jitted (params, batch, valid) -> (sums, forecasts [B, T])
 
 
 def forecast_dir(workdir: str, name: str) -> str:
@@ -111,7 +98,7 @@ def eval_step(params: Any, batch: dict[str, jax.Array], valid: jax.Array, *, mod
     return sums, pred
 
 
-def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> ForecasterParts:
+def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> parts_lib.Parts[None]:
     """Forecaster, optimizer (`config.forecaster.optim`), abstract state and jitted steps."""
     num_steps = config.forecaster.num_steps
     if config.forecaster.loss not in LOSSES:
@@ -121,22 +108,16 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Forecas
     model = model_lib.make_forecaster(config)
     tx = optim.make_optimizer(config.forecaster.optim, num_steps)
     init_fn = functools.partial(init_state, config=config, model=model, tx=tx)
-    abstract, shardings = state_lib.abstract_state(
-        init_fn, jax.random.key(0), mesh, config.fsdp_min_size
-    )
-    return ForecasterParts(
+    return parts_lib.assemble(
+        config,
+        mesh,
         model=model,
         optimizer=tx,
         init_fn=init_fn,
-        abstract_state=abstract,
-        shardings=shardings,
         num_steps=num_steps,
-        train_step=steps_jit.jit_train_step(
-            functools.partial(train_step, model=model, tx=tx, loss=config.forecaster.loss),
-            shardings,
-            mesh,
-        ),
-        eval_step=steps_jit.jit_eval_step(functools.partial(eval_step, model=model), mesh),
+        train_step=functools.partial(train_step, model=model, tx=tx, loss=config.forecaster.loss),
+        eval_step=functools.partial(eval_step, model=model),
+        optim_config=config.forecaster.optim,
     )
 
 
@@ -156,7 +137,7 @@ def make_manager(
 
 
 def restore_params(
-    config: ml_collections.ConfigDict, forecaster_dir: str, parts: ForecasterParts
+    config: ml_collections.ConfigDict, forecaster_dir: str, parts: parts_lib.Parts[None]
 ) -> tuple[Any, int]:
     """(params, step) of the checkpoint `config.eval.forecaster_checkpoint` of forecaster_dir."""
     manager = make_manager(config, forecaster_dir, read_only=True)

@@ -31,6 +31,7 @@ from safetensors import numpy as safetensors_np
 
 from jaxlab import export
 from jaxlab.core import mesh as mesh_lib
+from jaxlab.core import parts as parts_lib
 from jaxlab.core import rng
 from jaxlab.sales import data, data_windows, forecast, gan, steps
 from jaxlab.sales import model as model_lib
@@ -180,7 +181,7 @@ def predict(
     return written
 
 
-def forecaster_params(model: str, config, parts: forecast.ForecasterParts):
+def forecaster_params(model: str, config, parts: parts_lib.Parts):
     """The real-only forecaster's parameters from a bundle (its safetensors file) or a workdir."""
     if export.is_bundle(model):
         path = os.path.join(model, steps.FORECASTER_FILE)

@@ -30,6 +30,7 @@ import numpy as np
 from absl import logging
 
 from jaxlab.core import mesh as mesh_lib
+from jaxlab.core import parts as parts_lib
 from jaxlab.core import restore, rng
 from jaxlab.core import workdir as workdir_lib
 from jaxlab.sales import data_windows, evaluate, forecast, steps, study_report
@@ -71,7 +72,7 @@ def training_set(
 
 def fit_forecaster(
     config: ml_collections.ConfigDict,
-    parts: forecast.ForecasterParts,
+    parts: parts_lib.Parts,
     train_set: dict[str, np.ndarray],
     val: dict[str, np.ndarray],
     mesh,
@@ -81,9 +82,7 @@ def fit_forecaster(
     the lowest validation MAE among the checks every `forecaster.eval_every` steps (early
     stopping: small fractions overfit long before the last step)."""
     fc = config.forecaster
-    state = jax.jit(parts.init_fn, out_shardings=parts.shardings)(
-        rng.stream(seed, "forecaster_init")
-    )
+    state = parts_lib.init_state(parts, rng.stream(seed, "forecaster_init"))
     picks = np.random.default_rng(
         np.asarray(jax.random.key_data(rng.stream(seed, "study_batches")))
     )

@@ -19,7 +19,6 @@ A SIGTERM checkpoints the stage running and returns; rerunning continues where i
 
 from __future__ import annotations
 
-import functools
 import os
 
 import jax
@@ -28,8 +27,9 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from jaxlab.core import checkpoint, loop, optim, restore, rng, trainer
+from jaxlab.core import checkpoint, loop, restore, rng, trainer
 from jaxlab.core import mesh as mesh_lib
+from jaxlab.core import parts as parts_lib
 from jaxlab.core import state as state_lib
 from jaxlab.core import workdir as workdir_lib
 from jaxlab.core.writer import MetricWriter, figure_to_image
@@ -164,7 +164,7 @@ def forecaster_sources(config: ml_collections.ConfigDict, sources: dict, generat
 def train_forecaster(
     config: ml_collections.ConfigDict,
     forecaster_dir: str,
-    parts: forecast.ForecasterParts,
+    parts: parts_lib.Parts,
     train_source,
     val_source,
     mesh: jax.sharding.Mesh,
@@ -180,7 +180,6 @@ def train_forecaster(
     # The same initial parameters for the three forecasters: the study compares training sets.
     init_key = rng.stream(config.seed, "forecaster_init")
     state, _ = restore.init_or_restore(manager, parts, init_key, train_iter)
-    lr_fn = jax.jit(functools.partial(optim.current_learning_rate, fc.optim, parts.num_steps))
 
     start_step, preempted = int(state.step), False
     with trainer.loop_helpers(
@@ -195,7 +194,7 @@ def train_forecaster(
             last = step == parts.num_steps
             evaluate_now = loop.every(step, fc.eval_every) or last
             if loop.every(step, config.train.log_every) or evaluate_now or preempted:
-                trainer.log_train_step(h, step, metrics, {"lr": lr_fn(state.opt_state, state.step)})
+                trainer.log_train_step(h, step, metrics)
             val_metrics = None
             if evaluate_now:
                 val_metrics, _ = evaluate.forecast_pass(

@@ -8,12 +8,8 @@ pure module functions on a record batch (see data.py for the record's fields and
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import functools
 import os
-from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -22,38 +18,10 @@ import numpy as np
 import optax
 
 from jaxlab.core import mesh as mesh_lib
-from jaxlab.core import optim, rng, steps_jit
-from jaxlab.core import state as state_lib
+from jaxlab.core import optim, rng
+from jaxlab.core import parts as parts_lib
 from jaxlab.vegetation import losses
 from jaxlab.vegetation import model as model_lib
-
-
-@dataclasses.dataclass(frozen=True)
-class Parts:
-    model: model_lib.VegetationForecaster
-    optimizer: optax.GradientTransformation
-    init_fn: Callable[[jax.Array], state_lib.TrainState]
-    abstract_state: Any  # TrainState of jax.ShapeDtypeStruct with shardings: the restore target
-    shardings: Any  # TrainState of NamedSharding
-    num_steps: int
-    train_step: Callable  # jitted (state, batch) -> (state, metrics), state donated
-    eval_step: Callable  # jitted (params, batch, valid [B]) -> (sums, deltas [B, T, H, W, 4])
-    steps_per_epoch: int  # optimizer steps per pass over the training windows
-    optim_config: ml_collections.ConfigDict  # config.optim with warmup / plateau sizes in steps
-
-
-def schedule(
-    config: ml_collections.ConfigDict, num_train_records: int
-) -> tuple[int, int, ml_collections.ConfigDict]:
-    """(steps per epoch, total steps, optim config with warmup / plateau sizes in steps)."""
-    t = config.train
-    steps_per_epoch = max(num_train_records // t.global_batch_size, 1)
-    num_steps = t.num_steps or t.num_epochs * steps_per_epoch
-    optim_config = copy.deepcopy(config.optim)
-    optim_config.warmup_steps = max(min(t.warmup_epochs * steps_per_epoch, num_steps - 1), 0)
-    if not optim_config.plateau_accumulation_size:
-        optim_config.plateau_accumulation_size = steps_per_epoch
-    return steps_per_epoch, num_steps, optim_config
 
 
 def train_step(state, batch, *, model, tx, config):
@@ -103,7 +71,7 @@ def build(
     config: ml_collections.ConfigDict,
     mesh: jax.sharding.Mesh,
     num_train_records: int | None = None,
-) -> Parts:
+) -> parts_lib.Parts[None]:
     """Model, optimizer, sharded abstract state and jitted steps for `config` on `mesh`.
 
     `num_train_records` (training windows) sets the epoch length and with it the number of steps
@@ -111,28 +79,20 @@ def build(
     optimizer state's shape does not) counts one global batch as an epoch.
     """
     records = config.train.global_batch_size if num_train_records is None else num_train_records
-    steps_per_epoch, num_steps, optim_config = schedule(config, records)
+    schedule = parts_lib.epoch_schedule(config, records)
     model = model_lib.make_model(config)
-    tx = optim.make_optimizer(optim_config, num_steps)
-    init_fn = functools.partial(model_lib.init_state, model=model, tx=tx, config=config)
-    abstract, shardings = state_lib.abstract_state(
-        init_fn, jax.random.key(0), mesh, config.fsdp_min_size
-    )
-    return Parts(
+    tx = optim.make_optimizer(schedule.optim_config, schedule.num_steps)
+    return parts_lib.assemble(
+        config,
+        mesh,
         model=model,
         optimizer=tx,
-        init_fn=init_fn,
-        abstract_state=abstract,
-        shardings=shardings,
-        num_steps=num_steps,
-        train_step=steps_jit.jit_train_step(
-            functools.partial(train_step, model=model, tx=tx, config=config), shardings, mesh
-        ),
-        eval_step=steps_jit.jit_eval_step(
-            functools.partial(eval_step, model=model, config=config), mesh
-        ),
-        steps_per_epoch=steps_per_epoch,
-        optim_config=optim_config,
+        init_fn=functools.partial(model_lib.init_state, model=model, tx=tx, config=config),
+        num_steps=schedule.num_steps,
+        train_step=functools.partial(train_step, model=model, tx=tx, config=config),
+        eval_step=functools.partial(eval_step, model=model, config=config),
+        optim_config=schedule.optim_config,
+        steps_per_epoch=schedule.steps_per_epoch,
     )
 
 
@@ -153,7 +113,7 @@ def random_batch(config: ml_collections.ConfigDict, batch_size: int) -> dict[str
 def benchmark_setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
     """(jitted step, initial state, one global batch, extras {}) at the config's sizes; no files."""
     parts = build(config, mesh)
-    state = jax.jit(parts.init_fn, out_shardings=parts.shardings)(rng.stream(config.seed, "init"))
+    state = parts_lib.init_state(parts, rng.stream(config.seed, "init"))
     batch = random_batch(config, config.train.global_batch_size)
     return parts.train_step, state, mesh_lib.global_batch(batch, mesh), {}
 

@@ -14,15 +14,13 @@ as the dataset), seeded, so a resumed run draws the same batches.
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
-import jax
 import ml_collections
 import numpy as np
 from absl import logging
 
-from jaxlab.core import checkpoint, early_stopping, loop, optim, restore, rng, steps_jit, trainer
+from jaxlab.core import checkpoint, early_stopping, loop, restore, rng, steps_jit, trainer
 from jaxlab.core import mesh as mesh_lib
 from jaxlab.core import workdir as workdir_lib
 from jaxlab.core.writer import MetricWriter, figure_to_image
@@ -119,9 +117,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     state, loop_state = restore.init_or_restore(
         manager, parts, rng.stream(config.seed, "init"), train_iter
     )
-    lr_fn = jax.jit(
-        functools.partial(optim.current_learning_rate, parts.optim_config, parts.num_steps)
-    )
 
     # Loop.
     start_step = int(state.step)
@@ -145,7 +140,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             evaluate_now = loop.every(step, eval_every) or step == parts.num_steps
             if loop.every(step, t.log_every) or evaluate_now or preempted:
                 extra = {
-                    "lr": lr_fn(state.opt_state, state.step),
                     "epoch": step / parts.steps_per_epoch,
                 }
                 trainer.log_train_step(h, step, metrics, extra)

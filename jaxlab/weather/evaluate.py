@@ -112,7 +112,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
     scale = ensemble.scale_of(state.extra)
 
     m = ec.num_members
-    step_fn = ensemble.make_forecast_step(parts.model, parts.schedule, config, mesh, m)
+    step_fn = ensemble.make_forecast_step(parts.model, parts.extras.schedule, config, mesh, m)
     cases = case_indices(source, lead, ec.rollout_steps, ec.num_cases)
     clim_mean, clim_std = climatology(source, int(source.stats["num_train_times"]))
     thresholds = [(name, float(v)) for name, v in ec.thresholds]
@@ -322,7 +322,7 @@ def _def_systems(config, parts, mesh, params, scale, m):
         model, def_params = parts.model, params
     else:
         raise ValueError(f"eval.def_mode must be 'paper' or 'change', got {mode!r}.")
-    fns = def_ensemble.make_steps(model, det_parts.model, parts.schedule, config, mesh, m)
+    fns = def_ensemble.make_steps(model, det_parts.model, parts.extras.schedule, config, mesh, m)
     scales = (scale, ensemble.scale_of(det_state.extra), jnp.float32(ec.def_guidance))
     accs = {"def": _Accumulator(ec.rollout_steps, m),
             "deterministic": _Accumulator(ec.rollout_steps, 1)}  # fmt: skip

@@ -8,15 +8,13 @@ the ones ensembles are drawn with.
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
 
-from jaxlab.core import checkpoint, loop, optim, restore, rng, trainer
+from jaxlab.core import checkpoint, loop, restore, rng, trainer
 from jaxlab.core import mesh as mesh_lib
 from jaxlab.core import workdir as workdir_lib
 from jaxlab.core import writer as writer_lib
@@ -82,12 +80,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     parts = steps.build(config, mesh, residual_std, residual_mean)
     manager = checkpoint.manager_from_config(config, workdir)
     state, _ = restore.init_or_restore(manager, parts, rng.stream(config.seed, "init"), train_iter)
-    lr_fn = jax.jit(functools.partial(optim.current_learning_rate, config.optim, parts.num_steps))
     figure_members = int(config.eval.get("train_figure_members", 0))
     figure_step = None  # the sampler for the members drawn to TensorBoard at each evaluation
     if figure_members:
         figure_step = ensemble.make_forecast_step(
-            parts.model, parts.schedule, config, mesh, figure_members
+            parts.model, parts.extras.schedule, config, mesh, figure_members
         )
 
     # Loop.
@@ -106,7 +103,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             last = step == parts.num_steps
             save = loop.every(step, tc.ckpt_every) or last or preempted
             if loop.every(step, tc.log_every) or save:
-                trainer.log_train_step(h, step, metrics, {"lr": lr_fn(state.opt_state, state.step)})
+                trainer.log_train_step(h, step, metrics)
             metrics_for_ckpt = None
             if loop.every(step, tc.eval_every) or last:
                 # The EMA params: what evaluate.py samples ensembles with.

@@ -35,6 +35,12 @@ def _init_fn(rng):
     return state_lib.create_train_state(params, optax.adam(1e-3))
 
 
+def _init_sharded(init_fn, rng, mesh, fsdp_min_size=2**18):
+    """(state, shardings): `init_fn(rng)` under jit, every leaf born with its mesh sharding."""
+    _, shardings = state_lib.abstract_state(init_fn, rng, mesh, fsdp_min_size)
+    return jax.jit(init_fn, out_shardings=shardings)(rng), shardings
+
+
 def _trees_equal(a, b):
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
@@ -48,7 +54,7 @@ def _iterator():
 def _two_steps(directory):
     """Steps 1 and 2 saved with iterator, loop state and metrics; returns (target, states)."""
     mesh = mesh_lib.make_mesh([("data", -1)], devices=jax.devices()[:1])
-    state, _ = state_lib.init_sharded(_init_fn, jax.random.key(0), mesh)
+    state, _ = _init_sharded(_init_fn, jax.random.key(0), mesh)
     target, _ = state_lib.abstract_state(_init_fn, jax.random.key(0), mesh)
     manager = checkpoint.make_manager(directory, max_to_keep=3, best_metric="eval_loss")
     it, states = _iterator(), {}
@@ -161,7 +167,7 @@ def test_unverified_step_still_falls_back_and_intact_mismatch_is_a_config_error(
 
 def test_nan_state_is_not_saved_and_the_finite_checkpoint_survives_retention(tmp_path):
     mesh = mesh_lib.make_mesh([("data", -1)], devices=jax.devices()[:1])
-    state, _ = state_lib.init_sharded(_init_fn, jax.random.key(0), mesh)
+    state, _ = _init_sharded(_init_fn, jax.random.key(0), mesh)
     target, _ = state_lib.abstract_state(_init_fn, jax.random.key(0), mesh)
     manager = checkpoint.make_manager(str(tmp_path), max_to_keep=1)
     checkpoint.save(manager, 1, state)

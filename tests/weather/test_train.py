@@ -19,6 +19,7 @@ import xarray as xr
 from jaxlab.configs import weather as weather_config
 from jaxlab.core import checkpoint, rng
 from jaxlab.core import mesh as mesh_lib
+from jaxlab.core import parts as parts_lib
 from jaxlab.core.writer import read_metrics
 from jaxlab.weather import data, evaluate, steps, train
 
@@ -105,7 +106,7 @@ def _new_parts_and_state(data_dir, residual):
     config = step_test_config(data_dir)
     mesh = mesh_lib.make_mesh([("data", -1)], devices=jax.devices()[:2])
     parts = steps.build(config, mesh, *residual)
-    state = jax.jit(parts.init_fn, out_shardings=parts.shardings)(rng.stream(0, "init"))
+    state = parts_lib.init_state(parts, rng.stream(0, "init"))
     return config, mesh, parts, state
 
 
@@ -119,7 +120,7 @@ def test_train_step_traces_once_and_ema_averages_the_param_trajectory(
     gen = np.random.default_rng(0)
     trajectory = [jax.device_get(state.params)]
     for k in range(4):  # a second trace would raise AssertionError
-        batch = _random_batch(gen, 2, parts.grid_shape, first_index=2 * k)
+        batch = _random_batch(gen, 2, parts.extras.grid_shape, first_index=2 * k)
         state, metrics = parts.train_step(state, mesh_lib.global_batch(batch, mesh))
         trajectory.append(jax.device_get(state.params))
     assert int(state.step) == 4 and np.isfinite(float(metrics["loss"]))
