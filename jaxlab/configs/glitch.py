@@ -31,8 +31,8 @@ plots=true, preds/plots/<id>.png; see jaxlab/glitch/README.md.
 
 Keys worth varying: data.dir, data.format=png with data.png_crop (the tarball), model.pretrained
 (a timm ViT .safetensors), model.dtype=bfloat16, data.use_class_weights, loss.name=focal,
-data.augment_max_shift, train.patience (0 never stops). Training counts epochs: num_steps =
-num_epochs * (train size // global_batch_size) unless train.num_steps > 0; validation,
+data.augment_max_shift, eval.early_stopping_patience (0 never stops). Training counts epochs:
+num_steps = num_epochs * (train size // global_batch_size) unless train.num_steps > 0; validation,
 checkpointing (best by val_accuracy + latest) and early stopping happen once per epoch.
 Benchmark numbers (ViT-B/16 multi-view step, fp32 and bf16): jaxlab/glitch/README.md.
 """
@@ -172,17 +172,19 @@ def paper() -> ml_collections.ConfigDict:
     t = config.train
     t.num_epochs = 50
     t.warmup_epochs = 5
-    t.patience = 10  # early stopping: epochs without a better val_accuracy (0: never)
     t.global_batch_size = 32
     t.log_every = 50
     t.num_steps = 0  # derived from num_epochs; a positive value overrides it
-    del t.eval_every, t.ckpt_every  # validation and checkpoints come once an epoch
+    t.eval_every_epochs = 1  # validation, early stopping and a checkpoint once an epoch
+    t.eval_every = 0
+    t.ckpt_every = 0
 
     config.eval.split = "test"
     config.eval.global_batch_size = 64
     config.eval.checkpoint = "best"
     config.eval.best_metric = "val_accuracy"
     config.eval.best_mode = "max"
+    config.eval.early_stopping_patience = 10  # epochs without a better val_accuracy (0: never)
 
     o = config.optim
     o.name = "adamw"

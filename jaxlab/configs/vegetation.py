@@ -36,7 +36,7 @@ Variants:
   bench_b1, bench_b1_bf16   paper / paper_bf16 at batch 1 (the CPU benchmark sizes).
   tiny           demo shrunk for tests (16 x 16 cubes, 6 epochs of one step).
 Vary: `--config.data.dir`, `--config.data.cloud_mask` (s2_mask, s2_SCL, s2_dlmask, official),
-`--config.model.hidden`, `--config.train.num_epochs`, `--config.train.early_stopping_patience`,
+`--config.model.hidden`, `--config.train.num_epochs`, `--config.eval.early_stopping_patience`,
 `--config.eval.split`, `--config.eval.checkpoint` (best, latest or a step),
 `--config.eval.climatology_dir`. Benchmark numbers: jaxlab/vegetation/README.md.
 """
@@ -82,7 +82,7 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
         t.global_batch_size = 8  # one per fake test device
         t.num_epochs = 6
         t.warmup_epochs = 1
-        t.early_stopping_patience = 10
+        config.eval.early_stopping_patience = 10
         t.log_every = 2
         config.eval.global_batch_size = 8
         return config
@@ -161,9 +161,8 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     t.log_every = 20
     t.eval_every_epochs = 1  # validation loss, early stopping, checkpoint
     # Evaluation and checkpoints follow eval_every_epochs: the common step cadences do not apply.
-    del t.eval_every, t.ckpt_every
-    t.early_stopping_patience = 10  # evaluations without improvement of the val loss
-    t.early_stopping_min_delta = 1e-4
+    t.eval_every = 0  # evaluation counts epochs (eval_every_epochs)
+    t.ckpt_every = 0  # checkpoints at each evaluation (and on SIGTERM) only
     t.max_to_keep = 2
     t.keep_best = 1
 
@@ -172,6 +171,8 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     config.eval.checkpoint = "best"
     config.eval.best_metric = "val_loss"
     config.eval.best_mode = "min"
+    config.eval.early_stopping_patience = 10  # evaluations without a better val_loss
+    config.eval.early_stopping_min_delta = 1e-4
     config.eval.pred_dir = ""  # official prediction layout; default <workdir>/eval/<split>/preds
     config.eval.climatology_dir = ""  # official climatology predictions, scored when given
     config.eval.num_plot_cubes = 1
@@ -201,7 +202,7 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     m.weather_hidden = 32
     t.global_batch_size = 4
     t.num_epochs = 60
-    t.early_stopping_patience = 20
+    config.eval.early_stopping_patience = 20
     t.log_every = 30
     config.eval.global_batch_size = 4
     o.lr = 3e-3

@@ -25,18 +25,20 @@ def init_or_restore(
     parts: Any,
     rng: jax.Array,
     data_iterator: Any = None,
-    init_fn: Callable[[jax.Array], Any] | None = None,
+    new_state: Callable[[jax.Array], Any] | None = None,
 ) -> tuple[Any, dict[str, Any] | None]:
     """(state, loop_state): the newest intact checkpoint's, or a fresh state and None.
 
     Damaged newer steps are logged and moved aside (`checkpoint.restore_latest_intact`). A fresh
-    state is born sharded (`parts.init_state`). `init_fn`
-    defaults to `parts.init_fn`; pass another (e.g. one loading pretrained weights) to change only
-    how a *new* run starts. The data iterator's position is restored in place.
+    state is born sharded: `parts.init_state(parts, rng)`, or `new_state(rng)` when given, which
+    changes only how a *new* run starts (e.g. with pretrained weights). `new_state` is called as
+    is, not traced, so large weights it loads are placed on devices rather than compiled in as
+    constants; it must return a state with `parts.shardings`. The data iterator's position is
+    restored in place.
     """
     step, state = checkpoint.restore_latest_intact(manager, parts.abstract_state, data_iterator)
     if step is None:
-        state = parts_lib.init_state(parts, rng, init_fn)
+        state = parts_lib.init_state(parts, rng) if new_state is None else new_state(rng)
         logging.info("New run: %d parameters", state_lib.param_count(state.params))
         return state, None
     return state, checkpoint.restore_loop_state(manager, step)

@@ -10,10 +10,11 @@ What a workdir guarantees (every task gets it through `open_workdir`):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import jax
@@ -38,6 +39,11 @@ HARMLESS_CONFIG_KEYS = (
     "train.profile_stop",
     "train.allow_config_change",
     "eval.",
+    # Early-stopping keys before they moved to eval.* (they decide when to stop, not the steps).
+    "train.patience",
+    "train.early_stopping_patience",
+    "train.early_stopping_min_delta",
+    "train.eval_every_epochs",
     "mesh",
     "fsdp_min_size",
 )
@@ -72,6 +78,18 @@ def open_workdir(config: ml_collections.ConfigDict, workdir: str) -> MetricWrite
     writer = MetricWriter(workdir)
     writer.write_hparams(config.to_dict())
     return writer
+
+
+@contextlib.contextmanager
+def opened(config: ml_collections.ConfigDict, workdir: str) -> Iterator[MetricWriter]:
+    """`open_workdir` for the `with` block: the lock, SIGTERM handler and writer are released
+    (and the previous SIGTERM handler restored) when it ends, on every path."""
+    writer = open_workdir(config, workdir)
+    try:
+        yield writer
+    finally:
+        writer.close()
+        close_workdir(workdir)
 
 
 def close_workdir(workdir: str) -> None:
