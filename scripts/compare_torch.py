@@ -164,7 +164,7 @@ def torch_worker(workload: str, args) -> dict[str, Any]:
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
     from gpu_check import import_torch_timm  # noqa: PLC0415 - beside this script
 
-    from jaxlab.core.task import load_config  # noqa: PLC0415
+    from jaxlab.core.config import load_config  # noqa: PLC0415
 
     torch, timm = import_torch_timm()
     cpus = len(os.sched_getaffinity(0)) if PINNABLE else os.cpu_count() or 1

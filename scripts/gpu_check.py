@@ -99,7 +99,7 @@ def vit_config(sizes: Sizes, multiview: bool, dtype: str):
             config.data.multi_view = False
             config.model.name = "vit"
     else:
-        config = load_config("glitch:vit_b16_multiview" if multiview else "glitch:vit_b16_single")
+        config = load_config("glitch:paper" if multiview else "glitch:vit_b16_single")
     config.model.dtype = dtype
     return config
 

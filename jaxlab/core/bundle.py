@@ -14,8 +14,10 @@ import jax
 import numpy as np
 from safetensors import numpy as safetensors_np
 
+from jaxlab.core import config as config_lib
+
 PARAMS_FILE = "params.safetensors"
-CONFIG_FILE = "config.json"
+CONFIG_FILE = config_lib.CONFIG_FILE
 INFO_FILE = "bundle.json"
 
 

@@ -56,7 +56,7 @@ def restore_for_eval(
     bundle's inference parameters instead (see `state_from_bundle`): `jaxlab evaluate
     --model=BUNDLE` evaluates a bundle with the task's own evaluate.
     """
-    if which is None and config.eval.get("model", ""):
+    if which is None and config.eval.model:
         return state_from_bundle(config, config.eval.model, parts)
     manager = checkpoint.manager_from_config(config, workdir, read_only=True)
     which = config.eval.checkpoint if which is None else which

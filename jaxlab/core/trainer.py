@@ -41,7 +41,6 @@ from absl import logging
 from jaxlab.core import checkpoint, early_stopping, loop, restore, rng
 from jaxlab.core import mesh as mesh_lib
 from jaxlab.core import workdir as workdir_lib
-from jaxlab.core.workdir import close_workdir
 from jaxlab.core.writer import MetricWriter
 
 
@@ -70,30 +69,26 @@ def loop_helpers(
     """Builds the loop's helpers; on exit waits for checkpoint saves and closes manager, writer.
 
     On entry, metrics.jsonl loses the records of steps after `start_step` (written by a run killed
-    after its last checkpoint). The SIGTERM flag handler is installed for the `with` block only;
-    on exit the workdir lock is released and the SIGTERM handler from before `open_workdir` is
-    back.
+    after its last checkpoint). The SIGTERM flag handler is installed for the `with` block only
+    (the workdir, its lock and its own handler belong to the caller's `workdir.opened` block).
     """
     tc = config.train
     writer.truncate_after(start_step)  # records of steps the restored state has not trained
-    try:
-        with loop.Preemption() as preemption:
-            helpers = LoopHelpers(
-                writer=writer,
-                manager=manager,
-                progress=loop.Progress(num_steps, examples_per_step, start_step),
-                profile=loop.ProfileWindow(
-                    tc.profile_start, tc.profile_stop, os.path.join(workdir, "tb")
-                ),
-                throttle=loop.StepThrottle(tc.max_in_flight),
-                preemption=preemption,
-            )
-            try:
-                yield helpers
-            finally:
-                _finish(manager, writer)
-    finally:
-        close_workdir(workdir)
+    with loop.Preemption() as preemption:
+        helpers = LoopHelpers(
+            writer=writer,
+            manager=manager,
+            progress=loop.Progress(num_steps, examples_per_step, start_step),
+            profile=loop.ProfileWindow(
+                tc.profile_start, tc.profile_stop, os.path.join(workdir, "tb")
+            ),
+            throttle=loop.StepThrottle(tc.max_in_flight),
+            preemption=preemption,
+        )
+        try:
+            yield helpers
+        finally:
+            _finish(manager, writer)
 
 
 def _finish(manager: ocp.CheckpointManager, writer: MetricWriter) -> None:

@@ -198,9 +198,9 @@ def run_study(
         logging.info("=== study: fraction %g (%d training windows)", fraction, len(subset))
         gan_dir = os.path.join(out, "gan")
         gan_sources = {"train": subset, "val": sources["val"]}
-        if not train_gan(
-            gan_config, gan_dir, workdir_lib.open_workdir(gan_config, gan_dir), mesh, gan_sources
-        ):
+        with workdir_lib.opened(gan_config, gan_dir) as gan_writer:
+            trained = train_gan(gan_config, gan_dir, gan_writer, mesh, gan_sources)
+        if not trained:
             return {}
         count = int(np.ceil(max(sc.ratios)))
         pool = generate_pool(gan_config, gan_parts, gan_dir, subset, mesh, count)

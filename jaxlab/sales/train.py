@@ -15,6 +15,14 @@ With `study.mode` "only" (the `study` variant) or "also" (`paper`: after the thr
 the augmentation study of study.py runs instead / afterwards; its cells resume too.
 
 A SIGTERM checkpoints the stage running and returns; rerunning continues where it stopped.
+
+Why sales keeps its own loops instead of `core/trainer.run`: its training is not one step
+function with one evaluation. A WGAN-GP iteration updates two networks with two optimizers (no
+single learning rate), generation sits between the stages, and each of the three forecasters
+trains in its own workdir (own lock, checkpoints and metrics) from the same initial parameters;
+the study then repeats GAN and forecasters per training fraction and seed. The two loops are
+built from the trainer's pieces: `workdir.opened`, `restore.init_or_restore`,
+`trainer.loop_helpers` and `trainer.log_train_step`, and `parts.assemble` builds both parts.
 """
 
 from __future__ import annotations
@@ -172,88 +180,99 @@ def train_forecaster(
     """One forecaster to `config.forecaster.num_steps`, evaluated and checkpointed every
     `forecaster.eval_every` steps (the best kept by validation MAE); False when preempted."""
     fc = config.forecaster
-    writer = workdir_lib.open_workdir(config, forecaster_dir)
-    train_iter = pipeline.train_iterator(
-        train_source, global_batch_size=fc.global_batch_size, seed=config.seed
-    )
-    manager = forecast.make_manager(config, forecaster_dir)
-    # The same initial parameters for the three forecasters: the study compares training sets.
-    init_key = rng.stream(config.seed, "forecaster_init")
-    state, _ = restore.init_or_restore(manager, parts, init_key, train_iter)
+    with workdir_lib.opened(config, forecaster_dir) as writer:
+        train_iter = pipeline.train_iterator(
+            train_source, global_batch_size=fc.global_batch_size, seed=config.seed
+        )
+        manager = forecast.make_manager(config, forecaster_dir)
+        # The same initial parameters for the three forecasters: the study compares training sets.
+        init_key = rng.stream(config.seed, "forecaster_init")
+        state, _ = restore.init_or_restore(manager, parts, init_key, train_iter)
 
-    start_step, preempted = int(state.step), False
-    with trainer.loop_helpers(
-        config, forecaster_dir, manager, writer, start_step, parts.num_steps, fc.global_batch_size
-    ) as h:
-        for step in range(start_step + 1, parts.num_steps + 1):
-            batch = mesh_lib.global_batch(next(train_iter), mesh)
-            state, metrics = parts.train_step(state, batch)
-            h.throttle(metrics["loss"])
+        start_step, preempted = int(state.step), False
+        with trainer.loop_helpers(
+            config,
+            forecaster_dir,
+            manager,
+            writer,
+            start_step,
+            parts.num_steps,
+            fc.global_batch_size,
+        ) as h:
+            for step in range(start_step + 1, parts.num_steps + 1):
+                batch = mesh_lib.global_batch(next(train_iter), mesh)
+                state, metrics = parts.train_step(state, batch)
+                h.throttle(metrics["loss"])
 
-            preempted = h.preemption.requested(step)
-            last = step == parts.num_steps
-            evaluate_now = loop.every(step, fc.eval_every) or last
-            if loop.every(step, config.train.log_every) or evaluate_now or preempted:
-                trainer.log_train_step(h, step, metrics)
-            val_metrics = None
-            if evaluate_now:
-                val_metrics, _ = evaluate.forecast_pass(
-                    parts.eval_step, state.params, val_source, mesh, config.eval.global_batch_size
-                )
-                writer.write_scalars(step, val_metrics)
-            if evaluate_now or preempted:
-                checkpoint.save(manager, step, state, train_iter, metrics=val_metrics)
-            if preempted:
-                loop.log_preempted(step)
-                break
-    return not preempted
+                preempted = h.preemption.requested(step)
+                last = step == parts.num_steps
+                evaluate_now = loop.every(step, fc.eval_every) or last
+                if loop.every(step, config.train.log_every) or evaluate_now or preempted:
+                    trainer.log_train_step(h, step, metrics)
+                val_metrics = None
+                if evaluate_now:
+                    val_metrics, _ = evaluate.forecast_pass(
+                        parts.eval_step,
+                        state.params,
+                        val_source,
+                        mesh,
+                        config.eval.global_batch_size,
+                    )
+                    writer.write_scalars(step, val_metrics)
+                if evaluate_now or preempted:
+                    checkpoint.save(manager, step, state, train_iter, metrics=val_metrics)
+                if preempted:
+                    loop.log_preempted(step)
+                    break
+        return not preempted
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """GAN, generation and forecasters (each resumed from workdir); returns each forecaster's
     validation MAE of its kept checkpoint (`eval.forecaster_checkpoint`), or {} when preempted."""
-    writer = workdir_lib.open_workdir(config, workdir)
+    with workdir_lib.opened(config, workdir) as writer:
+        # Mesh.
+        mesh = mesh_lib.make_mesh(config.mesh)
+        mesh_lib.log_topology(mesh)
 
-    # Mesh.
-    mesh = mesh_lib.make_mesh(config.mesh)
-    mesh_lib.log_topology(mesh)
+        # Input.
+        sources = data_windows.load_windows(config, data.prepare(config, workdir))
 
-    # Input.
-    sources = data_windows.load_windows(config, data.prepare(config, workdir))
+        mode = config.study.mode
+        if mode not in ("off", "only", "also"):
+            raise ValueError(f"config.study.mode must be 'off', 'only' or 'also', got {mode!r}.")
+        if mode == "only":
+            return study_report.flat(study.run_study(config, workdir, mesh, sources, train_gan))
 
-    mode = config.study.mode
-    if mode not in ("off", "only", "also"):
-        raise ValueError(f"config.study.mode must be 'off', 'only' or 'also', got {mode!r}.")
-    if mode == "only":
-        return study_report.flat(study.run_study(config, workdir, mesh, sources, train_gan))
-
-    summary: dict[str, float] = {}
-    # Between the stages' own handlers a SIGTERM is noted here and honoured before the next one.
-    with loop.Preemption() as between_stages:
-        logging.info("=== sales: WGAN-GP")
-        if not train_gan(config, workdir, writer, mesh, sources):
-            return summary
-        generated_path = write_generated(config, workdir, sources["train"], mesh)
-        train_sets = forecaster_sources(config, sources, generated_path)
-        parts = forecast.build(config, mesh)
-        for name in forecast.NAMES:
-            if between_stages.requested(0):
-                logging.warning("Preempted between stages, before the %s forecaster.", name)
-                return {}
-            logging.info("=== sales: forecaster on %s windows (%d)", name, len(train_sets[name]))
-            forecaster_dir = forecast.forecast_dir(workdir, name)
-            if not train_forecaster(
-                config, forecaster_dir, parts, train_sets[name], sources["val"], mesh
-            ):
-                return {}
-            params, _ = forecast.restore_params(config, forecaster_dir, parts)
-            val_metrics, _ = evaluate.forecast_pass(
-                parts.eval_step, params, sources["val"], mesh, config.eval.global_batch_size
+        summary: dict[str, float] = {}
+        # Between the stages' own handlers a SIGTERM is noted here and honoured before the next one.
+        with loop.Preemption() as between_stages:
+            logging.info("=== sales: WGAN-GP")
+            if not train_gan(config, workdir, writer, mesh, sources):
+                return summary
+            generated_path = write_generated(config, workdir, sources["train"], mesh)
+            train_sets = forecaster_sources(config, sources, generated_path)
+            parts = forecast.build(config, mesh)
+            for name in forecast.NAMES:
+                if between_stages.requested(0):
+                    logging.warning("Preempted between stages, before the %s forecaster.", name)
+                    return {}
+                logging.info(
+                    "=== sales: forecaster on %s windows (%d)", name, len(train_sets[name])
+                )
+                forecaster_dir = forecast.forecast_dir(workdir, name)
+                if not train_forecaster(
+                    config, forecaster_dir, parts, train_sets[name], sources["val"], mesh
+                ):
+                    return {}
+                params, _ = forecast.restore_params(config, forecaster_dir, parts)
+                val_metrics, _ = evaluate.forecast_pass(
+                    parts.eval_step, params, sources["val"], mesh, config.eval.global_batch_size
+                )
+                summary[f"{name}_val_mae"] = val_metrics["val_mae"]
+        logging.info("Validation MAE of the forecasters: %s", summary)
+        if mode == "also":
+            summary.update(
+                study_report.flat(study.run_study(config, workdir, mesh, sources, train_gan))
             )
-            summary[f"{name}_val_mae"] = val_metrics["val_mae"]
-    logging.info("Validation MAE of the forecasters: %s", summary)
-    if mode == "also":
-        summary.update(
-            study_report.flat(study.run_study(config, workdir, mesh, sources, train_gan))
-        )
-    return summary
+        return summary

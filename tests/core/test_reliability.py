@@ -21,10 +21,10 @@ import optax
 import pytest
 
 from jaxlab.core import checkpoint, loop
+from jaxlab.core import config as config_lib
 from jaxlab.core import lock as lock_lib
 from jaxlab.core import mesh as mesh_lib
 from jaxlab.core import state as state_lib
-from jaxlab.core import workdir as workdir_lib
 from jaxlab.core.writer import MetricWriter, read_metrics
 from jaxlab.data import pipeline
 from tests.core import scripts_util
@@ -214,8 +214,8 @@ def _config(batch_size=16):
 
 def test_config_change_on_resume_names_the_keys(tmp_path):
     workdir = str(tmp_path)
-    workdir_lib.check_config(_config(), workdir)
-    workdir_lib.check_config(_config(batch_size=32), workdir)  # no checkpoint yet: a new run
+    config_lib.check_resume(_config(), workdir)
+    config_lib.check_resume(_config(batch_size=32), workdir)  # no checkpoint yet: a new run
     os.makedirs(os.path.join(workdir, "checkpoints", "5"))
     changed = _config(batch_size=16)
     changed.train.num_steps = 20  # harmless: logged
@@ -224,10 +224,10 @@ def test_config_change_on_resume_names_the_keys(tmp_path):
         ValueError,
         match=r"model.dtype: 'float32' -> 'bfloat16'; train.global_batch_size: 32 -> 16\.",
     ):
-        workdir_lib.check_config(changed, workdir)
+        config_lib.check_resume(changed, workdir)
     assert _read_json(os.path.join(workdir, "config.json"))["train"]["global_batch_size"] == 32
     changed.train.allow_config_change = True
-    workdir_lib.check_config(changed, workdir)
+    config_lib.check_resume(changed, workdir)
     assert _read_json(os.path.join(workdir, "config.json"))["model"]["dtype"] == "bfloat16"
 
 

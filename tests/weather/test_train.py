@@ -233,7 +233,6 @@ def test_real_data_without_a_data_dir_is_one_clear_error(tmp_path):
     config = weather_config.get_config("paper")
     with pytest.raises(ValueError, match=r"config.data.dir is empty .* hrrr.zarr"):
         data.prepare(config, str(tmp_path))
-    assert weather_config.get_config("fullres_minimal") == config  # the old name, an alias
 
 
 def test_grid_other_than_config_shape_names_store_and_key(data_dir):
