@@ -15,6 +15,9 @@ import ml_collections
 from jaxlab.configs import common
 from jaxlab.core import config as config_lib
 
+# The demo's headline: the evaluation metric, the baseline it should beat, which is better.
+HEADLINE = ("eval_mse", "baseline_mse", "lower")
+
 
 def demo() -> ml_collections.ConfigDict:
     """The README's run: 600 steps, eval_mse about 0.02."""
@@ -64,9 +67,7 @@ def tiny() -> ml_collections.ConfigDict:
     return config
 
 
-# The demo's headline: the evaluation metric, the baseline it should beat, which is better.
-HEADLINE = ("eval_mse", "baseline_mse", "lower")
-VARIANTS = {"demo": demo, "tiny": tiny}  # the default first
+VARIANTS = {f.__name__: f for f in (demo, tiny)}
 
 
 def get_config(arg: str = "demo") -> ml_collections.ConfigDict:

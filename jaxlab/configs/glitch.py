@@ -43,6 +43,9 @@ import ml_collections
 from jaxlab.configs import common
 from jaxlab.core import config as config_lib
 
+# The demo's headline: the evaluation metric, the baseline it should beat, which is better.
+HEADLINE = ("accuracy", "baseline_majority_accuracy", "higher")
+
 DURATIONS = ("0.5", "1.0", "2.0", "4.0")
 # The 22 classes of the Gravity Spy training set v1d1 (its h5's top-level groups), sorted: the
 # label set a model is trained with and predicts; class index i is CLASSES[i].
@@ -239,16 +242,9 @@ def cnn_baseline() -> ml_collections.ConfigDict:
     return config
 
 
-# The demo's headline: the evaluation metric, the baseline it should beat, which is better.
-HEADLINE = ("accuracy", "baseline_majority_accuracy", "higher")
 VARIANTS = {
-    "demo": demo,
-    "tiny": tiny,
-    "paper": paper,
-    "vit_b16_multiview_bf16": vit_b16_multiview_bf16,
-    "vit_b16_single": vit_b16_single,
-    "cnn_baseline": cnn_baseline,
-}  # the default first
+    f.__name__: f for f in (demo, tiny, paper, vit_b16_multiview_bf16, vit_b16_single, cnn_baseline)
+}
 
 
 def get_config(arg: str = "demo") -> ml_collections.ConfigDict:

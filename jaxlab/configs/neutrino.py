@@ -34,6 +34,9 @@ import ml_collections
 from jaxlab.configs import common
 from jaxlab.core import config as config_lib
 
+# The demo's headline: the evaluation metric, the baseline it should beat, which is better.
+HEADLINE = ("mean_angular_error", "baseline_constant", "lower")
+
 
 def paper() -> ml_collections.ConfigDict:
     """The seed's setup: 1.6M-parameter model, vMF loss, Kaggle batches 1-5, eval on batch 6."""
@@ -174,9 +177,7 @@ def tiny() -> ml_collections.ConfigDict:
     return config
 
 
-# The demo's headline: the evaluation metric, the baseline it should beat, which is better.
-HEADLINE = ("mean_angular_error", "baseline_constant", "lower")
-VARIANTS = {"demo": demo, "tiny": tiny, "paper": paper}  # the default first
+VARIANTS = {f.__name__: f for f in (demo, tiny, paper)}
 
 
 def get_config(arg: str = "demo") -> ml_collections.ConfigDict:

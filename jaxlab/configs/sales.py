@@ -47,6 +47,9 @@ from jaxlab.configs import common
 from jaxlab.core import config as config_lib
 from jaxlab.core import optim
 
+# The demo's headline: the evaluation metric, the baseline it should beat, which is better.
+HEADLINE = ("discriminative_score", "discriminative_score_naive", "lower")
+
 
 def demo() -> ml_collections.ConfigDict:
     config = common.get_common()
@@ -246,16 +249,7 @@ def quick_run() -> ml_collections.ConfigDict:
     return config
 
 
-# The demo's headline: the evaluation metric, the baseline it should beat, which is better.
-HEADLINE = ("discriminative_score", "discriminative_score_naive", "lower")
-VARIANTS = {
-    "demo": demo,
-    "tiny": tiny,
-    "paper": paper,
-    "quick_run": quick_run,
-    "study": study,
-    "study_tiny": study_tiny,
-}  # the default first
+VARIANTS = {f.__name__: f for f in (demo, tiny, paper, quick_run, study, study_tiny)}
 
 
 def get_config(arg: str = "demo") -> ml_collections.ConfigDict:

@@ -48,6 +48,9 @@ import ml_collections
 from jaxlab.configs import common
 from jaxlab.core import config as config_lib
 
+# The demo's headline: the evaluation metric, the baseline it should beat, which is better.
+HEADLINE = ("ndvi_rmse", "persistence_ndvi_rmse", "lower")
+
 # Which 7 of the 8 E-OBS variables, and why (the weather features are (20, 3 * 7) = (20, 21)):
 #   tg, tn, tx  mean / min / max temperature: heat stress and the growing-degree clock (tx drives
 #               heatwave damage, tn frost and night respiration);
@@ -230,16 +233,7 @@ def tiny() -> ml_collections.ConfigDict:
     return config
 
 
-# The demo's headline: the evaluation metric, the baseline it should beat, which is better.
-HEADLINE = ("ndvi_rmse", "persistence_ndvi_rmse", "lower")
-VARIANTS = {
-    "demo": demo,
-    "tiny": tiny,
-    "paper": paper,
-    "paper_bf16": paper_bf16,
-    "bench_b1": bench_b1,
-    "bench_b1_bf16": bench_b1_bf16,
-}  # the default first
+VARIANTS = {f.__name__: f for f in (demo, tiny, paper, paper_bf16, bench_b1, bench_b1_bf16)}
 
 
 def get_config(arg: str = "demo") -> ml_collections.ConfigDict:

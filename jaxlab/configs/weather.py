@@ -42,6 +42,9 @@ import ml_collections
 from jaxlab.configs import common
 from jaxlab.core import config as config_lib
 
+# The demo's headline: the evaluation metric, the baseline it should beat, which is better.
+HEADLINE = ("crps", "persistence_crps", "lower")
+
 
 def demo() -> ml_collections.ConfigDict:
     config = common.get_common()
@@ -232,16 +235,7 @@ def unet_cropped() -> ml_collections.ConfigDict:
     return config
 
 
-# The demo's headline: the evaluation metric, the baseline it should beat, which is better.
-HEADLINE = ("crps", "persistence_crps", "lower")
-VARIANTS = {
-    "demo": demo,
-    "tiny": tiny,
-    "deterministic": deterministic,
-    "perturbation": perturbation,
-    "paper": paper,
-    "unet_cropped": unet_cropped,
-}  # the default first
+VARIANTS = {f.__name__: f for f in (demo, tiny, deterministic, perturbation, paper, unet_cropped)}
 
 
 def get_config(arg: str = "demo") -> ml_collections.ConfigDict:

@@ -2,7 +2,7 @@
 
 One module for everything about configs beyond their contents:
   - lookup: `"glitch:demo"` -> the file `jaxlab/configs/glitch.py` and its variant; every config
-    file declares `VARIANTS = {"demo": demo, ...}` (the default first) and
+    file declares `VARIANTS = {f.__name__: f for f in (demo, tiny, ...)}` (the default first) and
     `get_config(arg) = VARIANTS[arg]()`; the task names are `task.TASKS`;
   - the recorded config: `jaxlab train` writes the resolved config to `workdir/CONFIG_FILE`;
     `evaluate`, `export` and `show-config` merge it back (`merge_recorded`);

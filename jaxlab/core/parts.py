@@ -7,8 +7,8 @@ state and shardings from `init_fn`, adds the learning rate to the train step's m
 both steps. What only one task has (neutrino's pack shapes, weather's noise schedule, glitch's
 class count) goes in `extras`, a frozen dataclass the task declares, so it stays typed.
 
-`epoch_schedule` sizes a run counted in epochs (glitch, vegetation); `init_state` creates a
-fresh, sharded state from the parts.
+A `Schedule` says how long a run is: `step_schedule` (train.num_steps) or `epoch_schedule` (a run
+counted in epochs: glitch, vegetation). `init_state` creates a fresh, sharded state.
 """
 
 from __future__ import annotations
@@ -61,43 +61,66 @@ def with_learning_rate(
     return step
 
 
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """How long a run is and what its learning rate follows: the optimizer's sizes."""
+
+    num_steps: int  # optimizer steps of the whole run
+    optim_config: ml_collections.ConfigDict | None  # None: no single learning rate (a GAN)
+    steps_per_epoch: int | None = None  # set for a run counted in epochs (`epoch_schedule`)
+
+    def optimizer(self) -> optax.GradientTransformation:
+        """`optim.make_optimizer` for this run's length."""
+        return optim.make_optimizer(self.optim_config, self.num_steps)
+
+
+def step_schedule(
+    config: ml_collections.ConfigDict,
+    num_steps: int | None = None,
+    optim_config: ml_collections.ConfigDict | None = None,
+) -> Schedule:
+    """A run counted in steps: `train.num_steps` steps of `config.optim` unless given."""
+    return Schedule(
+        num_steps=config.train.num_steps if num_steps is None else num_steps,
+        optim_config=config.optim if optim_config is None else optim_config,
+    )
+
+
 def assemble(
     config: ml_collections.ConfigDict,
     mesh: jax.sharding.Mesh,
-    *,
     model: Any,
     optimizer: optax.GradientTransformation,
     init_fn: Callable[[jax.Array], state_lib.TrainState],
-    num_steps: int,
     train_step: Callable,
     eval_step: Callable,
-    optim_config: ml_collections.ConfigDict | None,
+    schedule: Schedule,
+    *,
     eval_extra_args: int = 0,
-    steps_per_epoch: int | None = None,
     extras: ExtrasT | None = None,
     init_rng: jax.Array | None = None,
 ) -> Parts[ExtrasT]:
     """The end of every `build`: abstract state, shardings, jitted steps, in one `Parts`.
 
     `train_step(state, batch)` and `eval_step(params, batch, valid, *extra)` are the task's pure
-    steps with their static arguments bound. `optim_config` is the optimizer's config (None when
-    the state has no single learning rate, e.g. a GAN's two optimizers): the train step's metrics
-    then carry "lr". `init_rng` only matters for shapes (default `jax.random.key(0)`).
+    steps with their static arguments bound (`eval_extra_args` extra arguments, replicated).
+    When `schedule.optim_config` is set the train step's metrics carry "lr". `init_rng` only
+    matters for shapes (default `jax.random.key(0)`).
     """
     rng = jax.random.key(0) if init_rng is None else init_rng
     abstract, shardings = state_lib.abstract_state(init_fn, rng, mesh, config.fsdp_min_size)
-    if optim_config is not None:
-        train_step = with_learning_rate(train_step, optim_config, num_steps)
+    if schedule.optim_config is not None:
+        train_step = with_learning_rate(train_step, schedule.optim_config, schedule.num_steps)
     return Parts(
         model=model,
         optimizer=optimizer,
         init_fn=init_fn,
         abstract_state=abstract,
         shardings=shardings,
-        num_steps=num_steps,
+        num_steps=schedule.num_steps,
         train_step=steps_jit.jit_train_step(train_step, shardings, mesh),
         eval_step=steps_jit.jit_eval_step(eval_step, mesh, num_extra_args=eval_extra_args),
-        steps_per_epoch=steps_per_epoch,
+        steps_per_epoch=schedule.steps_per_epoch,
         extras=extras,
     )
 
@@ -114,15 +137,9 @@ def init_state(
     return jax.jit(init, out_shardings=parts.shardings)(rng)
 
 
-@dataclasses.dataclass(frozen=True)
-class EpochSchedule:
-    steps_per_epoch: int  # optimizer steps per pass over the training records (remainder dropped)
-    num_steps: int  # `train.num_steps` when > 0, else `train.num_epochs` epochs
-    optim_config: ml_collections.ConfigDict  # config.optim with the epoch sizes in steps
-
-
-def epoch_schedule(config: ml_collections.ConfigDict, num_train_records: int) -> EpochSchedule:
-    """A run counted in epochs of `num_train_records` records, in steps.
+def epoch_schedule(config: ml_collections.ConfigDict, num_train_records: int) -> Schedule:
+    """A run counted in epochs of `num_train_records` records (remainder dropped), in steps:
+    `train.num_steps` when > 0, else `train.num_epochs` epochs.
 
     Warmup is `train.warmup_epochs` epochs (at most all steps but one); a "warmup_plateau"
     schedule with `optim.plateau_accumulation_size` 0 averages the loss over one epoch.
@@ -139,4 +156,4 @@ def epoch_schedule(config: ml_collections.ConfigDict, num_train_records: int) ->
     optim_config.warmup_steps = max(min(tc.warmup_epochs * steps_per_epoch, num_steps - 1), 0)
     if not optim_config.plateau_accumulation_size:
         optim_config.plateau_accumulation_size = steps_per_epoch
-    return EpochSchedule(steps_per_epoch, num_steps, optim_config)
+    return Schedule(num_steps, optim_config, steps_per_epoch)

@@ -18,6 +18,7 @@ from typing import Any
 import flax.struct
 import jax
 import jax.numpy as jnp
+import optax
 from jax.sharding import Mesh
 
 from jaxlab.core import mesh as mesh_lib
@@ -36,6 +37,26 @@ def create_train_state(params: Any, tx: Any, extra: Any = None) -> TrainState:
     return TrainState(
         step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), extra=extra
     )
+
+
+def apply_gradients(state: TrainState, tx: Any, grads: Any, loss: jax.Array) -> TrainState:
+    """The state after one optimizer update with `grads`: step + 1, new params and opt_state.
+
+    `loss` goes to optax as `value` (reduce_on_plateau reads it; other transforms ignore it).
+    """
+    updates, opt_state = tx.update(grads, state.opt_state, state.params, value=loss)
+    params = optax.apply_updates(state.params, updates)
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+
+
+def step_metrics(loss: jax.Array, grads: Any, batch: dict[str, jax.Array]) -> dict[str, Any]:
+    """What every train step reports: loss, gradient norm and "data_checksum", the sum of the
+    batch's record ids (tests compare it step by step to prove the data order resumes)."""
+    return {
+        "loss": loss,
+        "grad_norm": optax.tree.norm(grads),
+        "data_checksum": jnp.sum(batch["index"]),
+    }
 
 
 def abstract_state(

@@ -15,11 +15,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 from jaxlab.core import mesh as mesh_lib
-from jaxlab.core import optim, rng
 from jaxlab.core import parts as parts_lib
+from jaxlab.core import rng
 from jaxlab.core import state as state_lib
 from jaxlab.example import model as model_lib
 
@@ -34,15 +33,8 @@ def train_step(
         return jnp.mean(jnp.square(pred - batch["y"]))
 
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params, value=loss)
-    params = optax.apply_updates(state.params, updates)
-    metrics = {
-        "loss": loss,
-        "grad_norm": optax.tree.norm(grads),
-        # The sum of record ids: tests compare it step by step to prove the data order resumes.
-        "data_checksum": jnp.sum(batch["index"]),
-    }
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    state = state_lib.apply_gradients(state, tx, grads, loss)
+    return state, state_lib.step_metrics(loss, grads, batch)
 
 
 def eval_step(params: Any, batch: dict[str, jax.Array], valid: jax.Array, *, model: Any):
@@ -55,23 +47,15 @@ def eval_step(params: Any, batch: dict[str, jax.Array], valid: jax.Array, *, mod
 
 def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> parts_lib.Parts[None]:
     """Model, optimizer, sharded abstract state and jitted steps for `config` on `mesh`."""
-    num_steps = config.train.num_steps
+    schedule = parts_lib.step_schedule(config)
     model = model_lib.make_model(config)
-    tx = optim.make_optimizer(config.optim, num_steps)
+    tx = schedule.optimizer()
     init_fn = functools.partial(
         model_lib.init_state, model=model, tx=tx, num_features=config.data.num_features
     )
-    return parts_lib.assemble(
-        config,
-        mesh,
-        model=model,
-        optimizer=tx,
-        init_fn=init_fn,
-        num_steps=num_steps,
-        train_step=functools.partial(train_step, model=model, tx=tx),
-        eval_step=functools.partial(eval_step, model=model),
-        optim_config=config.optim,
-    )
+    train_fn = functools.partial(train_step, model=model, tx=tx)
+    eval_fn = functools.partial(eval_step, model=model)
+    return parts_lib.assemble(config, mesh, model, tx, init_fn, train_fn, eval_fn, schedule)
 
 
 def benchmark_setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):

@@ -18,11 +18,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 from jaxlab.core import mesh as mesh_lib
-from jaxlab.core import optim, rng
 from jaxlab.core import parts as parts_lib
+from jaxlab.core import rng
 from jaxlab.core import state as state_lib
 from jaxlab.glitch import losses, metrics, timm_import
 from jaxlab.glitch import model as model_lib
@@ -63,18 +62,10 @@ def train_step(
         return losses.weighted_mean(per_example, batch["label"], class_weights), out["logits"]
 
     (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params, value=loss)
-    params = optax.apply_updates(state.params, updates)
-    step_metrics = {
-        "loss": loss,
-        "grad_norm": optax.tree.norm(grads),
-        # The sum of record ids: tests compare it step by step to prove the data order resumes.
-        "data_checksum": jnp.sum(batch["index"]),
-        "confusion": metrics.confusion_matrix_jax(
-            batch["label"], jnp.argmax(logits, -1), num_classes
-        ),
-    }
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), step_metrics
+    state = state_lib.apply_gradients(state, tx, grads, loss)
+    predicted = jnp.argmax(logits, -1)
+    confusion = metrics.confusion_matrix_jax(batch["label"], predicted, num_classes)
+    return state, {**state_lib.step_metrics(loss, grads, batch), "confusion": confusion}
 
 
 def eval_step(
@@ -116,7 +107,7 @@ def build(
     if num_classes is None:
         num_classes = len(config.data.classes)
     model = model_lib.make_model(config, num_classes)
-    tx = optim.make_optimizer(schedule.optim_config, schedule.num_steps)
+    tx = schedule.optimizer()
     init_fn = functools.partial(
         model_lib.init_state, model=model, tx=tx, image_shape=model_lib.input_shape(config)
     )
@@ -129,18 +120,10 @@ def build(
         num_classes=num_classes,
         seed=config.seed,
     )
+    eval_fn = functools.partial(eval_step, model=model, loss_config=config.loss)
+    extras = Extras(num_classes=num_classes)
     return parts_lib.assemble(
-        config,
-        mesh,
-        model=model,
-        optimizer=tx,
-        init_fn=init_fn,
-        num_steps=schedule.num_steps,
-        train_step=step_fn,
-        eval_step=functools.partial(eval_step, model=model, loss_config=config.loss),
-        optim_config=schedule.optim_config,
-        steps_per_epoch=schedule.steps_per_epoch,
-        extras=Extras(num_classes=num_classes),
+        config, mesh, model, tx, init_fn, step_fn, eval_fn, schedule, extras=extras
     )
 
 

@@ -21,8 +21,8 @@ import optax
 from absl import logging
 
 from jaxlab.core import mesh as mesh_lib
-from jaxlab.core import optim, rng
 from jaxlab.core import parts as parts_lib
+from jaxlab.core import rng
 from jaxlab.core import state as state_lib
 from jaxlab.neutrino import data_packing, losses
 from jaxlab.neutrino import model as model_lib
@@ -64,8 +64,7 @@ def train_step(
         return jnp.sum(per_event * valid) / num_valid, pred
 
     (loss, pred), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params, value=loss)
-    params = optax.apply_updates(state.params, updates)
+    state = state_lib.apply_gradients(state, tx, grads, loss)
     error = losses.angular_distance(jax.lax.stop_gradient(pred), target)
     metrics = {
         "loss": loss,
@@ -73,7 +72,7 @@ def train_step(
         "grad_norm": optax.tree.norm(grads),
         "events": jnp.sum(valid),
     }
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    return state, metrics
 
 
 def eval_step(params: Any, batch: dict[str, jax.Array], valid: jax.Array, *, model: Any):
@@ -93,7 +92,7 @@ def eval_step(params: Any, batch: dict[str, jax.Array], valid: jax.Array, *, mod
 
 def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> parts_lib.Parts[Extras]:
     """Model, optimizer, pack spec, sharded abstract state and jitted steps for `config`."""
-    num_steps = config.train.num_steps
+    schedule = parts_lib.step_schedule(config)
     divisor = mesh_lib.batch_size_divisor(mesh)
     if config.train.global_batch_size % divisor or config.eval.global_batch_size % divisor:
         raise ValueError(
@@ -103,7 +102,7 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> parts_l
         )
     spec = data_packing.PackSpec.from_config(config)
     model = model_lib.make_model(config)
-    tx = optim.make_optimizer(config.optim, num_steps)
+    tx = schedule.optimizer()
     init_fn = functools.partial(model_lib.init_state, model=model, tx=tx, spec=spec)
     step = functools.partial(
         train_step,
@@ -112,17 +111,9 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> parts_l
         loss_name=config.train.loss,
         dropout_key=rng.stream(config.seed, "dropout"),
     )
+    eval_fn = functools.partial(eval_step, model=model)
     return parts_lib.assemble(
-        config,
-        mesh,
-        model=model,
-        optimizer=tx,
-        init_fn=init_fn,
-        num_steps=num_steps,
-        train_step=step,
-        eval_step=functools.partial(eval_step, model=model),
-        optim_config=config.optim,
-        extras=Extras(spec=spec),
+        config, mesh, model, tx, init_fn, step, eval_fn, schedule, extras=Extras(spec=spec)
     )
 
 

@@ -16,10 +16,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
-import optax
 import orbax.checkpoint as ocp
 
-from jaxlab.core import checkpoint, optim
+from jaxlab.core import checkpoint
 from jaxlab.core import parts as parts_lib
 from jaxlab.core import state as state_lib
 from jaxlab.sales import gan
@@ -75,14 +74,8 @@ def train_step(
         return point_loss(pred, batch["target"], kind)
 
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params, value=loss)
-    params = optax.apply_updates(state.params, updates)
-    metrics = {
-        "loss": loss,
-        "grad_norm": optax.tree.norm(grads),
-        "data_checksum": jnp.sum(batch["index"]),
-    }
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    state = state_lib.apply_gradients(state, tx, grads, loss)
+    return state, state_lib.step_metrics(loss, grads, batch)
 
 
 def eval_step(params: Any, batch: dict[str, jax.Array], valid: jax.Array, *, model: Forecaster):
@@ -100,25 +93,17 @@ def eval_step(params: Any, batch: dict[str, jax.Array], valid: jax.Array, *, mod
 
 def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> parts_lib.Parts[None]:
     """Forecaster, optimizer (`config.forecaster.optim`), abstract state and jitted steps."""
-    num_steps = config.forecaster.num_steps
+    schedule = parts_lib.step_schedule(config, config.forecaster.num_steps, config.forecaster.optim)
     if config.forecaster.loss not in LOSSES:
         raise ValueError(
             f"config.forecaster.loss must be one of {LOSSES}, got {config.forecaster.loss!r}."
         )
     model = model_lib.make_forecaster(config)
-    tx = optim.make_optimizer(config.forecaster.optim, num_steps)
+    tx = schedule.optimizer()
     init_fn = functools.partial(init_state, config=config, model=model, tx=tx)
-    return parts_lib.assemble(
-        config,
-        mesh,
-        model=model,
-        optimizer=tx,
-        init_fn=init_fn,
-        num_steps=num_steps,
-        train_step=functools.partial(train_step, model=model, tx=tx, loss=config.forecaster.loss),
-        eval_step=functools.partial(eval_step, model=model),
-        optim_config=config.forecaster.optim,
-    )
+    train_fn = functools.partial(train_step, model=model, tx=tx, loss=config.forecaster.loss)
+    eval_fn = functools.partial(eval_step, model=model)
+    return parts_lib.assemble(config, mesh, model, tx, init_fn, train_fn, eval_fn, schedule)
 
 
 def make_manager(

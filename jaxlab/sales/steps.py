@@ -206,18 +206,20 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> parts_l
         noise_dim=gc.noise_dim,
     )
     sample_fn = functools.partial(eval_step, generator=generator, noise_dim=gc.noise_dim)
+    # Two optimizers (generator, critic): no single learning rate to log.
+    schedule = parts_lib.Schedule(num_steps=config.train.num_steps, optim_config=None)
+    extras = Extras(critic=critic, critic_optimizer=critic_tx)
     return parts_lib.assemble(
         config,
         mesh,
-        model=generator,
-        optimizer=gen_tx,
-        init_fn=init_fn,
-        num_steps=config.train.num_steps,
-        train_step=step_fn,
-        eval_step=sample_fn,
-        optim_config=None,  # two optimizers (generator, critic): no single learning rate
+        generator,
+        gen_tx,
+        init_fn,
+        step_fn,
+        sample_fn,
+        schedule,
         eval_extra_args=1,
-        extras=Extras(critic=critic, critic_optimizer=critic_tx),
+        extras=extras,
     )
 
 

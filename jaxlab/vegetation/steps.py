@@ -15,11 +15,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 from jaxlab.core import mesh as mesh_lib
-from jaxlab.core import optim, rng
 from jaxlab.core import parts as parts_lib
+from jaxlab.core import rng
+from jaxlab.core import state as state_lib
 from jaxlab.vegetation import losses
 from jaxlab.vegetation import model as model_lib
 
@@ -32,17 +32,9 @@ def train_step(state, batch, *, model, tx, config):
         return losses.loss_fn(pred, batch, config)
 
     (loss, terms), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params, value=loss)
-    params = optax.apply_updates(state.params, updates)
-    metrics = {
-        "loss": loss,
-        **terms,
-        "grad_norm": optax.tree.norm(grads),
-        "coeff_scale": params["coeff_scale"],
-        # The sum of record ids: tests compare it step by step to prove the data order resumes.
-        "data_checksum": jnp.sum(batch["index"]),
-    }
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    state = state_lib.apply_gradients(state, tx, grads, loss)
+    metrics = state_lib.step_metrics(loss, grads, batch)
+    return state, {**metrics, **terms, "coeff_scale": state.params["coeff_scale"]}
 
 
 def eval_step(params, batch, valid, *, model, config):
@@ -81,19 +73,11 @@ def build(
     records = config.train.global_batch_size if num_train_records is None else num_train_records
     schedule = parts_lib.epoch_schedule(config, records)
     model = model_lib.make_model(config)
-    tx = optim.make_optimizer(schedule.optim_config, schedule.num_steps)
-    return parts_lib.assemble(
-        config,
-        mesh,
-        model=model,
-        optimizer=tx,
-        init_fn=functools.partial(model_lib.init_state, model=model, tx=tx, config=config),
-        num_steps=schedule.num_steps,
-        train_step=functools.partial(train_step, model=model, tx=tx, config=config),
-        eval_step=functools.partial(eval_step, model=model, config=config),
-        optim_config=schedule.optim_config,
-        steps_per_epoch=schedule.steps_per_epoch,
-    )
+    tx = schedule.optimizer()
+    init_fn = functools.partial(model_lib.init_state, model=model, tx=tx, config=config)
+    train_fn = functools.partial(train_step, model=model, tx=tx, config=config)
+    eval_fn = functools.partial(eval_step, model=model, config=config)
+    return parts_lib.assemble(config, mesh, model, tx, init_fn, train_fn, eval_fn, schedule)
 
 
 def random_batch(config: ml_collections.ConfigDict, batch_size: int) -> dict[str, np.ndarray]:

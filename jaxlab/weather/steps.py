@@ -32,8 +32,8 @@ import optax
 from absl import logging
 
 from jaxlab.core import mesh as mesh_lib
-from jaxlab.core import optim, rng
 from jaxlab.core import parts as parts_lib
+from jaxlab.core import rng
 from jaxlab.core import state as state_lib
 from jaxlab.weather import data, diffusion, ensemble
 from jaxlab.weather import model as model_lib
@@ -236,7 +236,8 @@ def build(
     dc = config.diffusion
     grid = grid_shape(config)
     model = model_lib.make_model(config)
-    tx = optim.make_optimizer(config.optim, config.train.num_steps)
+    run_schedule = parts_lib.step_schedule(config)
+    tx = run_schedule.optimizer()
     schedule = diffusion.make_schedule(dc.schedule, dc.num_steps)
     if residual_std is None:
         residual_std = np.ones(grid[-1], np.float32)
@@ -269,13 +270,12 @@ def build(
     return parts_lib.assemble(
         config,
         mesh,
-        model=model,
-        optimizer=tx,
-        init_fn=init_fn,
-        num_steps=config.train.num_steps,
-        train_step=train_fn,
-        eval_step=functools.partial(eval_step, **loss_args),
-        optim_config=config.optim,
+        model,
+        tx,
+        init_fn,
+        train_fn,
+        functools.partial(eval_step, **loss_args),
+        run_schedule,
         eval_extra_args=1,
         extras=Extras(schedule=schedule, grid_shape=grid),
         init_rng=rng.stream(config.seed, "init"),
