@@ -190,14 +190,14 @@ def test_early_stopping_counts_improvements_beyond_min_delta():
     ]
 
 
-def test_restored_early_stopping(caplog):
+def test_restored_loop_state(caplog):
     saved = {"best": 0.3, "best_at": 4, "bad_evals": 1, "stopped_at": None}
     assert trainer.restored_loop_state({"early_stopping": saved}, 4)["early_stopping"] == saved
     fresh = {"early_stopping": early_stopping.init()}
     assert trainer.restored_loop_state(None, 0) == fresh
     with caplog.at_level("WARNING"):
         assert trainer.restored_loop_state(None, 6) == fresh
-    assert "no early-stopping state" in caplog.text
+    assert "holds no loop state" in caplog.text
 
 
 @pytest.mark.slow
