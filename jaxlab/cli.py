@@ -40,10 +40,7 @@ from typing import Any
 from absl import app, flags, logging
 
 from jaxlab.cli_config import (  # noqa: F401 - part of the command's API (tests use them)
-    CONFIG_JSON,
-    EVAL_KEYS,
     explicit_overrides,
-    merge_recorded,
     read_json,
     resolved_config,
     with_recorded_config,

@@ -236,13 +236,15 @@ def test_recorded_config_wins_and_conflicting_overrides_are_named():
     given = config_lib.load_config("example:demo")  # a different variant, as --config gives it
     given.eval.checkpoint = "latest"  # explicit: eval keys may differ
     given.optim.lr = 0.5  # explicit and trained otherwise: a conflict
-    conflicts = cli.merge_recorded(given, _recorded(trained), ["eval.checkpoint", "optim.lr"])
+    conflicts = config_lib.merge_recorded(
+        given, _recorded(trained), ["eval.checkpoint", "optim.lr"]
+    )
     assert conflicts == [("optim.lr", trained.optim.lr, 0.5)]
     assert given.train.num_steps == 12 and given.data.num_train == trained.data.num_train
     assert given.model.hidden == (8, 4)  # a tuple again, not JSON's list
     assert given.mesh == [("data", 2)]
     assert given.eval.checkpoint == "latest"
-    assert cli.merge_recorded(given, _recorded(given), ["optim.lr"]) == []
+    assert config_lib.merge_recorded(given, _recorded(given), ["optim.lr"]) == []
 
 
 def _cli(*args: str, cwd, python=sys.executable, num_devices=2):
