@@ -43,7 +43,7 @@ from jaxlab.sales import model as model_lib
 def generate(
     eval_step: Callable, gen_params: Any, source: Any, mesh: Any, batch_size: int, key: jax.Array
 ) -> tuple[dict[str, float], np.ndarray]:
-    """One generated sequence per window of `source` with `steps.Parts.eval_step`:
+    """One generated sequence per window of `source` with the GAN parts' `eval_step`:
     (`metrics.sample_statistics` of them vs the real targets, generated [N, T])."""
     totals, generated = steps_jit.eval_pass(eval_step, gen_params, source, mesh, batch_size, key)
     return metrics_lib.sample_statistics(totals), generated
