@@ -80,7 +80,8 @@ def jax_worker(workload: str, args) -> dict[str, Any]:
 
     from jaxlab.core import compile_cache  # noqa: PLC0415
     from jaxlab.core import mesh as mesh_lib  # noqa: PLC0415
-    from jaxlab.core.task import import_task, load_config  # noqa: PLC0415
+    from jaxlab.core.config import load_config  # noqa: PLC0415
+    from jaxlab.core.task import import_task  # noqa: PLC0415
 
     compile_cache.enable()
     if workload == "unet_train":
@@ -164,7 +165,7 @@ def torch_worker(workload: str, args) -> dict[str, Any]:
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
     from gpu_check import import_torch_timm  # noqa: PLC0415 - beside this script
 
-    from jaxlab.core.task import load_config  # noqa: PLC0415
+    from jaxlab.core.config import load_config  # noqa: PLC0415
 
     torch, timm = import_torch_timm()
     cpus = len(os.sched_getaffinity(0)) if PINNABLE else os.cpu_count() or 1

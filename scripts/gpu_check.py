@@ -62,7 +62,8 @@ import numpy as np
 from jaxlab.cli import bench
 from jaxlab.core import compile_cache, portable
 from jaxlab.core import mesh as mesh_lib
-from jaxlab.core.task import import_task, load_config
+from jaxlab.core.config import load_config
+from jaxlab.core.task import import_task
 
 # Dense (no sparsity) vendor peaks per GPU, TFLOP/s: H100 / H200 SXM data sheets.
 VENDOR_PEAK_TFLOPS = {
@@ -104,7 +105,7 @@ def vit_config(sizes: Sizes, multiview: bool, dtype: str):
             config.data.multi_view = False
             config.model.name = "vit"
     else:
-        config = load_config("glitch:vit_b16_multiview" if multiview else "glitch:vit_b16_single")
+        config = load_config("glitch:paper" if multiview else "glitch:vit_b16_single")
     config.model.dtype = dtype
     return config
 

@@ -16,21 +16,21 @@ import pytest
 
 from jaxlab import download as download_lib
 from jaxlab.cli import commands as cli
-from jaxlab.core import task as task_lib
+from jaxlab.core import config as config_lib
 from tests.core import scripts_util
 
 REPO = scripts_util.REPO
 
 
-@pytest.mark.parametrize("name", task_lib.config_names())
-def test_parsed_variants_are_exactly_the_ones_get_config_accepts(name):
-    file = task_lib.CONFIG_PACKAGE / f"{name}.py"
-    variants = task_lib.config_variants(file)
+@pytest.mark.parametrize("name", config_lib.config_names())
+def test_declared_variants_are_exactly_the_ones_get_config_accepts(name):
+    file = config_lib.CONFIG_PACKAGE / f"{name}.py"
+    variants = config_lib.config_variants(file)
     assert variants[0] == "demo" and "tiny" in variants
     for variant in variants:  # each parsed name loads ...
-        assert task_lib.load_config(f"{name}:{variant}").task == f"jaxlab.{name}"
+        assert config_lib.load_config(f"{name}:{variant}").task == f"jaxlab.{name}"
     with pytest.raises(FileNotFoundError, match=r"unknown variant 'nope'; its variants are: demo"):
-        task_lib.load_config(f"{name}:nope")
+        config_lib.load_config(f"{name}:nope")
     spec = importlib.util.spec_from_file_location(f"_config_{name}", file)  # ... get_config
     loaded = importlib.util.module_from_spec(spec)  # itself rejects a name the parser missed
     spec.loader.exec_module(loaded)
@@ -40,20 +40,20 @@ def test_parsed_variants_are_exactly_the_ones_get_config_accepts(name):
 
 def test_config_names_resolve_from_any_cwd(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    file, variant = task_lib.config_file("example:tiny")
+    file, variant = config_lib.config_file("example:tiny")
     assert file == REPO / "jaxlab" / "configs" / "example.py" and variant == "tiny"
     with pytest.raises(FileNotFoundError, match=r"Unknown config 'exmple'; the configs are: ex"):
-        task_lib.config_file("exmple:tiny")
+        config_lib.config_file("exmple:tiny")
     with pytest.raises(FileNotFoundError, match=r"mine\.py does not exist \(packaged configs"):
-        task_lib.config_file("mine.py:demo")
+        config_lib.config_file("mine.py:demo")
 
 
 def test_unknown_key_names_the_key_and_its_siblings():
     argv = ["jaxlab", "--config=example:tiny", "--config.optim.lr=1", "--config.train.nope=3"]
-    message = task_lib._unknown_key(argv)
+    message = config_lib._unknown_key(argv)
     assert message.startswith("unknown config key 'train.nope'. train has: ")
     assert "num_steps" in message
-    assert task_lib._unknown_key(["jaxlab", "--config=example:tiny", "--config.seed=1"]) is None
+    assert config_lib._unknown_key(["jaxlab", "--config=example:tiny", "--config.seed=1"]) is None
 
 
 def test_top_help_lists_commands_configs_variants_and_flags(capsys):
@@ -63,9 +63,9 @@ def test_top_help_lists_commands_configs_variants_and_flags(capsys):
     text = capsys.readouterr().out
     for command in cli.COMMANDS:
         assert f"\n  {command} " in text
-    for name in task_lib.config_names():
+    for name in config_lib.config_names():
         assert f"\n  {name} " in text
-    assert "vit_b16_multiview" in text and "fullres_minimal" in text  # variants
+    assert "vit_b16_multiview_bf16" in text and "unet_cropped" in text  # variants
     assert "--config.KEY=VALUE" in text and "--workdir=DIR" in text
 
 
@@ -85,7 +85,7 @@ def _read_csv(path: pathlib.Path) -> list[dict[str, str]]:
 def example_run(tmp_path_factory):
     from jaxlab.example import train
 
-    config = task_lib.load_config("example:tiny")
+    config = config_lib.load_config("example:tiny")
     workdir = tmp_path_factory.mktemp("example_run")
     train.train_and_evaluate(config, str(workdir))
     return config, workdir
@@ -229,20 +229,22 @@ def _recorded(config: ml_collections.ConfigDict) -> dict:
 
 
 def test_recorded_config_wins_and_conflicting_overrides_are_named():
-    trained = task_lib.load_config("example:tiny")
+    trained = config_lib.load_config("example:tiny")
     trained.train.num_steps = 12
     trained.model.hidden = (8, 4)
     trained.mesh = [("data", 2)]
-    given = task_lib.load_config("example:demo")  # a different variant, as --config gives it
+    given = config_lib.load_config("example:demo")  # a different variant, as --config gives it
     given.eval.checkpoint = "latest"  # explicit: eval keys may differ
     given.optim.lr = 0.5  # explicit and trained otherwise: a conflict
-    conflicts = cli.merge_recorded(given, _recorded(trained), ["eval.checkpoint", "optim.lr"])
+    conflicts = config_lib.merge_recorded(
+        given, _recorded(trained), ["eval.checkpoint", "optim.lr"]
+    )
     assert conflicts == [("optim.lr", trained.optim.lr, 0.5)]
     assert given.train.num_steps == 12 and given.data.num_train == trained.data.num_train
     assert given.model.hidden == (8, 4)  # a tuple again, not JSON's list
     assert given.mesh == [("data", 2)]
     assert given.eval.checkpoint == "latest"
-    assert cli.merge_recorded(given, _recorded(given), ["optim.lr"]) == []
+    assert config_lib.merge_recorded(given, _recorded(given), ["optim.lr"]) == []
 
 
 def _cli(*args: str, cwd, python=sys.executable, num_devices=2):

@@ -7,12 +7,16 @@ hidden inside functions too.
 import ast
 import dataclasses
 import importlib
+import inspect
 import pathlib
 
 import pytest
 
+from jaxlab.core import config as config_lib
+from jaxlab.core import parts as parts_lib
+from jaxlab.core.task import TASKS
+
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "jaxlab"
-TASKS = ["example", "glitch", "vegetation", "weather", "sales", "neutrino"]
 MODULES = ["data", "synthetic", "model", "steps", "train", "evaluate", "predict"]
 PARTS_FIELDS = {
     "model",
@@ -23,14 +27,26 @@ PARTS_FIELDS = {
     "num_steps",
     "train_step",
     "eval_step",
+    "steps_per_epoch",
+    "extras",
 }
 ENTRY_POINTS = {
-    "steps": ["Parts", "build", "train_step", "eval_step", "benchmark_setup"],
+    "steps": ["build", "train_step", "eval_step", "benchmark_setup"],
     "train": ["train_and_evaluate"],
     "evaluate": ["evaluate"],
     "data": ["prepare"],
     "predict": ["predict", "demo_input"],
 }
+# What `core/trainer.run` calls in a task's train module: (the leading parameters, by name, and
+# how many it passes positionally; `build` also gets `Input.build_kwargs` by keyword, and the
+# last argument of `figure` is whatever `evaluate_during_training` returned as outputs).
+TRAINER_HOOKS = {
+    "sources": (["config", "workdir"], 2),
+    "build": (["config", "mesh"], 2),
+    "evaluate_during_training": (["config", "parts", "state", "inputs", "mesh", "train_window"], 6),
+    "figure": (["config", "parts", "state", "inputs", "mesh", "step"], 8),
+}
+OWN_LOOP = {"sales"}  # trains in stages, not one step function: see jaxlab/sales/train.py
 
 
 def module_name(path: pathlib.Path) -> str:
@@ -113,16 +129,73 @@ def test_task_modules_define_the_contract_names(task):
         loaded = importlib.import_module(f"jaxlab.{task}.{module}")
         missing = [n for n in names if not callable(getattr(loaded, n, None))]
         assert not missing, f"jaxlab.{task}.{module} lacks {missing}"
-    parts = importlib.import_module(f"jaxlab.{task}.steps").Parts
-    assert dataclasses.is_dataclass(parts) and parts.__dataclass_params__.frozen
-    fields = {f.name for f in dataclasses.fields(parts)}
-    assert fields >= PARTS_FIELDS, f"{task} Parts lacks {sorted(PARTS_FIELDS - fields)}"
+    fields = {f.name for f in dataclasses.fields(parts_lib.Parts)}
+    assert parts_lib.Parts.__dataclass_params__.frozen and fields == PARTS_FIELDS
+    build = importlib.import_module(f"jaxlab.{task}.steps").build
+    assert "Parts" in str(inspect.signature(build).return_annotation), f"{task}: build -> Parts"
 
 
 @pytest.mark.parametrize("task", TASKS)
-def test_config_has_demo_tiny_and_resolves_by_name(task):
-    from jaxlab.core import task as task_lib
+def test_no_task_declares_its_own_parts_or_initialises_by_hand(task):
+    """One `Parts` (core/parts.py) and one `init_state`: no task repeats the build tail."""
+    for path in (PACKAGE / task).glob("*.py"):
+        text = path.read_text()
+        classes = [n.name for n in ast.walk(ast.parse(text)) if isinstance(n, ast.ClassDef)]
+        assert not [c for c in classes if c.endswith("Parts")], f"{path}: {classes}"
+        assert "out_shardings=parts.shardings" not in text, f"{path}: use parts.init_state"
+        assert "state_lib.abstract_state(" not in text, f"{path}: use parts.assemble"
 
-    config = task_lib.load_config(f"{task}:tiny")
-    assert config.task == f"jaxlab.{task}"
-    assert task_lib.load_config(f"{task}:demo").task == config.task
+
+@pytest.mark.parametrize("task", sorted(set(TASKS) - OWN_LOOP))
+def test_task_trains_on_the_core_trainer(task):
+    train = importlib.import_module(f"jaxlab.{task}.train")
+    for name, (leading, count) in TRAINER_HOOKS.items():
+        hook = getattr(train, name, None)
+        assert callable(hook), f"jaxlab.{task}.train lacks {name}"
+        params = inspect.signature(hook).parameters.values()
+        positional = [p.name for p in params if p.kind == p.POSITIONAL_OR_KEYWORD]
+        assert positional[: len(leading)] == leading and len(positional) == count, (task, name)
+    source = inspect.getsource(train.train_and_evaluate)
+    assert "trainer.run(config, workdir, sys.modules[__name__])" in source
+    assert "for step in" not in inspect.getsource(train), f"{task}: the loop is core/trainer.py"
+
+
+@pytest.mark.parametrize("task", sorted(OWN_LOOP))
+def test_own_loop_says_why(task):
+    doc = importlib.import_module(f"jaxlab.{task}.train").__doc__
+    assert "Why sales keeps its own loops" in doc and "trainer.loop_helpers" in doc
+
+
+def test_registry_names_every_task_and_config():
+    """`TASKS` is complete: every package with a train.py and every config file is in it."""
+    packages = {p.parent.name for p in PACKAGE.glob("*/train.py")}
+    configs = {p.stem for p in (PACKAGE / "configs").glob("*.py")} - {"__init__", "common"}
+    assert packages == configs == set(TASKS)
+    assert config_lib.config_names() == TASKS
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_config_declares_variants_and_resolves_by_name(task):
+    module = importlib.import_module(f"jaxlab.configs.{task}")
+    assert isinstance(module.VARIANTS, dict) and list(module.VARIANTS)[:2] == ["demo", "tiny"]
+    metric, baseline, better = module.HEADLINE
+    assert metric and baseline and better in ("lower", "higher")
+    for variant in module.VARIANTS:
+        config = config_lib.load_config(f"{task}:{variant}")
+        assert config.task == f"jaxlab.{task}"
+        assert config.to_dict() == module.get_config(variant).to_dict()
+    with pytest.raises(ValueError, match="unknown variant 'nope'; its variants are: demo, tiny"):
+        module.get_config("nope")
+    assert "ast" not in {n.split(".")[0] for n in _imports(PACKAGE / "core" / "config.py")}
+    early = config_lib.load_config(f"{task}:tiny").eval
+    assert {"best_metric", "best_mode", "early_stopping_patience"} <= set(early)
+
+
+def _imports(path: pathlib.Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names

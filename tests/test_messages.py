@@ -14,7 +14,8 @@ from jaxlab.cli import commands as cli
 from jaxlab.configs import example as example_config
 from jaxlab.configs import neutrino as neutrino_config
 from jaxlab.configs import sales as sales_config
-from jaxlab.core import checkpoint, task
+from jaxlab.core import checkpoint
+from jaxlab.core import config as config_lib
 from jaxlab.data import ownership
 from jaxlab.neutrino import data as neutrino_data
 from jaxlab.sales import data as sales_data
@@ -27,7 +28,7 @@ def _jaxlab(*args: str) -> int:
     return exit_info.value.code or 0
 
 
-@pytest.mark.parametrize("name", task.config_names())
+@pytest.mark.parametrize("name", config_lib.config_names())
 def test_train_into_a_workdir_that_is_a_file_is_one_line(name, tmp_path, capsys):
     afile = tmp_path / "afile"
     afile.write_text("a note, not a run folder\n")

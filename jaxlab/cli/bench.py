@@ -46,17 +46,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxlab.cli.flags import define_flag
 from jaxlab.core import compile_cache, loop
 from jaxlab.core import mesh as mesh_lib
-from jaxlab.core.task import import_task, load_config
-
-# Task name -> config file. Each task issue adds its line when the task is finished.
-TASKS = {
-    "example": "example",
-    "glitch": "glitch",
-    "neutrino": "neutrino",
-    "vegetation": "vegetation",
-    "sales": "sales",
-    "weather": "weather",
-}
+from jaxlab.core.config import load_config
+from jaxlab.core.task import TASKS, import_task
 
 MATMUL_REPEATS = 9  # timed matmul runs per dtype; the median is reported, with the spread
 MATMUL_DTYPES = ("float32", "bfloat16")
@@ -393,7 +384,8 @@ def main(argv):
         "compile_only": _COMPILE_ONLY.value,
     }
     report = {"device": info, "settings": settings, "matmul_peak": peak, "tasks": {}}
-    for name, config_file in TASKS.items():
+    for name in TASKS:
+        config_file = name
         if _TASKS.value is None or name in _TASKS.value:
             logging.info("=== %s (%s:%s)", name, config_file, _VARIANT.value)
             try:

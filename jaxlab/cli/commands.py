@@ -40,10 +40,7 @@ from typing import Any
 from absl import app, flags, logging
 
 from jaxlab.cli.config import (  # noqa: F401 - part of the command's API (tests use them)
-    CONFIG_JSON,
-    EVAL_KEYS,
     explicit_overrides,
-    merge_recorded,
     read_json,
     resolved_config,
     with_recorded_config,
@@ -63,7 +60,7 @@ from jaxlab.cli.flags import (
     flag_value,
     require_flags,
 )
-from jaxlab.core import run
+from jaxlab.core import config as config_lib
 from jaxlab.core import task as task_lib
 from jaxlab.core.run_records import (
     record_evaluation,
@@ -104,7 +101,7 @@ def _spec_of(argv: list[str]) -> str:
     raw = next(a.partition("=")[2] for a in argv if a.startswith("--config="))
     path, _, variant = raw.partition(":")
     if "/" in path or path.endswith(".py"):
-        file, variant = task_lib.config_file(raw)
+        file, variant = config_lib.config_file(raw)
         return f"{file.resolve()}:{variant}" if variant else str(file.resolve())
     return raw
 
@@ -325,11 +322,11 @@ def show_config_main(argv: list[str]) -> None:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     config = resolved_config(_ARGV, allow_change=True)
     spec = next((a.partition("=")[2] for a in _ARGV if a.startswith("--config=")), "")
-    file, _ = task_lib.config_file(spec)
+    file, _ = config_lib.config_file(spec)
     print(f"# {spec} ({file})")
     for override in (a for a in _ARGV if a.startswith(("--config.", "--noconfig."))):
         print(f"# {override}")
-    for key, value in run.flat_dict(config.to_dict()).items():
+    for key, value in config_lib.flat_dict(config.to_dict()).items():
         print(f"{key} = {value!r}")
 
 
@@ -486,7 +483,7 @@ def top_help() -> str:
         "usage: jaxlab <command> [flags]     (jaxlab <command> --help: its flags)\n\n"
         f"commands:\n{commands}\n\n"
         f"common flags:\n{COMMON_FLAGS}\n\n"
-        f"configs (variants, the default first):\n{task_lib.configs_help()}\n\n"
+        f"configs (variants, the default first):\n{config_lib.configs_help()}\n\n"
         "example:\n"
         "  jaxlab train --config=example:demo --workdir=runs/example\n"
         "  jaxlab evaluate --workdir=runs/example\n"
@@ -502,7 +499,7 @@ def command_help(name: str, holders: list[Any]) -> str:
         lines.append(f"  --{flag.name}: {flag.help}{default}")
     if command.uses_config:
         lines += ["  --config.KEY=VALUE: override one config value", ""]
-        lines += ["configs (variants, the default first):", task_lib.configs_help()]
+        lines += ["configs (variants, the default first):", config_lib.configs_help()]
     if command.more_help is not None:
         lines += ["", command.more_help().rstrip("\n")]
     return "\n".join(lines) + "\n"
@@ -529,7 +526,7 @@ def main(argv: list[str] | None = None) -> None:
     flags.FLAGS.unparse_flags()  # values of an earlier in-process command do not carry over
     guarded = _guarded(name, command.main)
     if command.uses_config:
-        app.run(guarded, argv=[f"jaxlab {name}", *rest], flags_parser=task_lib.parse_flags)
+        app.run(guarded, argv=[f"jaxlab {name}", *rest], flags_parser=config_lib.parse_flags)
     else:
         app.run(guarded, argv=[f"jaxlab {name}", *rest])
 

@@ -1,52 +1,24 @@
 """Recorded configs: `evaluate`, `export` and `show-config` reuse what a workdir was trained with.
 
-`jaxlab train` records the resolved config in `workdir/config.json` (`run.open_workdir`) and the
+`jaxlab train` records the resolved config in `workdir/config.json` (`workdir.open_workdir`) and the
 spec it came from in `run_info.json`; here a later command finds them, merges the recorded values
-into the given config and names any explicit override that contradicts them.
+into the given config (`core/config.merge_recorded`, which also holds the change policy) and
+names any explicit override that contradicts them.
 """
 
 from __future__ import annotations
 
 import json
 import pathlib
-from collections.abc import Mapping
 from typing import Any
 
 from absl import logging
 
 from jaxlab.cli.flags import FLAG_HOLDERS, fatal
-from jaxlab.core import run, run_records
-from jaxlab.core import task as task_lib
+from jaxlab.core import config as config_lib
+from jaxlab.core import run_records
 
-CONFIG_JSON = "config.json"  # the resolved config, written by run.open_workdir at train time
 RUN_INFO_JSON = run_records.RUN_INFO_JSON
-# Keys an evaluation may change against the trained run's recorded config without a flag.
-EVAL_KEYS = ("eval.",)
-
-
-def _like(value: Any, reference: Any) -> Any:
-    """A JSON value given the Python type of `reference` (JSON turns tuples into lists)."""
-    if isinstance(value, list):
-        refs = list(reference) if isinstance(reference, list | tuple) else []
-        items = [
-            _like(v, refs[min(i, len(refs) - 1)] if refs else None) for i, v in enumerate(value)
-        ]
-        return items if isinstance(reference, list) else tuple(items)
-    if isinstance(reference, float) and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    return value
-
-
-def _set_key(config: Any, key: str, value: Any) -> None:
-    import ml_collections
-
-    *parents, last = key.split(".")
-    node = config
-    for part in parents:
-        if part not in node:
-            node[part] = ml_collections.ConfigDict()
-        node = node[part]
-    node[last] = _like(value, node.get(last))
 
 
 def explicit_overrides(argv: list[str]) -> list[str]:
@@ -66,32 +38,6 @@ def read_json(path: pathlib.Path) -> Any:
         fatal(f"{path} is not valid JSON ({e}).")
 
 
-def merge_recorded(
-    config: Any, recorded: Mapping[str, Any], explicit: list[str]
-) -> list[tuple[str, Any, Any]]:
-    """Sets every key of the recorded config (JSON) in `config` except the explicit overrides.
-
-    Returns (key, recorded value, given value) for each explicit override that differs from the
-    recording outside `EVAL_KEYS`: the caller names them.
-    """
-    current = run.flat_dict(json.loads(config.to_json()))
-    conflicts = []
-    with config.unlocked():
-        for key, value in run.flat_dict(recorded).items():
-            overridden = any(key == k or key.startswith(f"{k}.") for k in explicit)
-            if current.get(key, object()) == value:
-                continue
-            if overridden:
-                if not key.startswith(EVAL_KEYS):
-                    conflicts.append((key, value, current.get(key)))
-                continue
-            try:
-                _set_key(config, key, value)
-            except (TypeError, ValueError) as e:
-                fatal(f"recorded config key {key}={value!r} cannot be set ({e}).")
-    return conflicts
-
-
 def with_recorded_config(argv: list[str]) -> list[str]:
     """Adds `--config=<the recorded one>` when a workdir is given without --config.
 
@@ -108,16 +54,16 @@ def with_recorded_config(argv: list[str]) -> list[str]:
     if not workdir:
         return argv
     run_info_path = pathlib.Path(workdir) / RUN_INFO_JSON
-    config_path = pathlib.Path(workdir) / CONFIG_JSON
+    config_path = pathlib.Path(workdir) / config_lib.CONFIG_FILE
     run_info = read_json(run_info_path) if run_info_path.exists() else {}
     spec = run_info.get("config")
     if not spec and config_path.exists():
         name = str(read_json(config_path).get("task", "")).rpartition(".")[2]
-        spec = name if name in task_lib.config_names() else None
+        spec = name if name in config_lib.config_names() else None
     if not spec:
         fatal(
-            f"--config is missing and {workdir} has no {RUN_INFO_JSON} or {CONFIG_JSON} naming "
-            "one; give --config=<task>:<variant>."
+            f"--config is missing and {workdir} has no {RUN_INFO_JSON} or "
+            f"{config_lib.CONFIG_FILE} naming one; give --config=<task>:<variant>."
         )
     extra = [f"--config={spec}"]
     if not config_path.exists():
@@ -136,9 +82,14 @@ def resolved_config(argv: list[str], allow_change: bool = False) -> Any:
         workdir = FLAG_HOLDERS["model"].value  # evaluate --model: the bundle's recorded config
     if config is None:
         fatal("--config is required (e.g. --config=example:demo).")
-    recorded_path = pathlib.Path(workdir or "") / CONFIG_JSON
+    recorded_path = pathlib.Path(workdir or "") / config_lib.CONFIG_FILE
     if workdir and recorded_path.exists():
-        conflicts = merge_recorded(config, read_json(recorded_path), explicit_overrides(argv))
+        try:
+            conflicts = config_lib.merge_recorded(
+                config, read_json(recorded_path), explicit_overrides(argv)
+            )
+        except ValueError as e:
+            fatal(str(e))
         if conflicts and not allow_change:
             differing = "; ".join(f"{k}: trained {r!r}, given {g!r}" for k, r, g in conflicts)
             fatal(

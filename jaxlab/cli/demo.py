@@ -20,20 +20,10 @@ import time
 from absl import app, flags, logging
 
 from jaxlab.core import bundle as bundle_lib
+from jaxlab.core import config as config_lib
 from jaxlab.core import loop
 from jaxlab.core import mesh as mesh_lib
-from jaxlab.core.task import import_task, load_config
-
-# (task, config file, headline metric, baseline metric it should beat, "lower"/"higher" is
-# better). Each task issue adds its line when the task is finished.
-DEMOS = [
-    ("example", "example", "eval_mse", "baseline_mse", "lower"),
-    ("glitch", "glitch", "accuracy", "baseline_majority_accuracy", "higher"),
-    ("neutrino", "neutrino", "mean_angular_error", "baseline_constant", "lower"),
-    ("vegetation", "vegetation", "ndvi_rmse", "persistence_ndvi_rmse", "lower"),
-    ("sales", "sales", "discriminative_score", "discriminative_score_naive", "lower"),
-    ("weather", "weather", "crps", "persistence_crps", "lower"),
-]
+from jaxlab.core.task import TASKS, import_task
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Parent directory of the task workdirs.")
 _TASKS = flags.DEFINE_list("tasks", None, "Subset of tasks to run (default: all).")
@@ -42,7 +32,7 @@ _FRESH = flags.DEFINE_bool("fresh", True, "Delete an earlier demo run of each ta
 
 def run_demo(task_name: str, config_file: str, workdir: pathlib.Path) -> dict[str, float]:
     """Trains then evaluates one task's demo config; returns the evaluation metrics."""
-    config = load_config(f"{config_file}:demo")
+    config = config_lib.load_config(f"{config_file}:demo")
     train = import_task(config, "train")
     evaluate = import_task(config, "evaluate")
     if _FRESH.value and workdir.exists():
@@ -101,13 +91,16 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     loop.quiet_library_logs()
     mesh_lib.maybe_initialize_distributed()
-    selected = [d for d in DEMOS if _TASKS.value is None or d[0] in _TASKS.value]
+    selected = [t for t in TASKS if _TASKS.value is None or t in _TASKS.value]
     rows, files = [], []
-    for task_name, config_file, metric, baseline, better in selected:
+    for task_name in selected:
+        config_file = task_name
+        module = config_lib.config_module(config_lib.CONFIG_PACKAGE / f"{task_name}.py")
+        metric, baseline, better = module.HEADLINE
         start = time.time()
         workdir = pathlib.Path(_WORKDIR.value) / task_name
         metrics = run_demo(task_name, config_file, workdir)
-        predicted, written = predict_note(load_config(f"{config_file}:demo"), workdir)
+        predicted, written = predict_note(config_lib.load_config(f"{config_file}:demo"), workdir)
         files += written
         minutes = (time.time() - start) / 60
         row = (task_name, metric, metrics[metric], metrics[baseline], better, minutes, predicted)

@@ -21,7 +21,8 @@ def get_common() -> ml_collections.ConfigDict:
     config.train.num_steps = 1000
     config.train.global_batch_size = 32
     config.train.log_every = 50
-    config.train.eval_every = 500
+    config.train.eval_every = 500  # steps; or, for tasks that count epochs:
+    config.train.eval_every_epochs = 0  # epochs between evaluations (0: use eval_every)
     config.train.ckpt_every = 500
     config.train.max_to_keep = 3  # latest checkpoints kept, besides the best
     config.train.keep_best = 1  # best checkpoints kept by config.eval.best_metric
@@ -40,6 +41,10 @@ def get_common() -> ml_collections.ConfigDict:
     config.eval.model = ""  # an exported bundle to evaluate instead of the workdir's checkpoints
     config.eval.best_metric = ""  # set by each task, e.g. "eval_loss"
     config.eval.best_mode = "min"
+    # Early stopping on eval.best_metric (core/trainer.py): stop after this many evaluations in a
+    # row that do not beat the best by more than min_delta (0: never stop).
+    config.eval.early_stopping_patience = 0
+    config.eval.early_stopping_min_delta = 0.0
 
     config.optim = optim.default_optim_config()
     return config

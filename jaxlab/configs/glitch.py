@@ -19,8 +19,7 @@ Variants:
   demo                     synthetic data, 32 px, a 2-block ViT of width 64, 20 epochs
   tiny                     demo shrunk for tests (seconds on CPU)
   paper                    the seed's setup: ViT-B/16 over the four 224 px views, cross-attention
-                           fusion, AdamW 1e-4, 50 epochs, patience 10;
-                           `vit_b16_multiview` is its old name, an alias
+                           fusion, AdamW 1e-4, 50 epochs, patience 10
   vit_b16_multiview_bf16   paper with bfloat16 compute (params and optimizer stay float32)
   vit_b16_single           one view (`--config.data.view=1.0` picks it), a linear head
   cnn_baseline             Bahaadini et al.'s CNN on the four views merged 2 x 2 (112 px each)
@@ -31,8 +30,8 @@ plots=true, preds/plots/<id>.png; see jaxlab/glitch/README.md.
 
 Keys worth varying: data.dir, data.format=png with data.png_crop (the tarball), model.pretrained
 (a timm ViT .safetensors), model.dtype=bfloat16, data.use_class_weights, loss.name=focal,
-data.augment_max_shift, train.patience (0 never stops). Training counts epochs: num_steps =
-num_epochs * (train size // global_batch_size) unless train.num_steps > 0; validation,
+data.augment_max_shift, eval.early_stopping_patience (0 never stops). Training counts epochs:
+num_steps = num_epochs * (train size // global_batch_size) unless train.num_steps > 0; validation,
 checkpointing (best by val_accuracy + latest) and early stopping happen once per epoch.
 Benchmark numbers (ViT-B/16 multi-view step, fp32 and bf16): jaxlab/glitch/README.md.
 """
@@ -42,6 +41,10 @@ from __future__ import annotations
 import ml_collections
 
 from jaxlab.configs import common
+from jaxlab.core import config as config_lib
+
+# The demo's headline: the evaluation metric, the baseline it should beat, which is better.
+HEADLINE = ("accuracy", "baseline_majority_accuracy", "higher")
 
 DURATIONS = ("0.5", "1.0", "2.0", "4.0")
 # The 22 classes of the Gravity Spy training set v1d1 (its h5's top-level groups), sorted: the
@@ -72,39 +75,6 @@ CLASSES = (
 )
 # Plot-area margins (left, top, right, bottom) of the synthetic PNGs (synthetic.PNG_MARGINS).
 SYNTHETIC_PNG_MARGINS = (60, 30, 20, 45)
-VARIANTS = (
-    "demo",
-    "tiny",
-    "paper",
-    "vit_b16_multiview",
-    "vit_b16_multiview_bf16",
-    "vit_b16_single",
-    "cnn_baseline",
-)
-
-
-def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
-    if arg == "demo":
-        return demo()
-    if arg == "tiny":
-        return tiny()
-    if arg in ("paper", "vit_b16_multiview"):  # vit_b16_multiview: the old name of paper
-        return paper()
-    config = paper()
-    if arg == "vit_b16_multiview_bf16":  # bf16 compute (params and optimizer stay float32)
-        config.model.dtype = "bfloat16"
-    elif arg == "vit_b16_single":
-        config.data.multi_view = False
-        config.model.name = "vit"
-    elif arg == "cnn_baseline":
-        config.model.name = "cnn"
-        config.data.image_size = 112  # merged 2 x 2 view: 224 x 224 input
-        config.optim.lr = 1e-3
-    else:
-        raise ValueError(
-            f"config glitch: unknown variant {arg!r}; use one of {', '.join(VARIANTS)}."
-        )
-    return config
 
 
 def paper() -> ml_collections.ConfigDict:
@@ -172,17 +142,19 @@ def paper() -> ml_collections.ConfigDict:
     t = config.train
     t.num_epochs = 50
     t.warmup_epochs = 5
-    t.patience = 10  # early stopping: epochs without a better val_accuracy (0: never)
     t.global_batch_size = 32
     t.log_every = 50
     t.num_steps = 0  # derived from num_epochs; a positive value overrides it
-    del t.eval_every, t.ckpt_every  # validation and checkpoints come once an epoch
+    t.eval_every_epochs = 1  # validation, early stopping and a checkpoint once an epoch
+    t.eval_every = 0
+    t.ckpt_every = 0
 
     config.eval.split = "test"
     config.eval.global_batch_size = 64
     config.eval.checkpoint = "best"
     config.eval.best_metric = "val_accuracy"
     config.eval.best_mode = "max"
+    config.eval.early_stopping_patience = 10  # epochs without a better val_accuracy (0: never)
 
     o = config.optim
     o.name = "adamw"
@@ -244,3 +216,36 @@ def synthetic_png_crop(image_shape: tuple[int, int]) -> tuple[int, int, int, int
     """PIL box of the plot area of the synthetic PNGs of [H, W] views (their spectrogram)."""
     left, top = SYNTHETIC_PNG_MARGINS[:2]
     return (left, top, left + image_shape[1], top + image_shape[0])
+
+
+def vit_b16_multiview_bf16() -> ml_collections.ConfigDict:
+    """paper with bfloat16 compute (params and optimizer stay float32)."""
+    config = paper()
+    config.model.dtype = "bfloat16"
+    return config
+
+
+def vit_b16_single() -> ml_collections.ConfigDict:
+    """paper's ViT on one view (0.5 s)."""
+    config = paper()
+    config.data.multi_view = False
+    config.model.name = "vit"
+    return config
+
+
+def cnn_baseline() -> ml_collections.ConfigDict:
+    """The CNN baseline on the merged 2 x 2 view (224 x 224 input)."""
+    config = paper()
+    config.model.name = "cnn"
+    config.data.image_size = 112
+    config.optim.lr = 1e-3
+    return config
+
+
+VARIANTS = {
+    f.__name__: f for f in (demo, tiny, paper, vit_b16_multiview_bf16, vit_b16_single, cnn_baseline)
+}
+
+
+def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
+    return config_lib.variant(VARIANTS, arg, __name__)

@@ -44,26 +44,11 @@ from __future__ import annotations
 import ml_collections
 
 from jaxlab.configs import common
+from jaxlab.core import config as config_lib
 from jaxlab.core import optim
 
-
-def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
-    if arg == "demo":
-        return demo()
-    if arg == "tiny":
-        return tiny()
-    if arg == "paper":
-        return paper()
-    if arg == "quick_run":
-        return quick_run()
-    if arg == "study":
-        return study()
-    if arg == "study_tiny":
-        return study_tiny()
-    raise ValueError(
-        f"config sales: unknown variant {arg!r}; use demo, paper, quick_run, study, study_tiny "
-        "or tiny."
-    )
+# The demo's headline: the evaluation metric, the baseline it should beat, which is better.
+HEADLINE = ("discriminative_score", "discriminative_score_naive", "lower")
 
 
 def demo() -> ml_collections.ConfigDict:
@@ -262,3 +247,10 @@ def quick_run() -> ml_collections.ConfigDict:
     config.train.num_steps = 500
     config.forecaster.num_steps = 1000
     return config
+
+
+VARIANTS = {f.__name__: f for f in (demo, tiny, paper, quick_run, study, study_tiny)}
+
+
+def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
+    return config_lib.variant(VARIANTS, arg, __name__)

@@ -36,7 +36,7 @@ Variants:
   bench_b1, bench_b1_bf16   paper / paper_bf16 at batch 1 (the CPU benchmark sizes).
   tiny           demo shrunk for tests (16 x 16 cubes, 6 epochs of one step).
 Vary: `--config.data.dir`, `--config.data.cloud_mask` (s2_mask, s2_SCL, s2_dlmask, official),
-`--config.model.hidden`, `--config.train.num_epochs`, `--config.train.early_stopping_patience`,
+`--config.model.hidden`, `--config.train.num_epochs`, `--config.eval.early_stopping_patience`,
 `--config.eval.split`, `--config.eval.checkpoint` (best, latest or a step),
 `--config.eval.climatology_dir`. Benchmark numbers: jaxlab/vegetation/README.md.
 """
@@ -46,6 +46,10 @@ from __future__ import annotations
 import ml_collections
 
 from jaxlab.configs import common
+from jaxlab.core import config as config_lib
+
+# The demo's headline: the evaluation metric, the baseline it should beat, which is better.
+HEADLINE = ("ndvi_rmse", "persistence_ndvi_rmse", "lower")
 
 # Which 7 of the 8 E-OBS variables, and why (the weather features are (20, 3 * 7) = (20, 21)):
 #   tg, tn, tx  mean / min / max temperature: heat stress and the growing-degree clock (tx drives
@@ -60,37 +64,8 @@ from jaxlab.configs import common
 WEATHER_VARIABLES = ("eobs_tg", "eobs_tn", "eobs_tx", "eobs_rr", "eobs_hu", "eobs_qq", "eobs_pp")
 
 
-def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
-    if arg in ("paper_bf16", "bench_b1", "bench_b1_bf16"):
-        config = get_config("paper")
-        if arg.endswith("bf16"):
-            config.model.dtype = "bfloat16"
-        if arg.startswith("bench"):
-            config.train.global_batch_size = 1
-        return config
-    if arg == "tiny":  # tests: seconds on CPU
-        config = get_config("demo")
-        d, m, t = config.data, config.model, config.train
-        d.synthetic_size = 16
-        d.image_size = 16
-        d.synthetic_cubes = (("train", 8), ("val_chopped", 2), ("ood-t_chopped", 2))
-        d.stats_max_cubes = 8
-        m.hidden = (4, 6, 8)
-        m.norm_groups = 2
-        m.num_harmonics = 2
-        m.weather_hidden = 8
-        t.global_batch_size = 8  # one per fake test device
-        t.num_epochs = 6
-        t.warmup_epochs = 1
-        t.early_stopping_patience = 10
-        t.log_every = 2
-        config.eval.global_batch_size = 8
-        return config
-    if arg not in ("demo", "paper"):
-        raise ValueError(
-            f"config vegetation: unknown variant {arg!r}; use demo, paper, paper_bf16, bench_b1, "
-            "bench_b1_bf16 or tiny."
-        )
+def _shared() -> ml_collections.ConfigDict:
+    """What demo and paper share: the data layout, the model, training in epochs."""
     config = common.get_common()
     config.task = "jaxlab.vegetation"
     config.seed = 0
@@ -161,9 +136,8 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     t.log_every = 20
     t.eval_every_epochs = 1  # validation loss, early stopping, checkpoint
     # Evaluation and checkpoints follow eval_every_epochs: the common step cadences do not apply.
-    del t.eval_every, t.ckpt_every
-    t.early_stopping_patience = 10  # evaluations without improvement of the val loss
-    t.early_stopping_min_delta = 1e-4
+    t.eval_every = 0  # evaluation counts epochs (eval_every_epochs)
+    t.ckpt_every = 0  # checkpoints at each evaluation (and on SIGTERM) only
     t.max_to_keep = 2
     t.keep_best = 1
 
@@ -172,6 +146,8 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     config.eval.checkpoint = "best"
     config.eval.best_metric = "val_loss"
     config.eval.best_mode = "min"
+    config.eval.early_stopping_patience = 10  # evaluations without a better val_loss
+    config.eval.early_stopping_min_delta = 1e-4
     config.eval.pred_dir = ""  # official prediction layout; default <workdir>/eval/<split>/preds
     config.eval.climatology_dir = ""  # official climatology predictions, scored when given
     config.eval.num_plot_cubes = 1
@@ -186,12 +162,40 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     o.plateau_patience = 5  # in plateau evaluations (plateau_accumulation_size steps each)
     o.plateau_accumulation_size = 0  # 0: one epoch
 
-    if arg == "paper":
-        d.synthetic = False  # data.dir must name the GreenEarthNet download
-        t.global_batch_size = 32
-        config.eval.global_batch_size = 32
-        return config
-    # demo
+    return config
+
+
+def paper() -> ml_collections.ConfigDict:
+    """The original setup on the real GreenEarthNet data."""
+    config = _shared()
+    config.data.synthetic = False  # data.dir must name the GreenEarthNet download
+    config.train.global_batch_size = 32
+    config.eval.global_batch_size = 32
+    return config
+
+
+def paper_bf16() -> ml_collections.ConfigDict:
+    config = paper()
+    config.model.dtype = "bfloat16"
+    return config
+
+
+def bench_b1() -> ml_collections.ConfigDict:
+    config = paper()
+    config.train.global_batch_size = 1
+    return config
+
+
+def bench_b1_bf16() -> ml_collections.ConfigDict:
+    config = paper_bf16()
+    config.train.global_batch_size = 1
+    return config
+
+
+def demo() -> ml_collections.ConfigDict:
+    """Synthetic 32 x 32 cubes and a small ConvLSTM."""
+    config = _shared()
+    d, m, t, o = config.data, config.model, config.train, config.optim
     d.synthetic_size = 32
     d.image_size = 32
     d.cache_records = True
@@ -201,8 +205,36 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
     m.weather_hidden = 32
     t.global_batch_size = 4
     t.num_epochs = 60
-    t.early_stopping_patience = 20
+    config.eval.early_stopping_patience = 20
     t.log_every = 30
     config.eval.global_batch_size = 4
     o.lr = 3e-3
     return config
+
+
+def tiny() -> ml_collections.ConfigDict:
+    """Tests: seconds on CPU."""
+    config = demo()
+    d, m, t = config.data, config.model, config.train
+    d.synthetic_size = 16
+    d.image_size = 16
+    d.synthetic_cubes = (("train", 8), ("val_chopped", 2), ("ood-t_chopped", 2))
+    d.stats_max_cubes = 8
+    m.hidden = (4, 6, 8)
+    m.norm_groups = 2
+    m.num_harmonics = 2
+    m.weather_hidden = 8
+    t.global_batch_size = 8  # one per fake test device
+    t.num_epochs = 6
+    t.warmup_epochs = 1
+    config.eval.early_stopping_patience = 10
+    t.log_every = 2
+    config.eval.global_batch_size = 8
+    return config
+
+
+VARIANTS = {f.__name__: f for f in (demo, tiny, paper, paper_bf16, bench_b1, bench_b1_bf16)}
+
+
+def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
+    return config_lib.variant(VARIANTS, arg, __name__)

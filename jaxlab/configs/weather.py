@@ -25,8 +25,7 @@ Vary it:
     given itself, condition dropped for 10%), paper (the seed's setup: its network
     `seed_minimal_unet`, 82,119 params, eps-prediction, on the full 1059 x 1799 HRRR grid, batch 1
     with gradient accumulation 8, lr 2e-4, constant schedule, per-block remat; real data),
-    unet_cropped (standard U-Net on 256 x 256 crops; real data). `fullres_minimal` is the old
-    name of `paper` (an alias, same config).
+    unet_cropped (standard U-Net on 256 x 256 crops; real data).
   keys: model.name / base_dim, diffusion.prediction ("v" | "eps"), diffusion.sampler /
     sample_steps, eval.num_members / num_cases / rollout_steps, eval.def_workdir / def_mode /
     def_perturb_workdir / def_guidance / def_walks / def_level, diffusion.spacing,
@@ -41,6 +40,10 @@ from __future__ import annotations
 import ml_collections
 
 from jaxlab.configs import common
+from jaxlab.core import config as config_lib
+
+# The demo's headline: the evaluation metric, the baseline it should beat, which is better.
+HEADLINE = ("crps", "persistence_crps", "lower")
 
 
 def demo() -> ml_collections.ConfigDict:
@@ -232,20 +235,8 @@ def unet_cropped() -> ml_collections.ConfigDict:
     return config
 
 
+VARIANTS = {f.__name__: f for f in (demo, tiny, deterministic, perturbation, paper, unet_cropped)}
+
+
 def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
-    if arg == "demo":
-        return demo()
-    if arg == "tiny":
-        return tiny()
-    if arg in ("paper", "fullres_minimal"):  # fullres_minimal: the old name of paper
-        return paper()
-    if arg == "unet_cropped":
-        return unet_cropped()
-    if arg == "deterministic":
-        return deterministic()
-    if arg == "perturbation":
-        return perturbation()
-    raise ValueError(
-        f"config weather: unknown variant {arg!r}; use demo, tiny, deterministic, perturbation, "
-        "paper (alias fullres_minimal) or unet_cropped."
-    )
+    return config_lib.variant(VARIANTS, arg, __name__)

@@ -15,9 +15,10 @@ the parameters (normalisation statistics, ...), copied into the bundle under `na
 `load_model(path)` accepts a bundle or a training workdir, so `predict` and `evaluate` can take
 either; both give bitwise the same parameters.
 
-`state_from_bundle` puts a bundle's parameters back into a train state, so `run.restore_for_eval`
-evaluates a bundle (`config.eval.model`) with the task's own evaluate. A workdir's checkpoint is
-restored with `checkpoint.restore_selected` (this module does not import `run`).
+`state_from_bundle` puts a bundle's parameters back into a train state, so
+`restore.restore_for_eval` evaluates a bundle (`config.eval.model`) with the task's own
+evaluate; a workdir's checkpoint is restored with `checkpoint.restore_selected`. The file names
+and bundle.json are in `bundle_files`, which `portable` (the StableHLO predict) reads too.
 """
 
 from __future__ import annotations
@@ -36,30 +37,21 @@ import numpy as np
 from absl import logging
 from safetensors import numpy as safetensors_np
 
-from jaxlab.core import checkpoint, run_records
+from jaxlab.core import checkpoint, portable, run_records
 from jaxlab.core import mesh as mesh_lib
+from jaxlab.core import parts as parts_lib
 from jaxlab.core import task as task_lib
+from jaxlab.core.bundle_files import (  # noqa: F401 - the bundle's names, re-exported
+    CARD_FILE,
+    CONFIG_FILE,
+    INFO_FILE,
+    PARAMS_FILE,
+    is_bundle,
+    read_info,
+)
 
-PARAMS_FILE = "params.safetensors"
-CONFIG_FILE = "config.json"
-INFO_FILE = "bundle.json"
-CARD_FILE = "model_card.md"
 BUNDLE_FORMAT = 1
 PACKAGE_DIR = pathlib.Path(__file__).resolve().parents[1]  # jaxlab/
-
-
-def is_bundle(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, INFO_FILE))
-
-
-def read_info(path: str) -> dict[str, Any]:
-    """`bundle.json`: task, checkpoint step, metrics, provenance."""
-    file = os.path.join(path, INFO_FILE)
-    try:
-        with open(file) as f:
-            return json.load(f)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{file}: not a readable jaxlab bundle description ({e}).") from e
 
 
 def flatten_params(params: Any) -> dict[str, np.ndarray]:
@@ -136,7 +128,6 @@ def export_bundle(
     `stablehlo`: also the task's predict network as a portable `jax.export` artefact
     (`jaxlab.core.portable`; tasks whose predict.py defines `network(config)`).
     """
-    from jaxlab.core import portable  # portable reads bundles: imported here, not at the top
 
     steps, parts = _single_device_parts(config)
     state, step = checkpoint.restore_selected(config, workdir, parts.abstract_state, which)
@@ -240,7 +231,7 @@ def state_from_bundle(config: ml_collections.ConfigDict, path: str, parts: Any) 
     get = _inference_params_fn(steps)
     put = getattr(steps, "with_inference_params", lambda state, p: state.replace(params=p))
     params = read_params(path, jax.eval_shape(get, parts.abstract_state))
-    state = jax.jit(parts.init_fn, out_shardings=parts.shardings)(jax.random.key(0))
+    state = parts_lib.init_state(parts, jax.random.key(0))
     state = put(state, jax.device_put(params, jax.tree.map(lambda x: x.sharding, get(state))))
     logging.info("Evaluating bundle %s (step %d)", path, info["checkpoint_step"])
     return state, int(info["checkpoint_step"])

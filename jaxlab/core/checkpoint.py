@@ -384,17 +384,6 @@ def _sync_processes(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
-def restore_or_init(
-    manager: ocp.CheckpointManager,
-    target: Any,
-    init_fn: Any,
-    data_iterator: Any = None,
-) -> Any:
-    """Resumes from the newest intact checkpoint when there is one, else returns `init_fn()`."""
-    step, state = restore_latest_intact(manager, target, data_iterator)
-    return init_fn() if step is None else state
-
-
 def restore_loop_state(manager: ocp.CheckpointManager, step: int) -> dict[str, Any] | None:
     """The loop state saved with `step`, or None when that step has none (an older run)."""
     if not os.path.isdir(os.path.join(str(manager.directory), str(step), LOOP)):

@@ -17,12 +17,19 @@ def init() -> dict[str, Any]:
 
 
 def update(
-    state: dict[str, Any], value: float, at: int, *, patience: int, mode: str = "min"
+    state: dict[str, Any],
+    value: float,
+    at: int,
+    *,
+    patience: int,
+    mode: str = "min",
+    min_delta: float = 0.0,
 ) -> dict[str, Any]:
     """The state after an evaluation scoring `value` at `at` (a step or an epoch).
 
-    A strictly better value (lower for mode "min", higher for "max") resets the count; a tie or a
-    worse one counts as a bad evaluation, and the run stops when `patience` bad evaluations in a
+    A value better than the best by more than `min_delta` (lower for mode "min", higher for
+    "max"; with `min_delta` 0, strictly better) resets the count; anything else counts as a bad
+    evaluation and keeps the best, and the run stops when `patience` bad evaluations in a
     row are reached (`patience` <= 0 never stops). A non-finite value is never an improvement.
     Once stopped, the state no longer changes. Returns a new dict; the input is not modified.
     """
@@ -33,7 +40,7 @@ def update(
         return new
     best = state["best"]
     improved = math.isfinite(value) and (
-        best is None or (value < best if mode == "min" else value > best)
+        best is None or (value < best - min_delta if mode == "min" else value > best + min_delta)
     )
     if improved:
         new.update(best=float(value), best_at=int(at), bad_evals=0)

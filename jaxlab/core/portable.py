@@ -43,7 +43,7 @@ import numpy as np
 from absl import logging
 from safetensors import numpy as safetensors_np
 
-from jaxlab.core import bundle
+from jaxlab.core import bundle_files
 
 ARTEFACT_FILE = "predict.stablehlo"
 PLATFORMS = ("cpu", "cuda", "tpu")
@@ -115,7 +115,7 @@ def signature(exported: jax.export.Exported) -> dict[str, Any]:
     return {
         "file": ARTEFACT_FILE,
         "platforms": list(exported.platforms),
-        "params": bundle.PARAMS_FILE,
+        "params": bundle_files.PARAMS_FILE,
         "num_param_tensors": len(params_tree),
         "inputs": _spec(inputs_tree),
         "outputs": _spec(outputs_tree),
@@ -135,9 +135,9 @@ def write(out: str, network: Network, params: Any, platforms=PLATFORMS) -> dict[
 def has_artefact(path: str) -> bool:
     """A bundle whose bundle.json describes a StableHLO predict and which holds its file (a stale
     file left by an earlier export into the same folder does not count)."""
-    if not (bundle.is_bundle(path) and os.path.isfile(os.path.join(path, ARTEFACT_FILE))):
+    if not (bundle_files.is_bundle(path) and os.path.isfile(os.path.join(path, ARTEFACT_FILE))):
         return False
-    return INFO_KEY in bundle.read_info(path)
+    return INFO_KEY in bundle_files.read_info(path)
 
 
 def load(path: str) -> jax.export.Exported:
@@ -176,7 +176,7 @@ def check_inputs(exported: jax.export.Exported, inputs: dict[str, Any], source: 
 def load_callable(path: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
     """inputs -> outputs running the bundle's artefact with its own `params.safetensors`."""
     exported = load(path)
-    file = os.path.join(path, bundle.PARAMS_FILE)
+    file = os.path.join(path, bundle_files.PARAMS_FILE)
     flat = {k: jax.device_put(v) for k, v in safetensors_np.load_file(file).items()}
     expected = jax.tree.unflatten(exported.in_tree, exported.in_avals)[0][0]
     if sorted(flat) != sorted(expected):
@@ -215,7 +215,7 @@ def use_artefact(model: str, engine: str) -> bool:
 
 def bundle_config(model: str, task: str) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
     """(config.json, bundle.json) of a bundle, checked to hold a `task` model; no model code."""
-    file = os.path.join(model, bundle.CONFIG_FILE)
+    file = os.path.join(model, bundle_files.CONFIG_FILE)
     try:
         with open(file) as f:
             config = ml_collections.ConfigDict(json.load(f))
@@ -223,7 +223,7 @@ def bundle_config(model: str, task: str) -> tuple[ml_collections.ConfigDict, dic
         raise ValueError(f"{file}: not a readable jaxlab bundle config ({e}).") from e
     if config.get("task") != task:
         raise ValueError(f"{model} holds a {config.get('task')} model; this needs a {task} model.")
-    return config, bundle.read_info(model)
+    return config, bundle_files.read_info(model)
 
 
 def export_task_network(config: Any, params: Any, out: str) -> dict[str, Any]:

@@ -5,9 +5,9 @@ else a task carries (EMA parameters, BatchNorm statistics, a GAN's second networ
 Updates happen in each task's pure step function with `state.replace(...)`; there are no methods
 that hide control flow.
 
-`init_sharded` never materialises an unsharded state: `jax.eval_shape` gives the shapes, the mesh
-rules give a sharding per leaf, and `jax.jit(init, out_shardings=...)` creates each shard on its
-own device.
+A state is never materialised unsharded (`parts.init_state`): `jax.eval_shape` gives the
+shapes, the mesh rules give a sharding per leaf, and `jax.jit(init, out_shardings=...)` creates
+each shard on its own device.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any
 import flax.struct
 import jax
 import jax.numpy as jnp
+import optax
 from jax.sharding import Mesh
 
 from jaxlab.core import mesh as mesh_lib
@@ -38,19 +39,24 @@ def create_train_state(params: Any, tx: Any, extra: Any = None) -> TrainState:
     )
 
 
-def init_sharded(
-    init_fn: Callable[[jax.Array], TrainState],
-    rng: jax.Array,
-    mesh: Mesh,
-    fsdp_min_size: int = 2**18,
-) -> tuple[TrainState, Any]:
-    """Runs `init_fn(rng) -> TrainState` under jit so every leaf is born with its sharding.
+def apply_gradients(state: TrainState, tx: Any, grads: Any, loss: jax.Array) -> TrainState:
+    """The state after one optimizer update with `grads`: step + 1, new params and opt_state.
 
-    Returns the state and its sharding pytree (reuse it for the step's in/out shardings and for
-    checkpoint restore).
+    `loss` goes to optax as `value` (reduce_on_plateau reads it; other transforms ignore it).
     """
-    _, shardings = abstract_state(init_fn, rng, mesh, fsdp_min_size)
-    return jax.jit(init_fn, out_shardings=shardings)(rng), shardings
+    updates, opt_state = tx.update(grads, state.opt_state, state.params, value=loss)
+    params = optax.apply_updates(state.params, updates)
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+
+
+def step_metrics(loss: jax.Array, grads: Any, batch: dict[str, jax.Array]) -> dict[str, Any]:
+    """What every train step reports: loss, gradient norm and "data_checksum", the sum of the
+    batch's record ids (tests compare it step by step to prove the data order resumes)."""
+    return {
+        "loss": loss,
+        "grad_norm": optax.tree.norm(grads),
+        "data_checksum": jnp.sum(batch["index"]),
+    }
 
 
 def abstract_state(

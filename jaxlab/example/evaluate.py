@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 
 from jaxlab.core import mesh as mesh_lib
-from jaxlab.core import run
+from jaxlab.core import restore, steps_jit
 from jaxlab.example import data, plots, steps
 
 
@@ -20,7 +20,7 @@ def evaluate_split(
     eval_step: Callable, params: Any, source: Any, mesh: Any, batch_size: int
 ) -> tuple[dict[str, float], np.ndarray]:
     """One ordered pass with `Parts.eval_step`: ({"eval_mse"}, predictions [N])."""
-    totals, predictions = run.eval_pass(eval_step, params, source, mesh, batch_size)
+    totals, predictions = steps_jit.eval_pass(eval_step, params, source, mesh, batch_size)
     return {"eval_mse": float(totals["sq_err"] / totals["count"])}, predictions
 
 
@@ -31,7 +31,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
     source = data.load(data_dir, config.eval.split, config.data.num_features)
     train_source = data.load(data_dir, "train", config.data.num_features)
     parts = steps.build(config, mesh)
-    state, step = run.restore_for_eval(config, workdir, parts)
+    state, step = restore.restore_for_eval(config, workdir, parts)
 
     metrics, predictions = evaluate_split(
         parts.eval_step, state.params, source, mesh, config.eval.global_batch_size

@@ -8,33 +8,19 @@ without a mesh.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 from jaxlab.core import mesh as mesh_lib
-from jaxlab.core import optim, rng, run
+from jaxlab.core import parts as parts_lib
+from jaxlab.core import rng
 from jaxlab.core import state as state_lib
 from jaxlab.example import model as model_lib
-
-
-@dataclasses.dataclass(frozen=True)
-class Parts:
-    model: model_lib.MLP
-    optimizer: optax.GradientTransformation
-    init_fn: Callable[[jax.Array], state_lib.TrainState]
-    abstract_state: Any  # TrainState of jax.ShapeDtypeStruct with shardings: the restore target
-    shardings: Any  # TrainState of NamedSharding
-    num_steps: int
-    train_step: Callable  # jitted (state, batch) -> (state, metrics), state donated
-    eval_step: Callable  # jitted (params, batch, valid) -> (sums, predictions [B])
 
 
 def train_step(
@@ -47,15 +33,8 @@ def train_step(
         return jnp.mean(jnp.square(pred - batch["y"]))
 
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params, value=loss)
-    params = optax.apply_updates(state.params, updates)
-    metrics = {
-        "loss": loss,
-        "grad_norm": optax.tree.norm(grads),
-        # The sum of record ids: tests compare it step by step to prove the data order resumes.
-        "data_checksum": jnp.sum(batch["index"]),
-    }
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    state = state_lib.apply_gradients(state, tx, grads, loss)
+    return state, state_lib.step_metrics(loss, grads, batch)
 
 
 def eval_step(params: Any, batch: dict[str, jax.Array], valid: jax.Array, *, model: Any):
@@ -66,35 +45,23 @@ def eval_step(params: Any, batch: dict[str, jax.Array], valid: jax.Array, *, mod
     return sums, pred
 
 
-def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Parts:
+def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> parts_lib.Parts[None]:
     """Model, optimizer, sharded abstract state and jitted steps for `config` on `mesh`."""
-    num_steps = config.train.num_steps
+    schedule = parts_lib.step_schedule(config)
     model = model_lib.make_model(config)
-    tx = optim.make_optimizer(config.optim, num_steps)
+    tx = schedule.optimizer()
     init_fn = functools.partial(
         model_lib.init_state, model=model, tx=tx, num_features=config.data.num_features
     )
-    abstract, shardings = state_lib.abstract_state(
-        init_fn, jax.random.key(0), mesh, config.fsdp_min_size
-    )
-    return Parts(
-        model=model,
-        optimizer=tx,
-        init_fn=init_fn,
-        abstract_state=abstract,
-        shardings=shardings,
-        num_steps=num_steps,
-        train_step=run.jit_train_step(
-            functools.partial(train_step, model=model, tx=tx), shardings, mesh
-        ),
-        eval_step=run.jit_eval_step(functools.partial(eval_step, model=model), mesh),
-    )
+    train_fn = functools.partial(train_step, model=model, tx=tx)
+    eval_fn = functools.partial(eval_step, model=model)
+    return parts_lib.assemble(config, mesh, model, tx, init_fn, train_fn, eval_fn, schedule)
 
 
 def benchmark_setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
     """(jitted step, initial state, one global batch, extras {}) for the benchmark; no files."""
     parts = build(config, mesh)
-    state = jax.jit(parts.init_fn, out_shardings=parts.shardings)(rng.stream(config.seed, "init"))
+    state = parts_lib.init_state(parts, rng.stream(config.seed, "init"))
     batch_size, num_features = config.train.global_batch_size, config.data.num_features
     gen = np.random.default_rng(config.seed)
     batch = {

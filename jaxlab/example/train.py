@@ -1,79 +1,58 @@
-"""Training loop of the example task: the reference for every task's train.py.
+"""Training of the example task: the reference for what a task gives `core/trainer.py`.
 
-Stages, top to bottom: writer, mesh, input, parts (`steps.build`), state (restored or new), loop.
-The loop is written out: step, log every `log_every`, evaluate every `eval_every` (metrics and
-one figure, the eval split's prediction-vs-target scatter, under `eval/predictions`), checkpoint
-every `ckpt_every`, at the end and on SIGTERM.
+`trainer.run` owns the loop (workdir, mesh, input, parts, state, loop); this module only says
+what is specific to the task: where the data comes from (`sources`), how to build the parts
+(`build`, from steps.py), the evaluation run inside the loop (`evaluate_during_training`: the
+eval split's MSE) and its figure (`figure`: the prediction-vs-target scatter, under
+`eval/predictions`).
 """
 
 from __future__ import annotations
 
-import functools
+import sys
+from typing import Any
 
-import jax
 import ml_collections
 
-from jaxlab.core import checkpoint, loop, optim, rng, run
-from jaxlab.core import mesh as mesh_lib
+from jaxlab.core import trainer
 from jaxlab.core.writer import figure_to_image
 from jaxlab.data import pipeline
 from jaxlab.example import data, evaluate, plots, steps
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-    """Trains to `config.train.num_steps`, resuming from `workdir`; returns last eval metrics."""
-    tc = config.train
-    writer = run.open_workdir(config, workdir)
+def build(config: ml_collections.ConfigDict, mesh, **build_kwargs):
+    """The task's parts: `steps.build` with what `sources` read from the data."""
+    return steps.build(config, mesh, **build_kwargs)
 
-    # Mesh.
-    mesh = mesh_lib.make_mesh(config.mesh)
-    mesh_lib.log_topology(mesh)
 
-    # Input.
+def sources(config: ml_collections.ConfigDict, workdir: str) -> trainer.Input:
+    """The training iterator over the train split and the eval split (written first when
+    `data.synthetic` and missing)."""
     data_dir = data.prepare(config, workdir)
     train_source = data.load(data_dir, "train", config.data.num_features)
     eval_source = data.load(data_dir, config.eval.split, config.data.num_features)
     train_iter = pipeline.train_iterator(
-        train_source, global_batch_size=tc.global_batch_size, seed=config.seed
+        train_source, global_batch_size=config.train.global_batch_size, seed=config.seed
+    )
+    return trainer.Input(train_iter=train_iter, eval_source=eval_source)
+
+
+def evaluate_during_training(config, parts, state, inputs: trainer.Input, mesh, train_window):
+    """(eval metrics, predictions [N]) of the current parameters on the eval split."""
+    del train_window  # no train-metric sums
+    return evaluate.evaluate_split(
+        parts.eval_step, state.params, inputs.eval_source, mesh, config.eval.global_batch_size
     )
 
-    # Parts and state (restored when the workdir has a checkpoint).
-    parts = steps.build(config, mesh)
-    manager = checkpoint.manager_from_config(config, workdir)
-    state, _ = run.init_or_restore(manager, parts, rng.stream(config.seed, "init"), train_iter)
-    lr_fn = jax.jit(functools.partial(optim.current_learning_rate, config.optim, parts.num_steps))
 
-    # Loop.
-    start_step = int(state.step)
-    eval_metrics: dict[str, float] = {}
-    with run.loop_helpers(
-        config, workdir, manager, writer, start_step, parts.num_steps, tc.global_batch_size
-    ) as h:
-        for step in range(start_step + 1, parts.num_steps + 1):
-            h.profile.step(step, state)
-            batch = mesh_lib.global_batch(next(train_iter), mesh)
-            state, metrics = parts.train_step(state, batch)
-            h.throttle(metrics["loss"])
+def figure(config, parts, state, inputs: trainer.Input, mesh, step: int, metrics, predictions):
+    """{"eval/predictions": the eval split's prediction-vs-target scatter}."""
+    del config, parts, state, mesh
+    title = f"step {step}: eval MSE {metrics['eval_mse']:.4f}"
+    fig = plots.prediction_scatter(inputs.eval_source.y, predictions, title)
+    return {"eval/predictions": figure_to_image(fig)}
 
-            preempted = h.preemption.requested(step)
-            last = step == parts.num_steps
-            save = loop.every(step, tc.ckpt_every) or last or preempted
-            if loop.every(step, tc.log_every) or save:
-                run.log_train_step(h, step, metrics, {"lr": lr_fn(state.opt_state, state.step)})
-            metrics_for_ckpt = None
-            if loop.every(step, tc.eval_every) or last:
-                eval_metrics, predictions = evaluate.evaluate_split(
-                    parts.eval_step, state.params, eval_source, mesh, config.eval.global_batch_size
-                )
-                writer.write_scalars(step, eval_metrics)
-                if writer.enabled:
-                    title = f"step {step}: eval MSE {eval_metrics['eval_mse']:.4f}"
-                    fig = plots.prediction_scatter(eval_source.y, predictions, title)
-                    writer.write_images(step, {"eval/predictions": figure_to_image(fig)})
-                metrics_for_ckpt = eval_metrics
-            if save:
-                checkpoint.save(manager, step, state, train_iter, metrics=metrics_for_ckpt)
-            if preempted:
-                loop.log_preempted(step)
-                break
-    return eval_metrics
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Trains to `config.train.num_steps`, resuming from `workdir`; returns last eval metrics."""
+    return trainer.run(config, workdir, sys.modules[__name__])

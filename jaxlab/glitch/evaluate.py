@@ -24,7 +24,7 @@ import ml_collections
 import numpy as np
 
 from jaxlab.core import mesh as mesh_lib
-from jaxlab.core import run
+from jaxlab.core import restore, steps_jit
 from jaxlab.glitch import data, metrics, plots, steps
 
 
@@ -33,7 +33,7 @@ def predict_split(
 ) -> dict[str, Any]:
     """One ordered pass with `Parts.eval_step`: probs [N, C], view_weights [N, V], confusion
     [C, C] and the mean loss."""
-    totals, outputs = run.eval_pass(eval_step, params, source, mesh, batch_size)
+    totals, outputs = steps_jit.eval_pass(eval_step, params, source, mesh, batch_size)
     probs = outputs["probs"]
     confusion = metrics.confusion_matrix(source.labels, probs.argmax(-1), probs.shape[1])
     return {
@@ -56,7 +56,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             f"split {config.eval.split!r} has classes {source.classes}, train has {classes}."
         )
     parts = steps.build(config, mesh, num_classes=len(classes))
-    state, step = run.restore_for_eval(config, workdir, parts)
+    state, step = restore.restore_for_eval(config, workdir, parts)
 
     result = predict_split(
         parts.eval_step, state.params, source, mesh, config.eval.global_batch_size

@@ -9,10 +9,8 @@ Gravity Spy). The pure `train_step` / `eval_step` are module functions, testable
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import functools
-from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -20,10 +18,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 from jaxlab.core import mesh as mesh_lib
-from jaxlab.core import optim, rng, run
+from jaxlab.core import parts as parts_lib
+from jaxlab.core import rng
 from jaxlab.core import state as state_lib
 from jaxlab.glitch import losses, metrics, timm_import
 from jaxlab.glitch import model as model_lib
@@ -34,38 +32,8 @@ NOMINAL_STEPS_PER_EPOCH = 100
 
 
 @dataclasses.dataclass(frozen=True)
-class Parts:
-    model: nn.Module
-    optimizer: optax.GradientTransformation
-    init_fn: Callable[[jax.Array], state_lib.TrainState]
-    abstract_state: Any  # TrainState of jax.ShapeDtypeStruct with shardings: the restore target
-    shardings: Any  # TrainState of NamedSharding
-    num_steps: int
-    train_step: Callable  # jitted (state, batch) -> (state, metrics), state donated
-    eval_step: Callable  # jitted (params, batch, valid) -> ({"loss_sum"}, {"probs", ...})
-    steps_per_epoch: int  # validation, checkpoint and early stopping happen once an epoch
+class Extras:
     num_classes: int
-    learning_rate: Callable  # jitted (opt_state, step) -> the step's learning rate, for logs
-
-
-def schedule(
-    config: ml_collections.ConfigDict, num_train: int | None
-) -> tuple[int, int, ml_collections.ConfigDict]:
-    """(num_steps, steps_per_epoch, optim config with warmup_steps from train.warmup_epochs)."""
-    tc = config.train
-    if num_train is None:
-        steps_per_epoch = NOMINAL_STEPS_PER_EPOCH
-    else:
-        steps_per_epoch = num_train // tc.global_batch_size
-    if steps_per_epoch < 1:
-        raise ValueError(
-            f"{num_train} training samples make no batch of {tc.global_batch_size}; lower "
-            "config.train.global_batch_size."
-        )
-    num_steps = tc.num_steps if tc.num_steps > 0 else tc.num_epochs * steps_per_epoch
-    optim_config = copy.deepcopy(config.optim)
-    optim_config.warmup_steps = min(tc.warmup_epochs * steps_per_epoch, num_steps - 1)
-    return num_steps, steps_per_epoch, optim_config
 
 
 def train_step(
@@ -94,18 +62,10 @@ def train_step(
         return losses.weighted_mean(per_example, batch["label"], class_weights), out["logits"]
 
     (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params, value=loss)
-    params = optax.apply_updates(state.params, updates)
-    step_metrics = {
-        "loss": loss,
-        "grad_norm": optax.tree.norm(grads),
-        # The sum of record ids: tests compare it step by step to prove the data order resumes.
-        "data_checksum": jnp.sum(batch["index"]),
-        "confusion": metrics.confusion_matrix_jax(
-            batch["label"], jnp.argmax(logits, -1), num_classes
-        ),
-    }
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), step_metrics
+    state = state_lib.apply_gradients(state, tx, grads, loss)
+    predicted = jnp.argmax(logits, -1)
+    confusion = metrics.confusion_matrix_jax(batch["label"], predicted, num_classes)
+    return state, {**state_lib.step_metrics(loss, grads, batch), "confusion": confusion}
 
 
 def eval_step(
@@ -131,7 +91,7 @@ def build(
     num_train: int | None = None,
     num_classes: int | None = None,
     class_weights: np.ndarray | None = None,
-) -> Parts:
+) -> parts_lib.Parts[Extras]:
     """Model, optimizer, sharded abstract state and jitted steps for `config` on `mesh`.
 
     Args:
@@ -141,16 +101,15 @@ def build(
         the model is trained with (recorded in its config and bundle).
       class_weights: [C] loss weights by class, or None for an unweighted mean.
     """
-    num_steps, steps_per_epoch, optim_config = schedule(config, num_train)
+    if num_train is None:
+        num_train = NOMINAL_STEPS_PER_EPOCH * config.train.global_batch_size
+    schedule = parts_lib.epoch_schedule(config, num_train)
     if num_classes is None:
         num_classes = len(config.data.classes)
     model = model_lib.make_model(config, num_classes)
-    tx = optim.make_optimizer(optim_config, num_steps)
+    tx = schedule.optimizer()
     init_fn = functools.partial(
         model_lib.init_state, model=model, tx=tx, image_shape=model_lib.input_shape(config)
-    )
-    abstract, shardings = state_lib.abstract_state(  # shapes only: the key is never drawn from
-        init_fn, jax.random.key(0), mesh, config.fsdp_min_size
     )
     step_fn = functools.partial(
         train_step,
@@ -161,27 +120,15 @@ def build(
         num_classes=num_classes,
         seed=config.seed,
     )
-    return Parts(
-        model=model,
-        optimizer=tx,
-        init_fn=init_fn,
-        abstract_state=abstract,
-        shardings=shardings,
-        num_steps=num_steps,
-        train_step=run.jit_train_step(step_fn, shardings, mesh),
-        eval_step=run.jit_eval_step(
-            functools.partial(eval_step, model=model, loss_config=config.loss), mesh
-        ),
-        steps_per_epoch=steps_per_epoch,
-        num_classes=num_classes,
-        learning_rate=jax.jit(
-            functools.partial(optim.current_learning_rate, optim_config, num_steps)
-        ),
+    eval_fn = functools.partial(eval_step, model=model, loss_config=config.loss)
+    extras = Extras(num_classes=num_classes)
+    return parts_lib.assemble(
+        config, mesh, model, tx, init_fn, step_fn, eval_fn, schedule, extras=extras
     )
 
 
 def with_pretrained_encoder(
-    config: ml_collections.ConfigDict, parts: Parts, state: state_lib.TrainState
+    config: ml_collections.ConfigDict, parts: parts_lib.Parts, state: state_lib.TrainState
 ) -> state_lib.TrainState:
     """A fresh `state` with its encoder replaced by the timm weights of `config.model.pretrained`.
 
@@ -204,12 +151,12 @@ def benchmark_setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
     extras: images_per_step (batch * views; the benchmark turns it into images/s).
     """
     parts = build(config, mesh)
-    state = jax.jit(parts.init_fn, out_shardings=parts.shardings)(rng.stream(config.seed, "init"))
+    state = parts_lib.init_state(parts, rng.stream(config.seed, "init"))
     batch_size = config.train.global_batch_size
     gen = np.random.default_rng(config.seed)
     batch = {
         "image": gen.standard_normal((batch_size, *model_lib.input_shape(config)), np.float32),
-        "label": gen.integers(0, parts.num_classes, batch_size).astype(np.int32),
+        "label": gen.integers(0, parts.extras.num_classes, batch_size).astype(np.int32),
         "index": np.arange(batch_size, dtype=np.int32),
     }
     views = len(config.data.durations) if config.data.multi_view else 1

@@ -1,60 +1,41 @@
-"""Training loop of the glitch classifier: epochs, per-epoch validation, early stopping.
+"""Training of the glitch classifier (epochs, per-epoch validation, early stopping): what it
+gives `core/trainer.py`, which owns the loop.
 
-Stages, top to bottom: writer, mesh, input, parts (`steps.build`), state (restored, or new and
-optionally with timm encoder weights), loop. Once per epoch the loop logs train and validation
-loss, accuracy, balanced accuracy and F1 (macro, weighted) and the validation confusion matrix
-(a TensorBoard image, `eval/confusion_matrix`), saves a checkpoint carrying
-`val_accuracy` (the manager keeps the best by it and the latest ones) and stops after
-`train.patience` epochs without a better validation accuracy. A SIGTERM checkpoints the current
-step and exits; rerunning resumes.
-
-What the loop carries between steps besides the `TrainState` (the early-stopping state, the
-current epoch's train-metric accumulators and the last validation record) is the checkpoint's
-loop state, committed with it. A resumed run therefore stops at the same epoch and logs the same
-epoch metrics as an uninterrupted one.
+`sources` reads the train and validation splits (with shift augmentation and class weights when
+configured); `build` sizes the schedule in epochs; `init_fn` starts a new run from timm encoder
+weights when `model.pretrained` names them. Once per epoch (`train.eval_every_epochs` = 1) the
+trainer calls `evaluate_during_training`, which returns the epoch's train and validation loss,
+accuracy, balanced accuracy and F1 (macro, weighted): the train ones from the epoch's step
+losses and confusion matrix, summed on device by the trainer (`Input.window_keys`) and kept in
+the checkpoint's loop state, so a resumed run logs the same epoch metrics as an uninterrupted
+one. `figure` draws the validation confusion matrix (`eval/confusion_matrix`). The trainer keeps
+the best checkpoint by `eval.best_metric` (val_accuracy) and stops after
+`eval.early_stopping_patience` epochs without a better one.
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
 
-from jaxlab.core import checkpoint, early_stopping, loop, rng, run
-from jaxlab.core import mesh as mesh_lib
+from jaxlab.core import parts as parts_lib
+from jaxlab.core import trainer
 from jaxlab.core.writer import figure_to_image
 from jaxlab.data import pipeline
 from jaxlab.glitch import data, evaluate, metrics, plots, steps
 
 
-def fresh_loop_state() -> dict[str, Any]:
-    """Loop state of a run at step 0: no evaluation seen, empty epoch accumulators."""
-    return {
-        "early_stopping": early_stopping.init(),
-        "epoch_loss": 0.0,  # sum of the current epoch's step losses
-        "epoch_steps": 0,
-        "epoch_confusion": None,  # [C, C] of the current epoch's steps; None at an epoch end
-        "val_record": {},  # the last validation's metrics
-    }
+def build(config: ml_collections.ConfigDict, mesh, **build_kwargs):
+    """The task's parts: `steps.build` with what `sources` read from the data."""
+    return steps.build(config, mesh, **build_kwargs)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-    """Trains for `train.num_epochs` (or until early stopping), resuming from `workdir`.
-
-    Returns the last epoch's validation metrics plus best_val_accuracy and stopped_epoch.
-    """
-    tc = config.train
-    writer = run.open_workdir(config, workdir)
-
-    # Mesh.
-    mesh = mesh_lib.make_mesh(config.mesh)
-    mesh_lib.log_topology(mesh)
-
-    # Input.
+def sources(config: ml_collections.ConfigDict, workdir: str) -> trainer.Input:
+    """Training batches (shift-augmented when configured) and the validation split."""
     data_dir = data.prepare(config, workdir)
     train_source = data.load(config, data_dir, "train")
     val_source = data.load(config, data_dir, "validation")
@@ -68,7 +49,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     max_shift = config.data.augment_max_shift
     train_iter = pipeline.train_iterator(
         train_source,
-        global_batch_size=tc.global_batch_size,
+        global_batch_size=config.train.global_batch_size,
         seed=config.seed,
         random_transform=data.shift_augment(max_shift) if max_shift else None,
         num_threads=config.data.num_threads,
@@ -77,121 +58,65 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if config.data.use_class_weights:
         class_weights = data.class_weights(train_source.labels, num_classes)
         logging.info("Class weights: %s", np.round(class_weights, 3).tolist())
+    return trainer.Input(
+        train_iter=train_iter,
+        eval_source=val_source,
+        build_kwargs={
+            "num_train": len(train_source),
+            "num_classes": num_classes,
+            "class_weights": class_weights,
+        },
+        info={"classes": train_source.classes},
+        window_keys=("loss", "confusion"),
+    )
 
-    # Parts and state (restored when the workdir has a checkpoint; a new run may start from timm
-    # encoder weights).
-    parts = steps.build(
-        config,
-        mesh,
-        num_train=len(train_source),
-        num_classes=num_classes,
-        class_weights=class_weights,
-    )
-    manager = checkpoint.manager_from_config(config, workdir)
-    new_run = manager.latest_step() is None
-    state, resumed = run.init_or_restore(
-        manager, parts, rng.stream(config.seed, "init"), train_iter
-    )
-    if new_run and config.model.pretrained:
-        state = steps.with_pretrained_encoder(config, parts, state)
+
+def init_fn(config: ml_collections.ConfigDict, parts: parts_lib.Parts):
+    """A new run's state with the timm encoder weights of `model.pretrained`; None without."""
+    if not config.model.pretrained:
+        return None
+
+    def init(rng):
+        state = parts_lib.init_state(parts, rng)
         logging.info("Encoder initialised from %s", config.model.pretrained)
-    start_step = int(state.step)
-    if resumed is None:
-        if not new_run:
-            logging.warning(
-                "Checkpoint step %d holds no loop state (an older run): early stopping and the "
-                "epoch's train metrics start afresh.",
-                start_step,
-            )
-        resumed = fresh_loop_state()
+        return steps.with_pretrained_encoder(config, parts, state)
 
-    # Early stopping and the epoch's train-metric accumulators (on device), as last saved.
-    stopping = resumed["early_stopping"]
-    val_record: dict[str, float] = resumed["val_record"]
-    epoch_confusion = jnp.zeros((num_classes, num_classes), jnp.int32)
-    if resumed["epoch_confusion"] is not None:
-        epoch_confusion = jnp.asarray(resumed["epoch_confusion"], jnp.int32)
-    epoch_loss = jnp.asarray(resumed["epoch_loss"], jnp.float32)
-    epoch_steps = resumed["epoch_steps"]
+    return init
 
-    def loop_state(partial_epoch: bool) -> dict[str, Any]:
-        """What the loop needs besides the TrainState to go on exactly (host values)."""
-        return {
-            "early_stopping": stopping,
-            "epoch_loss": float(jax.device_get(epoch_loss)),
-            "epoch_steps": epoch_steps,
-            "epoch_confusion": jax.device_get(epoch_confusion).tolist() if partial_epoch else None,
-            "val_record": val_record,
-        }
 
-    # Loop.
-    epoch = start_step // parts.steps_per_epoch
-    first_step = start_step + 1
-    if early_stopping.should_stop(stopping):
-        logging.info("Early stopped at epoch %d (best %s).", epoch, stopping)
-        first_step = parts.num_steps + 1
-    with run.loop_helpers(
-        config, workdir, manager, writer, start_step, parts.num_steps, tc.global_batch_size
-    ) as h:
-        for step in range(first_step, parts.num_steps + 1):
-            h.profile.step(step, state)
-            batch = mesh_lib.global_batch(next(train_iter), mesh)
-            state, step_metrics = parts.train_step(state, batch)
-            h.throttle(step_metrics["loss"])
-            epoch_confusion = epoch_confusion + step_metrics.pop("confusion")  # on device
-            epoch_loss, epoch_steps = epoch_loss + step_metrics["loss"], epoch_steps + 1
+def evaluate_during_training(config, parts, state, inputs: trainer.Input, mesh, train_window):
+    """(the epoch's train and validation records, the validation pass) at an epoch's end."""
+    val = evaluate.predict_split(
+        parts.eval_step, state.params, inputs.eval_source, mesh, config.eval.global_batch_size
+    )
+    train_loss = float(train_window["loss"]) / max(train_window["steps"], 1)
+    record = {
+        **metrics.epoch_record("train", train_window["confusion"], train_loss),
+        **metrics.epoch_record("val", val["confusion"], val["loss"]),
+    }
+    return record, val
 
-            preempted = h.preemption.requested(step)
-            # A train.num_steps that ends mid-epoch closes its last, partial epoch too.
-            end_of_epoch = step % parts.steps_per_epoch == 0 or step == parts.num_steps
-            if loop.every(step, tc.log_every) or end_of_epoch or preempted:
-                lr = parts.learning_rate(state.opt_state, state.step)
-                run.log_train_step(h, step, step_metrics, {"lr": lr})
 
-            if end_of_epoch:
-                epoch = -(-step // parts.steps_per_epoch)
-                train_record = metrics.epoch_record(
-                    "train", jax.device_get(epoch_confusion), float(epoch_loss) / epoch_steps
-                )
-                val = evaluate.predict_split(
-                    parts.eval_step, state.params, val_source, mesh, config.eval.global_batch_size
-                )
-                val_record = metrics.epoch_record("val", val["confusion"], val["loss"])
-                writer.write_scalars(step, {"epoch": epoch, **train_record, **val_record})
-                if writer.enabled:
-                    title = f"validation, epoch {epoch}: accuracy {val_record['val_accuracy']:.3f}"
-                    fig = plots.confusion_matrix_figure(
-                        val["confusion"], train_source.classes, title, figsize=(6, 4), dpi=100
-                    )
-                    writer.write_images(step, {"eval/confusion_matrix": figure_to_image(fig)})
-                epoch_confusion = jnp.zeros_like(epoch_confusion)
-                epoch_loss, epoch_steps = jnp.zeros((), jnp.float32), 0
-                stopping = early_stopping.update(
-                    stopping, val_record["val_accuracy"], epoch, patience=tc.patience, mode="max"
-                )
-                checkpoint.save(
-                    manager,
-                    step,
-                    state,
-                    train_iter,
-                    metrics={"val_accuracy": val_record["val_accuracy"]},
-                    loop_state=loop_state(partial_epoch=False),
-                )
-                if early_stopping.should_stop(stopping):
-                    logging.info(
-                        "Early stopping at epoch %d: val_accuracy has not improved on %.4f "
-                        "(epoch %d) for %d epochs.",
-                        epoch,
-                        stopping["best"],
-                        stopping["best_at"],
-                        tc.patience,
-                    )
-                    break
-            elif preempted:
-                checkpoint.save(
-                    manager, step, state, train_iter, loop_state=loop_state(partial_epoch=True)
-                )
-            if preempted:
-                loop.log_preempted(step)
-                break
-    return {**val_record, "best_val_accuracy": stopping["best"], "stopped_epoch": epoch}
+def figure(config, parts, state, inputs: trainer.Input, mesh, step, record, val):
+    """{"eval/confusion_matrix"}: the validation confusion matrix."""
+    del config, state, mesh
+    epoch = -(-step // parts.steps_per_epoch)
+    title = f"validation, epoch {epoch}: accuracy {record['val_accuracy']:.3f}"
+    fig = plots.confusion_matrix_figure(
+        val["confusion"], inputs.info["classes"], title, figsize=(6, 4), dpi=100
+    )
+    return {"eval/confusion_matrix": figure_to_image(fig)}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Trains for `train.num_epochs` (or until early stopping), resuming from `workdir`.
+
+    Returns the last epoch's validation metrics plus best_val_accuracy and stopped_epoch (the
+    epoch the run ended at).
+    """
+    result = trainer.run(config, workdir, sys.modules[__name__])
+    return {
+        **{k: v for k, v in result.items() if k.startswith("val_")},
+        "best_val_accuracy": result["best"],
+        "stopped_epoch": result["epoch"],
+    }

@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 
-from jaxlab.core import loop, run
+from jaxlab.core import loop, restore
 from jaxlab.core import mesh as mesh_lib
 from jaxlab.neutrino import data, data_packing, data_pipeline, metrics, plots, steps
 from jaxlab.neutrino.format import direction_vector
@@ -107,14 +107,14 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     source = data.load_split(config, root, config.eval.split)
     processor = data_packing.make_processor(config, root)
     parts = steps.build(config, mesh)
-    state, step = run.restore_for_eval(config, workdir, parts)
+    state, step = restore.restore_for_eval(config, workdir, parts)
 
     result = predict_split(
         parts.eval_step,
         state.params,
         source,
         processor,
-        parts.spec,
+        parts.extras.spec,
         mesh,
         config.eval.global_batch_size,
     )

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -22,26 +21,20 @@ import optax
 from absl import logging
 
 from jaxlab.core import mesh as mesh_lib
-from jaxlab.core import optim, rng, run
+from jaxlab.core import parts as parts_lib
+from jaxlab.core import rng
 from jaxlab.core import state as state_lib
 from jaxlab.neutrino import data_packing, losses
 from jaxlab.neutrino import model as model_lib
 
-# The target given to empty event slots so that no NaN can enter the (masked) loss sum.
-_PAD_DIRECTION = (0.0, 0.0, 1.0)
-
 
 @dataclasses.dataclass(frozen=True)
-class Parts:
-    model: model_lib.HierarchicalTransformer
-    optimizer: optax.GradientTransformation
+class Extras:
     spec: data_packing.PackSpec  # the static shapes of one pack
-    init_fn: Callable[[jax.Array], state_lib.TrainState]
-    abstract_state: Any  # TrainState of jax.ShapeDtypeStruct with shardings: the restore target
-    shardings: Any  # TrainState of NamedSharding
-    num_steps: int
-    train_step: Callable  # jitted (state, batch) -> (state, metrics), state donated
-    eval_step: Callable  # jitted (params, batch, valid [G, E]) -> (sums, predictions [G, E, 3])
+
+
+# The target given to empty event slots so that no NaN can enter the (masked) loss sum.
+_PAD_DIRECTION = (0.0, 0.0, 1.0)
 
 
 def train_step(
@@ -71,8 +64,7 @@ def train_step(
         return jnp.sum(per_event * valid) / num_valid, pred
 
     (loss, pred), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params, value=loss)
-    params = optax.apply_updates(state.params, updates)
+    state = state_lib.apply_gradients(state, tx, grads, loss)
     error = losses.angular_distance(jax.lax.stop_gradient(pred), target)
     metrics = {
         "loss": loss,
@@ -80,7 +72,7 @@ def train_step(
         "grad_norm": optax.tree.norm(grads),
         "events": jnp.sum(valid),
     }
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    return state, metrics
 
 
 def eval_step(params: Any, batch: dict[str, jax.Array], valid: jax.Array, *, model: Any):
@@ -98,9 +90,9 @@ def eval_step(params: Any, batch: dict[str, jax.Array], valid: jax.Array, *, mod
     return sums, pred
 
 
-def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Parts:
+def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> parts_lib.Parts[Extras]:
     """Model, optimizer, pack spec, sharded abstract state and jitted steps for `config`."""
-    num_steps = config.train.num_steps
+    schedule = parts_lib.step_schedule(config)
     divisor = mesh_lib.batch_size_divisor(mesh)
     if config.train.global_batch_size % divisor or config.eval.global_batch_size % divisor:
         raise ValueError(
@@ -110,11 +102,8 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Parts:
         )
     spec = data_packing.PackSpec.from_config(config)
     model = model_lib.make_model(config)
-    tx = optim.make_optimizer(config.optim, num_steps)
+    tx = schedule.optimizer()
     init_fn = functools.partial(model_lib.init_state, model=model, tx=tx, spec=spec)
-    abstract, shardings = state_lib.abstract_state(
-        init_fn, jax.random.key(0), mesh, config.fsdp_min_size
-    )
     step = functools.partial(
         train_step,
         model=model,
@@ -122,16 +111,9 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Parts:
         loss_name=config.train.loss,
         dropout_key=rng.stream(config.seed, "dropout"),
     )
-    return Parts(
-        model=model,
-        optimizer=tx,
-        spec=spec,
-        init_fn=init_fn,
-        abstract_state=abstract,
-        shardings=shardings,
-        num_steps=num_steps,
-        train_step=run.jit_train_step(step, shardings, mesh),
-        eval_step=run.jit_eval_step(functools.partial(eval_step, model=model), mesh),
+    eval_fn = functools.partial(eval_step, model=model)
+    return parts_lib.assemble(
+        config, mesh, model, tx, init_fn, step, eval_fn, schedule, extras=Extras(spec=spec)
     )
 
 
@@ -142,8 +124,8 @@ def benchmark_setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
     (no files); the counts give tokens/s, events/s and the padding efficiency.
     """
     parts = build(config, mesh)
-    state = jax.jit(parts.init_fn, out_shardings=parts.shardings)(rng.stream(config.seed, "init"))
-    batch = data_packing.synthetic_batch(config, parts.spec, config.seed)
+    state = parts_lib.init_state(parts, rng.stream(config.seed, "init"))
+    batch = data_packing.synthetic_batch(config, parts.extras.spec, config.seed)
     stats = data_packing.packing_stats([batch])
     counts = {
         "pulse_tokens_per_step": int(batch["pulse_segment"].size),

@@ -33,7 +33,7 @@ import optax
 from absl import logging
 
 from jaxlab.core import mesh as mesh_lib
-from jaxlab.core import rng, run
+from jaxlab.core import restore, rng, steps_jit
 from jaxlab.core.writer import read_metrics
 from jaxlab.sales import data, data_windows, forecast, plots, predict, steps, study_report
 from jaxlab.sales import metrics as metrics_lib
@@ -43,18 +43,18 @@ from jaxlab.sales import model as model_lib
 def generate(
     eval_step: Callable, gen_params: Any, source: Any, mesh: Any, batch_size: int, key: jax.Array
 ) -> tuple[dict[str, float], np.ndarray]:
-    """One generated sequence per window of `source` with `steps.Parts.eval_step`:
+    """One generated sequence per window of `source` with the GAN parts' `eval_step`:
     (`metrics.sample_statistics` of them vs the real targets, generated [N, T])."""
-    totals, generated = run.eval_pass(eval_step, gen_params, source, mesh, batch_size, key)
+    totals, generated = steps_jit.eval_pass(eval_step, gen_params, source, mesh, batch_size, key)
     return metrics_lib.sample_statistics(totals), generated
 
 
 def forecast_pass(
     eval_step: Callable, params: Any, source: Any, mesh: Any, batch_size: int
 ) -> tuple[dict[str, float], np.ndarray]:
-    """Forecasts of every window of `source` with `ForecasterParts.eval_step`:
+    """Forecasts of every window of `source` with `forecast.build(...).eval_step`:
     ({"val_mae", "val_rmse"}, forecasts [N, T])."""
-    totals, pred = run.eval_pass(eval_step, params, source, mesh, batch_size)
+    totals, pred = steps_jit.eval_pass(eval_step, params, source, mesh, batch_size)
     metrics = {
         "val_mae": float(totals["abs_err_sum"] / totals["count"]),
         "val_rmse": float(np.sqrt(totals["sq_err_sum"] / totals["count"])),
@@ -187,7 +187,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
     naive = naive_forecasts(source, stack_field(source, "history_sales"), real)
 
     parts = steps.build(config, mesh)
-    gan_state, gan_step = run.restore_for_eval(config, workdir, parts)  # or the bundle's
+    gan_state, gan_step = restore.restore_for_eval(config, workdir, parts)  # or the bundle's
     sample_stats, fake = generate(
         parts.eval_step,
         gan_state.params,

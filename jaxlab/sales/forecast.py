@@ -4,24 +4,22 @@ Three forecasters are trained from the same seed and initial parameters (train.p
 loop): "real" (real windows), "augmented" (real + generated, ratio configurable) and "synthetic"
 (generated only: train on synthetic, test on real). Each lives in `workdir/forecast_<name>/` with
 its own checkpoints (the best kept by validation MAE) and metrics.jsonl. `build` mirrors
-`steps.build`: one `ForecasterParts` (jitted once) serves all three runs.
+`steps.build`: one `parts_lib.Parts[None]` (jitted once) serves all three runs.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
-from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
-import optax
 import orbax.checkpoint as ocp
 
-from jaxlab.core import checkpoint, optim, run
+from jaxlab.core import checkpoint
+from jaxlab.core import parts as parts_lib
 from jaxlab.core import state as state_lib
 from jaxlab.sales import gan
 from jaxlab.sales import model as model_lib
@@ -29,18 +27,6 @@ from jaxlab.sales.model import Forecaster
 
 NAMES = ("real", "augmented", "synthetic")
 BEST_METRIC = "val_mae"
-
-
-@dataclasses.dataclass(frozen=True)
-class ForecasterParts:
-    model: Forecaster
-    optimizer: optax.GradientTransformation
-    init_fn: Callable[[jax.Array], state_lib.TrainState]
-    abstract_state: Any  # TrainState of jax.ShapeDtypeStruct with shardings: the restore target
-    shardings: Any  # TrainState of NamedSharding
-    num_steps: int  # config.forecaster.num_steps
-    train_step: Callable  # jitted (state, batch) -> (state, metrics), state donated
-    eval_step: Callable  # jitted (params, batch, valid) -> (sums, forecasts [B, T])
 
 
 def forecast_dir(workdir: str, name: str) -> str:
@@ -88,14 +74,8 @@ def train_step(
         return point_loss(pred, batch["target"], kind)
 
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params, value=loss)
-    params = optax.apply_updates(state.params, updates)
-    metrics = {
-        "loss": loss,
-        "grad_norm": optax.tree.norm(grads),
-        "data_checksum": jnp.sum(batch["index"]),
-    }
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    state = state_lib.apply_gradients(state, tx, grads, loss)
+    return state, state_lib.step_metrics(loss, grads, batch)
 
 
 def eval_step(params: Any, batch: dict[str, jax.Array], valid: jax.Array, *, model: Forecaster):
@@ -111,33 +91,19 @@ def eval_step(params: Any, batch: dict[str, jax.Array], valid: jax.Array, *, mod
     return sums, pred
 
 
-def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> ForecasterParts:
+def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> parts_lib.Parts[None]:
     """Forecaster, optimizer (`config.forecaster.optim`), abstract state and jitted steps."""
-    num_steps = config.forecaster.num_steps
+    schedule = parts_lib.step_schedule(config, config.forecaster.num_steps, config.forecaster.optim)
     if config.forecaster.loss not in LOSSES:
         raise ValueError(
             f"config.forecaster.loss must be one of {LOSSES}, got {config.forecaster.loss!r}."
         )
     model = model_lib.make_forecaster(config)
-    tx = optim.make_optimizer(config.forecaster.optim, num_steps)
+    tx = schedule.optimizer()
     init_fn = functools.partial(init_state, config=config, model=model, tx=tx)
-    abstract, shardings = state_lib.abstract_state(
-        init_fn, jax.random.key(0), mesh, config.fsdp_min_size
-    )
-    return ForecasterParts(
-        model=model,
-        optimizer=tx,
-        init_fn=init_fn,
-        abstract_state=abstract,
-        shardings=shardings,
-        num_steps=num_steps,
-        train_step=run.jit_train_step(
-            functools.partial(train_step, model=model, tx=tx, loss=config.forecaster.loss),
-            shardings,
-            mesh,
-        ),
-        eval_step=run.jit_eval_step(functools.partial(eval_step, model=model), mesh),
-    )
+    train_fn = functools.partial(train_step, model=model, tx=tx, loss=config.forecaster.loss)
+    eval_fn = functools.partial(eval_step, model=model)
+    return parts_lib.assemble(config, mesh, model, tx, init_fn, train_fn, eval_fn, schedule)
 
 
 def make_manager(
@@ -156,7 +122,7 @@ def make_manager(
 
 
 def restore_params(
-    config: ml_collections.ConfigDict, forecaster_dir: str, parts: ForecasterParts
+    config: ml_collections.ConfigDict, forecaster_dir: str, parts: parts_lib.Parts[None]
 ) -> tuple[Any, int]:
     """(params, step) of the checkpoint `config.eval.forecaster_checkpoint` of forecaster_dir."""
     manager = make_manager(config, forecaster_dir, read_only=True)

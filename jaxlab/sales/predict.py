@@ -31,6 +31,7 @@ from safetensors import numpy as safetensors_np
 
 from jaxlab.core import bundle as bundle_lib
 from jaxlab.core import mesh as mesh_lib
+from jaxlab.core import parts as parts_lib
 from jaxlab.core import portable, rng
 from jaxlab.sales import data, data_windows, forecast, gan, steps
 from jaxlab.sales import model as model_lib
@@ -202,7 +203,7 @@ def predict(
     return written
 
 
-def forecaster_params(model: str, config, parts: forecast.ForecasterParts):
+def forecaster_params(model: str, config, parts: parts_lib.Parts):
     """The real-only forecaster's parameters from a bundle (its safetensors file) or a workdir."""
     if bundle_lib.is_bundle(model):
         path = os.path.join(model, steps.FORECASTER_FILE)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -25,7 +24,8 @@ from safetensors import numpy as safetensors_np
 
 from jaxlab.core import bundle as bundle_lib
 from jaxlab.core import mesh as mesh_lib
-from jaxlab.core import rng, run
+from jaxlab.core import parts as parts_lib
+from jaxlab.core import rng
 from jaxlab.core import state as state_lib
 from jaxlab.sales import data_windows, forecast, gan
 from jaxlab.sales import model as model_lib
@@ -35,17 +35,9 @@ WINDOW_KEYS = ("history_sales", "history_features", "target_features", "target",
 
 
 @dataclasses.dataclass(frozen=True)
-class Parts:
-    model: Generator  # the network that is sampled and evaluated
+class Extras:
     critic: Critic
-    optimizer: optax.GradientTransformation  # the generator's
     critic_optimizer: optax.GradientTransformation
-    init_fn: Callable[[jax.Array], state_lib.TrainState]
-    abstract_state: Any  # TrainState of jax.ShapeDtypeStruct with shardings: the restore target
-    shardings: Any  # TrainState of NamedSharding
-    num_steps: int  # WGAN-GP iterations
-    train_step: Callable  # jitted (state, batch) -> (state, metrics), state donated
-    eval_step: Callable  # jitted (gen_params, batch, valid, key) -> (sums, generated [B, T])
 
 
 def train_step(
@@ -183,7 +175,7 @@ def eval_step(
     return sums, generated
 
 
-def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Parts:
+def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> parts_lib.Parts[Extras]:
     """Generator, critic, optimizers, sharded abstract state and jitted steps for `config`."""
     gc, batch_size = config.gan, config.train.global_batch_size
     if batch_size % gc.n_critic:
@@ -202,9 +194,6 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Parts:
         gen_tx=gen_tx,
         critic_tx=critic_tx,
     )
-    abstract, shardings = state_lib.abstract_state(
-        init_fn, jax.random.key(0), mesh, config.fsdp_min_size
-    )
     step_fn = functools.partial(
         train_step,
         key=rng.stream(config.seed, "gan"),
@@ -217,17 +206,20 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Parts:
         noise_dim=gc.noise_dim,
     )
     sample_fn = functools.partial(eval_step, generator=generator, noise_dim=gc.noise_dim)
-    return Parts(
-        model=generator,
-        critic=critic,
-        optimizer=gen_tx,
-        critic_optimizer=critic_tx,
-        init_fn=init_fn,
-        abstract_state=abstract,
-        shardings=shardings,
-        num_steps=config.train.num_steps,
-        train_step=run.jit_train_step(step_fn, shardings, mesh),
-        eval_step=run.jit_eval_step(sample_fn, mesh, num_extra_args=1),
+    # Two optimizers (generator, critic): no single learning rate to log.
+    schedule = parts_lib.Schedule(num_steps=config.train.num_steps, optim_config=None)
+    extras = Extras(critic=critic, critic_optimizer=critic_tx)
+    return parts_lib.assemble(
+        config,
+        mesh,
+        generator,
+        gen_tx,
+        init_fn,
+        step_fn,
+        sample_fn,
+        schedule,
+        eval_extra_args=1,
+        extras=extras,
     )
 
 
@@ -253,7 +245,7 @@ def random_windows(config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
 def benchmark_setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
     """(jitted WGAN-GP iteration, initial state, one global batch of windows, {}); no files."""
     parts = build(config, mesh)
-    state = jax.jit(parts.init_fn, out_shardings=parts.shardings)(rng.stream(config.seed, "init"))
+    state = parts_lib.init_state(parts, rng.stream(config.seed, "init"))
     return parts.train_step, state, mesh_lib.global_batch(random_windows(config), mesh), {}
 
 

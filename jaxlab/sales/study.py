@@ -30,7 +30,9 @@ import numpy as np
 from absl import logging
 
 from jaxlab.core import mesh as mesh_lib
-from jaxlab.core import rng, run
+from jaxlab.core import parts as parts_lib
+from jaxlab.core import restore, rng
+from jaxlab.core import workdir as workdir_lib
 from jaxlab.sales import data_windows, evaluate, forecast, steps, study_report
 
 KEYS = ("history_sales", "history_features", "target_features", "target", "index")
@@ -70,7 +72,7 @@ def training_set(
 
 def fit_forecaster(
     config: ml_collections.ConfigDict,
-    parts: forecast.ForecasterParts,
+    parts: parts_lib.Parts,
     train_set: dict[str, np.ndarray],
     val: dict[str, np.ndarray],
     mesh,
@@ -80,9 +82,7 @@ def fit_forecaster(
     the lowest validation MAE among the checks every `forecaster.eval_every` steps (early
     stopping: small fractions overfit long before the last step)."""
     fc = config.forecaster
-    state = jax.jit(parts.init_fn, out_shardings=parts.shardings)(
-        rng.stream(seed, "forecaster_init")
-    )
+    state = parts_lib.init_state(parts, rng.stream(seed, "forecaster_init"))
     picks = np.random.default_rng(
         np.asarray(jax.random.key_data(rng.stream(seed, "study_batches")))
     )
@@ -133,7 +133,7 @@ def generate_pool(config, parts, gan_dir, subset, mesh, count: int) -> np.ndarra
     path = os.path.join(gan_dir, "generated.npy")
     if os.path.exists(path):
         return np.load(path)
-    state, _ = run.restore_for_eval(config, gan_dir, parts, "latest")
+    state, _ = restore.restore_for_eval(config, gan_dir, parts, "latest")
     pool = np.stack(
         [
             evaluate.generate(
@@ -156,7 +156,7 @@ def discriminative(config, parts, gan_dir, test_source, mesh, out_path) -> None:
     """The fraction's GAN against real test targets (evaluate.discriminative_score)."""
     if os.path.exists(out_path):
         return
-    state, _ = run.restore_for_eval(config, gan_dir, parts, "latest")
+    state, _ = restore.restore_for_eval(config, gan_dir, parts, "latest")
     source = data_windows.spread_subset(test_source, config.eval.max_windows)
     _, fake = evaluate.generate(
         parts.eval_step,
@@ -198,9 +198,9 @@ def run_study(
         logging.info("=== study: fraction %g (%d training windows)", fraction, len(subset))
         gan_dir = os.path.join(out, "gan")
         gan_sources = {"train": subset, "val": sources["val"]}
-        if not train_gan(
-            gan_config, gan_dir, run.open_workdir(gan_config, gan_dir), mesh, gan_sources
-        ):
+        with workdir_lib.opened(gan_config, gan_dir) as gan_writer:
+            trained = train_gan(gan_config, gan_dir, gan_writer, mesh, gan_sources)
+        if not trained:
             return {}
         count = int(np.ceil(max(sc.ratios)))
         pool = generate_pool(gan_config, gan_parts, gan_dir, subset, mesh, count)

@@ -15,11 +15,18 @@ With `study.mode` "only" (the `study` variant) or "also" (`paper`: after the thr
 the augmentation study of study.py runs instead / afterwards; its cells resume too.
 
 A SIGTERM checkpoints the stage running and returns; rerunning continues where it stopped.
+
+Why sales keeps its own loops instead of `core/trainer.run`: its training is not one step
+function with one evaluation. A WGAN-GP iteration updates two networks with two optimizers (no
+single learning rate), generation sits between the stages, and each of the three forecasters
+trains in its own workdir (own lock, checkpoints and metrics) from the same initial parameters;
+the study then repeats GAN and forecasters per training fraction and seed. The two loops are
+built from the trainer's pieces: `workdir.opened`, `restore.init_or_restore`,
+`trainer.loop_helpers` and `trainer.log_train_step`, and `parts.assemble` builds both parts.
 """
 
 from __future__ import annotations
 
-import functools
 import os
 
 import jax
@@ -28,9 +35,11 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from jaxlab.core import checkpoint, loop, optim, rng, run
+from jaxlab.core import checkpoint, loop, restore, rng, trainer
 from jaxlab.core import mesh as mesh_lib
+from jaxlab.core import parts as parts_lib
 from jaxlab.core import state as state_lib
+from jaxlab.core import workdir as workdir_lib
 from jaxlab.core.writer import MetricWriter, figure_to_image
 from jaxlab.data import pipeline
 from jaxlab.sales import (
@@ -77,11 +86,11 @@ def train_gan(
 
     parts = steps.build(config, mesh)
     manager = checkpoint.manager_from_config(config, workdir)
-    state, _ = run.init_or_restore(manager, parts, rng.stream(config.seed, "init"), train_iter)
+    state, _ = restore.init_or_restore(manager, parts, rng.stream(config.seed, "init"), train_iter)
     logging.info("Critic: %d parameters", state_lib.param_count(state.extra.params))
 
     start_step, preempted = int(state.step), False
-    with run.loop_helpers(
+    with trainer.loop_helpers(
         config, workdir, manager, writer, start_step, parts.num_steps, tc.global_batch_size
     ) as h:
         for step in range(start_step + 1, parts.num_steps + 1):
@@ -94,7 +103,7 @@ def train_gan(
             last = step == parts.num_steps
             save = loop.every(step, tc.ckpt_every) or last or preempted
             if loop.every(step, tc.log_every) or save:
-                run.log_train_step(h, step, metrics)
+                trainer.log_train_step(h, step, metrics)
             eval_metrics = None
             if loop.every(step, tc.eval_every) or last:
                 eval_metrics, generated = evaluate.generate(
@@ -126,7 +135,7 @@ def write_generated(
     if os.path.exists(path):
         return path
     parts = steps.build(config, mesh)
-    state, step = run.restore_for_eval(config, workdir, parts, config.gan.generate_checkpoint)
+    state, step = restore.restore_for_eval(config, workdir, parts, config.gan.generate_checkpoint)
     samples = [
         evaluate.generate(
             parts.eval_step,
@@ -163,7 +172,7 @@ def forecaster_sources(config: ml_collections.ConfigDict, sources: dict, generat
 def train_forecaster(
     config: ml_collections.ConfigDict,
     forecaster_dir: str,
-    parts: forecast.ForecasterParts,
+    parts: parts_lib.Parts,
     train_source,
     val_source,
     mesh: jax.sharding.Mesh,
@@ -171,89 +180,99 @@ def train_forecaster(
     """One forecaster to `config.forecaster.num_steps`, evaluated and checkpointed every
     `forecaster.eval_every` steps (the best kept by validation MAE); False when preempted."""
     fc = config.forecaster
-    writer = run.open_workdir(config, forecaster_dir)
-    train_iter = pipeline.train_iterator(
-        train_source, global_batch_size=fc.global_batch_size, seed=config.seed
-    )
-    manager = forecast.make_manager(config, forecaster_dir)
-    # The same initial parameters for the three forecasters: the study compares training sets.
-    init_key = rng.stream(config.seed, "forecaster_init")
-    state, _ = run.init_or_restore(manager, parts, init_key, train_iter)
-    lr_fn = jax.jit(functools.partial(optim.current_learning_rate, fc.optim, parts.num_steps))
+    with workdir_lib.opened(config, forecaster_dir) as writer:
+        train_iter = pipeline.train_iterator(
+            train_source, global_batch_size=fc.global_batch_size, seed=config.seed
+        )
+        manager = forecast.make_manager(config, forecaster_dir)
+        # The same initial parameters for the three forecasters: the study compares training sets.
+        init_key = rng.stream(config.seed, "forecaster_init")
+        state, _ = restore.init_or_restore(manager, parts, init_key, train_iter)
 
-    start_step, preempted = int(state.step), False
-    with run.loop_helpers(
-        config, forecaster_dir, manager, writer, start_step, parts.num_steps, fc.global_batch_size
-    ) as h:
-        for step in range(start_step + 1, parts.num_steps + 1):
-            batch = mesh_lib.global_batch(next(train_iter), mesh)
-            state, metrics = parts.train_step(state, batch)
-            h.throttle(metrics["loss"])
+        start_step, preempted = int(state.step), False
+        with trainer.loop_helpers(
+            config,
+            forecaster_dir,
+            manager,
+            writer,
+            start_step,
+            parts.num_steps,
+            fc.global_batch_size,
+        ) as h:
+            for step in range(start_step + 1, parts.num_steps + 1):
+                batch = mesh_lib.global_batch(next(train_iter), mesh)
+                state, metrics = parts.train_step(state, batch)
+                h.throttle(metrics["loss"])
 
-            preempted = h.preemption.requested(step)
-            last = step == parts.num_steps
-            evaluate_now = loop.every(step, fc.eval_every) or last
-            if loop.every(step, config.train.log_every) or evaluate_now or preempted:
-                run.log_train_step(h, step, metrics, {"lr": lr_fn(state.opt_state, state.step)})
-            val_metrics = None
-            if evaluate_now:
-                val_metrics, _ = evaluate.forecast_pass(
-                    parts.eval_step, state.params, val_source, mesh, config.eval.global_batch_size
-                )
-                writer.write_scalars(step, val_metrics)
-            if evaluate_now or preempted:
-                checkpoint.save(manager, step, state, train_iter, metrics=val_metrics)
-            if preempted:
-                loop.log_preempted(step)
-                break
-    return not preempted
+                preempted = h.preemption.requested(step)
+                last = step == parts.num_steps
+                evaluate_now = loop.every(step, fc.eval_every) or last
+                if loop.every(step, config.train.log_every) or evaluate_now or preempted:
+                    trainer.log_train_step(h, step, metrics)
+                val_metrics = None
+                if evaluate_now:
+                    val_metrics, _ = evaluate.forecast_pass(
+                        parts.eval_step,
+                        state.params,
+                        val_source,
+                        mesh,
+                        config.eval.global_batch_size,
+                    )
+                    writer.write_scalars(step, val_metrics)
+                if evaluate_now or preempted:
+                    checkpoint.save(manager, step, state, train_iter, metrics=val_metrics)
+                if preempted:
+                    loop.log_preempted(step)
+                    break
+        return not preempted
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """GAN, generation and forecasters (each resumed from workdir); returns each forecaster's
     validation MAE of its kept checkpoint (`eval.forecaster_checkpoint`), or {} when preempted."""
-    writer = run.open_workdir(config, workdir)
+    with workdir_lib.opened(config, workdir) as writer:
+        # Mesh.
+        mesh = mesh_lib.make_mesh(config.mesh)
+        mesh_lib.log_topology(mesh)
 
-    # Mesh.
-    mesh = mesh_lib.make_mesh(config.mesh)
-    mesh_lib.log_topology(mesh)
+        # Input.
+        sources = data_windows.load_windows(config, data.prepare(config, workdir))
 
-    # Input.
-    sources = data_windows.load_windows(config, data.prepare(config, workdir))
+        mode = config.study.mode
+        if mode not in ("off", "only", "also"):
+            raise ValueError(f"config.study.mode must be 'off', 'only' or 'also', got {mode!r}.")
+        if mode == "only":
+            return study_report.flat(study.run_study(config, workdir, mesh, sources, train_gan))
 
-    mode = config.study.mode
-    if mode not in ("off", "only", "also"):
-        raise ValueError(f"config.study.mode must be 'off', 'only' or 'also', got {mode!r}.")
-    if mode == "only":
-        return study_report.flat(study.run_study(config, workdir, mesh, sources, train_gan))
-
-    summary: dict[str, float] = {}
-    # Between the stages' own handlers a SIGTERM is noted here and honoured before the next one.
-    with loop.Preemption() as between_stages:
-        logging.info("=== sales: WGAN-GP")
-        if not train_gan(config, workdir, writer, mesh, sources):
-            return summary
-        generated_path = write_generated(config, workdir, sources["train"], mesh)
-        train_sets = forecaster_sources(config, sources, generated_path)
-        parts = forecast.build(config, mesh)
-        for name in forecast.NAMES:
-            if between_stages.requested(0):
-                logging.warning("Preempted between stages, before the %s forecaster.", name)
-                return {}
-            logging.info("=== sales: forecaster on %s windows (%d)", name, len(train_sets[name]))
-            forecaster_dir = forecast.forecast_dir(workdir, name)
-            if not train_forecaster(
-                config, forecaster_dir, parts, train_sets[name], sources["val"], mesh
-            ):
-                return {}
-            params, _ = forecast.restore_params(config, forecaster_dir, parts)
-            val_metrics, _ = evaluate.forecast_pass(
-                parts.eval_step, params, sources["val"], mesh, config.eval.global_batch_size
+        summary: dict[str, float] = {}
+        # Between the stages' own handlers a SIGTERM is noted here and honoured before the next one.
+        with loop.Preemption() as between_stages:
+            logging.info("=== sales: WGAN-GP")
+            if not train_gan(config, workdir, writer, mesh, sources):
+                return summary
+            generated_path = write_generated(config, workdir, sources["train"], mesh)
+            train_sets = forecaster_sources(config, sources, generated_path)
+            parts = forecast.build(config, mesh)
+            for name in forecast.NAMES:
+                if between_stages.requested(0):
+                    logging.warning("Preempted between stages, before the %s forecaster.", name)
+                    return {}
+                logging.info(
+                    "=== sales: forecaster on %s windows (%d)", name, len(train_sets[name])
+                )
+                forecaster_dir = forecast.forecast_dir(workdir, name)
+                if not train_forecaster(
+                    config, forecaster_dir, parts, train_sets[name], sources["val"], mesh
+                ):
+                    return {}
+                params, _ = forecast.restore_params(config, forecaster_dir, parts)
+                val_metrics, _ = evaluate.forecast_pass(
+                    parts.eval_step, params, sources["val"], mesh, config.eval.global_batch_size
+                )
+                summary[f"{name}_val_mae"] = val_metrics["val_mae"]
+        logging.info("Validation MAE of the forecasters: %s", summary)
+        if mode == "also":
+            summary.update(
+                study_report.flat(study.run_study(config, workdir, mesh, sources, train_gan))
             )
-            summary[f"{name}_val_mae"] = val_metrics["val_mae"]
-    logging.info("Validation MAE of the forecasters: %s", summary)
-    if mode == "also":
-        summary.update(
-            study_report.flat(study.run_study(config, workdir, mesh, sources, train_gan))
-        )
-    return summary
+        return summary

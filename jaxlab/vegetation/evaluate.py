@@ -24,7 +24,7 @@ import xarray as xr
 from absl import logging
 
 from jaxlab.core import mesh as mesh_lib
-from jaxlab.core import run
+from jaxlab.core import restore, steps_jit
 from jaxlab.data import pipeline
 from jaxlab.vegetation import data, metrics, plots, steps
 
@@ -155,7 +155,7 @@ def summarize_scores(scores: dict[str, list]) -> dict[str, Any]:
 def validation_metrics(eval_step, params, source, mesh, batch_size) -> dict[str, float]:
     """One ordered pass with `Parts.eval_step`: val_loss (mean per record) and the clear-pixel
     delta RMSE of the model and of persistence (delta 0), in normalised units."""
-    t, _ = run.eval_pass(eval_step, params, source, mesh, batch_size, keep_outputs=False)
+    t, _ = steps_jit.eval_pass(eval_step, params, source, mesh, batch_size, keep_outputs=False)
     count = max(float(t["count"]), 1.0)
     return {
         "val_loss": float(t["loss"] / t["records"]),
@@ -177,7 +177,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
     norm = data.normalisation(config, workdir, root)
     source = data.load(config, root, config.eval.split, norm)
     parts = steps.build(config, mesh)
-    state, step = run.restore_for_eval(config, workdir, parts)
+    state, step = restore.restore_for_eval(config, workdir, parts)
     params = state.params
 
     out_dir = os.path.join(workdir, "eval", config.eval.split)

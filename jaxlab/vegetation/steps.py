@@ -8,52 +8,20 @@ pure module functions on a record batch (see data.py for the record's fields and
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import functools
 import os
-from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 from jaxlab.core import mesh as mesh_lib
-from jaxlab.core import optim, rng, run
+from jaxlab.core import parts as parts_lib
+from jaxlab.core import rng
 from jaxlab.core import state as state_lib
 from jaxlab.vegetation import losses
 from jaxlab.vegetation import model as model_lib
-
-
-@dataclasses.dataclass(frozen=True)
-class Parts:
-    model: model_lib.VegetationForecaster
-    optimizer: optax.GradientTransformation
-    init_fn: Callable[[jax.Array], state_lib.TrainState]
-    abstract_state: Any  # TrainState of jax.ShapeDtypeStruct with shardings: the restore target
-    shardings: Any  # TrainState of NamedSharding
-    num_steps: int
-    train_step: Callable  # jitted (state, batch) -> (state, metrics), state donated
-    eval_step: Callable  # jitted (params, batch, valid [B]) -> (sums, deltas [B, T, H, W, 4])
-    steps_per_epoch: int  # optimizer steps per pass over the training windows
-    optim_config: ml_collections.ConfigDict  # config.optim with warmup / plateau sizes in steps
-
-
-def schedule(
-    config: ml_collections.ConfigDict, num_train_records: int
-) -> tuple[int, int, ml_collections.ConfigDict]:
-    """(steps per epoch, total steps, optim config with warmup / plateau sizes in steps)."""
-    t = config.train
-    steps_per_epoch = max(num_train_records // t.global_batch_size, 1)
-    num_steps = t.num_steps or t.num_epochs * steps_per_epoch
-    optim_config = copy.deepcopy(config.optim)
-    optim_config.warmup_steps = max(min(t.warmup_epochs * steps_per_epoch, num_steps - 1), 0)
-    if not optim_config.plateau_accumulation_size:
-        optim_config.plateau_accumulation_size = steps_per_epoch
-    return steps_per_epoch, num_steps, optim_config
 
 
 def train_step(state, batch, *, model, tx, config):
@@ -64,17 +32,9 @@ def train_step(state, batch, *, model, tx, config):
         return losses.loss_fn(pred, batch, config)
 
     (loss, terms), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params, value=loss)
-    params = optax.apply_updates(state.params, updates)
-    metrics = {
-        "loss": loss,
-        **terms,
-        "grad_norm": optax.tree.norm(grads),
-        "coeff_scale": params["coeff_scale"],
-        # The sum of record ids: tests compare it step by step to prove the data order resumes.
-        "data_checksum": jnp.sum(batch["index"]),
-    }
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    state = state_lib.apply_gradients(state, tx, grads, loss)
+    metrics = state_lib.step_metrics(loss, grads, batch)
+    return state, {**metrics, **terms, "coeff_scale": state.params["coeff_scale"]}
 
 
 def eval_step(params, batch, valid, *, model, config):
@@ -103,7 +63,7 @@ def build(
     config: ml_collections.ConfigDict,
     mesh: jax.sharding.Mesh,
     num_train_records: int | None = None,
-) -> Parts:
+) -> parts_lib.Parts[None]:
     """Model, optimizer, sharded abstract state and jitted steps for `config` on `mesh`.
 
     `num_train_records` (training windows) sets the epoch length and with it the number of steps
@@ -111,27 +71,13 @@ def build(
     optimizer state's shape does not) counts one global batch as an epoch.
     """
     records = config.train.global_batch_size if num_train_records is None else num_train_records
-    steps_per_epoch, num_steps, optim_config = schedule(config, records)
+    schedule = parts_lib.epoch_schedule(config, records)
     model = model_lib.make_model(config)
-    tx = optim.make_optimizer(optim_config, num_steps)
+    tx = schedule.optimizer()
     init_fn = functools.partial(model_lib.init_state, model=model, tx=tx, config=config)
-    abstract, shardings = state_lib.abstract_state(
-        init_fn, jax.random.key(0), mesh, config.fsdp_min_size
-    )
-    return Parts(
-        model=model,
-        optimizer=tx,
-        init_fn=init_fn,
-        abstract_state=abstract,
-        shardings=shardings,
-        num_steps=num_steps,
-        train_step=run.jit_train_step(
-            functools.partial(train_step, model=model, tx=tx, config=config), shardings, mesh
-        ),
-        eval_step=run.jit_eval_step(functools.partial(eval_step, model=model, config=config), mesh),
-        steps_per_epoch=steps_per_epoch,
-        optim_config=optim_config,
-    )
+    train_fn = functools.partial(train_step, model=model, tx=tx, config=config)
+    eval_fn = functools.partial(eval_step, model=model, config=config)
+    return parts_lib.assemble(config, mesh, model, tx, init_fn, train_fn, eval_fn, schedule)
 
 
 def random_batch(config: ml_collections.ConfigDict, batch_size: int) -> dict[str, np.ndarray]:
@@ -151,7 +97,7 @@ def random_batch(config: ml_collections.ConfigDict, batch_size: int) -> dict[str
 def benchmark_setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
     """(jitted step, initial state, one global batch, extras {}) at the config's sizes; no files."""
     parts = build(config, mesh)
-    state = jax.jit(parts.init_fn, out_shardings=parts.shardings)(rng.stream(config.seed, "init"))
+    state = parts_lib.init_state(parts, rng.stream(config.seed, "init"))
     batch = random_batch(config, config.train.global_batch_size)
     return parts.train_step, state, mesh_lib.global_batch(batch, mesh), {}
 

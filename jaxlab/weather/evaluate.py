@@ -36,7 +36,7 @@ import xarray as xr
 from absl import logging
 
 from jaxlab.core import mesh as mesh_lib
-from jaxlab.core import rng, run
+from jaxlab.core import restore, rng, steps_jit
 from jaxlab.weather import data, def_ensemble, ensemble, metrics, plots, steps
 
 
@@ -51,7 +51,7 @@ def denoising_loss(
     """{"eval_loss"}: noise MSE of `params` (`Parts.eval_step`) on the first `ec.loss_examples`
     pairs of `source`; the loss train.py logs and the best checkpoint is chosen by."""
     subset = _FirstPairs(source, min(len(source), ec.loss_examples))
-    totals, _ = run.eval_pass(
+    totals, _ = steps_jit.eval_pass(
         eval_step, params, subset, mesh, ec.global_batch_size, residual_std, keep_outputs=False
     )
     return {"eval_loss": float(totals["loss"] / totals["count"])}
@@ -107,12 +107,12 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
     lead = int(config.data.leads[0])
     source = steps.WithHour(data.PairSource(store, ec.split, (lead,), config.data.preload_max_mb))
     parts = steps.build(config, mesh)
-    state, step = run.restore_for_eval(config, workdir, parts)
+    state, step = restore.restore_for_eval(config, workdir, parts)
     params = state.extra["ema"] if ec.use_ema else state.params
     scale = ensemble.scale_of(state.extra)
 
     m = ec.num_members
-    step_fn = ensemble.make_forecast_step(parts.model, parts.schedule, config, mesh, m)
+    step_fn = ensemble.make_forecast_step(parts.model, parts.extras.schedule, config, mesh, m)
     cases = case_indices(source, lead, ec.rollout_steps, ec.num_cases)
     clim_mean, clim_std = climatology(source, int(source.stats["num_train_times"]))
     thresholds = [(name, float(v)) for name, v in ec.thresholds]
@@ -304,7 +304,7 @@ def _restore_variant(config, mesh, objective: str, workdir: str, what: str):
     variant = config.copy_and_resolve_references()
     variant.train.objective = objective
     parts = steps.build(variant, mesh)
-    state, step = run.restore_for_eval(variant, workdir, parts)
+    state, step = restore.restore_for_eval(variant, workdir, parts)
     logging.info("DEF: %s step %d from %s", what, step, workdir)
     return parts, state.extra["ema"] if config.eval.use_ema else state.params, state
 
@@ -333,7 +333,7 @@ def _def_systems(config, parts, mesh, params, scale, m):
         model, def_params = parts.model, params
     else:
         raise ValueError(f"eval.def_mode must be 'paper' or 'change', got {mode!r}.")
-    fns = def_ensemble.make_steps(model, det_parts.model, parts.schedule, config, mesh, m)
+    fns = def_ensemble.make_steps(model, det_parts.model, parts.extras.schedule, config, mesh, m)
     scales = (scale, ensemble.scale_of(det_state.extra), jnp.float32(ec.def_guidance))
     accs = {"def": _Accumulator(ec.rollout_steps, m),
             "deterministic": _Accumulator(ec.rollout_steps, 1)}  # fmt: skip

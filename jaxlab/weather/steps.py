@@ -21,7 +21,6 @@ import dataclasses
 import functools
 import os
 import time
-from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -33,22 +32,15 @@ import optax
 from absl import logging
 
 from jaxlab.core import mesh as mesh_lib
-from jaxlab.core import optim, rng, run
+from jaxlab.core import parts as parts_lib
+from jaxlab.core import rng
 from jaxlab.core import state as state_lib
 from jaxlab.weather import data, diffusion, ensemble
 from jaxlab.weather import model as model_lib
 
 
 @dataclasses.dataclass(frozen=True)
-class Parts:
-    model: nn.Module
-    optimizer: optax.GradientTransformation
-    init_fn: Callable[[jax.Array], state_lib.TrainState]
-    abstract_state: Any  # TrainState of jax.ShapeDtypeStruct with shardings: the restore target
-    shardings: Any  # TrainState of NamedSharding
-    num_steps: int
-    train_step: Callable  # jitted (state, batch) -> (state, metrics), state donated
-    eval_step: Callable  # jitted (params, batch, valid, residual_std) -> (sums, loss [B])
+class Extras:
     schedule: diffusion.Schedule  # the noise schedule the network is trained (and sampled) on
     grid_shape: tuple[int, int, int]  # training input [H, W, C]: the crop, or the full grid
 
@@ -234,7 +226,7 @@ def build(
     mesh: jax.sharding.Mesh,
     residual_std: np.ndarray | None = None,
     residual_mean: np.ndarray | None = None,
-) -> Parts:
+) -> parts_lib.Parts[Extras]:
     """Model, optimizer, schedule, sharded abstract state and jitted steps for `config` on `mesh`.
 
     `residual_std` / `residual_mean` [C] go into a *new* state (train.py passes the training
@@ -244,7 +236,8 @@ def build(
     dc = config.diffusion
     grid = grid_shape(config)
     model = model_lib.make_model(config)
-    tx = optim.make_optimizer(config.optim, config.train.num_steps)
+    run_schedule = parts_lib.step_schedule(config)
+    tx = run_schedule.optimizer()
     schedule = diffusion.make_schedule(dc.schedule, dc.num_steps)
     if residual_std is None:
         residual_std = np.ones(grid[-1], np.float32)
@@ -257,9 +250,6 @@ def build(
         grid_shape=grid,
         residual_std=residual_std,
         residual_mean=residual_mean,
-    )
-    abstract, shardings = state_lib.abstract_state(
-        init_fn, rng.stream(config.seed, "init"), mesh, config.fsdp_min_size
     )
     loss_args = dict(
         model=model,
@@ -277,19 +267,18 @@ def build(
         cond_drop=config.train.get("cond_drop", 0.1),
         **loss_args,
     )
-    return Parts(
-        model=model,
-        optimizer=tx,
-        init_fn=init_fn,
-        abstract_state=abstract,
-        shardings=shardings,
-        num_steps=config.train.num_steps,
-        train_step=run.jit_train_step(train_fn, shardings, mesh),
-        eval_step=run.jit_eval_step(
-            functools.partial(eval_step, **loss_args), mesh, num_extra_args=1
-        ),
-        schedule=schedule,
-        grid_shape=grid,
+    return parts_lib.assemble(
+        config,
+        mesh,
+        model,
+        tx,
+        init_fn,
+        train_fn,
+        functools.partial(eval_step, **loss_args),
+        run_schedule,
+        eval_extra_args=1,
+        extras=Extras(schedule=schedule, grid_shape=grid),
+        init_rng=rng.stream(config.seed, "init"),
     )
 
 
@@ -301,8 +290,8 @@ def benchmark_setup(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
     times (`extras["optimizer_updates_per_step"]`).
     """
     parts = build(config, mesh)
-    state = jax.jit(parts.init_fn, out_shardings=parts.shardings)(rng.stream(config.seed, "init"))
-    b, grid = config.train.global_batch_size, parts.grid_shape
+    state = parts_lib.init_state(parts, rng.stream(config.seed, "init"))
+    b, grid = config.train.global_batch_size, parts.extras.grid_shape
     gen = np.random.default_rng(config.seed)
     batch = {
         "cond": gen.normal(size=(b, *grid)).astype(np.float32),
@@ -330,13 +319,11 @@ def benchmark_sampling(config: ml_collections.ConfigDict, mesh: jax.sharding.Mes
     """
     ec = config.eval
     parts = build(config, mesh)
-    params = jax.jit(parts.init_fn, out_shardings=parts.shardings)(
-        rng.stream(config.seed, "init")
-    ).params
+    params = parts_lib.init_state(parts, rng.stream(config.seed, "init")).params
     grid = (*config.data.shape, len(data.VARIABLES))
     scale = {"std": jnp.ones(grid[-1], jnp.float32), "mean": jnp.zeros(grid[-1], jnp.float32)}
     members = ec.bench_members or ec.num_members
-    step_fn = ensemble.make_forecast_step(parts.model, parts.schedule, config, mesh, members)
+    step_fn = ensemble.make_forecast_step(parts.model, parts.extras.schedule, config, mesh, members)
     cond = jnp.zeros((members, *grid), jnp.float32)
     lead = jnp.ones((members,), jnp.float32)
     hour = jnp.zeros((members,), jnp.float32)

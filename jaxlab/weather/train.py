@@ -1,14 +1,16 @@
-"""Training loop of the conditional diffusion forecaster (epsilon- or v-prediction, EMA params).
+"""Training of the conditional diffusion forecaster: what it gives `core/trainer.py`.
 
-Stages, top to bottom: writer, mesh, input (GRIB2 -> Zarr, pairs, random crops), the residual
-scale of the training pairs, parts (`steps.build`), state (restored or new), loop. The EMA of
-the params is updated inside the step (steps.py); the periodic evaluation scores the EMA params,
-the ones ensembles are drawn with.
+`sources` converts GRIB2 to Zarr (synthetic when configured), pairs states at the configured
+leads, crops them at random and measures the residual scale of the training pairs (which `build`
+puts into a *new* state; a resumed one has its own, in the checkpoint). The EMA of the params is
+updated inside the step (steps.py); the evaluation inside the loop scores the EMA params, the
+ones ensembles are drawn with, and its figure shows members sampled with them.
 """
 
 from __future__ import annotations
 
-import functools
+import sys
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -16,8 +18,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from jaxlab.core import checkpoint, loop, optim, rng, run
-from jaxlab.core import mesh as mesh_lib
+from jaxlab.core import rng, trainer
 from jaxlab.core import writer as writer_lib
 from jaxlab.data import pipeline
 from jaxlab.weather import data, ensemble, evaluate, plots, steps
@@ -50,16 +51,8 @@ def members_image(step_fn, state, source, config, step: int) -> dict[str, np.nda
     return {"eval/members": writer_lib.figure_to_image(fig)}
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-    """Trains to `config.train.num_steps`, resuming from `workdir`; returns the last eval loss."""
-    tc = config.train
-    writer = run.open_workdir(config, workdir)
-
-    # Mesh.
-    mesh = mesh_lib.make_mesh(config.mesh)
-    mesh_lib.log_topology(mesh)
-
-    # Input: GRIB2 -> Zarr (synthetic when configured), pairs, random crops.
+def sources(config: ml_collections.ConfigDict, workdir: str) -> trainer.Input:
+    """Random crops of the training pairs, the eval pairs, and the residual scale for `build`."""
     store = data.prepare(config, workdir)
     leads, preload = tuple(config.data.leads), config.data.preload_max_mb
     train_source = steps.WithHour(data.PairSource(store, "train", leads, preload))
@@ -67,65 +60,54 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     data.check_grid(train_source.source, store, config.data.shape)
     train_iter = pipeline.train_iterator(
         train_source,
-        global_batch_size=tc.global_batch_size,
+        global_batch_size=config.train.global_batch_size,
         seed=config.seed,
         random_transform=data.random_crop(tuple(config.data.crop)),
     )
-    # Used by a new run; a resumed one has its own (in the checkpoint).
     residual_std = data.residual_std(train_source.source)
     residual_mean = steps.residual_mean(train_source.source, residual_std)
     logging.info("Residual std per variable %s: %s", data.VARIABLES, np.round(residual_std, 3))
     logging.info("Scaled residual mean: %s", np.round(residual_mean, 3))
+    return trainer.Input(
+        train_iter=train_iter,
+        eval_source=eval_source,
+        build_kwargs={"residual_std": residual_std, "residual_mean": residual_mean},
+        info={"sampler": None},  # the figure's sampler, built at the first figure
+    )
 
-    # Parts and state (restored when the workdir has a checkpoint).
-    parts = steps.build(config, mesh, residual_std, residual_mean)
-    manager = checkpoint.manager_from_config(config, workdir)
-    state, _ = run.init_or_restore(manager, parts, rng.stream(config.seed, "init"), train_iter)
-    lr_fn = jax.jit(functools.partial(optim.current_learning_rate, config.optim, parts.num_steps))
-    figure_members = int(config.eval.get("train_figure_members", 0))
-    figure_step = None  # the sampler for the members drawn to TensorBoard at each evaluation
-    if figure_members:
-        figure_step = ensemble.make_forecast_step(
-            parts.model, parts.schedule, config, mesh, figure_members
+
+def build(config, mesh, *, residual_std, residual_mean):
+    """`steps.build` with the training pairs' residual scale (for a new state)."""
+    return steps.build(config, mesh, residual_std, residual_mean)
+
+
+def evaluate_during_training(config, parts, state, inputs: trainer.Input, mesh, train_window):
+    """({"eval_loss"}: the EMA params' denoising loss on the eval pairs, no outputs)."""
+    del train_window  # no train-metric sums
+    metrics = evaluate.denoising_loss(
+        parts.eval_step,
+        state.extra["ema"],
+        state.extra["residual_std"],
+        inputs.eval_source,
+        mesh,
+        config.eval,
+    )
+    return metrics, None
+
+
+def figure(config, parts, state, inputs: trainer.Input, mesh, step: int, metrics, outputs):
+    """{"eval/members"} when `eval.train_figure_members` > 0: see `members_image`."""
+    del metrics, outputs
+    members = int(config.eval.train_figure_members)
+    if not members:
+        return {}
+    if inputs.info["sampler"] is None:
+        inputs.info["sampler"] = ensemble.make_forecast_step(
+            parts.model, parts.extras.schedule, config, mesh, members
         )
+    return members_image(inputs.info["sampler"], state, inputs.eval_source, config, step)
 
-    # Loop.
-    start_step = int(state.step)
-    eval_metrics: dict[str, float] = {}
-    with run.loop_helpers(
-        config, workdir, manager, writer, start_step, parts.num_steps, tc.global_batch_size
-    ) as h:
-        for step in range(start_step + 1, parts.num_steps + 1):
-            h.profile.step(step, state)
-            batch = mesh_lib.global_batch(next(train_iter), mesh)
-            state, metrics = parts.train_step(state, batch)
-            h.throttle(metrics["loss"])
 
-            preempted = h.preemption.requested(step)
-            last = step == parts.num_steps
-            save = loop.every(step, tc.ckpt_every) or last or preempted
-            if loop.every(step, tc.log_every) or save:
-                run.log_train_step(h, step, metrics, {"lr": lr_fn(state.opt_state, state.step)})
-            metrics_for_ckpt = None
-            if loop.every(step, tc.eval_every) or last:
-                # The EMA params: what evaluate.py samples ensembles with.
-                eval_metrics = evaluate.denoising_loss(
-                    parts.eval_step,
-                    state.extra["ema"],
-                    state.extra["residual_std"],
-                    eval_source,
-                    mesh,
-                    config.eval,
-                )
-                writer.write_scalars(step, eval_metrics)
-                metrics_for_ckpt = eval_metrics
-                if figure_step is not None:
-                    writer.write_images(
-                        step, members_image(figure_step, state, eval_source, config, step)
-                    )
-            if save:
-                checkpoint.save(manager, step, state, train_iter, metrics=metrics_for_ckpt)
-            if preempted:
-                loop.log_preempted(step)
-                break
-    return eval_metrics
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Trains to `config.train.num_steps`, resuming from `workdir`; returns the last eval loss."""
+    return trainer.run(config, workdir, sys.modules[__name__])

@@ -20,6 +20,12 @@ def _init_fn(rng):
     return state_lib.create_train_state(params, optax.adam(1e-3))
 
 
+def _init_sharded(init_fn, rng, mesh, fsdp_min_size=2**18):
+    """(state, shardings): `init_fn(rng)` under jit, every leaf born with its mesh sharding."""
+    _, shardings = state_lib.abstract_state(init_fn, rng, mesh, fsdp_min_size)
+    return jax.jit(init_fn, out_shardings=shardings)(rng), shardings
+
+
 def _assert_trees_equal(a, b):
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
@@ -28,7 +34,7 @@ def _assert_trees_equal(a, b):
 def test_state_and_iterator_round_trip(tmp_path):
     mesh = mesh_lib.make_mesh([("data", -1)])
     rng = jax.random.key(0)
-    state, _ = state_lib.init_sharded(_init_fn, rng, mesh)
+    state, _ = _init_sharded(_init_fn, rng, mesh)
     state = state.replace(step=state.step + 5)
     source = [np.int32(i) for i in range(40)]
     it = pipeline.train_iterator(source, global_batch_size=8, seed=0, process_count=1)
@@ -48,7 +54,7 @@ def test_state_and_iterator_round_trip(tmp_path):
 
 def test_keeps_latest_n_plus_best(tmp_path):
     mesh = mesh_lib.make_mesh([("data", -1)])
-    state, _ = state_lib.init_sharded(_init_fn, jax.random.key(0), mesh)
+    state, _ = _init_sharded(_init_fn, jax.random.key(0), mesh)
     manager = checkpoint.make_manager(
         str(tmp_path), max_to_keep=2, best_metric="eval_loss", best_mode="min", keep_best=1
     )
@@ -67,7 +73,7 @@ def test_keeps_latest_n_plus_best(tmp_path):
 def test_written_on_8_devices_restores_on_1(tmp_path):
     rng = jax.random.key(1)
     mesh8 = mesh_lib.make_mesh([("fsdp", -1)])
-    state8, shardings8 = state_lib.init_sharded(_init_fn, rng, mesh8, fsdp_min_size=64)
+    state8, shardings8 = _init_sharded(_init_fn, rng, mesh8, fsdp_min_size=64)
     assert shardings8.params["kernel"].spec == jax.sharding.PartitionSpec("fsdp", None)
     assert len(state8.params["kernel"].sharding.device_set) == 8
     manager = checkpoint.make_manager(str(tmp_path))
@@ -81,12 +87,10 @@ def test_written_on_8_devices_restores_on_1(tmp_path):
     _assert_trees_equal(restored, state8)
 
 
-def test_restore_or_init_and_missing_checkpoint(tmp_path):
+def test_missing_checkpoint(tmp_path):
     mesh = mesh_lib.make_mesh([("data", -1)])
-    rng = jax.random.key(2)
-    target, shardings = state_lib.abstract_state(_init_fn, rng, mesh)
+    target, _ = state_lib.abstract_state(_init_fn, jax.random.key(2), mesh)
     manager = checkpoint.make_manager(str(tmp_path))
-    fresh = checkpoint.restore_or_init(manager, target, lambda: _init_fn(rng))
-    assert int(fresh.step) == 0
+    assert checkpoint.restore_latest_intact(manager, target) == (None, None)
     with pytest.raises(FileNotFoundError, match=str(tmp_path)):
         checkpoint.restore(manager, target)

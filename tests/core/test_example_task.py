@@ -16,8 +16,9 @@ import jax
 import pytest
 
 from jaxlab.configs import example as example_config
-from jaxlab.core import checkpoint, loop, rng, run
+from jaxlab.core import checkpoint, loop, rng, steps_jit
 from jaxlab.core import mesh as mesh_lib
+from jaxlab.core import parts as parts_lib
 from jaxlab.core.writer import read_metrics
 from jaxlab.data import pipeline
 from jaxlab.example import data, evaluate, steps, train
@@ -37,7 +38,7 @@ def tiny_config(**train_overrides):
 
 def _state_and_step(config, mesh):
     parts = steps.build(config, mesh)
-    state = jax.jit(parts.init_fn, out_shardings=parts.shardings)(rng.stream(config.seed, "init"))
+    state = parts_lib.init_state(parts, rng.stream(config.seed, "init"))
     return state, parts.train_step
 
 
@@ -68,10 +69,10 @@ def test_train_step_compiles_once(tmp_path):
     batches, _ = _batches(config, str(tmp_path), 4)
     mesh = mesh_lib.make_mesh([("data", -1)])
     parts = steps.build(config, mesh)
-    state = jax.jit(parts.init_fn, out_shardings=parts.shardings)(jax.random.key(0))
+    state = parts_lib.init_state(parts, jax.random.key(0))
     chex.clear_trace_counter()
     counted = chex.assert_max_traces(steps.train_step, n=1)
-    step = run.jit_train_step(
+    step = steps_jit.jit_train_step(
         functools.partial(counted, model=parts.model, tx=parts.optimizer), parts.shardings, mesh
     )
     for batch in batches:  # a second trace would raise AssertionError

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from jaxlab.core.task import load_config
+from jaxlab.core.config import load_config
 from tests.core import scripts_util
 
 _spec = importlib.util.spec_from_file_location(

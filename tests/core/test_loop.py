@@ -87,3 +87,50 @@ def test_step_throttle_keeps_queued_multi_device_steps_bounded():
     for i in range(5):
         throttle(np.float32(i))
     assert len(throttle._pending) == 2
+
+
+def test_train_window_sums_and_survives_a_json_round_trip_bitwise():
+    """The trainer's train-metric sums (glitch's epoch confusion and loss) go through the
+    checkpoint's JSON loop state without changing a bit, so a resumed epoch logs the same."""
+    import json
+
+    import jax.numpy as jnp
+
+    from jaxlab.core import trainer
+
+    window = trainer.TrainWindow(("loss", "confusion"))
+    losses = np.float32([0.1, 1 / 3, 2.7182817])
+    for k, loss in enumerate(losses):
+        confusion = jnp.full((2, 2), k, jnp.int32)
+        window.add({"loss": jnp.float32(loss), "confusion": confusion, "lr": jnp.float32(1.0)})
+    saved = json.loads(json.dumps(window.to_json()))
+    resumed = trainer.TrainWindow(("loss", "confusion"), saved)
+    got, want = resumed.read(), window.read()
+    assert got["steps"] == want["steps"] == 3 and set(got) == {"steps", "loss", "confusion"}
+    assert got["loss"].dtype == np.float32 and got["loss"].tobytes() == want["loss"].tobytes()
+    assert want["loss"] == np.float32(np.float32(losses[0] + losses[1]) + losses[2])
+    np.testing.assert_array_equal(got["confusion"], np.full((2, 2), 3, np.int32))
+    assert window.read() == {"steps": 0}  # reading starts a new window
+
+
+def test_epoch_schedule_counts_whole_batches_and_warms_up_in_epochs():
+    import ml_collections
+
+    from jaxlab.core import optim
+    from jaxlab.core import parts as parts_lib
+
+    config = ml_collections.ConfigDict(
+        {
+            "train": {"global_batch_size": 8, "num_steps": 0, "num_epochs": 3, "warmup_epochs": 5},
+            "optim": optim.default_optim_config(),
+        }
+    )
+    config.optim.plateau_accumulation_size = 0
+    schedule = parts_lib.epoch_schedule(config, num_train_records=30)  # 3 batches, 6 dropped
+    assert (schedule.steps_per_epoch, schedule.num_steps) == (3, 9)
+    assert schedule.optim_config.warmup_steps == 8  # 5 epochs capped at all steps but one
+    assert schedule.optim_config.plateau_accumulation_size == 3  # one epoch
+    config.train.num_steps = 4  # an explicit step count wins
+    assert parts_lib.epoch_schedule(config, 30).num_steps == 4
+    with pytest.raises(ValueError, match="7 training records make no batch of 8"):
+        parts_lib.epoch_schedule(config, 7)

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxlab.core import config as config_lib
 from jaxlab.core import mesh as mesh_lib
 from jaxlab.core import task as task_lib
 
@@ -54,12 +55,12 @@ def _batches(name, config, parts):
     if name == "weather":
 
         def batch(b):
-            grid = _sds((b, *parts.grid_shape))
+            grid = _sds((b, *parts.extras.grid_shape))
             return {"cond": grid, "target": grid, "lead": _sds((b,)), "hour": _sds((b,))} | {
                 "index": _sds((b,), jnp.int32)
             }
 
-        residual_std = _sds((parts.grid_shape[-1],))
+        residual_std = _sds((parts.extras.grid_shape[-1],))
         return batch(tb), batch(eb), _sds((eb,), jnp.bool_), (residual_std,)
     if name == "glitch":
         from jaxlab.glitch import model
@@ -83,9 +84,9 @@ def _batches(name, config, parts):
         from jaxlab.neutrino import model
 
         def batch(g):
-            return jax.eval_shape(lambda: model.dummy_batch(parts.spec, g))
+            return jax.eval_shape(lambda: model.dummy_batch(parts.extras.spec, g))
 
-        valid = _sds((eb, parts.spec.events), jnp.bool_)
+        valid = _sds((eb, parts.extras.spec.events), jnp.bool_)
         return batch(tb), batch(eb), valid, ()
     raise AssertionError(name)
 
@@ -95,7 +96,7 @@ def _export(fn, args, platforms):
 
 
 def _lower_all(name, variant):
-    config = task_lib.load_config(f"{name}:{variant}")
+    config = config_lib.load_config(f"{name}:{variant}")
     steps = task_lib.import_task(config, "steps")
     predict = task_lib.import_task(config, "predict")
     mesh = mesh_lib.make_mesh([("data", -1)], devices=jax.devices()[:1])

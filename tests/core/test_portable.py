@@ -124,10 +124,11 @@ def _random_bundle(name, out, variant="tiny", batch=None):
     """(config, bundle path, network, params): a bundle of randomly initialised parameters of the
     task's `variant` config with its StableHLO predict; no training, no init compile."""
     from jaxlab.core import bundle
+    from jaxlab.core import config as config_lib
     from jaxlab.core import mesh as mesh_lib
     from jaxlab.core import task as task_lib
 
-    config = task_lib.load_config(f"{name}:{variant}")
+    config = config_lib.load_config(f"{name}:{variant}")
     steps = task_lib.import_task(config, "steps")
     predict_module = task_lib.import_task(config, "predict")
     mesh = mesh_lib.make_mesh([("data", -1)], devices=jax.devices()[:1])

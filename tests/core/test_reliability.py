@@ -20,7 +20,8 @@ import numpy as np
 import optax
 import pytest
 
-from jaxlab.core import checkpoint, loop, run
+from jaxlab.core import checkpoint, loop
+from jaxlab.core import config as config_lib
 from jaxlab.core import lock as lock_lib
 from jaxlab.core import mesh as mesh_lib
 from jaxlab.core import state as state_lib
@@ -32,6 +33,12 @@ from tests.core import scripts_util
 def _init_fn(rng):
     params = {"kernel": jax.random.normal(rng, (16, 8)), "bias": jnp.zeros((8,))}
     return state_lib.create_train_state(params, optax.adam(1e-3))
+
+
+def _init_sharded(init_fn, rng, mesh, fsdp_min_size=2**18):
+    """(state, shardings): `init_fn(rng)` under jit, every leaf born with its mesh sharding."""
+    _, shardings = state_lib.abstract_state(init_fn, rng, mesh, fsdp_min_size)
+    return jax.jit(init_fn, out_shardings=shardings)(rng), shardings
 
 
 def _trees_equal(a, b):
@@ -47,7 +54,7 @@ def _iterator():
 def _two_steps(directory):
     """Steps 1 and 2 saved with iterator, loop state and metrics; returns (target, states)."""
     mesh = mesh_lib.make_mesh([("data", -1)], devices=jax.devices()[:1])
-    state, _ = state_lib.init_sharded(_init_fn, jax.random.key(0), mesh)
+    state, _ = _init_sharded(_init_fn, jax.random.key(0), mesh)
     target, _ = state_lib.abstract_state(_init_fn, jax.random.key(0), mesh)
     manager = checkpoint.make_manager(directory, max_to_keep=3, best_metric="eval_loss")
     it, states = _iterator(), {}
@@ -160,7 +167,7 @@ def test_unverified_step_still_falls_back_and_intact_mismatch_is_a_config_error(
 
 def test_nan_state_is_not_saved_and_the_finite_checkpoint_survives_retention(tmp_path):
     mesh = mesh_lib.make_mesh([("data", -1)], devices=jax.devices()[:1])
-    state, _ = state_lib.init_sharded(_init_fn, jax.random.key(0), mesh)
+    state, _ = _init_sharded(_init_fn, jax.random.key(0), mesh)
     target, _ = state_lib.abstract_state(_init_fn, jax.random.key(0), mesh)
     manager = checkpoint.make_manager(str(tmp_path), max_to_keep=1)
     checkpoint.save(manager, 1, state)
@@ -207,8 +214,8 @@ def _config(batch_size=16):
 
 def test_config_change_on_resume_names_the_keys(tmp_path):
     workdir = str(tmp_path)
-    run.check_config(_config(), workdir)
-    run.check_config(_config(batch_size=32), workdir)  # no checkpoint yet: a new run
+    config_lib.check_resume(_config(), workdir)
+    config_lib.check_resume(_config(batch_size=32), workdir)  # no checkpoint yet: a new run
     os.makedirs(os.path.join(workdir, "checkpoints", "5"))
     changed = _config(batch_size=16)
     changed.train.num_steps = 20  # harmless: logged
@@ -217,10 +224,10 @@ def test_config_change_on_resume_names_the_keys(tmp_path):
         ValueError,
         match=r"model.dtype: 'float32' -> 'bfloat16'; train.global_batch_size: 32 -> 16\.",
     ):
-        run.check_config(changed, workdir)
+        config_lib.check_resume(changed, workdir)
     assert _read_json(os.path.join(workdir, "config.json"))["train"]["global_batch_size"] == 32
     changed.train.allow_config_change = True
-    run.check_config(changed, workdir)
+    config_lib.check_resume(changed, workdir)
     assert _read_json(os.path.join(workdir, "config.json"))["model"]["dtype"] == "bfloat16"
 
 

@@ -29,7 +29,7 @@ def _count(tree):
 
 
 def test_vit_b16_encoder_matches_timm_param_count_and_shapes():
-    config = glitch_config.get_config("vit_b16_multiview")
+    config = glitch_config.get_config("paper")
     encoder = model_lib.make_encoder(config)
     params = _abstract_params(encoder, (1, 224, 224, 3))
     assert _count(params) == VIT_B16_ENCODER_PARAMS  # 85,798,656
@@ -55,7 +55,7 @@ def test_vit_b16_encoder_matches_timm_param_count_and_shapes():
 
 
 def test_vit_b16_multiview_shapes_without_materialising():
-    config = glitch_config.get_config("vit_b16_multiview")
+    config = glitch_config.get_config("paper")
     model = model_lib.make_model(config, 22)
     shape = (2, *model_lib.input_shape(config))
     assert shape == (2, 4, 224, 224, 3)

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from jaxlab.configs import glitch as glitch_config
-from jaxlab.core import checkpoint, run
+from jaxlab.core import checkpoint, restore
 from jaxlab.core import mesh as mesh_lib
 from jaxlab.core.writer import read_metrics
 from jaxlab.glitch import evaluate, steps, train
@@ -89,7 +89,7 @@ def _saved_steps(workdir: str) -> list[int]:
 
 def _latest_params(config, workdir: str):
     parts = steps.build(config, mesh_lib.make_mesh(config.mesh), num_train=195, num_classes=22)
-    state, _ = run.restore_for_eval(config, workdir, parts, which="latest")
+    state, _ = restore.restore_for_eval(config, workdir, parts, which="latest")
     return jax.device_get(state.params)
 
 
@@ -130,7 +130,7 @@ def _plant_val_accuracy(monkeypatch, epochs) -> None:
 @pytest.mark.slow  # five in-process training runs of the tiny config
 def test_sigterm_resume_is_bitwise_and_early_stopping_survives_it(tmp_path, monkeypatch, caplog):
     config = _config(str(tmp_path / "data"), num_epochs=len(PLANTED))
-    config.train.patience = 3
+    config.eval.early_stopping_patience = 3
     config.train.max_to_keep = 1  # only the latest and the best by val_accuracy are kept
     full, split = str(tmp_path / "full"), str(tmp_path / "split")
     last_step = 5 * STEPS_PER_EPOCH
@@ -160,8 +160,10 @@ def test_sigterm_resume_is_bitwise_and_early_stopping_survives_it(tmp_path, monk
     assert _saved_steps(split)[-1] == stop_at
     assert max(s["step"] for s in _logged(split)[0]) == stop_at
     saved = _loop_state(split, stop_at)  # committed with the checkpoint, no side file
-    assert saved["epoch_steps"] == 2 and len(saved["epoch_confusion"]) == 22
-    assert saved["early_stopping"]["best_at"] == 2 and saved["early_stopping"]["bad_evals"] == 2
+    window = saved["train_window"]  # the epoch's train-metric sums so far
+    assert window["steps"] == 2 and len(window["sums"]["confusion"]["value"]) == 22
+    assert saved["early_stopping"]["best_at"] == 2 * STEPS_PER_EPOCH
+    assert saved["early_stopping"]["bad_evals"] == 2
     assert "loop_state.json" not in os.listdir(split)  # the side file of earlier versions
     with monkeypatch.context() as m:
         _plant_val_accuracy(m, epochs)

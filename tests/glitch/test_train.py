@@ -12,6 +12,7 @@ import pytest
 from jaxlab.configs import glitch as glitch_config
 from jaxlab.core import loop, rng
 from jaxlab.core import mesh as mesh_lib
+from jaxlab.core import parts as parts_lib
 from jaxlab.core import state as state_lib
 from jaxlab.core.writer import read_metrics
 from jaxlab.data import pipeline
@@ -70,7 +71,7 @@ def test_parts_train_step_compiles_once_and_matches_one_device(tmp_path, monkeyp
     for name, devices in (("2", jax.devices()[:2]), ("1", jax.devices()[:1])):
         mesh = mesh_lib.make_mesh([("data", -1)], devices=devices)
         parts = steps.build(config, mesh, num_train=len(source), num_classes=22)
-        state = jax.jit(parts.init_fn, out_shardings=parts.shardings)(jax.random.key(0))
+        state = parts_lib.init_state(parts, jax.random.key(0))
         chex.clear_trace_counter()
         for batch in batches:  # a second trace would raise
             state, metrics = parts.train_step(state, mesh_lib.global_batch(batch, mesh))
@@ -101,7 +102,6 @@ def test_benchmark_setup_tiny_and_vit_b16_multiview_shapes():
     assert np.isfinite(float(metrics["loss"]))
     # The paper-size setup, abstractly (86M params are never materialised in tests).
     config = glitch_config.get_config("paper")
-    assert glitch_config.get_config("vit_b16_multiview").to_dict() == config.to_dict()  # alias
     assert glitch_config.get_config("vit_b16_multiview_bf16").model.dtype == "bfloat16"
     parts = steps.build(config, mesh, num_train=100 * config.train.global_batch_size + 5)
     params = parts.abstract_state.params
@@ -138,7 +138,7 @@ def test_pretrained_encoder_equals_init_with_imported_weights(tmp_path):
 
     parts = steps.build(config, mesh, num_train=160)
     key = rng.stream(config.seed, "init")
-    fresh = jax.jit(parts.init_fn, out_shardings=parts.shardings)(key)
+    fresh = parts_lib.init_state(parts, key)
     state = jax.device_get(steps.with_pretrained_encoder(config, parts, fresh))
     # The same state as initialising with the imported encoder inside init (optimizer included).
     encoder = timm_import.load_encoder(path, parts.abstract_state.params["encoder"])

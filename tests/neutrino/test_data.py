@@ -126,7 +126,6 @@ def test_real_data_without_root_is_a_clear_error():
     assert config.data.root == "" and not config.data.synthetic
     with pytest.raises(ValueError, match=r"config.data.root is empty.*sensor_geometry.csv"):
         data.prepare(config, "unused")
-    assert neutrino_config.get_config("baseline_1m") == config  # the old name is an alias
 
 
 def test_processor_groups_by_dom_and_truncates_by_the_documented_rule():

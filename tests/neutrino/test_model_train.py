@@ -12,7 +12,8 @@ import pytest
 
 from jaxlab.configs import neutrino as neutrino_config
 from jaxlab.core import mesh as mesh_lib
-from jaxlab.core import rng, run
+from jaxlab.core import parts as parts_lib
+from jaxlab.core import rng, steps_jit
 from jaxlab.core.writer import read_metrics
 from jaxlab.neutrino import data_packing, evaluate, metrics, steps, synthetic, train
 from jaxlab.neutrino import model as model_lib
@@ -96,10 +97,10 @@ def test_parts_train_step_compiles_once_on_8_devices():
     config = _tiny()
     mesh = mesh_lib.make_mesh([("data", -1)])
     parts = steps.build(config, mesh)
-    state = jax.jit(parts.init_fn, out_shardings=parts.shardings)(rng.stream(0, "init"))
+    state = parts_lib.init_state(parts, rng.stream(0, "init"))
     chex.clear_trace_counter()
     counted = chex.assert_max_traces(steps.train_step, n=1)
-    step = run.jit_train_step(
+    step = steps_jit.jit_train_step(
         functools.partial(
             counted,
             model=parts.model,
@@ -111,7 +112,7 @@ def test_parts_train_step_compiles_once_on_8_devices():
         mesh,
     )
     for seed in range(3):  # different events, sizes and pack fill; a retrace would raise
-        batch = data_packing.synthetic_batch(config, parts.spec, seed)
+        batch = data_packing.synthetic_batch(config, parts.extras.spec, seed)
         state, step_metrics = step(state, mesh_lib.global_batch(_inputs(batch), mesh))
         assert np.isfinite(float(step_metrics["loss"]))
         assert float(step_metrics["events"]) == batch["event_valid"].sum()
@@ -134,7 +135,7 @@ def test_eval_pass_maps_predictions_to_events_and_sums_match_host_metric():
     config.eval.global_batch_size = 2
     mesh = mesh_lib.make_mesh([("data", -1)], devices=jax.devices()[:2])
     parts = steps.build(config, mesh)
-    state = jax.jit(parts.init_fn, out_shardings=parts.shardings)(rng.stream(0, "init"))
+    state = parts_lib.init_state(parts, rng.stream(0, "init"))
     records = _Records(_raw_events(19, seed=2))
     processor = data_packing.EventProcessor(
         synthetic.geometry().astype(np.float32),
@@ -142,14 +143,14 @@ def test_eval_pass_maps_predictions_to_events_and_sums_match_host_metric():
         config.data.max_pulses_per_dom,
     )
     result = evaluate.predict_split(
-        parts.eval_step, state.params, records, processor, parts.spec, mesh, 2
+        parts.eval_step, state.params, records, processor, parts.extras.spec, mesh, 2
     )
 
     assert result["event_id"].tolist() == [int(r["event_id"]) for r in records]
     # Each prediction is the model's output for that event packed alone.
     predict = jax.jit(lambda batch: parts.model.apply({"params": state.params}, batch))
     for i in (0, 7, 18):
-        alone = _stack(data_packing.pack_events([processor(records[i])], parts.spec))
+        alone = _stack(data_packing.pack_events([processor(records[i])], parts.extras.spec))
         want = predict(_inputs(alone))[0, 0]
         np.testing.assert_allclose(result["pred"][i], want, rtol=1e-4, atol=1e-5)
     # The device's float32 sums give the mean of the host's float64 competition formula.

@@ -12,8 +12,9 @@ import pytest
 
 from jaxlab.configs import sales as sales_config
 from jaxlab.core import bundle as bundle_lib
-from jaxlab.core import checkpoint, loop, run
+from jaxlab.core import checkpoint, loop, restore
 from jaxlab.core import mesh as mesh_lib
+from jaxlab.core import workdir as workdir_lib
 from jaxlab.core.writer import read_metrics
 from jaxlab.sales import data, data_windows, evaluate, forecast, predict, steps, synthetic, train
 from jaxlab.sales import metrics as metrics_lib
@@ -154,7 +155,7 @@ def _sigterm_at(monkeypatch, loop_index: int, step: int) -> None:
 def _final_states(config, workdir):
     """(GAN state, {forecaster: state}) of the latest checkpoints, on the host."""
     mesh = mesh_lib.make_mesh(config.mesh)
-    gan_state, _ = run.restore_for_eval(config, workdir, steps.build(config, mesh), "latest")
+    gan_state, _ = restore.restore_for_eval(config, workdir, steps.build(config, mesh), "latest")
     parts = forecast.build(config, mesh)
     forecasters = {}
     for name in forecast.NAMES:
@@ -264,12 +265,14 @@ def test_samples_follow_the_weekly_pattern_of_the_condition(tmp_path):
     workdir = str(tmp_path)
     mesh = mesh_lib.make_mesh(config.mesh)
     sources = data_windows.load_windows(config, data.prepare(config, workdir))
-    assert train.train_gan(config, workdir, run.open_workdir(config, workdir), mesh, sources)
+    assert train.train_gan(
+        config, workdir, workdir_lib.open_workdir(config, workdir), mesh, sources
+    )
     source = sources["test"]
     with open(os.path.join(workdir, "data", "olist", synthetic.TRUTH_FILE)) as f:
         truth = json.load(f)
     parts = steps.build(config, mesh)
-    state, _ = run.restore_for_eval(config, workdir, parts, "latest")
+    state, _ = restore.restore_for_eval(config, workdir, parts, "latest")
     first_dow = np.array(
         [np.argmax(source[i]["target_features"][0, :7]) for i in range(len(source))]
     )

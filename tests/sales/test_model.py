@@ -10,7 +10,8 @@ import pytest
 
 from jaxlab.configs import sales as sales_config
 from jaxlab.core import mesh as mesh_lib
-from jaxlab.core import rng, run
+from jaxlab.core import parts as parts_lib
+from jaxlab.core import rng, steps_jit
 from jaxlab.sales import evaluate, forecast, steps
 from jaxlab.sales import gan as gan_lib
 from jaxlab.sales import metrics as metrics_lib
@@ -96,18 +97,18 @@ def test_train_step_compiles_once_and_moves_both_networks():
     config = _tiny()
     mesh = mesh_lib.make_mesh([("data", -1)], devices=jax.devices()[:2])
     parts = steps.build(config, mesh)
-    state = jax.jit(parts.init_fn, out_shardings=parts.shardings)(jax.random.key(0))
+    state = parts_lib.init_state(parts, jax.random.key(0))
     before = jax.device_get((state.params, state.extra))
     chex.clear_trace_counter()
     counted = chex.assert_max_traces(steps.train_step, n=1)
-    step = run.jit_train_step(
+    step = steps_jit.jit_train_step(
         functools.partial(
             counted,
             key=rng.stream(config.seed, "gan"),
             generator=parts.model,
-            critic=parts.critic,
+            critic=parts.extras.critic,
             gen_tx=parts.optimizer,
-            critic_tx=parts.critic_optimizer,
+            critic_tx=parts.extras.critic_optimizer,
             n_critic=config.gan.n_critic,
             lambda_gp=config.gan.lambda_gp,
             noise_dim=config.gan.noise_dim,
@@ -141,7 +142,7 @@ def test_gan_eval_pass_matches_numpy_sample_statistics():
     config = _tiny()
     mesh = mesh_lib.make_mesh([("data", -1)], devices=jax.devices()[:2])
     parts = steps.build(config, mesh)
-    state = jax.jit(parts.init_fn, out_shardings=parts.shardings)(jax.random.key(0))
+    state = parts_lib.init_state(parts, jax.random.key(0))
     source = _records(steps.random_windows(config))[:70]  # 2 batches of 64, the second padded
     stats, generated = evaluate.generate(
         parts.eval_step, state.params, source, mesh, 64, rng.stream(0, "t")
@@ -168,7 +169,7 @@ def test_forecaster_eval_pass_matches_numpy_errors():
     config = _tiny()
     mesh = mesh_lib.make_mesh([("data", -1)], devices=jax.devices()[:2])
     parts = forecast.build(config, mesh)
-    state = jax.jit(parts.init_fn, out_shardings=parts.shardings)(jax.random.key(0))
+    state = parts_lib.init_state(parts, jax.random.key(0))
     source = _records(steps.random_windows(config))[:70]
     metrics, pred = evaluate.forecast_pass(parts.eval_step, state.params, source, mesh, 64)
     real = np.stack([r["target"] for r in source]).astype(np.float64)

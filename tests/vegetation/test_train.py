@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from jaxlab.core import checkpoint, early_stopping, loop
+from jaxlab.core import checkpoint, early_stopping, loop, trainer
 from jaxlab.core import mesh as mesh_lib
 from jaxlab.core.writer import read_metrics
 from jaxlab.vegetation import data, evaluate, metrics, steps, train
@@ -44,8 +44,8 @@ def _config():
     with a stale counter would get wrong)."""
     config = helpers.tiny_config()
     config.train.log_every = 1
-    config.train.early_stopping_min_delta = 1e9
-    config.train.early_stopping_patience = 4
+    config.eval.early_stopping_min_delta = 1e9
+    config.eval.early_stopping_patience = 4
     return config
 
 
@@ -71,7 +71,7 @@ def test_tiny_train_then_evaluate(trained):
     # Learning: the validation loss falls well below its value after the first epoch, and the
     # clear-pixel delta error below persistence's (delta = 0). Early stopping ends it at step 5.
     history = [m["val_loss"] for m in read_metrics(workdir) if "val_loss" in m]
-    assert len(history) == config.train.early_stopping_patience + 1 < config.train.num_epochs
+    assert len(history) == config.eval.early_stopping_patience + 1 < config.train.num_epochs
     assert history[-1] < 0.8 * history[0], history
     assert val["val_delta_rmse"] < val["val_persistence_delta_rmse"]
 
@@ -175,12 +175,10 @@ def _loop_state(workdir, step):
 
 def test_early_stopping_counts_improvements_beyond_min_delta():
     """Against a hand-run of the rule: improved iff loss < best - min_delta; patience 2."""
-    t = helpers.tiny_config().train
-    t.early_stopping_patience, t.early_stopping_min_delta = 2, 0.1
     es = early_stopping.init()
     history = []
     for step, loss in enumerate([1.0, 0.95, 0.8, 0.75, float("nan"), 0.5], start=1):
-        es = train.update_early_stopping(es, loss, step, t)
+        es = early_stopping.update(es, loss, step, patience=2, mode="min", min_delta=0.1)
         history.append((es["best"], es["bad_evals"], es["stopped_at"]))
     assert history == [
         (1.0, 0, None),  # first evaluation
@@ -192,13 +190,14 @@ def test_early_stopping_counts_improvements_beyond_min_delta():
     ]
 
 
-def test_restored_early_stopping(caplog):
+def test_restored_loop_state(caplog):
     saved = {"best": 0.3, "best_at": 4, "bad_evals": 1, "stopped_at": None}
-    assert train.restored_early_stopping({"early_stopping": saved}, 4) == saved
-    assert train.restored_early_stopping(None, 0) == early_stopping.init()
+    assert trainer.restored_loop_state({"early_stopping": saved}, 4)["early_stopping"] == saved
+    fresh = {"early_stopping": early_stopping.init()}
+    assert trainer.restored_loop_state(None, 0) == fresh
     with caplog.at_level("WARNING"):
-        assert train.restored_early_stopping(None, 6) == early_stopping.init()
-    assert "no early-stopping state" in caplog.text
+        assert trainer.restored_loop_state(None, 6) == fresh
+    assert "holds no loop state" in caplog.text
 
 
 @pytest.mark.slow

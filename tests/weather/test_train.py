@@ -20,6 +20,7 @@ from tensorboard.backend.event_processing import event_accumulator
 from jaxlab.configs import weather as weather_config
 from jaxlab.core import checkpoint, rng, run_records
 from jaxlab.core import mesh as mesh_lib
+from jaxlab.core import parts as parts_lib
 from jaxlab.core.writer import read_metrics
 from jaxlab.weather import data, evaluate, steps, train
 
@@ -106,7 +107,7 @@ def _new_parts_and_state(data_dir, residual):
     config = step_test_config(data_dir)
     mesh = mesh_lib.make_mesh([("data", -1)], devices=jax.devices()[:2])
     parts = steps.build(config, mesh, *residual)
-    state = jax.jit(parts.init_fn, out_shardings=parts.shardings)(rng.stream(0, "init"))
+    state = parts_lib.init_state(parts, rng.stream(0, "init"))
     return config, mesh, parts, state
 
 
@@ -120,7 +121,7 @@ def test_train_step_traces_once_and_ema_averages_the_param_trajectory(
     gen = np.random.default_rng(0)
     trajectory = [jax.device_get(state.params)]
     for k in range(4):  # a second trace would raise AssertionError
-        batch = _random_batch(gen, 2, parts.grid_shape, first_index=2 * k)
+        batch = _random_batch(gen, 2, parts.extras.grid_shape, first_index=2 * k)
         state, metrics = parts.train_step(state, mesh_lib.global_batch(batch, mesh))
         trajectory.append(jax.device_get(state.params))
     assert int(state.step) == 4 and np.isfinite(float(metrics["loss"]))
@@ -233,7 +234,6 @@ def test_real_data_without_a_data_dir_is_one_clear_error(tmp_path):
     config = weather_config.get_config("paper")
     with pytest.raises(ValueError, match=r"config.data.dir is empty .* hrrr.zarr"):
         data.prepare(config, str(tmp_path))
-    assert weather_config.get_config("fullres_minimal") == config  # the old name, an alias
 
 
 def test_grid_other_than_config_shape_names_store_and_key(data_dir):
