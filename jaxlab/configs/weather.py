@@ -121,7 +121,7 @@ def demo() -> ml_collections.ConfigDict:
     config.eval.num_cases = 16  # held-out start times, evenly spaced
     config.eval.rollout_steps = 3  # autoregressive lead steps of data.leads[0] hours
     config.eval.use_ema = True
-    # DEF (jaxlab/weather/def_ensemble.py, equations in its docstring): the deterministic
+    # DEF (jaxlab/weather/perturbed_ensemble.py, equations in its docstring): the deterministic
     # forecaster's workdir (variant `deterministic`; empty: DEF off) and the mode: "paper" (the
     # perturbation model of variant `perturbation`, its workdir `def_perturb_workdir`, samples the
     # state from pure noise with classifier-free guidance w = `def_guidance` (eq. P2; 1: the

@@ -14,7 +14,7 @@ normaliser's transformed, standardised space) so the variables can be averaged:
   (`rank_chi2`, `rank_rel_entropy`, `rank_mean_offset`: metrics.rank_flatness);
   Brier score and reliability for exceedance events in physical units (REFC >= 35 dBZ, ...).
 - DEF (`eval.def_workdir`: the deterministic forecaster's workdir; in the default "paper" mode
-  `eval.def_perturb_workdir` the perturbation model's; jaxlab/weather/def_ensemble.py):
+  `eval.def_perturb_workdir` the perturbation model's; jaxlab/weather/perturbed_ensemble.py):
   the deterministic forecaster alone, DEF (its members from diffusion-perturbed initial states at
   every lead step) and direct sampling, same cases and members, side by side per lead:
   `compare/<system>/<score>/lead<k>` (crps, crps_fair, spread_skill, rmse, rank_histogram) and
@@ -37,7 +37,7 @@ from absl import logging
 
 from jaxlab.core import mesh as mesh_lib
 from jaxlab.core import rng, run
-from jaxlab.weather import data, def_ensemble, ensemble, metrics, plots, steps
+from jaxlab.weather import data, perturbed_ensemble, ensemble, metrics, plots, steps
 
 
 def denoising_loss(
@@ -132,7 +132,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
         acc.add(ens, truth, init, clim_mean, clim_std, source.normaliser, thresholds)
         if systems is not None:
             fns, det_params, scales, accs, def_params, mode = systems
-            members, alone = def_ensemble.rollout(
+            members, alone = perturbed_ensemble.rollout(
                 fns, def_params, det_params, jnp.asarray(source.state(i - 1)), jnp.asarray(init),
                 hour, lead, rng.stream(config.seed, "def_noise", c), m, ec.rollout_steps, scales,
                 mode,
@@ -322,7 +322,7 @@ def _def_systems(config, parts, mesh, params, scale, m):
         model, def_params = parts.model, params
     else:
         raise ValueError(f"eval.def_mode must be 'paper' or 'change', got {mode!r}.")
-    fns = def_ensemble.make_steps(model, det_parts.model, parts.schedule, config, mesh, m)
+    fns = perturbed_ensemble.make_steps(model, det_parts.model, parts.schedule, config, mesh, m)
     scales = (scale, ensemble.scale_of(det_state.extra), jnp.float32(ec.def_guidance))
     accs = {"def": _Accumulator(ec.rollout_steps, m),
             "deterministic": _Accumulator(ec.rollout_steps, 1)}  # fmt: skip

@@ -1,4 +1,4 @@
-"""DEF (def_ensemble.py). Paper mode: the classifier-free guidance w of eq. P2 against the closed
+"""DEF (perturbed_ensemble.py). Paper mode: the classifier-free guidance w of eq. P2 against the closed
 form of Gaussian conditional / unconditional models (w = 1 samples the conditional, w = 0 the
 unconditional, independent of the state), and every lead step of a rollout is perturbed.
 Change mode: the noise level and the pull control the perturbation's size. The deterministic
@@ -14,7 +14,7 @@ import pytest
 from jaxlab.configs import weather as weather_config
 from jaxlab.core import mesh as mesh_lib
 from jaxlab.core import rng
-from jaxlab.weather import def_ensemble, diffusion, steps
+from jaxlab.weather import perturbed_ensemble, diffusion, steps
 from jaxlab.weather import model as model_lib
 from tests.weather.test_model import host_params
 
@@ -44,7 +44,7 @@ def _guided_sampler():
     def one(key, state, guidance):
         cond = gaussian_eps(sched, state, 0.3)
         pair = lambda x, t: (cond(x, t), null(x, t))  # noqa: E731
-        return def_ensemble.guided_sample(pair, sched, (3,), key, guidance, config)
+        return perturbed_ensemble.guided_sample(pair, sched, (3,), key, guidance, config)
 
     return jax.jit(jax.vmap(one, in_axes=(0, None, None)))
 
@@ -73,7 +73,7 @@ def test_guidance_limits_match_the_conditional_and_unconditional_closed_forms():
     assert 0.0 < half.mean(0)[0] < state[0], half.mean(0)
     distance = [float(np.abs(x - state).mean()) for x in (x1, half, x0)]
     assert distance[0] < distance[1] < distance[2], distance
-    np.testing.assert_allclose(def_ensemble.guided_eps(2.0, 1.0, 0.25), 1.25)
+    np.testing.assert_allclose(perturbed_ensemble.guided_eps(2.0, 1.0, 0.25), 1.25)
 
 
 def test_perturbation_model_learns_the_state_given_itself_or_nothing():
@@ -98,7 +98,7 @@ def setup(level: int, mode: str = "change", walks: int = 1):
     sched = diffusion.make_schedule("cosine", 1000)
     params, det_params = host_params(model, GRID, 0), host_params(model, GRID, 1)
     mesh = mesh_lib.make_mesh([("data", -1)], devices=jax.devices()[:1])
-    fns = def_ensemble.make_steps(model, model, sched, config, mesh, 4)
+    fns = perturbed_ensemble.make_steps(model, model, sched, config, mesh, 4)
     return config, model, params, det_params, fns
 
 
@@ -109,7 +109,7 @@ def def_members(level: int, guidance: float, steps: int = 2, mode="change", walk
     prev, init = (jnp.asarray(0.5 * gen.normal(size=GRID), jnp.float32) for _ in range(2))
     key = rng.stream(config.seed, "def_noise", 0)
     scales = (SCALE, SCALE, jnp.float32(guidance))
-    members, alone = def_ensemble.rollout(
+    members, alone = perturbed_ensemble.rollout(
         fns, params, det_params, prev, init, 12.0, 1, key, 4, steps, scales, mode
     )
     return np.asarray(members), np.asarray(alone)
@@ -134,7 +134,7 @@ def test_def_perturbation_grows_with_level_and_shrinks_with_guidance():
     # Every lead step is perturbed: the second lead is not the deterministic map of the first.
     members, _ = def_members(600, 0.0)
     config, model, _, det_params, _ = setup(600)
-    carried = def_ensemble.deterministic(
+    carried = perturbed_ensemble.deterministic(
         det_params, jnp.asarray(members[0]), jnp.ones(4), jnp.full((4,), 13.0), SCALE,
         model=model, config=config,
     )  # fmt: skip
@@ -148,7 +148,7 @@ def test_paper_mode_perturbs_every_lead_step_and_walks_move_further():
     members, alone = def_members(0, 0.5, mode="paper")
     assert spread(members[:1]) > 1e-3 and spread(members[1:]) > 1e-3
     config, model, _, det_params, _ = setup(0, "paper")
-    carried = def_ensemble.deterministic(
+    carried = perturbed_ensemble.deterministic(
         det_params, jnp.asarray(members[0]), jnp.ones(4), jnp.full((4,), 13.0), SCALE,
         model=model, config=config,
     )  # fmt: skip
