@@ -61,6 +61,9 @@ def demo() -> ml_collections.ConfigDict:
     config.data.leads = (1,)  # lead times (hours) of training pairs; leads[0] for evaluation
     config.data.crop = (32, 32)  # random training crop (y, x); () trains on the full grid
     config.data.preload_max_mb = 512.0  # stores up to this size are read into memory once
+    # Standardise every state per sample and channel over the grid (DEF as its authors run it,
+    # variants def_authors_*); False: the training period's per-variable standardisation only.
+    config.data.spatial_standardise = False
 
     config.diffusion = ml_collections.ConfigDict()
     config.diffusion.schedule = "cosine"  # "cosine" (Nichol & Dhariwal) or "linear"
@@ -79,6 +82,8 @@ def demo() -> ml_collections.ConfigDict:
     config.diffusion.eta = 0.0  # DDIM only
     config.diffusion.min_alpha_bar = 1e-2  # few-step samplers start where abar >= this
     config.diffusion.clip_x0 = 10.0  # clip sampled x0 predictions (unit-variance units); 0: off
+    # DEF perturbation sampling: standardise the sample over the grid after every solver step.
+    config.diffusion.corrector = False
 
     config.model = ml_collections.ConfigDict()
     config.model.name = "minimal_unet"  # "seed_minimal_unet", "minimal_unet" or "unet"
@@ -102,6 +107,12 @@ def demo() -> ml_collections.ConfigDict:
     # `deterministic`), the same network regressing the next hour's scaled change.
     config.train.objective = "diffusion"
     config.train.cond_drop = 0.1  # "perturbation": fraction of examples with the null condition
+    # "perturbation": fraction of the kept examples whose sample and condition are the
+    # deterministic forecaster's output (train.forecaster_workdir) instead of the analysis.
+    config.train.forecast_fraction = 0.0
+    config.train.forecaster_workdir = ""
+    config.train.forecaster_residual = True  # that forecaster's diffusion.residual
+    config.train.forecaster_use_hour = True  # and its model.use_hour
 
     config.optim.name = "adamw"
     config.optim.lr = 2e-3
@@ -121,20 +132,28 @@ def demo() -> ml_collections.ConfigDict:
     config.eval.num_cases = 16  # held-out start times, evenly spaced
     config.eval.rollout_steps = 3  # autoregressive lead steps of data.leads[0] hours
     config.eval.use_ema = True
-    # DEF (jaxlab/weather/perturbed_ensemble.py, equations in its docstring): the deterministic
-    # forecaster's workdir (variant `deterministic`; empty: DEF off) and the mode: "paper" (the
-    # perturbation model of variant `perturbation`, its workdir `def_perturb_workdir`, samples the
-    # state from pure noise with classifier-free guidance w = `def_guidance` (eq. P2; 1: the
-    # conditional model alone, 0: the unconditional one), `def_walks` times per lead step) or
-    # "change" (the former reading: the forecast model's last-hour change noised to step L =
+    # DEF (jaxlab/weather/perturbed_ensemble.py, the modes in its docstring): the deterministic
+    # forecaster's workdir (variant `deterministic`; empty: DEF off) and the mode: "jaxlab"
+    # (formerly "paper": the perturbation model of variant `perturbation`, its workdir
+    # `def_perturb_workdir`, samples the state from pure noise with classifier-free guidance
+    # w = `def_guidance` (1: the conditional model alone, 0: the unconditional one),
+    # `def_walks` times per lead step), "authors" (the authors' method, variant def_authors) or
+    # "change" (the earliest reading: the forecast model's last-hour change noised to step L =
     # `def_level` (eq. C1) and denoised with the pull gamma = `def_guidance` (eq. C2); gamma = 1
     # is no perturbation, so set --config.eval.def_guidance=0 with this mode).
     config.eval.def_workdir = ""
-    config.eval.def_mode = "paper"
+    config.eval.def_mode = "jaxlab"
     config.eval.def_perturb_workdir = ""
     config.eval.def_guidance = 1.0  # the best CRPS of w = 0.5, 0.8, 1, 1.5 on the demo (README)
     config.eval.def_walks = 1
     config.eval.def_level = 900
+    # The authors' DEF beside it (mode "authors"): their forecaster's and perturbation model's
+    # workdirs (variants def_authors_deterministic / def_authors_perturbation; empty: off), their
+    # guidance and the walk counts they compare (def-era _config/comparison.yaml: 1, 3, 7).
+    config.eval.def_authors_workdir = ""
+    config.eval.def_authors_perturb_workdir = ""
+    config.eval.def_authors_guidance = 0.5
+    config.eval.def_authors_walks = (1, 3, 7)
     config.eval.bench_members = 0  # scripts/benchmark.py sampling: members (0: num_members)
     config.eval.bench_repeats = 3  # scripts/benchmark.py sampling: timed forecast steps
     config.eval.thresholds = (("refc", 35.0), ("cape", 1000.0))  # exceedance events
@@ -184,6 +203,77 @@ def perturbation() -> ml_collections.ConfigDict:
     config = demo()
     config.train.objective = "perturbation"
     config.eval.train_figure_members = 0  # its samples are states, not forecasts
+    return config
+
+
+# DEF as its authors run it. Each value below reproduces a setting of their ERA5 code
+# (github.com/djm3622/def-era, read for facts); the file and setting are named beside it.
+
+
+def def_authors_deterministic() -> ml_collections.ConfigDict:
+    """The authors' deterministic forecaster G: the demo network regressing the next state
+    itself, every state standardised per sample and channel over the grid."""
+    config = deterministic()
+    # data/era5_dataset.py, `_standardize` in `__getitem__`: input and target states are
+    # standardised over latitude and longitude per sample and channel (torch std, ddof 1).
+    config.data.spatial_standardise = True
+    # model/deterministic/train.py, `step`: the loss compares the network's output with the
+    # standardised next state itself (no residual).
+    config.diffusion.residual = False
+    # Their global 5.625 deg grid is trained whole (no crops); so is the demo's 32 x 48.
+    config.data.crop = ()
+    return config
+
+
+def def_authors_perturbation() -> ml_collections.ConfigDict:
+    """The authors' perturbation model P (train with --config.train.forecaster_workdir=<a
+    def_authors_deterministic run>): eps-prediction DDPM of the standardised state given
+    itself, trained on 45% analyses, 45% G's forecasts, 10% null condition."""
+    config = perturbation()
+    config.data.spatial_standardise = True  # data/era5_diffusion_dataset.py, `_standardize`
+    config.data.crop = ()  # the whole grid, as they train
+    # model/diffusion/train.py, `training_loop`: torch.linspace(1e-4, 0.02, T) betas;
+    # _config/diffusion.yaml dataset.timestep 1000, beta_start 1e-4, beta_end 0.02.
+    config.diffusion.schedule = "linear"
+    config.diffusion.num_steps = 1000
+    # model/diffusion/train.py, `step`: criterion(noise_pred, noisy_images): the network
+    # predicts the noise; _config/diffusion.yaml evaluation.prediction_type "epsilon".
+    config.diffusion.prediction = "eps"
+    # model/diffusion/train.py, `step`: null_mask = rand < 0.1; operator_mask = rand < 0.5
+    # among the rest, where the operator's output is both target and condition.
+    config.train.cond_drop = 0.1
+    config.train.forecast_fraction = 0.5
+    config.train.forecaster_residual = False  # G as def_authors_deterministic trains it
+    config.train.forecaster_use_hour = True  # their G sees sin/cos time of day (forcings)
+    # model/diffusion/train.py: the diffusion model is called with (condition, x_t) and the
+    # step only; no forcings, so no hour of day.
+    config.model.use_hour = False
+    # Sampling (read back from this run's config by evaluate):
+    # _config/diffusion.yaml evaluation.sampler "DPM++", solver_order 2, algorithm_type
+    # "dpmsolver++", num_steps 10; model/diffusion/sampler_utility.py builds diffusers'
+    # DPMSolverMultistepScheduler with only those arguments, so its default "linspace" spacing
+    # (steps 999, 899, .., 100), lower-order final step and no thresholding apply.
+    config.diffusion.sampler = "dpm_solver_pp"
+    config.diffusion.sample_steps = 10
+    config.diffusion.spacing = "linspace"
+    config.diffusion.min_alpha_bar = 0.0  # start at t = 999 from N(0, I): torch.randn_like
+    config.diffusion.clip_x0 = 0.0  # no thresholding
+    # model/diffusion/samplers.py, `sampling_with_cfg_dpm`: `standardize(imgs)` after every
+    # solver step when evaluation.corrector is True (_config/diffusion.yaml: True).
+    config.diffusion.corrector = True
+    return config
+
+
+def def_authors() -> ml_collections.ConfigDict:
+    """Evaluation of the demo with DEF in the authors' mode (system "def"): pass
+    --config.eval.def_workdir=<def_authors_deterministic run> and
+    --config.eval.def_perturb_workdir=<def_authors_perturbation run>."""
+    config = demo()
+    config.eval.def_mode = "authors"
+    # _config/diffusion.yaml evaluation.guidance_scale 0.5 (scripts/tune.sh sweeps 0.3, 0.5,
+    # 0.7, 1.0) and evaluation.walks 1 (_config/comparison.yaml compares 1, 3 and 7).
+    config.eval.def_guidance = 0.5
+    config.eval.def_walks = 1
     return config
 
 
@@ -245,7 +335,14 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
         return deterministic()
     if arg == "perturbation":
         return perturbation()
+    if arg == "def_authors_deterministic":
+        return def_authors_deterministic()
+    if arg == "def_authors_perturbation":
+        return def_authors_perturbation()
+    if arg == "def_authors":
+        return def_authors()
     raise ValueError(
         f"config weather: unknown variant {arg!r}; use demo, tiny, deterministic, perturbation, "
+        "def_authors_deterministic, def_authors_perturbation, def_authors, "
         "paper (alias fullres_minimal) or unet_cropped."
     )
