@@ -5,9 +5,14 @@ DEF's forecaster, the perturbation run its perturbation model):
   python scripts/train.py --config=weather:demo --workdir=runs/weather
   python scripts/train.py --config=weather:deterministic --workdir=runs/weather_det
   python scripts/train.py --config=weather:perturbation --workdir=runs/weather_pert
+  python scripts/train.py --config=weather:def_authors_deterministic --workdir=runs/weather_adet
+  python scripts/train.py --config=weather:def_authors_perturbation --workdir=runs/weather_apert
+      --config.train.forecaster_workdir=runs/weather_adet
   python scripts/evaluate.py --config=weather:demo --workdir=runs/weather
       --config.eval.def_workdir=runs/weather_det
-      --config.eval.def_perturb_workdir=runs/weather_pert --allow_config_change
+      --config.eval.def_perturb_workdir=runs/weather_pert
+      --config.eval.def_authors_workdir=runs/weather_adet
+      --config.eval.def_authors_perturb_workdir=runs/weather_apert --allow_config_change
 
 Expect (demo, v-prediction, 8 members, DPM-Solver++ 15 steps, 3 hourly lead steps, 16 held-out
 cases): ensemble CRPS averaged over the 7 variables and 3 leads in standardised units `crps`
@@ -22,15 +27,21 @@ Vary it:
   variants: demo (`minimal_unet`, 84,839 params, 32 x 48 synthetic grid, 32 x 32 crops), tiny
     (demo shrunk for tests), deterministic (DEF's forecaster: the demo network trained with MSE),
     perturbation (DEF's perturbation model: the demo network as a diffusion model of the state
-    given itself, condition dropped for 10%), paper (the seed's setup: its network
+    given itself, condition dropped for 10%), def_authors_deterministic /
+    def_authors_perturbation / def_authors (DEF as its authors run it: spatially standardised
+    states, 45/45/10 training mix, linear betas, eps, DPM-Solver++ 10 steps, w = 0.5; the
+    evaluation variant sets eval.def_mode "authors"), paper (the seed's setup: its network
     `seed_minimal_unet`, 82,119 params, eps-prediction, on the full 1059 x 1799 HRRR grid, batch 1
     with gradient accumulation 8, lr 2e-4, constant schedule, per-block remat; real data),
     unet_cropped (standard U-Net on 256 x 256 crops; real data). `fullres_minimal` is the old
     name of `paper` (an alias, same config).
   keys: model.name / base_dim, diffusion.prediction ("v" | "eps"), diffusion.sampler /
-    sample_steps, eval.num_members / num_cases / rollout_steps, eval.def_workdir / def_mode /
-    def_perturb_workdir / def_guidance / def_walks / def_level, diffusion.spacing,
-    model.use_hour / remat, train.ema_decay / objective / cond_drop.
+    sample_steps, eval.num_members / num_cases / rollout_steps, eval.def_workdir / def_mode
+    ("jaxlab", "authors", "change") / def_perturb_workdir / def_guidance / def_walks / def_level,
+    eval.def_authors_workdir / def_authors_perturb_workdir / def_authors_guidance /
+    def_authors_walks, diffusion.spacing / corrector, data.spatial_standardise,
+    model.use_hour / remat, train.ema_decay / objective / cond_drop / forecast_fraction /
+    forecaster_workdir.
   real data: python scripts/prepare_weather.py --grib_dir=<hrrr archive> --store=<dir>/hrrr.zarr
     then --config=weather:paper --config.data.dir=<dir> (data.dir must be set for real data).
 Benchmark logs (scripts/benchmark.py --tasks=weather --variant=paper): jaxlab/weather/README.md.

@@ -132,7 +132,8 @@ def _scores(a: dict[str, np.ndarray], idx: np.ndarray, members: int) -> dict[str
     out["spread_skill/mean"] = (spread * factor).mean(-1) / np.maximum(rmse.mean(-1), 1e-12)
     base = a["events"].sum() / max(a["points"].sum(), 1.0)  # event frequency over all cases
     brier = a["brier"][idx].sum(1) / a["points"][idx].sum(1)
-    out["brier_skill"] = 1.0 - brier / max(base * (1 - base), 1e-12)
+    # No event in the sample: the skill is undefined (NaN), not perfect.
+    out["brier_skill"] = 1.0 - brier / (base * (1 - base)) if 0 < base < 1 else np.nan * brier
     return out
 
 
@@ -188,7 +189,10 @@ def summary(
 
 
 def _ci(samples: np.ndarray) -> list[float]:
-    lo, hi = np.percentile(samples, [2.5, 97.5])
+    """[2.5%, 97.5%] percentiles of bootstrap samples (NaN when the score is undefined)."""
+    if not np.isfinite(samples).any():
+        return [float("nan"), float("nan")]
+    lo, hi = np.nanpercentile(samples, [2.5, 97.5])
     return [float(lo), float(hi)]
 
 

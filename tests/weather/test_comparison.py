@@ -71,3 +71,23 @@ def test_paired_bootstrap_intervals_and_differences():
     assert out["compare_authors/direct/crps/lead1"] == pytest.approx(
         direct.arrays()["crps"][:, 0].mean()
     )
+    # No truth reaches 35: the Brier skill is undefined, not perfect.
+    assert np.isnan(out["compare_authors/direct/brier_skill/refc>=35/lead1"])
+
+
+def test_brier_skill_against_the_sample_base_rate():
+    """Event refc >= 0.5: the truth itself as every member scores skill 1; the base rate as a
+    constant probability (half the members exceed) scores 1 - BS / (p (1 - p)) by hand."""
+    gen = np.random.default_rng(3)
+    c = len(data.VARIABLES)
+    truth = gen.normal(size=(1, 6, 6, c)).astype(np.float32)
+    perfect, half = comparison.CaseScores(2, ("refc", 0.5)), comparison.CaseScores(2, ("refc", 0.5))
+    perfect.add(np.repeat(truth[:, None], 2, axis=1), truth, Identity())
+    members = np.stack([np.full_like(truth, 1.0), np.full_like(truth, 0.0)], axis=1)
+    half.add(members, truth, Identity())
+    out = comparison.summary({"direct": perfect, "half": half}, "standard", num_boot=10)
+    assert out["compare/direct/brier_skill/refc>=0.5/lead1"] == pytest.approx(1.0)
+    event = truth[0, ..., data.VARIABLES.index("refc")] >= 0.5
+    p = event.mean()
+    want = 1 - np.mean((0.5 - event) ** 2) / (p * (1 - p))
+    assert out["compare/half/brier_skill/refc>=0.5/lead1"] == pytest.approx(want, rel=1e-5)
