@@ -202,7 +202,7 @@ def forecast(config, params, scale, normaliser, state, init_time, members: int, 
     hours = (np.datetime64(init_time, "h") - np.datetime64("1970-01-01T00", "h")).astype(int)
     case_key = rng.stream(config.seed, "predict", int(hours))
     init = jnp.asarray(normaliser.encode(state))
-    hour = float(steps_lib.hour_of_day(init_time))
+    hour = float(data.hour_of_day(init_time))
     ens = ensemble.rollout(
         _step_fn(config, members),
         params,

@@ -8,7 +8,15 @@ evaluation uses the exact training scale; `residual_mean` [C] (the scaled change
 beside it as the samplers' prior mean. The EMA of the parameters, also in `extra`, is updated
 inside the step, so it is checkpointed and resumed with everything else.
 
-Records carry the initial state's hour of day (`WithHour`), the network's `model.use_hour`
+The three objectives are three loss functions, chosen in `build` (`loss_function`):
+`diffusion_loss` (the conditional DDPM), `mse_loss` (DEF's deterministic forecaster) and
+`perturbation_loss` (DEF's perturbation model, with the authors' analyses / forecasts / null
+mix); each maps (params, batch, key, extra, train) to a per-example loss [B], so the train and
+eval steps do not branch on the objective. The residual scale is applied through
+`data.encode_change` / `data.decode_change` (training, evaluation and sampling alike); with
+`data.spatial_standardise` every state is standardised over the grid first.
+
+Records carry the initial state's hour of day (`data.WithHour`), the network's `model.use_hour`
 input.
 
 `build(config, mesh)` returns `Parts`; `benchmark_setup` / `benchmark_sampling` are the hooks of
