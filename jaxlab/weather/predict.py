@@ -55,7 +55,6 @@ from jaxlab.core import rng
 from jaxlab.weather import data, data_grib, diffusion, ensemble
 from jaxlab.weather import model as model_lib
 from jaxlab.weather import predict_output as output
-from jaxlab.weather import steps as steps_lib
 
 TASK = "jaxlab.weather"
 DEMO_INPUT_DIR = "predict_input"
