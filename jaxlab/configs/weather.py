@@ -20,8 +20,11 @@ about 0.24 against persistence `persistence_crps` 0.48 and a per-gridpoint Gauss
 0.58; spread/skill about 0.84 (0.9 at 1 h, every variable in [0.7, 1.3] at 1 h); REFC >= 35 dBZ
 Brier skill about 0.4 at 1 h. DEF's CRPS (`compare/def/crps/lead<k>`) about 0.20 / 0.28 / 0.34
 against the deterministic forecaster's 0.22 / 0.32 / 0.40 and direct sampling's 0.17 / 0.25 /
-0.30 (jaxlab/weather/README.md has the per-variable calibration and the full table). Training
-takes 3-7 min per run on a shared 2-core CPU, evaluation with DEF about 3 min.
+0.30; the authors' DEF (`compare/def_authors_j1/...`) 0.38 / 0.50 / 0.57, and under the
+authors' scoring protocol (`compare_authors/...`) 0.34 / 0.41 / 0.44 against direct sampling's
+0.14 / 0.21 / 0.26 (jaxlab/weather/README.md has the per-variable calibration and the full
+tables with intervals). Training takes 3-15 min per run on a shared 2-core CPU, the evaluation
+with every DEF system about 16 min.
 
 Vary it:
   variants: demo (`minimal_unet`, 84,839 params, 32 x 48 synthetic grid, 32 x 32 crops), tiny
