@@ -260,3 +260,79 @@ def random_crop(size: tuple[int, int] | None):
         return out
 
     return crop
+
+
+def residual_mean(source: PairSource, residual_std: np.ndarray, max_pairs: int = 256):
+    """Per-variable mean [C] of (target - cond) / residual_std over up to `max_pairs` evenly
+    spaced pairs (the pairs `residual_std` uses): the samplers' prior mean."""
+    picks = np.linspace(0, len(source) - 1, min(max_pairs, len(source))).astype(int)
+    diffs = np.stack([source[int(k)]["target"] - source[int(k)]["cond"] for k in picks])
+    return (diffs.reshape(-1, diffs.shape[-1]).mean(0) / residual_std).astype(np.float32)
+
+
+def hour_of_day(time: np.datetime64) -> np.float32:
+    """Hours since 00 UTC of `time`'s day, in [0, 24)."""
+    time = np.datetime64(time, "s")
+    return np.float32((time - time.astype("datetime64[D]")) / np.timedelta64(1, "h"))
+
+
+class WithHour:
+    """A `PairSource` whose records also carry "hour" [] float32: the hour of day UTC of the
+    pair's initial state (the diurnal phase the state alone does not give)."""
+
+    def __init__(self, source: PairSource):
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, k: int) -> dict[str, np.ndarray]:
+        record = dict(self.source[k])
+        record["hour"] = hour_of_day(self.source.times[self.source.pairs[k][0]])
+        return record
+
+    def __getattr__(self, name: str):
+        return getattr(self.source, name)
+
+
+# The residual scale: the one wrapper between states and the diffused quantity. Training
+# (`steps`), evaluation and sampling (`ensemble`, `perturbed_ensemble`, `predict`) all go
+# through these three functions, so the scale is applied the same way everywhere.
+
+
+def residual_scale(extra) -> dict:
+    """{"std", "mean"} [C] of the scaled one-step change, from a train state's `extra`
+    (older checkpoints without `residual_mean`: zeros)."""
+    std = extra["residual_std"]
+    return {"std": std, "mean": extra.get("residual_mean", jnp.zeros_like(std))}
+
+
+def encode_change(scale: dict, cond, target, residual: bool = True):
+    """The diffused / regressed quantity [..., C]: (target - cond) / std, or `target` itself
+    when `residual` is False (a model of the next state, not of its change)."""
+    return (target - cond) / scale["std"] if residual else target
+
+
+def decode_change(scale: dict, cond, change, residual: bool = True):
+    """The inverse of `encode_change`: the next state cond + std * change (or `change`)."""
+    return cond + scale["std"] * change if residual else change
+
+
+# Per-sample spatial standardisation (DEF as its authors run it: every state, every solver step's
+# sample and the forecaster's output have zero mean and unit std per channel over the grid).
+
+
+def spatial_moments(x):
+    """(mean, std) [..., 1, 1, C] of x [..., H, W, C] over the grid, std with ddof = 1 (the
+    unbiased estimate, as the authors' code computes it)."""
+    mean = jnp.mean(x, axis=(-3, -2), keepdims=True)
+    n = x.shape[-3] * x.shape[-2]
+    var = jnp.sum(jnp.square(x - mean), axis=(-3, -2), keepdims=True) / (n - 1)
+    return mean, jnp.sqrt(var)
+
+
+def spatial_standardise(x, eps: float = 1e-6):
+    """x [..., H, W, C] with zero mean and unit std (ddof = 1) per sample and channel over the
+    grid; `eps` keeps a constant field finite (it becomes zeros)."""
+    mean, std = spatial_moments(x)
+    return (x - mean) / jnp.maximum(std, eps)

@@ -280,6 +280,7 @@ def dpm_solver_pp_sample(
     min_alpha_bar: float = 0.0,
     spacing: str = "logsnr",
     prior: tuple = (0.0, 1.0),
+    corrector: Callable[[jax.Array], jax.Array] | None = None,
 ) -> jax.Array:
     """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2) with a first-order final step to sigma = 0.
 
@@ -288,10 +289,14 @@ def dpm_solver_pp_sample(
         D' = (1 + 1 / (2r)) D_s - 1 / (2r) D_prev    (D' = D_s on the first step)
         x_t = (sigma_t / sigma_s) x_s - alpha_t (exp(-h) - 1) D'.
     Starts from the prior at the first step (`prior_sample`) unless `x_init` is given.
+    `corrector` (x -> x), when given, is applied to the sample after every step, the last one
+    included (DEF's authors re-standardise it over space there); the stored data predictions
+    are left alone, as in their multistep solver.
     """
     ts_np = sampling_steps(sched, num_steps, spacing, start_step, min_alpha_bar)
     ts = jnp.asarray(ts_np)
     x = prior_sample(sched, int(ts_np[0]), shape, key, *prior) if x_init is None else x_init
+    correct = corrector if corrector is not None else (lambda v: v)
     abar = sched.alpha_bars[ts]
     alpha, sigma = jnp.sqrt(abar), jnp.sqrt(1 - abar)
     lam = jnp.log(alpha) - jnp.log(sigma)
@@ -307,7 +312,7 @@ def dpm_solver_pp_sample(
         second = (1 + 1 / (2 * r)) * d - 1 / (2 * r) * d_prev
         d_use = jnp.where((i == 0) | last, d, second)
         x_next = sigma[nxt] / sigma[i] * x - alpha[nxt] * jnp.expm1(-h) * d_use
-        x_next = jnp.where(last, d_use, x_next)
+        x_next = correct(jnp.where(last, d_use, x_next))
         return (x_next, d, h), None
 
     init = (x, jnp.zeros(shape, x.dtype), jnp.ones((), x.dtype))

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxlab.core import mesh as mesh_lib
-from jaxlab.weather import diffusion
+from jaxlab.weather import data, diffusion
 from jaxlab.weather import model as model_lib
 
 
@@ -21,13 +21,6 @@ def apply_eps(model, params, sched, prediction, xt, cond, t, lead, hour, use_hou
     """The network's output converted to an epsilon prediction (the samplers' `eps_fn`)."""
     out = model_lib.apply(model, params, xt, cond, t, lead, hour, use_hour)
     return out if prediction == "eps" else diffusion.eps_from_v(sched, xt, t, out)
-
-
-def scale_of(extra) -> dict:
-    """{"std", "mean"} [C] of the diffused change, from a state's `extra` (older checkpoints
-    without `residual_mean`: zeros)."""
-    std = extra["residual_std"]
-    return {"std": std, "mean": extra.get("residual_mean", jnp.zeros_like(std))}
 
 
 def forecast_step(
@@ -80,7 +73,7 @@ def forecast_step(
         change = jax.vmap(lambda k, c, ld, hr: one(k, c, ld, hr, None))(keys, cond, lead, hour)
     else:
         change = jax.vmap(one)(keys, cond, lead, hour, x_init)
-    return cond + scale["std"] * change if dc.residual else change
+    return data.decode_change(scale, cond, change, dc.residual)
 
 
 def make_forecast_step(

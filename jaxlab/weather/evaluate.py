@@ -13,12 +13,16 @@ normaliser's transformed, standardised space) so the variables can be averaged:
   mean minus truth), `spread_skill/...`, `rank_histogram/...` and its flatness
   (`rank_chi2`, `rank_rel_entropy`, `rank_mean_offset`: metrics.rank_flatness);
   Brier score and reliability for exceedance events in physical units (REFC >= 35 dBZ, ...).
-- DEF (`eval.def_workdir`: the deterministic forecaster's workdir; in the default "paper" mode
-  `eval.def_perturb_workdir` the perturbation model's; jaxlab/weather/def_ensemble.py):
-  the deterministic forecaster alone, DEF (its members from diffusion-perturbed initial states at
-  every lead step) and direct sampling, same cases and members, side by side per lead:
-  `compare/<system>/<score>/lead<k>` (crps, crps_fair, spread_skill, rmse, rank_histogram) and
-  `compare/<system>/brier/<event>` (first lead); figure `def_comparison.png`.
+- DEF (jaxlab/weather/perturbed_ensemble.py; `eval.def_workdir` / `def_perturb_workdir`: the
+  deterministic forecaster's and perturbation model's workdirs, mode `eval.def_mode`; and
+  `eval.def_authors_workdir` / `def_authors_perturb_workdir`: the authors' pair, one system
+  per walk count of `eval.def_authors_walks`): the deterministic forecasters alone, the DEF
+  systems and direct sampling, same cases and members, scored under the standard protocol and
+  the authors' (comparison.py): `compare/<system>/<score>/lead<k>` and
+  `compare_authors/<system>/...`, per variable, with bootstrap intervals `..._ci95` and paired
+  differences against direct sampling `compare_diff/...`, `compare_authors_diff/...`; the
+  protocols are labelled in metrics.json (`protocols`); figure `def_comparison.png`, table
+  `def_comparison.md`.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from absl import logging
 
 from jaxlab.core import mesh as mesh_lib
 from jaxlab.core import restore, rng, steps_jit
-from jaxlab.weather import data, def_ensemble, ensemble, metrics, plots, steps
+from jaxlab.weather import comparison, data, ensemble, metrics, perturbed_ensemble, plots, steps
 
 
 def denoising_loss(
@@ -105,11 +109,11 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
     mesh = mesh_lib.make_mesh(config.mesh)
     store = data.prepare(config, workdir)
     lead = int(config.data.leads[0])
-    source = steps.WithHour(data.PairSource(store, ec.split, (lead,), config.data.preload_max_mb))
+    source = data.WithHour(data.PairSource(store, ec.split, (lead,), config.data.preload_max_mb))
     parts = steps.build(config, mesh)
     state, step = restore.restore_for_eval(config, workdir, parts)
     params = state.extra["ema"] if ec.use_ema else state.params
-    scale = ensemble.scale_of(state.extra)
+    scale = data.residual_scale(state.extra)
 
     m = ec.num_members
     step_fn = ensemble.make_forecast_step(parts.model, parts.extras.schedule, config, mesh, m)
@@ -117,37 +121,65 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
     clim_mean, clim_std = climatology(source, int(source.stats["num_train_times"]))
     thresholds = [(name, float(v)) for name, v in ec.thresholds]
     acc = _Accumulator(ec.rollout_steps, m)
-    def_workdir = ec.get("def_workdir", "")  # older recorded configs lack it
-    systems = _def_systems(config, parts, mesh, params, scale, m) if def_workdir else None
+    specs = def_specs(config)
+    systems = [_def_system(config, mesh, spec, parts, params, scale, m) for spec in specs]
+    compare = {p: {"direct": comparison.CaseScores(m)} for p in comparison.PROTOCOLS}
     product_case, product_score = None, -np.inf  # products: the most convective case
     for c, i in enumerate(cases):
         init = source.state(i)
         case_key = rng.stream(config.seed, "ensemble", c)
-        hour = float(steps.hour_of_day(source.times[i]))
+        hour = float(data.hour_of_day(source.times[i]))
         ens = ensemble.rollout(
             step_fn, params, jnp.asarray(init), lead, hour, case_key, m, ec.rollout_steps, scale
         )
         ens = np.asarray(jax.device_get(ens))
         truth = np.stack([source.state(i + k * lead) for k in range(1, ec.rollout_steps + 1)])
         acc.add(ens, truth, init, clim_mean, clim_std, source.normaliser, thresholds)
-        if systems is not None:
-            fns, det_params, scales, accs, def_params, mode = systems
-            members, alone = def_ensemble.rollout(
-                fns, def_params, det_params, jnp.asarray(source.state(i - 1)), jnp.asarray(init),
-                hour, lead, rng.stream(config.seed, "def_noise", c), m, ec.rollout_steps, scales,
-                mode,
-            )  # fmt: skip
-            for name, e in (("def", members), ("deterministic", alone)):
-                accs[name].add(np.asarray(e), truth, init, clim_mean, clim_std,
-                               source.normaliser, thresholds)  # fmt: skip
+        if systems:
+            scored = {"direct": ens}
+            for system in systems:
+                members, alone = perturbed_ensemble.rollout(
+                    system["perturb_fn"],
+                    system["det_fn"],
+                    system["params"],
+                    system["det"],
+                    jnp.asarray(source.state(i - 1)),
+                    jnp.asarray(init),
+                    hour,
+                    lead,
+                    rng.stream(config.seed, "def_noise", c),
+                    m,
+                    ec.rollout_steps,
+                    system["guidance"],
+                    system["mode"],
+                    scale,
+                )
+                members, alone = np.asarray(members), np.asarray(alone)
+                if system["mode"] == "authors":  # standardised states: the init's moments
+                    members = comparison.to_training_units(members, init)
+                    alone = comparison.to_training_units(alone, init)
+                scored[system["name"]] = members
+                scored.setdefault(system["det_name"], alone)
+            for name, e in scored.items():
+                rescaled = np.stack(
+                    [comparison.rescale_to_truth(e[k], truth[k]) for k in range(e.shape[0])]
+                )
+                for protocol, forecast in (("standard", e), ("authors", rescaled)):
+                    compare[protocol].setdefault(name, comparison.CaseScores(e.shape[1]))
+                    compare[protocol][name].add(forecast, truth, source.normaliser)
         convection = float(init[..., data.VARIABLES.index("refc")].max())
         if convection > product_score:
             product_case, product_score = (i, init, ens, truth), convection
         logging.info("evaluate: case %d/%d (time %s) done", c + 1, len(cases), source.times[i])
     results = acc.summary()
-    if systems is not None:
-        accs = {"direct": acc, **systems[3]}
-        results.update(comparison_table(accs))
+    names = list(compare["standard"]) if systems else []
+    if systems:
+        for protocol in comparison.PROTOCOLS:
+            results.update(comparison.summary(compare[protocol], protocol, seed=config.seed))
+        for system in systems:
+            for key, value in system["settings"].items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    results[f"def_settings/{system['name']}/{key}"] = float(value)
     results["checkpoint_step"] = int(step)
     results["num_members"] = m
     results["num_cases"] = len(cases)
@@ -155,18 +187,22 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
     out_dir = os.path.join(workdir, "eval", ec.split)
     os.makedirs(out_dir, exist_ok=True)
     if jax.process_index() == 0:
+        labelled = dict(results)
+        if systems:  # what each comparison table means, and each DEF system's settings
+            labelled["protocols"] = {
+                comparison.PREFIX[p]: text for p, text in comparison.PROTOCOLS.items()
+            }
+            labelled["def_systems"] = {s["name"]: s["settings"] for s in systems}
         with open(os.path.join(out_dir, "metrics.json"), "w") as f:
-            json.dump(results, f, indent=2, sort_keys=True)
+            json.dump(labelled, f, indent=2, sort_keys=True)
         plots.rank_histogram(acc.ranks[0], os.path.join(out_dir, "rank_histogram.png"))
         plots.rank_histograms_by_lead(
             acc.ranks, lead, os.path.join(out_dir, "rank_histogram_by_variable.png")
         )
         plots.reliability(acc.reliability(), os.path.join(out_dir, "reliability.png"))
         plots.crps_by_lead(results, ec.rollout_steps, lead, os.path.join(out_dir, "crps.png"))
-        if systems is not None:
-            plots.def_comparison(
-                results, ec.rollout_steps, lead, os.path.join(out_dir, "def_comparison.png")
-            )
+        if systems:
+            comparison.write(out_dir, results, names, ec.rollout_steps, lead)
         if ec.products and product_case is not None:
             i, init, ens, truth = product_case
             write_products(
@@ -222,7 +258,7 @@ class _Accumulator:
         for name, thr in thresholds:
             v = data.VARIABLES.index(name)
             prob = np.asarray(metrics.exceedance_probability(phys_ens[..., v], thr))
-            self.events.setdefault(event_key(name, thr), []).append(
+            self.events.setdefault(metrics.event_key(name, thr), []).append(
                 (prob, phys_truth[..., v] >= thr)
             )
 
@@ -279,15 +315,6 @@ class _Accumulator:
         return r
 
 
-def event_key(name: str, threshold: float) -> str:
-    """The event "`name` >= `threshold`" as a metric key, e.g. `refc_ge_35` (`brier/refc_ge_35`).
-
-    Only letters, digits and `_ . - /`: TensorBoard renames any other character in a tag, so
-    this key is the same in metrics.json and in TensorBoard.
-    """
-    return f"{name}_ge_{threshold:g}".replace("+", "")
-
-
 def spread_skill(sq_err: np.ndarray, var: np.ndarray, members: int) -> float:
     """Mean over variables of spread * sqrt((M+1)/M) over the mean ensemble-mean RMSE.
 
@@ -298,70 +325,79 @@ def spread_skill(sq_err: np.ndarray, var: np.ndarray, members: int) -> float:
     return float(np.mean(spread * np.sqrt((members + 1) / members)) / rmse.mean())
 
 
-def _restore_variant(config, mesh, objective: str, workdir: str, what: str):
-    """(parts, EMA or raw params, state) of a run of `config`'s network trained with
-    `objective` in `workdir` (DEF's deterministic forecaster or perturbation model)."""
-    variant = config.copy_and_resolve_references()
-    variant.train.objective = objective
-    parts = steps.build(variant, mesh)
-    state, step = restore.restore_for_eval(variant, workdir, parts)
-    logging.info("DEF: %s step %d from %s", what, step, workdir)
-    return parts, state.extra["ema"] if config.eval.use_ema else state.params, state
-
-
-def _def_systems(config, parts, mesh, params, scale, m):
-    """DEF's jitted steps, the deterministic forecaster's params (from `eval.def_workdir`), the
-    scales and guidance, one accumulator per extra system, the perturbing model's params (the
-    perturbation model of `eval.def_perturb_workdir` in "paper" mode, the forecast diffusion
-    model's in "change" mode) and the mode."""
-    ec = config.eval
-    mode = ec.get("def_mode", "change")  # older recorded configs: the former reading
-    det_parts, det_params, det_state = _restore_variant(
-        config, mesh, "mse", ec.def_workdir, "deterministic forecaster"
-    )
-    if mode == "paper":
-        if not ec.get("def_perturb_workdir", ""):
-            raise ValueError(
-                "eval.def_mode 'paper' needs eval.def_perturb_workdir: the workdir of a run of "
-                "variant `perturbation` (or set eval.def_mode='change')."
-            )
-        pert_parts, def_params, _ = _restore_variant(
-            config, mesh, "perturbation", ec.def_perturb_workdir, "perturbation model"
+def def_specs(config: ml_collections.ConfigDict) -> list[dict]:
+    """The DEF systems to evaluate: {"name", "det_name", "mode", "det_workdir",
+    "perturb_workdir", "guidance", "walks"} for `eval.def_workdir` (system "def", mode
+    `eval.def_mode`) and, with `eval.def_authors_workdir`, one authors' system per walk count."""
+    ec, specs = config.eval, []
+    if ec.get("def_workdir", ""):  # older recorded configs lack it
+        specs.append(
+            {
+                "name": "def",
+                "det_name": "deterministic",
+                "mode": perturbed_ensemble.mode_of(config),
+                "det_workdir": ec.def_workdir,
+                "perturb_workdir": ec.get("def_perturb_workdir", ""),
+                "guidance": float(ec.def_guidance),
+                "walks": int(ec.def_walks),
+            }
         )
-        model = pert_parts.model
-    elif mode == "change":
-        model, def_params = parts.model, params
-    else:
-        raise ValueError(f"eval.def_mode must be 'paper' or 'change', got {mode!r}.")
-    fns = def_ensemble.make_steps(model, det_parts.model, parts.extras.schedule, config, mesh, m)
-    scales = (scale, ensemble.scale_of(det_state.extra), jnp.float32(ec.def_guidance))
-    accs = {"def": _Accumulator(ec.rollout_steps, m),
-            "deterministic": _Accumulator(ec.rollout_steps, 1)}  # fmt: skip
-    return fns, det_params, scales, accs, def_params, mode
-
-
-def comparison_table(accs: dict) -> dict[str, float]:
-    """`compare/<system>/<score>/lead<k>` for systems direct, def, deterministic: CRPS (standard,
-    fair), spread/skill, RMSE of the ensemble mean (variable means), Brier of both thresholds,
-    plus `compare/<system>/rank_histogram/<var>/lead<k>`; the same cases and formulas."""
-    out = {}
-    for system, acc in accs.items():
-        r = acc.summary()
-        n, m = max(acc.n, 1), acc.members
-        for k in range(acc.crps.shape[0]):
-            lead = f"lead{k + 1}"
-            out[f"compare/{system}/crps/{lead}"] = float(acc.crps[k].mean() / n)
-            out[f"compare/{system}/crps_fair/{lead}"] = float(acc.crps_fair[k].mean() / n)
-            out[f"compare/{system}/rmse/{lead}"] = float(np.sqrt(acc.sq_err[k] / n).mean())
-            out[f"compare/{system}/spread_skill/{lead}"] = spread_skill(
-                acc.sq_err[k] / n, acc.var[k] / n, m
+    if ec.get("def_authors_workdir", ""):
+        for walks in ec.def_authors_walks:
+            specs.append(
+                {
+                    "name": f"def_authors_j{int(walks)}",
+                    "det_name": "deterministic_authors",
+                    "mode": "authors",
+                    "det_workdir": ec.def_authors_workdir,
+                    "perturb_workdir": ec.def_authors_perturb_workdir,
+                    "guidance": float(ec.def_authors_guidance),
+                    "walks": int(walks),
+                }
             )
-            for v, name in enumerate(data.VARIABLES):
-                out[f"compare/{system}/rank_histogram/{name}/{lead}"] = acc.ranks[k, v].tolist()
-        for key in (f"brier/{event_key('refc', 35)}", f"brier/{event_key('cape', 1000)}"):
-            if key in r:
-                out[f"compare/{system}/{key}"] = r[key]
-    return out
+    return specs
+
+
+def _def_system(config, mesh, spec, parts, params, scale, m) -> dict:
+    """A DEF system ready to roll out: its forecaster and perturbation model restored with their
+    own recorded configs (checked against the evaluated run, `perturbed_ensemble.check_run`),
+    the jitted steps, the guidance and the settings it ran with."""
+    mode = spec["mode"]
+    det = perturbed_ensemble.restore(config, mesh, spec["det_workdir"], mode, "forecaster")
+    logging.info("DEF %s: forecaster step %d from %s", spec["name"], det.step, spec["det_workdir"])
+    settings = {"mode": mode, "guidance": spec["guidance"], "walks": spec["walks"]}
+    if mode == "change":
+        pert_params, pert = params, None
+        settings["level"] = int(config.eval.def_level)
+    else:
+        if not spec["perturb_workdir"]:
+            raise ValueError(
+                f"eval.def_mode {mode!r} needs the perturbation model's workdir "
+                "(eval.def_perturb_workdir / eval.def_authors_perturb_workdir), or set "
+                "eval.def_mode='change'."
+            )
+        pert = perturbed_ensemble.restore(
+            config, mesh, spec["perturb_workdir"], mode, "perturbation"
+        )
+        logging.info(
+            "DEF %s: perturbation model step %d from %s",
+            spec["name"],
+            pert.step,
+            spec["perturb_workdir"],
+        )
+        pert_params = pert.params
+        settings.update(perturbed_ensemble.sampler_settings(pert.config, pert.schedule))
+    perturb_fn = perturbed_ensemble.make_perturb_fn(
+        mode, config, mesh, m, pert, spec["walks"], parts.model, parts.extras.schedule
+    )
+    return dict(
+        spec,
+        det=det,
+        det_fn=perturbed_ensemble.deterministic_fn(det),
+        perturb_fn=perturb_fn,
+        params=pert_params,
+        settings=settings,
+    )
 
 
 def write_products(out_dir, source, i, lead, init, ens, thresholds, num_plotted):

@@ -103,3 +103,12 @@ def reliability(prob, event, num_bins: int = 10) -> dict[str, np.ndarray]:
         "observed": np.bincount(bins, event, num_bins) / safe,
         "count": count,
     }
+
+
+def event_key(name: str, threshold: float) -> str:
+    """The event "`name` >= `threshold`" as a metric key, e.g. `refc_ge_35` (`brier/refc_ge_35`).
+
+    Only letters, digits and `_ . - /`: TensorBoard renames any other character in a tag, so
+    this key is the same in metrics.json and in TensorBoard.
+    """
+    return f"{name}_ge_{threshold:g}".replace("+", "")

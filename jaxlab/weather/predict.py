@@ -55,7 +55,6 @@ from jaxlab.core import portable, rng
 from jaxlab.weather import data, data_grib, diffusion, ensemble
 from jaxlab.weather import model as model_lib
 from jaxlab.weather import predict_output as output
-from jaxlab.weather import steps as steps_lib
 
 TASK = "jaxlab.weather"
 DEMO_INPUT_DIR = "predict_input"
@@ -202,7 +201,7 @@ def forecast(config, params, scale, normaliser, state, init_time, members: int, 
     hours = (np.datetime64(init_time, "h") - np.datetime64("1970-01-01T00", "h")).astype(int)
     case_key = rng.stream(config.seed, "predict", int(hours))
     init = jnp.asarray(normaliser.encode(state))
-    hour = float(steps_lib.hour_of_day(init_time))
+    hour = float(data.hour_of_day(init_time))
     ens = ensemble.rollout(
         _step_fn(config, members),
         params,

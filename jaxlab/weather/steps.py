@@ -8,7 +8,15 @@ evaluation uses the exact training scale; `residual_mean` [C] (the scaled change
 beside it as the samplers' prior mean. The EMA of the parameters, also in `extra`, is updated
 inside the step, so it is checkpointed and resumed with everything else.
 
-Records carry the initial state's hour of day (`WithHour`), the network's `model.use_hour`
+The three objectives are three loss functions, chosen in `build` (`loss_function`):
+`diffusion_loss` (the conditional DDPM), `mse_loss` (DEF's deterministic forecaster) and
+`perturbation_loss` (DEF's perturbation model, with the authors' analyses / forecasts / null
+mix); each maps (params, batch, key, extra, train) to a per-example loss [B], so the train and
+eval steps do not branch on the objective. The residual scale is applied through
+`data.encode_change` / `data.decode_change` (training, evaluation and sampling alike); with
+`data.spatial_standardise` every state is standardised over the grid first.
+
+Records carry the initial state's hour of day (`data.WithHour`), the network's `model.use_hour`
 input.
 
 `build(config, mesh)` returns `Parts`; `benchmark_setup` / `benchmark_sampling` are the hooks of
@@ -19,8 +27,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -31,9 +41,10 @@ import numpy as np
 import optax
 from absl import logging
 
+from jaxlab.core import config as config_lib
 from jaxlab.core import mesh as mesh_lib
 from jaxlab.core import parts as parts_lib
-from jaxlab.core import rng
+from jaxlab.core import restore, rng
 from jaxlab.core import state as state_lib
 from jaxlab.weather import data, diffusion, ensemble
 from jaxlab.weather import model as model_lib
@@ -51,58 +62,33 @@ def grid_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
     return (int(height), int(width), len(data.VARIABLES))
 
 
-def hour_of_day(time: np.datetime64) -> np.float32:
-    """Hours since 00 UTC of `time`'s day, in [0, 24)."""
-    time = np.datetime64(time, "s")
-    return np.float32((time - time.astype("datetime64[D]")) / np.timedelta64(1, "h"))
-
-
-class WithHour:
-    """A `data.PairSource` whose records also carry "hour" [] float32: the hour of day UTC of
-    the pair's initial state (the diurnal phase the state alone does not give)."""
-
-    def __init__(self, source: data.PairSource):
-        self.source = source
-
-    def __len__(self) -> int:
-        return len(self.source)
-
-    def __getitem__(self, k: int) -> dict[str, np.ndarray]:
-        record = dict(self.source[k])
-        record["hour"] = hour_of_day(self.source.times[self.source.pairs[k][0]])
-        return record
-
-    def __getattr__(self, name: str):
-        return getattr(self.source, name)
-
-
-def residual_mean(source: data.PairSource, residual_std: np.ndarray, max_pairs: int = 256):
-    """Per-variable mean [C] of (target - cond) / residual_std over up to `max_pairs` evenly
-    spaced pairs (the pairs `data.residual_std` uses): the samplers' prior mean."""
-    picks = np.linspace(0, len(source) - 1, min(max_pairs, len(source))).astype(int)
-    diffs = np.stack([source[int(k)]["target"] - source[int(k)]["cond"] for k in picks])
-    return (diffs.reshape(-1, diffs.shape[-1]).mean(0) / residual_std).astype(np.float32)
-
-
 def init_state(
-    rng_key, *, model, tx, grid_shape, residual_std, residual_mean
+    rng_key, *, model, tx, grid_shape, residual_std, residual_mean, forecaster=None
 ) -> state_lib.TrainState:
     """Fresh state; `extra` holds the EMA params (starting at the params), residual_std [C]
-    and residual_mean [C]."""
+    and residual_mean [C], and for the authors' perturbation training mix the deterministic
+    forecaster {"params", "std", "mean"} it trains on (checkpointed with the run)."""
     params = model_lib.init_params(model, rng_key, grid_shape)
     extra = {
         "ema": params,
         "residual_std": jnp.asarray(residual_std, jnp.float32),
         "residual_mean": jnp.asarray(residual_mean, jnp.float32),
     }
+    if forecaster is not None:
+        extra["forecaster"] = forecaster
     return state_lib.create_train_state(params, tx, extra=extra)
 
 
-def diffusion_input(batch: dict[str, jax.Array], residual_std: jax.Array, residual: bool):
-    """x0 to diffuse [B, H, W, C]: the scaled change, or the target state itself."""
-    if residual:
-        return (batch["target"] - batch["cond"]) / residual_std
-    return batch["target"]
+def model_states(batch: dict[str, jax.Array], spatial: bool) -> dict[str, jax.Array]:
+    """The batch with cond / target [B, H, W, C] standardised per sample and channel over the
+    grid when `spatial` (`data.spatial_standardise`: DEF as its authors run it), else as is."""
+    if not spatial:
+        return batch
+    return dict(
+        batch,
+        cond=data.spatial_standardise(batch["cond"]),
+        target=data.spatial_standardise(batch["target"]),
+    )
 
 
 def deterministic_inputs(x0: jax.Array):
@@ -111,60 +97,158 @@ def deterministic_inputs(x0: jax.Array):
     return jnp.zeros_like(x0), jnp.zeros((x0.shape[0],), jnp.int32), x0
 
 
-def perturbation_inputs(batch: dict[str, jax.Array], key: jax.Array, cond_drop: float):
-    """(x0, cond) of DEF's perturbation model: the state itself [B, H, W, C] is both the sample
-    and the condition; the condition is zeros (the null condition of classifier-free guidance)
-    for a fraction `cond_drop` of the examples (drawn with `key`), so one network gives both the
-    conditional and the unconditional noise prediction."""
-    state = batch["cond"]
-    keep = jax.random.bernoulli(key, 1.0 - cond_drop, (state.shape[0], 1, 1, 1))
-    return state, jnp.where(keep, state, 0.0)
+def perturbation_inputs(
+    state: jax.Array,
+    key: jax.Array,
+    cond_drop: float,
+    forecast: jax.Array | None = None,
+    forecast_fraction: float = 0.0,
+):
+    """(x0, cond, kept, forecast_used) of DEF's perturbation model, [B, H, W, C] / [B] bool.
+
+    Each example is the analysis `state` (sample and condition at once), or with probability
+    `forecast_fraction` among the kept ones the forecaster's output `forecast` of that state
+    (sample and condition), and its condition is zeros (the null condition of classifier-free
+    guidance) for a fraction `cond_drop` of the examples. The authors' mix is cond_drop 0.1,
+    forecast_fraction 0.5: 45% analyses, 45% forecasts, 10% null (whose sample is the
+    analysis). forecast_fraction 0 draws exactly the former analyses-only mix.
+    """
+    b = state.shape[0]
+    kept = jax.random.bernoulli(key, 1.0 - cond_drop, (b,))
+    if forecast_fraction > 0:
+        used = jax.random.bernoulli(jax.random.fold_in(key, 1), forecast_fraction, (b,)) & kept
+        x0 = jnp.where(used[:, None, None, None], forecast, state)
+    else:
+        used, x0 = jnp.zeros((b,), bool), state
+    return x0, jnp.where(kept[:, None, None, None], x0, 0.0), kept, used
+
+
+def _noised(schedule, x0, key, prediction):
+    """(x_t, t, target) [B, ...]: one key for the batch (training), or keys [B] (evaluation: each
+    example its own draw, so a record's loss does not depend on the batch it is in)."""
+    if key.ndim == 0:
+        return diffusion.loss_targets(schedule, x0, key, prediction)
+    xt, t, target = jax.vmap(lambda x, k: diffusion.loss_targets(schedule, x[None], k, prediction))(
+        x0, key
+    )
+    return xt[:, 0], t[:, 0], target[:, 0]
+
+
+def _per_example_mse(pred, target):
+    return jnp.mean(jnp.square(pred - target), axis=(1, 2, 3))
+
+
+def diffusion_loss(
+    params, batch, key, extra, train, *, model, schedule, prediction, residual, use_hour, spatial
+):
+    """Per-example noise (or v) MSE [B] of the conditional diffusion model of the scaled change
+    (or of the next state itself, `residual` False) given the current state."""
+    del train
+    batch = model_states(batch, spatial)
+    scale = data.residual_scale(extra)
+    x0 = data.encode_change(scale, batch["cond"], batch["target"], residual)
+    xt, t, target = _noised(schedule, x0, key, prediction)
+    pred = model_lib.apply(
+        model, params, xt, batch["cond"], t, batch["lead"], batch.get("hour"), use_hour
+    )
+    return _per_example_mse(pred, target)
+
+
+def mse_loss(params, batch, key, extra, train, *, model, residual, use_hour, spatial):
+    """Per-example MSE [B] of the deterministic forecaster: the network at diffusion step 0 on
+    zeros regresses the scaled change (or the next state, `residual` False); no noise."""
+    del key, train
+    batch = model_states(batch, spatial)
+    scale = data.residual_scale(extra)
+    x0 = data.encode_change(scale, batch["cond"], batch["target"], residual)
+    xt, t, target = deterministic_inputs(x0)
+    pred = model_lib.apply(
+        model, params, xt, batch["cond"], t, batch["lead"], batch.get("hour"), use_hour
+    )
+    return _per_example_mse(pred, target)
+
+
+def forecaster_output(forecaster, state, lead, hour, *, model):
+    """The deterministic forecaster G [B, H, W, C] -> [B, H, W, C] from `forecaster` = {"params",
+    "std", "mean", "residual", "use_hour"} (`extra["forecaster"]`, or a restored run's)."""
+    zeros = jnp.zeros_like(state)
+    t = jnp.zeros((state.shape[0],), jnp.int32)
+    out = model_lib.apply(
+        model, forecaster["params"], zeros, state, t, lead, hour, forecaster["use_hour"]
+    )
+    scale = {"std": forecaster["std"], "mean": forecaster["mean"]}
+    return data.decode_change(scale, state, out, forecaster["residual"])
+
+
+def perturbation_loss(
+    params,
+    batch,
+    key,
+    extra,
+    train,
+    *,
+    model,
+    schedule,
+    prediction,
+    use_hour,
+    spatial,
+    cond_drop,
+    forecast_fraction,
+    forecaster_static,
+):
+    """Per-example noise MSE [B] of DEF's perturbation model: a diffusion model of the state given
+    itself (`perturbation_inputs`: the analysis or, `forecast_fraction` of the kept examples,
+    the forecaster's output of it; the condition dropped for `cond_drop`). The forecaster's
+    params live in `extra["forecaster"]` (restored with the run); its output is used raw, as
+    the authors' training step does. Evaluation (`train` False) keeps the analysis and its
+    condition.
+    """
+    state = model_states(batch, spatial)["cond"]
+    if train:
+        noise_key, drop_key = jax.random.split(key)
+        forecast = None
+        if forecast_fraction > 0:
+            forecaster = dict(extra["forecaster"], **forecaster_static)
+            forecast = jax.lax.stop_gradient(
+                forecaster_output(forecaster, state, batch["lead"], batch.get("hour"), model=model)
+            )
+        x0, cond, _, _ = perturbation_inputs(
+            state, drop_key, cond_drop, forecast, forecast_fraction
+        )
+    else:
+        noise_key, x0, cond = key, state, state
+    xt, t, target = _noised(schedule, x0, noise_key, prediction)
+    # The authors' perturbation model has no lead or hour input: lead is a constant 1 and the
+    # hour enters only with `use_hour`.
+    pred = model_lib.apply(
+        model, params, xt, cond, t, jnp.ones_like(batch["lead"]), batch.get("hour"), use_hour
+    )
+    return _per_example_mse(pred, target)
 
 
 def train_step(
     state: state_lib.TrainState,
     batch: dict[str, jax.Array],
     *,
-    model: nn.Module,
+    loss_fn: Callable,
     tx: Any,
-    schedule: diffusion.Schedule,
-    prediction: str,
-    residual: bool,
     ema_decay: float,
     seed: int,
-    use_hour: bool,
-    objective: str = "diffusion",
-    cond_drop: float = 0.1,
 ) -> tuple[state_lib.TrainState, dict[str, jax.Array]]:
-    """One optimizer (micro-)step on the noise MSE (`objective` "diffusion"), on the MSE of the
-    scaled change itself ("mse": the deterministic forecaster) or on the noise MSE of the state
-    itself given itself, the condition dropped for `cond_drop` of the examples ("perturbation":
-    DEF's perturbation model, `perturbation_inputs`); the EMA follows every step.
+    """One optimizer (micro-)step on `loss_fn` (one of `diffusion_loss`, `mse_loss`,
+    `perturbation_loss`, chosen in `build`); the EMA follows every step.
 
     batch: cond, target [B, H, W, C] standardised states, lead [B] hours, hour [B] hour of day
-    of cond (used when `use_hour`), index [B] record ids.
+    of cond (used when `model.use_hour`), index [B] record ids.
     Diffusion steps and noise come from the stream "diffusion_noise" folded with the step, so
     a resumed run draws exactly the noise of an uninterrupted one.
     """
     key = rng.stream(seed, "diffusion_noise", state.step)
-    residual_std = state.extra["residual_std"]
-    x0, cond = diffusion_input(batch, residual_std, residual), batch["cond"]
-    if objective == "mse":  # the deterministic forecaster: no noise, predicts x0 itself
-        xt, t, target = deterministic_inputs(x0)
-    elif objective == "perturbation":  # DEF's perturbation model
-        noise_key, drop_key = jax.random.split(key)
-        x0, cond = perturbation_inputs(batch, drop_key, cond_drop)
-        xt, t, target = diffusion.loss_targets(schedule, x0, noise_key, prediction)
-    else:
-        xt, t, target = diffusion.loss_targets(schedule, x0, key, prediction)
 
-    def loss_fn(params):
-        pred = model_lib.apply(
-            model, params, xt, cond, t, batch["lead"], batch.get("hour"), use_hour
-        )
-        return jnp.mean(jnp.square(pred - target))
+    def mean_loss(params):
+        return jnp.mean(loss_fn(params, batch, key, state.extra, True))
 
-    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    loss, grads = jax.value_and_grad(mean_loss)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params, value=loss)
     params = optax.apply_updates(state.params, updates)
     ema = jax.tree.map(lambda e, p: ema_decay * e + (1 - ema_decay) * p, state.extra["ema"], params)
@@ -185,40 +269,144 @@ def eval_step(
     valid: jax.Array,
     residual_std: jax.Array,
     *,
-    model: nn.Module,
-    schedule: diffusion.Schedule,
-    prediction: str,
-    residual: bool,
+    loss_fn: Callable,
     seed: int,
-    use_hour: bool,
-    objective: str = "diffusion",
+    extra: Any = None,
 ):
-    """Noise MSE (or, `objective` "mse", the change's MSE; "perturbation": the state's noise MSE
-    given the state, condition kept) per example [B] and its sums over valid examples
+    """`loss_fn`'s per-example loss [B] (condition kept) and its sums over valid examples
     {"loss", "count"}.
 
     Each example draws its diffusion step and noise from the stream "eval_noise" folded with its
     record index, so the loss of a record is the same in every evaluation and for any batch size.
+    `residual_std` [C] is the run's scale (its mean does not enter a loss).
     """
-    x0 = (
-        batch["cond"]
-        if objective == "perturbation"
-        else diffusion_input(batch, residual_std, residual)
-    )
     keys = jax.vmap(lambda index: rng.stream(seed, "eval_noise", index))(batch["index"])
-    if objective == "mse":
-        xt, t, target = (v[:, None] for v in deterministic_inputs(x0))
-    else:
-        xt, t, target = jax.vmap(
-            lambda x, key: diffusion.loss_targets(schedule, x[None], key, prediction)
-        )(x0, keys)
-    pred = model_lib.apply(
-        model, params, xt[:, 0], batch["cond"], t[:, 0], batch["lead"], batch.get("hour"), use_hour
-    )
-    per_example = jnp.mean(jnp.square(pred - target[:, 0]), axis=(1, 2, 3))
+    extra = dict(extra or {}, residual_std=residual_std)
+    per_example = loss_fn(params, batch, keys, extra, False)
     weight = valid.astype(jnp.float32)
     sums = {"loss": jnp.sum(weight * per_example), "count": jnp.sum(weight)}
     return sums, per_example
+
+
+def loss_function(config: ml_collections.ConfigDict, model: nn.Module, schedule) -> Callable:
+    """The objective's loss function, `train.objective`: "diffusion" (the conditional DDPM),
+    "mse" (DEF's deterministic forecaster) or "perturbation" (DEF's perturbation model), with
+    the config's settings bound."""
+    dc, objective = config.diffusion, config.train.get("objective", "diffusion")
+    common = dict(
+        model=model,
+        use_hour=config.model.use_hour,
+        spatial=bool(config.data.get("spatial_standardise", False)),
+    )
+    if objective == "diffusion":
+        return functools.partial(
+            diffusion_loss,
+            schedule=schedule,
+            prediction=dc.prediction,
+            residual=dc.residual,
+            **common,
+        )
+    if objective == "mse":
+        return functools.partial(mse_loss, residual=dc.residual, **common)
+    if objective == "perturbation":
+        fraction = float(config.train.get("forecast_fraction", 0.0))
+        static = {}
+        if fraction > 0:
+            static = {
+                "residual": bool(config.train.forecaster_residual),
+                "use_hour": bool(config.train.forecaster_use_hour),
+            }
+        return functools.partial(
+            perturbation_loss,
+            schedule=schedule,
+            prediction=dc.prediction,
+            cond_drop=config.train.get("cond_drop", 0.1),
+            forecast_fraction=fraction,
+            forecaster_static=static,
+            **common,
+        )
+    raise ValueError(
+        f"train.objective must be 'diffusion', 'mse' or 'perturbation', got {objective!r}."
+    )
+
+
+def load_forecaster(config: ml_collections.ConfigDict, mesh) -> dict[str, Any]:
+    """{"params", "std", "mean"}: the EMA params and residual scale of the deterministic
+    forecaster the perturbation model's training mix uses (`train.forecaster_workdir`, a run
+    of objective "mse" with the same network and state units; checked against its recorded
+    config)."""
+    workdir = config.train.get("forecaster_workdir", "")
+    if not workdir:
+        raise ValueError(
+            "train.forecast_fraction > 0 needs train.forecaster_workdir: the workdir of the "
+            "deterministic forecaster (variant def_authors_deterministic) whose outputs the "
+            "perturbation model trains on."
+        )
+    recorded = read_recorded_config(workdir)
+    expected = {
+        "train.objective": "mse",
+        "data.spatial_standardise": config.data.get("spatial_standardise", False),
+        "diffusion.residual": config.train.forecaster_residual,
+        "model.use_hour": config.train.forecaster_use_hour,
+    }
+    for key in (
+        "model.name",
+        "model.base_dim",
+        "model.channel_mults",
+        "model.emb_mult",
+        "data.shape",
+    ):
+        expected[key] = config_value(config, key)
+    bad = config_mismatches(recorded, expected)
+    if bad:
+        raise ValueError(
+            f"train.forecaster_workdir {workdir}: its recorded config differs in {'; '.join(bad)}"
+        )
+    fparts = build(recorded, mesh)
+    state, _ = restore.restore_for_eval(recorded, workdir, fparts, which="latest")
+    scale = data.residual_scale(state.extra)
+    return {"params": state.extra["ema"], "std": scale["std"], "mean": scale["mean"]}
+
+
+def read_recorded_config(workdir: str) -> ml_collections.ConfigDict:
+    """The resolved config a training run recorded in `workdir/config.json`."""
+    path = os.path.join(workdir, config_lib.CONFIG_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"{path} not found: {workdir} is not the workdir of a training run."
+        )
+    with open(path) as f:
+        return ml_collections.ConfigDict(json.load(f))
+
+
+# Keys a run recorded before they existed read as these (the behaviour of that time).
+_DEFAULTS = {
+    "data.spatial_standardise": False,
+    "train.forecast_fraction": 0.0,
+    "diffusion.corrector": False,
+    "train.objective": "diffusion",
+}
+
+
+def config_value(config, key: str):
+    """config[a][b] for key "a.b", JSON-normalised (tuples -> lists); missing: `_DEFAULTS`."""
+    node = config
+    for part in key.split("."):
+        if part not in node:
+            return _DEFAULTS.get(key)
+        node = node[part]
+    return json.loads(json.dumps(node.to_dict() if hasattr(node, "to_dict") else node, default=str))
+
+
+def config_mismatches(recorded, expected: dict[str, Any]) -> list[str]:
+    """["key: recorded R, expected E", ...] for each dotted key whose recorded value differs."""
+    bad = []
+    for key, want in expected.items():
+        got = config_value(recorded, key)
+        want = json.loads(json.dumps(want, default=str))
+        if got != want:
+            bad.append(f"{key}: recorded {got!r}, expected {want!r}")
+    return bad
 
 
 def build(
@@ -226,23 +414,38 @@ def build(
     mesh: jax.sharding.Mesh,
     residual_std: np.ndarray | None = None,
     residual_mean: np.ndarray | None = None,
+    load_forecaster_params: bool = True,
 ) -> parts_lib.Parts[Extras]:
     """Model, optimizer, schedule, sharded abstract state and jitted steps for `config` on `mesh`.
 
     `residual_std` / `residual_mean` [C] go into a *new* state (train.py passes the training
     pairs' values); the defaults, ones and zeros, are enough for a restore target or the
-    benchmark.
+    benchmark. The loss is `loss_function`'s for `train.objective`. With
+    `train.forecast_fraction` > 0 the deterministic forecaster of `train.forecaster_workdir` is
+    restored into the new state's `extra` (`load_forecaster_params` False: a placeholder of its
+    structure, for a restore target).
     """
-    dc = config.diffusion
     grid = grid_shape(config)
     model = model_lib.make_model(config)
     run_schedule = parts_lib.step_schedule(config)
     tx = run_schedule.optimizer()
-    schedule = diffusion.make_schedule(dc.schedule, dc.num_steps)
+    schedule = diffusion.make_schedule(config.diffusion.schedule, config.diffusion.num_steps)
     if residual_std is None:
         residual_std = np.ones(grid[-1], np.float32)
     if residual_mean is None:
         residual_mean = np.zeros(grid[-1], np.float32)
+    forecaster = None
+    if float(config.train.get("forecast_fraction", 0.0)) > 0:
+        # A restore target needs only the structure (the checkpoint holds the values).
+        forecaster = (
+            load_forecaster(config, mesh)
+            if load_forecaster_params
+            else {
+                "params": model_lib.init_params(model, jax.random.key(0), grid),
+                "std": np.ones(grid[-1], np.float32),
+                "mean": np.zeros(grid[-1], np.float32),
+            }
+        )
     init_fn = functools.partial(
         init_state,
         model=model,
@@ -250,22 +453,11 @@ def build(
         grid_shape=grid,
         residual_std=residual_std,
         residual_mean=residual_mean,
+        forecaster=forecaster,
     )
-    loss_args = dict(
-        model=model,
-        schedule=schedule,
-        prediction=dc.prediction,
-        residual=dc.residual,
-        seed=config.seed,
-        use_hour=config.model.use_hour,
-        objective=config.train.get("objective", "diffusion"),
-    )
+    loss_fn = loss_function(config, model, schedule)
     train_fn = functools.partial(
-        train_step,
-        tx=tx,
-        ema_decay=config.train.ema_decay,
-        cond_drop=config.train.get("cond_drop", 0.1),
-        **loss_args,
+        train_step, loss_fn=loss_fn, tx=tx, ema_decay=config.train.ema_decay, seed=config.seed
     )
     return parts_lib.assemble(
         config,
@@ -274,7 +466,7 @@ def build(
         tx,
         init_fn,
         train_fn,
-        functools.partial(eval_step, **loss_args),
+        functools.partial(eval_step, loss_fn=loss_fn, seed=config.seed),
         run_schedule,
         eval_extra_args=1,
         extras=Extras(schedule=schedule, grid_shape=grid),
@@ -361,7 +553,7 @@ def benchmark_sampling(config: ml_collections.ConfigDict, mesh: jax.sharding.Mes
 def inference_params(state: state_lib.TrainState) -> dict[str, Any]:
     """What a forecast needs from a train state, and what an exported bundle holds: the EMA
     parameters and the scale of the diffused change ({"std", "mean"} [C])."""
-    return {"ema": state.extra["ema"], "scale": ensemble.scale_of(state.extra)}
+    return {"ema": state.extra["ema"], "scale": data.residual_scale(state.extra)}
 
 
 def with_inference_params(state: state_lib.TrainState, params: dict[str, Any]):

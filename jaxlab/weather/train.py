@@ -29,7 +29,7 @@ def members_image(step_fn, state, source, config, step: int) -> dict[str, np.nda
     sampled with the EMA params (a fixed key, so images of successive evaluations compare)."""
     lead = int(config.data.leads[0])
     i = evaluate.case_indices(source, lead, 1, 1)[0]
-    hour = float(steps.hour_of_day(source.times[i]))
+    hour = float(data.hour_of_day(source.times[i]))
     members = ensemble.rollout(
         step_fn,
         state.extra["ema"],
@@ -39,7 +39,7 @@ def members_image(step_fn, state, source, config, step: int) -> dict[str, np.nda
         rng.stream(config.seed, "train_figure"),
         int(config.eval.train_figure_members),
         1,
-        ensemble.scale_of(state.extra),
+        data.residual_scale(state.extra),
     )[0]
     members = np.asarray(jax.device_get(members))  # [M, H, W, C]
     if jax.process_index() != 0:
@@ -55,8 +55,8 @@ def sources(config: ml_collections.ConfigDict, workdir: str) -> trainer.Input:
     """Random crops of the training pairs, the eval pairs, and the residual scale for `build`."""
     store = data.prepare(config, workdir)
     leads, preload = tuple(config.data.leads), config.data.preload_max_mb
-    train_source = steps.WithHour(data.PairSource(store, "train", leads, preload))
-    eval_source = steps.WithHour(data.PairSource(store, config.eval.split, leads, preload))
+    train_source = data.WithHour(data.PairSource(store, "train", leads, preload))
+    eval_source = data.WithHour(data.PairSource(store, config.eval.split, leads, preload))
     data.check_grid(train_source.source, store, config.data.shape)
     train_iter = pipeline.train_iterator(
         train_source,
@@ -65,7 +65,7 @@ def sources(config: ml_collections.ConfigDict, workdir: str) -> trainer.Input:
         random_transform=data.random_crop(tuple(config.data.crop)),
     )
     residual_std = data.residual_std(train_source.source)
-    residual_mean = steps.residual_mean(train_source.source, residual_std)
+    residual_mean = data.residual_mean(train_source.source, residual_std)
     logging.info("Residual std per variable %s: %s", data.VARIABLES, np.round(residual_std, 3))
     logging.info("Scaled residual mean: %s", np.round(residual_mean, 3))
     return trainer.Input(

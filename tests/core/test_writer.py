@@ -235,7 +235,7 @@ def test_metric_names_are_tensorboard_tags_as_they_are(tmp_path):
     unchanged, others are an error before anything is written."""
     from tensorboard.backend.event_processing import event_accumulator
 
-    from jaxlab.weather.evaluate import event_key
+    from jaxlab.weather.metrics import event_key
 
     assert [event_key("refc", 35), event_key("cin", -50.0), event_key("q", 1e6)] == [
         "refc_ge_35",

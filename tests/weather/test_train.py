@@ -8,6 +8,7 @@ CPU, so the fast tests share one config (batch 2, 8 x 8 crops, 2 devices) and on
 import dataclasses
 import json
 import os
+import shutil
 import signal
 
 import chex
@@ -56,7 +57,7 @@ def train_residual_std(data_dir):
     """(residual_std, residual_mean) of the training pairs, as train.py computes them."""
     source = data.PairSource(os.path.join(data_dir, "hrrr.zarr"), "train", (1,))
     std = data.residual_std(source)
-    return std, steps.residual_mean(source, std)
+    return std, data.residual_mean(source, std)
 
 
 @pytest.fixture(scope="module")
@@ -65,14 +66,14 @@ def shared_build():
     compiled programs) and `steps.train_step` allowed a single trace (chex raises on a second)."""
     build, cache = steps.build, {}
 
-    def shared(config, mesh, residual_std=None, residual_mean=None):
+    def shared(config, mesh, residual_std=None, residual_mean=None, **kwargs):
         devices = tuple(d.id for d in mesh.devices.flat)
         scale = tuple(
             None if v is None else np.asarray(v).tobytes() for v in (residual_std, residual_mean)
         )
         key = (config.to_json_best_effort(), devices, mesh.axis_names, scale)
         if key not in cache:
-            cache[key] = build(config, mesh, residual_std, residual_mean)
+            cache[key] = build(config, mesh, residual_std, residual_mean, **kwargs)
         return cache[key]
 
     chex.clear_trace_counter()
@@ -244,6 +245,16 @@ def test_grid_other_than_config_shape_names_store_and_key(data_dir):
         data.check_grid(source, store, (32, 48))
 
 
+def stand_in(workdir: str, config, other: str, objective: str) -> str:
+    """A copy of `workdir`'s checkpoints recorded as a run of `objective` (the same network)."""
+    shutil.copytree(os.path.join(workdir, "checkpoints"), os.path.join(other, "checkpoints"))
+    recorded = config.copy_and_resolve_references()
+    recorded.train.objective = objective
+    with open(os.path.join(other, "config.json"), "w") as f:
+        json.dump(json.loads(json.dumps(recorded.to_dict(), default=str)), f)
+    return other
+
+
 @pytest.mark.slow
 def test_training_learns_and_evaluation_writes_products(data_dir, tmp_path):
     # The module-scoped `shared_build` fixture (when another test used it first) keeps
@@ -258,8 +269,11 @@ def test_training_learns_and_evaluation_writes_products(data_dir, tmp_path):
     losses = [r["eval_loss"] for r in read_metrics(workdir) if "eval_loss" in r]
     assert metrics["eval_loss"] < 0.8 and losses[-1] < losses[0], losses
     # DEF's plumbing: the diffusion checkpoint stands in for the deterministic forecaster and the
-    # perturbation model (the same network); test_def.py checks the perturbation itself.
-    config.eval.def_workdir = config.eval.def_perturb_workdir = workdir
+    # perturbation model (the same network, recorded under their objectives: each is restored
+    # with its own recorded config); test_def.py checks the perturbation itself.
+    config.eval.def_workdir = stand_in(workdir, config, str(tmp_path / "det"), "mse")
+    config.eval.def_perturb_workdir = stand_in(workdir, config, str(tmp_path / "pert"),
+                                               "perturbation")  # fmt: skip
     results = evaluate.evaluate(config, workdir)
     out = os.path.join(workdir, "eval", "eval")
     with open(os.path.join(out, "metrics.json")) as f:
@@ -289,6 +303,12 @@ def test_training_learns_and_evaluation_writes_products(data_dir, tmp_path):
     assert results["compare/def/crps/lead1"] > 0 and os.path.exists(
         os.path.join(workdir, "eval", "eval", "def_comparison.png")
     )
+    # Both protocols, labelled; the DEF system's settings read back from its runs.
+    assert np.isfinite(results["compare_authors/def/crps/lead1"])
+    assert len(results["compare_diff/def-direct/crps/lead1"]) == 3
+    assert set(saved["protocols"]) == {"compare", "compare_authors"}
+    assert saved["def_systems"]["def"]["mode"] == "jaxlab"
+    assert saved["def_systems"]["def"]["solver_steps"] == config.diffusion.sample_steps
     # (Beating the baselines needs the demo's training; see README for its numbers.)
     assert sum(results["rank_histogram/t2m"]) == 2 * 16 * 24  # cases x grid
     for folder in (
