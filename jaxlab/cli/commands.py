@@ -81,6 +81,7 @@ class Command:
     define_flags: Callable[[], list[Any]]  # defines the command's flags; returns their holders
     main: Callable[[list[str]], Any]
     uses_config: bool = True
+    more_help: Callable[[], str] | None = None  # printed after the flags by `--help`
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,7 +260,11 @@ def download_main(argv: list[str]) -> None:
         )
     dataset = argv[1]
     options = download_options(dataset, key_values(argv[2:], "download"))
-    download.download(dataset, flag_value("to") or "", **options)
+    try:
+        download.download(dataset, flag_value("to") or "", **options)
+    except download.MissingFilesError as e:  # the rest is downloaded: its own exit status
+        print(f"jaxlab download: {e}", file=sys.stderr)
+        sys.exit(download.EXIT_MISSING)
 
 
 def _data_check(config: Any) -> Callable[[], Any] | None:
@@ -360,6 +365,7 @@ COMMANDS = {
         define_download_flags,
         download_main,
         uses_config=False,
+        more_help=lambda: importlib.import_module("jaxlab.download").help_text(),
     ),
     "prepare": Command(
         "Write a task's dataset in its on-disk format (the synthetic one when data.synthetic).",
@@ -483,6 +489,8 @@ def command_help(name: str, holders: list[Any]) -> str:
     if command.uses_config:
         lines += ["  --config.KEY=VALUE: override one config value", ""]
         lines += ["configs (variants, the default first):", task_lib.configs_help()]
+    if command.more_help is not None:
+        lines += ["", command.more_help().rstrip("\n")]
     return "\n".join(lines) + "\n"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import threading
 import time
 
 
@@ -27,6 +28,7 @@ class Progress:
     def __init__(self, total: int | None, desc: str, enabled: bool, every_s: float = 10.0):
         self.total, self.desc, self.enabled, self.every_s = total, desc, enabled, every_s
         self.done, self.start, self.last = 0, time.monotonic(), time.monotonic()
+        self.lock = threading.Lock()  # several files are fetched at a time
         self.bar = None
         if enabled:
             try:
@@ -39,12 +41,13 @@ class Progress:
                 self.bar = None
 
     def update(self, n: int) -> None:
-        self.done += n
-        if self.bar is not None:
-            self.bar.update(n)
-        elif self.enabled and time.monotonic() - self.last >= self.every_s:
-            self.last = time.monotonic()
-            self.log()
+        with self.lock:
+            self.done += n
+            if self.bar is not None:
+                self.bar.update(n)
+            elif self.enabled and time.monotonic() - self.last >= self.every_s:
+                self.last = time.monotonic()
+                self.log()
 
     def log(self) -> None:
         elapsed = max(time.monotonic() - self.start, 1e-9)
