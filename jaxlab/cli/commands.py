@@ -124,6 +124,17 @@ def train_main(argv: list[str]) -> None:
         record_final_metrics(config, workdir, metrics)
 
 
+def study_main(argv: list[str]) -> None:
+    _start(argv)
+    require_flags("config", "workdir")
+    config, workdir = flag_value("config"), flag_value("workdir")
+    task = task_lib.import_task(config, "study")
+    overrides = [a for a in _ARGV if a.startswith(("--config.", "--noconfig."))]
+    write_run_info(workdir, run_info(_spec_of(_ARGV), overrides))
+    logging.info("Study %s in %s with config:\n%s", config.task, workdir, config)
+    task.main(config, workdir)
+
+
 def evaluate_main(argv: list[str]) -> None:
     _start(argv)
     require_flags("workdir")
@@ -342,6 +353,12 @@ def demo_main(argv: list[str]) -> None:
 COMMANDS = {
     "train": Command(
         "Train one task (resumes from the workdir's checkpoint).", define_train_flags, train_main
+    ),
+    "study": Command(
+        "Train a study's arms on the same data and seeds; table with paired bootstrap intervals, "
+        "figure and study.json in WORKDIR/study.",
+        define_train_flags,
+        study_main,
     ),
     "evaluate": Command(
         "Evaluate a trained workdir's checkpoint: metrics, data products, figures.",

@@ -80,6 +80,8 @@ VARIANTS = (
     "vit_b16_multiview_bf16",
     "vit_b16_single",
     "cnn_baseline",
+    "study",
+    "study_tiny",
 )
 
 
@@ -88,6 +90,10 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
         return demo()
     if arg == "tiny":
         return tiny()
+    if arg == "study":
+        return study()
+    if arg == "study_tiny":
+        return study_tiny()
     if arg in ("paper", "vit_b16_multiview"):  # vit_b16_multiview: the old name of paper
         return paper()
     config = paper()
@@ -141,6 +147,7 @@ def paper() -> ml_collections.ConfigDict:
     d.synthetic_min_per_class = 24
     d.synthetic_image_shape = (140, 170)
     d.synthetic_png_per_split = 0
+    d.synthetic_label_noise = 0.0  # fraction drawn with another class's morphology
 
     config.model = m = ml_collections.ConfigDict()
     m.name = "vit_multiview"  # "vit_multiview", "vit" (single view) or "cnn"
@@ -202,6 +209,7 @@ def demo() -> ml_collections.ConfigDict:
     d.cache = True
     d.synthetic_image_shape = (70, 85)  # half the published size: a ~70 MB h5
     d.png_crop = synthetic_png_crop(d.synthetic_image_shape)
+    d.synthetic_label_noise = 0.05  # volunteer-label noise: headroom below accuracy 1
     d.image_size = 32
     m.vit_size = ""
     m.patch_size = 8
@@ -244,3 +252,43 @@ def synthetic_png_crop(image_shape: tuple[int, int]) -> tuple[int, int, int, int
     """PIL box of the plot area of the synthetic PNGs of [H, W] views (their spectrogram)."""
     left, top = SYNTHETIC_PNG_MARGINS[:2]
     return (left, top, left + image_shape[1], top + image_shape[0])
+
+
+def study() -> ml_collections.ConfigDict:
+    """The multi-view study (jaxlab/glitch/study.py) on the demo's data and model."""
+    config = demo()
+    config.study = sc = ml_collections.ConfigDict()
+    sc.arms = ("vit_multiview", "vit_single", "cnn_merged")
+    sc.reference = "vit_multiview"
+    sc.single_view = "1.0"  # the window the single-view arm sees
+    sc.seeds = (0, 1)
+    sc.cnn_lr = 1e-3  # the cnn_baseline variant's learning rate
+    sc.bootstrap_resamples = 2000
+    return config
+
+
+def study_tiny() -> ml_collections.ConfigDict:
+    """The study shrunk for a test: 16 px views, a 1-block ViT, balanced classes, clean labels."""
+    config = study()
+    d, m, t = config.data, config.model, config.train
+    d.synthetic_samples_per_class = 26
+    d.synthetic_min_per_class = 26
+    d.synthetic_imbalance_power = 0.0
+    d.synthetic_image_shape = (28, 34)
+    d.synthetic_label_noise = 0.0
+    d.png_crop = synthetic_png_crop(d.synthetic_image_shape)
+    d.image_size = 16
+    m.patch_size = 4
+    m.dim = 32
+    m.depth = 1
+    m.head_hidden = 32
+    m.cnn_features = (8, 16)
+    m.cnn_dense = 32
+    t.num_epochs = 12
+    t.warmup_epochs = 1
+    t.global_batch_size = 16
+    t.log_every = 20
+    config.eval.global_batch_size = 64
+    config.study.seeds = (0,)
+    config.study.bootstrap_resamples = 500
+    return config

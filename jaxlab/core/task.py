@@ -20,6 +20,7 @@ ENTRY_POINTS = {
     "steps": "benchmark_setup",
     "data": "prepare",
     "predict": "predict",
+    "study": "main",
 }
 CONFIG_PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
