@@ -3,10 +3,14 @@
 Demo (a synthetic Gravity Spy h5 in the published layout, a small multi-view ViT, CPU):
   python scripts/train.py --config=glitch:demo --workdir=runs/glitch
   python scripts/evaluate.py --config=glitch:demo --workdir=runs/glitch
-Expect: test accuracy 1.000 measured (0.986 with earlier dropout keys; >= 0.90 is the bar, chance
-1/22, majority class 0.08), under a minute on 2 idle cores; runs/glitch/eval/test/ holds
-metrics.json, classification_report.txt, confusion_matrix.png, view_importance.png and
-predictions.csv.
+Expect: test accuracy about 0.9 (0.917 measured; the data carry 5% label noise and three class
+pairs that only the long windows separate, so 1.0 is out of reach; chance 1/22, majority class
+0.08), about 1.5 min on 2 shared cores; runs/glitch/eval/test/ holds metrics.json,
+classification_report.txt, confusion_matrix.png, view_importance.png and predictions.csv.
+
+Study (multi-view ViT vs the same ViT on the 1.0 s view vs the merged 2 x 2 CNN, same data and
+seeds, paired bootstrap intervals; jaxlab/glitch/README.md "Study"):
+  jaxlab study --config=glitch:study --workdir=runs/glitch_study
 
 Real data (trainingsetv1d1.h5 + trainingset_v1d1_metadata.csv in DIR; jaxlab/glitch/README.md):
   python scripts/train.py --config=glitch:paper --workdir=runs/gvit \
@@ -18,6 +22,8 @@ learning > 98.8% (George et al.); the seed reports its multi-view ViT in that ra
 Variants:
   demo                     synthetic data, 32 px, a 2-block ViT of width 64, 20 epochs
   tiny                     demo shrunk for tests (seconds on CPU)
+  study                    the multi-view study on the demo's data and model, seeds 0 and 1
+  study_tiny               the study on the six classes of the time-scale pairs (a slow test)
   paper                    the seed's setup: ViT-B/16 over the four 224 px views, cross-attention
                            fusion, AdamW 1e-4, 50 epochs, patience 10;
                            `vit_b16_multiview` is its old name, an alias
@@ -69,6 +75,16 @@ CLASSES = (
     "Violin_Mode",
     "Wandering_Line",
     "Whistle",
+)
+# The classes of the synthetic data's planted time-scale pairs (jaxlab/glitch/synthetic.py
+# TIME_SCALE_PAIRS): alike in the 1.0 s window, different in the 2.0 s and 4.0 s ones.
+TIME_SCALE_CLASSES = (
+    "Blip",
+    "Repeating_Blips",
+    "Low_Frequency_Burst",
+    "Scattered_Light",
+    "Violin_Mode",
+    "Wandering_Line",
 )
 # Plot-area margins (left, top, right, bottom) of the synthetic PNGs (synthetic.PNG_MARGINS).
 SYNTHETIC_PNG_MARGINS = (60, 30, 20, 45)
@@ -263,29 +279,36 @@ def study() -> ml_collections.ConfigDict:
     sc.single_view = "1.0"  # the window the single-view arm sees
     sc.seeds = (0, 1)
     sc.cnn_lr = 1e-3  # the cnn_baseline variant's learning rate
+    # Scored apart: the classes of the synthetic data's planted time-scale pairs.
+    sc.time_scale_classes = TIME_SCALE_CLASSES
     sc.bootstrap_resamples = 2000
     return config
 
 
 def study_tiny() -> ml_collections.ConfigDict:
-    """The study shrunk for a test: 16 px views, a 1-block ViT, balanced classes, clean labels."""
+    """The study shrunk for a test: only the six classes of the planted time-scale pairs
+    (synthetic.TIME_SCALE_PAIRS), 32 px views, a 1-block ViT, balanced classes, clean labels."""
     config = study()
     d, m, t = config.data, config.model, config.train
-    d.synthetic_samples_per_class = 26
-    d.synthetic_min_per_class = 26
+    d.classes = tuple(c for c in CLASSES if c in TIME_SCALE_CLASSES)
+    d.synthetic_samples_per_class = 50
+    d.synthetic_min_per_class = 50
     d.synthetic_imbalance_power = 0.0
-    d.synthetic_image_shape = (28, 34)
+    d.synthetic_image_shape = (56, 68)
     d.synthetic_label_noise = 0.0
     d.png_crop = synthetic_png_crop(d.synthetic_image_shape)
-    d.image_size = 16
-    m.patch_size = 4
     m.dim = 32
     m.depth = 1
     m.head_hidden = 32
     m.cnn_features = (8, 16)
     m.cnn_dense = 32
-    t.num_epochs = 12
-    t.warmup_epochs = 1
+    # Fusion learns the long windows only after the views' encoder has settled: at the demo's
+    # 2e-3 this small model can collapse to chance, so a gentler rate, a longer warmup and no
+    # early stop (accuracy sits at chance for the first epochs).
+    config.optim.lr = 1e-3
+    t.num_epochs = 30
+    t.warmup_epochs = 3
+    t.patience = 0
     t.global_batch_size = 16
     t.log_every = 20
     config.eval.global_batch_size = 64

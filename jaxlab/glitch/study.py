@@ -15,11 +15,11 @@ Each arm x seed is an ordinary training run (`train.train_and_evaluate`, in
 checkpoint then predicts the test split; its predicted classes go to
 `<workdir>/study/predictions_<arm>_s<seed>.npy`. A rerun skips finished cells. The report
 (`report`) scores the arms on the test glitches: accuracy, macro F1 and the accuracy on the
-classes of the synthetic data's time-scale pairs (`synthetic.TIME_SCALE_CLASSES`, pairs that
-look alike in the 1.0 s window), each with its difference to the reference and a paired bootstrap
-95% interval over test glitches (`core.study`); with several seeds a glitch's prediction counts
-once per seed inside every resample. Files: `study/table.md`, `study/study.png`,
-`study/study.json`.
+classes of the synthetic data's time-scale pairs (`study.time_scale_classes`, the pairs of
+`synthetic.TIME_SCALE_PAIRS`: alike in the 1.0 s window), each with its difference to the
+reference and a paired bootstrap 95% interval over test glitches (`core.study`); with several
+seeds a glitch's prediction counts once per seed inside every resample. Files:
+`study/table.md`, `study/study.png`, `study/study.json`.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from absl import logging
 from jaxlab.core import mesh as mesh_lib
 from jaxlab.core import run
 from jaxlab.core import study as study_lib
-from jaxlab.glitch import data, evaluate, metrics, steps, synthetic, train
+from jaxlab.glitch import data, evaluate, metrics, steps, train
 
 ARMS = ("vit_multiview", "vit_single", "cnn_merged")
 METRIC_LABELS = {
@@ -135,7 +135,7 @@ def report(config: ml_collections.ConfigDict, workdir: str, labels: np.ndarray) 
     `core.study.compare` result (plus the per-arm, per-seed accuracies)."""
     sc = config.study
     classes = tuple(config.data.classes)
-    subset = np.isin(labels, [classes.index(c) for c in synthetic.TIME_SCALE_CLASSES])
+    subset = np.isin(labels, [classes.index(c) for c in sc.time_scale_classes if c in classes])
     by_metric: dict[str, dict] = {m: {} for m in METRIC_LABELS}
     per_seed = {}
     arms = study_lib.arms_in_order(sc.arms, sc.reference)
@@ -154,7 +154,7 @@ def report(config: ml_collections.ConfigDict, workdir: str, labels: np.ndarray) 
     text = study_lib.table(result, METRIC_LABELS)
     text += (
         f"\nSeeds {tuple(sc.seeds)} (each glitch's prediction counted once per seed); "
-        f"time-scale classes: {', '.join(synthetic.TIME_SCALE_CLASSES)} "
+        f"time-scale classes: {', '.join(sc.time_scale_classes)} "
         f"({int(subset.sum())} test glitches). Majority class: "
         f"{np.bincount(labels).max() / len(labels):.3f}."
     )
@@ -168,7 +168,7 @@ def report(config: ml_collections.ConfigDict, workdir: str, labels: np.ndarray) 
     extra = {
         "per_seed_accuracy": per_seed,
         "seeds": list(sc.seeds),
-        "time_scale_classes": list(synthetic.TIME_SCALE_CLASSES),
+        "time_scale_classes": list(sc.time_scale_classes),
         "num_time_scale_cases": int(subset.sum()),
     }
     study_lib.write(out, result, text, extra)

@@ -149,7 +149,7 @@ def render(label: str, params: dict, t: np.ndarray, y: np.ndarray) -> np.ndarray
     if label == "Air_Compressor":
         return 0.8 * _track(y, p["y0"] + 0.24, 0.02) * np.ones_like(t)
     if label == "Blip":
-        return _gauss(t, 0.0, 0.008) * _band(y, 0.22, 0.62)
+        return _gauss(t, 0.0, 0.015) * _band(y, 0.22, 0.62)
     if label == "Chirp":
         length = 0.25 + 0.1 * p["u"]
         frac = np.clip((t + length) / length, 0.0, 1.0)
@@ -186,7 +186,7 @@ def render(label: str, params: dict, t: np.ndarray, y: np.ndarray) -> np.ndarray
     if label == "Repeating_Blips":  # a Blip repeating every 0.7-0.9 s: a Blip within +-0.5 s
         out = 0.0
         for k in range(-6, 7):
-            out = out + _gauss(t, k * (0.7 + 0.2 * p["u"]), 0.008)
+            out = out + _gauss(t, k * (0.7 + 0.2 * p["u"]), 0.015)
         return out * _band(y, 0.22, 0.62)
     if label == "Scattered_Light":  # arches every 1.5-1.9 s, one apex at the centre
         return _arches(t, y, p)
@@ -305,6 +305,7 @@ def write_dataset(
     image_shape: tuple[int, int] = IMAGE_SHAPE,
     png_per_split: int = 0,
     label_noise: float = 0.0,
+    classes: tuple[str, ...] = CLASSES,
     seed: int = 0,
 ) -> str:
     """Writes the h5 + metadata CSV (and optionally a PNG tree) into `directory`; idempotent.
@@ -318,6 +319,7 @@ def write_dataset(
         `directory/png` (0 = none).
       label_noise: fraction of glitches drawn with another class's morphology under this label
         (0 = clean labels).
+      classes: the classes written (all 22 by default; a subset makes a smaller task).
 
     The caller claims `directory` first (`ownership.claim_synthetic_dir`); every file written
     here is checked with `ownership.check_not_overwriting`, so a file jaxlab did not write is never
@@ -332,20 +334,23 @@ def write_dataset(
         return path
     csv_path = ownership.check_not_overwriting(os.path.join(directory, METADATA_NAME))
     ownership.check_not_overwriting(path)
+    unknown = sorted(set(classes) - set(CLASSES))
+    if unknown:
+        raise ValueError(f"synthetic.write_dataset: unknown classes {unknown}; use {CLASSES}.")
     rng = np.random.default_rng(seed)
     sizes = class_sizes(samples_per_class, imbalance_power, min_per_class)
     rows = []
     # Written under a temporary name then renamed: processes of a multi-host job may race.
     tmp = f"{path}.{os.getpid()}.tmp"
     with h5py.File(tmp, "w") as f:
-        for label in CLASSES:
+        for label in classes:
             for split, count in zip(SPLITS, split_counts(sizes[label]), strict=True):
                 group = f.create_group(f"{label}/{split}")
                 for i in range(count):
                     gid = _gravityspy_id(rng)
                     drawn = label
                     if label_noise > 0 and rng.random() < label_noise:
-                        drawn = str(rng.choice([c for c in CLASSES if c != label]))
+                        drawn = str(rng.choice([c for c in classes if c != label]))
                     colours = {
                         dur: to_rgb(image)
                         for dur, image in spectrograms(drawn, rng, image_shape).items()
