@@ -221,16 +221,3 @@ def run_study(
                     "study f=%g seed %d %s: test MAE %.4f", fraction, seed, name, errors.mean()
                 )
     return study_report.report(config, workdir, test)
-
-
-def main(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-    """`jaxlab study --config=sales:study`: the study through `train.train_and_evaluate` (its
-    data, its resumable GAN runs), with `study.mode` "only" or "also"; returns flat scalars."""
-    from jaxlab.sales import train  # train.py imports this module
-
-    if config.study.mode == "off":
-        raise ValueError(
-            "config.study.mode is 'off': use --config=sales:study (or study_tiny), or set "
-            "--config.study.mode=only."
-        )
-    return train.train_and_evaluate(config, workdir)
