@@ -24,6 +24,7 @@ Variants:
   tiny                     demo shrunk for tests (seconds on CPU)
   study                    the multi-view study on the demo's data and model, seeds 0 and 1
   study_tiny               the study on the six classes of the time-scale pairs (a slow test)
+  study_paper              the study at the paper's scale, for the real training set
   paper                    the seed's setup: ViT-B/16 over the four 224 px views, cross-attention
                            fusion, AdamW 1e-4, 50 epochs, patience 10;
                            `vit_b16_multiview` is its old name, an alias
@@ -98,6 +99,7 @@ VARIANTS = (
     "cnn_baseline",
     "study",
     "study_tiny",
+    "study_paper",
 )
 
 
@@ -110,6 +112,8 @@ def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
         return study()
     if arg == "study_tiny":
         return study_tiny()
+    if arg == "study_paper":
+        return study_paper()
     if arg in ("paper", "vit_b16_multiview"):  # vit_b16_multiview: the old name of paper
         return paper()
     config = paper()
@@ -270,18 +274,32 @@ def synthetic_png_crop(image_shape: tuple[int, int]) -> tuple[int, int, int, int
     return (left, top, left + image_shape[1], top + image_shape[0])
 
 
-def study() -> ml_collections.ConfigDict:
-    """The multi-view study (jaxlab/glitch/study.py) on the demo's data and model."""
-    config = demo()
+def with_study(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Adds the multi-view study's block (jaxlab/glitch/study.py) to `config`."""
     config.study = sc = ml_collections.ConfigDict()
     sc.arms = ("vit_multiview", "vit_single", "cnn_merged")
     sc.reference = "vit_multiview"
     sc.single_view = "1.0"  # the window the single-view arm sees
     sc.seeds = (0, 1)
     sc.cnn_lr = 1e-3  # the cnn_baseline variant's learning rate
+    sc.cnn_image_size = 0  # per-view size of the CNN arm (0: data.image_size)
     # Scored apart: the classes of the synthetic data's planted time-scale pairs.
     sc.time_scale_classes = TIME_SCALE_CLASSES
     sc.bootstrap_resamples = 2000
+    return config
+
+
+def study() -> ml_collections.ConfigDict:
+    """The multi-view study on the demo's data and model."""
+    return with_study(demo())
+
+
+def study_paper() -> ml_collections.ConfigDict:
+    """The multi-view study at the seed's scale on the real training set: ViT-B/16 at 224 px
+    (one seed), the CNN on 112 px views as the cnn_baseline variant."""
+    config = with_study(paper())
+    config.study.seeds = (0,)
+    config.study.cnn_image_size = 112
     return config
 
 

@@ -58,7 +58,9 @@ def arm_config(
         c.data.view = config.study.single_view
     elif arm == "cnn_merged":
         c.model.name, c.data.multi_view = "cnn", True
+        c.model.pretrained = ""  # timm weights are for the ViT encoder
         c.optim.lr = config.study.cnn_lr
+        c.data.image_size = config.study.cnn_image_size or c.data.image_size
     else:
         raise ValueError(f"config.study.arms: unknown arm {arm!r}; expected one of {ARMS}.")
     return c
