@@ -13,10 +13,10 @@ import os
 import numpy as np
 import pytest
 
+from jaxlab.configs import example as example_config
 from jaxlab.configs import glitch as glitch_config
+from jaxlab.core import task as task_lib
 from jaxlab.glitch import data, study, synthetic
-
-pytestmark = pytest.mark.slow  # three small training runs per seed
 
 
 def test_planted_pairs_are_identical_in_the_one_second_window():
@@ -35,6 +35,17 @@ def test_planted_pairs_are_identical_in_the_one_second_window():
             assert max(gap["2.0"], gap["4.0"]) > 0.3, (first, second, gap)
 
 
+def test_study_command_finds_the_task_study_and_refuses_a_task_without_one():
+    config = glitch_config.get_config("study_tiny")
+    assert task_lib.import_task(config, "study").main is study.main
+    with pytest.raises(ValueError, match="cannot import jaxlab.example.study"):
+        task_lib.import_task(example_config.get_config("tiny"), "study")
+    config = glitch_config.get_config("tiny")  # no study block
+    with pytest.raises(ValueError, match="glitch:study"):
+        study.main(config, "/nonexistent")
+
+
+@pytest.mark.slow  # three small training runs (about 4 min on a busy 2-core CPU)
 @pytest.mark.parametrize("seed", [0])
 def test_study_tiny_multi_view_beats_single_view_on_time_scale_classes(tmp_path, seed):
     config = glitch_config.get_config("study_tiny")
