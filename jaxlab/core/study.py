@@ -133,8 +133,8 @@ def table(result: dict, labels: Mapping[str, str] | None = None, digits: int = 3
 def figure(
     result: dict, path: str, title: str = "", labels: Mapping[str, str] | None = None
 ) -> None:
-    """One panel per metric: each arm's value with its interval (dots) and, for the other arms,
-    the difference to the reference with its paired interval (diamonds, right axis scale)."""
+    """One panel per metric: each arm's value with its own interval, the reference's value as a
+    dashed line, and each other arm labelled with its difference and paired interval."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -124,11 +124,15 @@ def statistics(
             metrics.confusion_matrix(labels[idx], row[idx], num_classes) for row in predicted
         )
 
+    def subset_accuracy(idx):
+        chosen = idx[subset[idx]]
+        return float(correct[:, chosen].mean()) if len(chosen) else float("nan")
+
     correct = (predicted == labels[None]).astype(np.float64)  # [S, N]
     return {
         "accuracy": lambda idx: float(correct[:, idx].mean()),
         "f1_macro": lambda idx: metrics.summary(confusion(idx))["f1_macro"],
-        "time_scale_accuracy": lambda idx: float(correct[:, idx[subset[idx]]].mean()),
+        "time_scale_accuracy": subset_accuracy,
     }
 
 
