@@ -129,6 +129,17 @@ def check_workdir_is_a_folder(workdir: str) -> None:
         lock.make_workdir(workdir)  # raises NotADirectoryError saying what a workdir must be
 
 
+def study_main(argv: list[str]) -> None:
+    _start(argv)
+    require_flags("config", "workdir")
+    config, workdir = flag_value("config"), flag_value("workdir")
+    task = task_lib.import_task(config, "study")
+    overrides = [a for a in _ARGV if a.startswith(("--config.", "--noconfig."))]
+    write_run_info(workdir, run_info(_spec_of(_ARGV), overrides))
+    logging.info("Study %s in %s with config:\n%s", config.task, workdir, config)
+    task.main(config, workdir)
+
+
 def evaluate_main(argv: list[str]) -> None:
     _start(argv)
     require_flags("workdir")
@@ -353,6 +364,12 @@ def demo_main(argv: list[str]) -> None:
 COMMANDS = {
     "train": Command(
         "Train one task (resumes from the workdir's checkpoint).", define_train_flags, train_main
+    ),
+    "study": Command(
+        "Train a study's arms on the same data and seeds; table with paired bootstrap intervals, "
+        "figure and study.json in WORKDIR/study.",
+        define_train_flags,
+        study_main,
     ),
     "evaluate": Command(
         "Evaluate a trained workdir's checkpoint: metrics, data products, figures.",

@@ -3,10 +3,14 @@
 Demo (a synthetic Gravity Spy h5 in the published layout, a small multi-view ViT, CPU):
   python scripts/train.py --config=glitch:demo --workdir=runs/glitch
   python scripts/evaluate.py --config=glitch:demo --workdir=runs/glitch
-Expect: test accuracy 1.000 measured (0.986 with earlier dropout keys; >= 0.90 is the bar, chance
-1/22, majority class 0.08), under a minute on 2 idle cores; runs/glitch/eval/test/ holds
-metrics.json, classification_report.txt, confusion_matrix.png, view_importance.png and
-predictions.csv.
+Expect: test accuracy about 0.9 (0.917 measured; the data carry 5% label noise and three class
+pairs that only the long windows separate, so 1.0 is out of reach; chance 1/22, majority class
+0.08), about 1.5 min on 2 shared cores; runs/glitch/eval/test/ holds metrics.json,
+classification_report.txt, confusion_matrix.png, view_importance.png and predictions.csv.
+
+Study (multi-view ViT vs the same ViT on the 1.0 s view vs the merged 2 x 2 CNN, same data and
+seeds, paired bootstrap intervals; jaxlab/glitch/README.md "Study"):
+  jaxlab study --config=glitch:study --workdir=runs/glitch_study
 
 Real data (trainingsetv1d1.h5 + trainingset_v1d1_metadata.csv in DIR; jaxlab/glitch/README.md):
   python scripts/train.py --config=glitch:paper --workdir=runs/gvit \
@@ -18,6 +22,9 @@ learning > 98.8% (George et al.); the seed reports its multi-view ViT in that ra
 Variants:
   demo                     synthetic data, 32 px, a 2-block ViT of width 64, 20 epochs
   tiny                     demo shrunk for tests (seconds on CPU)
+  study                    the multi-view study on the demo's data and model, seeds 0 and 1
+  study_tiny               the study on the six classes of the time-scale pairs (a slow test)
+  study_paper              the study at the paper's scale, for the real training set
   paper                    the seed's setup: ViT-B/16 over the four 224 px views, cross-attention
                            fusion, AdamW 1e-4, 50 epochs, patience 10
   vit_b16_multiview_bf16   paper with bfloat16 compute (params and optimizer stay float32)
@@ -73,6 +80,16 @@ CLASSES = (
     "Wandering_Line",
     "Whistle",
 )
+# The classes of the synthetic data's planted time-scale pairs (jaxlab/glitch/synthetic.py
+# TIME_SCALE_PAIRS): alike in the 1.0 s window, different in the 2.0 s and 4.0 s ones.
+TIME_SCALE_CLASSES = (
+    "Blip",
+    "Repeating_Blips",
+    "Low_Frequency_Burst",
+    "Scattered_Light",
+    "Violin_Mode",
+    "Wandering_Line",
+)
 # Plot-area margins (left, top, right, bottom) of the synthetic PNGs (synthetic.PNG_MARGINS).
 SYNTHETIC_PNG_MARGINS = (60, 30, 20, 45)
 
@@ -111,6 +128,7 @@ def paper() -> ml_collections.ConfigDict:
     d.synthetic_min_per_class = 24
     d.synthetic_image_shape = (140, 170)
     d.synthetic_png_per_split = 0
+    d.synthetic_label_noise = 0.0  # fraction drawn with another class's morphology
 
     config.model = m = ml_collections.ConfigDict()
     m.name = "vit_multiview"  # "vit_multiview", "vit" (single view) or "cnn"
@@ -174,6 +192,7 @@ def demo() -> ml_collections.ConfigDict:
     d.cache = True
     d.synthetic_image_shape = (70, 85)  # half the published size: a ~70 MB h5
     d.png_crop = synthetic_png_crop(d.synthetic_image_shape)
+    d.synthetic_label_noise = 0.05  # volunteer-label noise: headroom below accuracy 1
     d.image_size = 32
     m.vit_size = ""
     m.patch_size = 8
@@ -242,8 +261,80 @@ def cnn_baseline() -> ml_collections.ConfigDict:
     return config
 
 
+def with_study(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Adds the multi-view study's block (jaxlab/glitch/study.py) to `config`."""
+    config.study = sc = ml_collections.ConfigDict()
+    sc.arms = ("vit_multiview", "vit_single", "cnn_merged")
+    sc.reference = "vit_multiview"
+    sc.single_view = "1.0"  # the window the single-view arm sees
+    sc.seeds = (0, 1)
+    sc.cnn_lr = 1e-3  # the cnn_baseline variant's learning rate
+    sc.cnn_image_size = 0  # per-view size of the CNN arm (0: data.image_size)
+    # Scored apart: the classes of the synthetic data's planted time-scale pairs.
+    sc.time_scale_classes = TIME_SCALE_CLASSES
+    sc.bootstrap_resamples = 2000
+    return config
+
+
+def study() -> ml_collections.ConfigDict:
+    """The multi-view study on the demo's data and model."""
+    return with_study(demo())
+
+
+def study_paper() -> ml_collections.ConfigDict:
+    """The multi-view study at the seed's scale on the real training set: ViT-B/16 at 224 px
+    (one seed), the CNN on 112 px views as the cnn_baseline variant."""
+    config = with_study(paper())
+    config.study.seeds = (0,)
+    config.study.cnn_image_size = 112
+    return config
+
+
+def study_tiny() -> ml_collections.ConfigDict:
+    """The study shrunk for a test: only the six classes of the planted time-scale pairs
+    (synthetic.TIME_SCALE_PAIRS), 32 px views, a 1-block ViT, balanced classes, clean labels."""
+    config = study()
+    d, m, t = config.data, config.model, config.train
+    d.classes = tuple(c for c in CLASSES if c in TIME_SCALE_CLASSES)
+    d.synthetic_samples_per_class = 50
+    d.synthetic_min_per_class = 50
+    d.synthetic_imbalance_power = 0.0
+    d.synthetic_image_shape = (56, 68)
+    d.synthetic_label_noise = 0.0
+    d.png_crop = synthetic_png_crop(d.synthetic_image_shape)
+    m.dim = 32
+    m.depth = 1
+    m.head_hidden = 32
+    m.cnn_features = (8, 16)
+    m.cnn_dense = 32
+    # Fusion learns the long windows only after the views' encoder has settled: at the demo's
+    # 2e-3 this small model can collapse to chance, so a gentler rate, a longer warmup and no
+    # early stop (accuracy sits at chance for the first epochs).
+    config.optim.lr = 1e-3
+    t.num_epochs = 30
+    t.warmup_epochs = 3
+    config.eval.early_stopping_patience = 0
+    t.global_batch_size = 16
+    t.log_every = 20
+    config.eval.global_batch_size = 64
+    config.study.seeds = (0,)
+    config.study.bootstrap_resamples = 500
+    return config
+
+
 VARIANTS = {
-    f.__name__: f for f in (demo, tiny, paper, vit_b16_multiview_bf16, vit_b16_single, cnn_baseline)
+    f.__name__: f
+    for f in (
+        demo,
+        tiny,
+        paper,
+        vit_b16_multiview_bf16,
+        vit_b16_single,
+        cnn_baseline,
+        study,
+        study_tiny,
+        study_paper,
+    )
 }
 
 

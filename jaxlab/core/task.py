@@ -23,6 +23,7 @@ ENTRY_POINTS = {
     "steps": "benchmark_setup",
     "data": "prepare",
     "predict": "predict",
+    "study": "main",
 }
 
 

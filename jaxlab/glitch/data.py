@@ -359,6 +359,8 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> str:
             min_per_class=dc.synthetic_min_per_class,
             image_shape=tuple(dc.synthetic_image_shape),
             png_per_split=dc.synthetic_png_per_split,
+            label_noise=dc.get("synthetic_label_noise", 0.0),
+            classes=tuple(dc.classes),
             seed=config.seed,
         )
     return data_dir

@@ -17,8 +17,16 @@ to gray (the h5 dataset), so the two readers give the same arrays.
 Each glitch is one physical event drawn once and rendered in the four time windows
 (0.5, 1.0, 2.0 and 4.0 s, centred on the glitch) on a log-frequency axis, so the classes differ
 across time scales as real ones do: a Blip is a thin vertical line at 0.5 s and a dot at 4 s, the
-arches of Scattered_Light only show in the long windows, Repeating_Blips repeat every ~0.3 s.
+arches of Scattered_Light only show in the long windows, Repeating_Blips repeat every ~0.8 s.
+Three pairs of classes (`TIME_SCALE_PAIRS`) are planted to look the same in the 0.5 s and 1.0 s
+windows and to differ only in the 2.0 s and 4.0 s ones, so a model that sees the 1.0 s view
+alone cannot separate them (the multi-view study, jaxlab/glitch/study.py, measures this).
 Rows are frequency (row 0 = highest), columns are time, as in the published images.
+
+Gravity Spy's labels are volunteer votes and carry some noise; `label_noise` plants it: that
+fraction of the glitches of a class are drawn with another class's morphology (uniformly chosen)
+but keep the label. It caps every model's accuracy near 1 - label_noise, so a demo score shows
+headroom rather than a ceiling.
 
 Class sizes follow the shape of the real imbalance (Blip and Koi_Fish many; Paired_Doves,
 Wandering_Line and Chirp few), compressed by `imbalance_power` so a demo has every class in every
@@ -96,6 +104,26 @@ def _track(y: np.ndarray, y_of_t: np.ndarray, width: float) -> np.ndarray:
     return _gauss(y - y_of_t, 0.0, width)
 
 
+# Class pairs planted to look the same in the 1.0 s window (and the 0.5 s one) and differ only
+# in the 2.0 s and 4.0 s windows, where the second class's structure beyond +-0.6 s shows: a
+# single view of 1.0 s cannot tell them apart, the four views together can.
+TIME_SCALE_PAIRS = (
+    ("Blip", "Repeating_Blips"),
+    ("Low_Frequency_Burst", "Scattered_Light"),
+    ("Violin_Mode", "Wandering_Line"),
+)
+TIME_SCALE_CLASSES = tuple(name for pair in TIME_SCALE_PAIRS for name in pair)
+
+
+def _arch_period(p: dict) -> float:
+    return 1.5 + 0.4 * p["u"]
+
+
+def _arches(t: np.ndarray, y: np.ndarray, p: dict) -> np.ndarray:
+    """Scattered-light arches at low frequency, apex (y = 0.26) at t = 0, feet every period."""
+    return 1.2 * _track(y, 0.04 + 0.22 * np.abs(np.cos(np.pi * t / _arch_period(p))), 0.02)
+
+
 def render(label: str, params: dict, t: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Glitch intensity >= 0 of one class on a grid.
 
@@ -121,7 +149,7 @@ def render(label: str, params: dict, t: np.ndarray, y: np.ndarray) -> np.ndarray
     if label == "Air_Compressor":
         return 0.8 * _track(y, p["y0"] + 0.24, 0.02) * np.ones_like(t)
     if label == "Blip":
-        return _gauss(t, 0.0, 0.008) * _band(y, 0.22, 0.62)
+        return _gauss(t, 0.0, 0.015) * _band(y, 0.22, 0.62)
     if label == "Chirp":
         length = 0.25 + 0.1 * p["u"]
         frac = np.clip((t + length) / length, 0.0, 1.0)
@@ -140,8 +168,8 @@ def render(label: str, params: dict, t: np.ndarray, y: np.ndarray) -> np.ndarray
         for k in range(-10, 11):
             out = out + _gauss(t, k * 0.5 + 0.25 * p["u"], 0.05)
         return out * _band(y, 0.0, 0.42)
-    if label == "Low_Frequency_Burst":
-        return _gauss(t, 0.0, 0.35) * _track(y, 0.05 + 0.12 * _gauss(t, 0.0, 0.35), 0.05)
+    if label == "Low_Frequency_Burst":  # one arch of Scattered_Light: the same within +-0.5 s
+        return _arches(t, y, p) * _window(t, -_arch_period(p) / 2, _arch_period(p) / 2, 0.02)
     if label == "Low_Frequency_Lines":
         return (_track(y, 0.07, 0.01) + _track(y, 0.16, 0.01)) * np.ones_like(t)
     if label == "No_Glitch":
@@ -155,13 +183,13 @@ def render(label: str, params: dict, t: np.ndarray, y: np.ndarray) -> np.ndarray
     if label == "Power_Line":
         pulses = 0.4 + 0.6 * (np.sin(2 * np.pi * t / 0.1 + p["phase"]) > 0)
         return _track(y, p["y0"] + 0.36, 0.015) * pulses
-    if label == "Repeating_Blips":
+    if label == "Repeating_Blips":  # a Blip repeating every 0.7-0.9 s: a Blip within +-0.5 s
         out = 0.0
-        for k in range(-8, 9):
-            out = out + _gauss(t, k * 0.28 + 0.1 * p["u"], 0.008)
-        return out * _band(y, 0.25, 0.55)
-    if label == "Scattered_Light":
-        return 1.2 * _track(y, 0.04 + 0.22 * np.abs(np.sin(np.pi * t / 1.7 + p["phase"])), 0.02)
+        for k in range(-6, 7):
+            out = out + _gauss(t, k * (0.7 + 0.2 * p["u"]), 0.015)
+        return out * _band(y, 0.22, 0.62)
+    if label == "Scattered_Light":  # arches every 1.5-1.9 s, one apex at the centre
+        return _arches(t, y, p)
     if label == "Scratchy":
         out = 0.0
         for t_k in p["times"]:
@@ -171,8 +199,9 @@ def render(label: str, params: dict, t: np.ndarray, y: np.ndarray) -> np.ndarray
         return 1.4 * _gauss(t, 0.0, 0.025) * _band(y, 0.02, 0.28) * (1.0 - y)
     if label == "Violin_Mode":
         return _track(y, p["y0"] + 0.56, 0.01) * np.ones_like(t)
-    if label == "Wandering_Line":
-        return _track(y, 0.74 + 0.06 * np.sin(2 * np.pi * t / 1.5 + p["phase"]), 0.012)
+    if label == "Wandering_Line":  # a Violin_Mode line that wanders off beyond +-0.6 s
+        drift = np.clip((np.abs(t) - 0.6) / 0.8, 0.0, 1.0) * (0.12 if p["u"] < 0.5 else -0.12)
+        return _track(y, p["y0"] + 0.56 + drift, 0.01)
     if label == "Whistle":  # a V at high frequency
         return _track(y, 0.55 + 2.0 * np.abs(t), 0.015) * _window(t, -0.2, 0.2)
     raise ValueError(f"synthetic.render: unknown class {label!r}; expected one of {CLASSES}.")
@@ -275,6 +304,8 @@ def write_dataset(
     min_per_class: int = 24,
     image_shape: tuple[int, int] = IMAGE_SHAPE,
     png_per_split: int = 0,
+    label_noise: float = 0.0,
+    classes: tuple[str, ...] = CLASSES,
     seed: int = 0,
 ) -> str:
     """Writes the h5 + metadata CSV (and optionally a PNG tree) into `directory`; idempotent.
@@ -286,6 +317,9 @@ def write_dataset(
       image_shape: (H, W) of the stored arrays; the published ones are 140 x 170.
       png_per_split: also write this many glitches per class and split as a PNG tree under
         `directory/png` (0 = none).
+      label_noise: fraction of glitches drawn with another class's morphology under this label
+        (0 = clean labels).
+      classes: the classes written (all 22 by default; a subset makes a smaller task).
 
     The caller claims `directory` first (`ownership.claim_synthetic_dir`); every file written
     here is checked with `ownership.check_not_overwriting`, so a file jaxlab did not write is never
@@ -300,20 +334,26 @@ def write_dataset(
         return path
     csv_path = ownership.check_not_overwriting(os.path.join(directory, METADATA_NAME))
     ownership.check_not_overwriting(path)
+    unknown = sorted(set(classes) - set(CLASSES))
+    if unknown:
+        raise ValueError(f"synthetic.write_dataset: unknown classes {unknown}; use {CLASSES}.")
     rng = np.random.default_rng(seed)
     sizes = class_sizes(samples_per_class, imbalance_power, min_per_class)
     rows = []
     # Written under a temporary name then renamed: processes of a multi-host job may race.
     tmp = f"{path}.{os.getpid()}.tmp"
     with h5py.File(tmp, "w") as f:
-        for label in CLASSES:
+        for label in classes:
             for split, count in zip(SPLITS, split_counts(sizes[label]), strict=True):
                 group = f.create_group(f"{label}/{split}")
                 for i in range(count):
                     gid = _gravityspy_id(rng)
+                    drawn = label
+                    if label_noise > 0 and rng.random() < label_noise:
+                        drawn = str(rng.choice([c for c in classes if c != label]))
                     colours = {
                         dur: to_rgb(image)
-                        for dur, image in spectrograms(label, rng, image_shape).items()
+                        for dur, image in spectrograms(drawn, rng, image_shape).items()
                     }
                     sample = group.create_group(gid)
                     for dur, rgb in colours.items():

@@ -28,7 +28,7 @@ def test_tiny_train_learns_and_evaluate_writes_files(tmp_path):
     final = train.train_and_evaluate(config, workdir)
     epochs = [m for m in read_metrics(workdir) if "val_accuracy" in m]
     assert [m["epoch"] for m in epochs] == list(range(1, config.train.num_epochs + 1))
-    # A 1-block ViT on 195 tiny samples learns slowly (the demo config reaches 0.98); these
+    # A 1-block ViT on 195 tiny samples learns slowly (the demo config reaches 0.92); these
     # bounds still fail for a model that learns nothing (loss flat, accuracy at chance 0.045).
     assert epochs[-1]["train_loss"] < 0.95 * epochs[0]["train_loss"]
     assert final["val_accuracy"] == pytest.approx(epochs[-1]["val_accuracy"])
