@@ -1,4 +1,9 @@
-"""Defaults every task config starts from: mesh, cadences, checkpointing, seed, optimizer."""
+"""Defaults every task config starts from (mesh, cadences, checkpointing, seed, optimizer), and
+the few blocks the task configs set alike: checked overrides and the step / epoch cadences.
+
+A variant is its base config plus a few overrides (as in the Flax examples' configs); the
+helpers below write each repeated block once and change nothing else.
+"""
 
 from __future__ import annotations
 
@@ -47,4 +52,58 @@ def get_common() -> ml_collections.ConfigDict:
     config.eval.early_stopping_min_delta = 0.0
 
     config.optim = optim.default_optim_config()
+    return config
+
+
+def override(block: ml_collections.ConfigDict, **values: object) -> ml_collections.ConfigDict:
+    """Sets fields that `block` already has; returns `block`.
+
+    A key the block does not have is an error naming it: a misspelt override would otherwise
+    add a new field that no code reads. Values go through the ConfigDict's own assignment, so
+    its type checks and int -> float conversion apply as for `block.key = value`.
+    """
+    unknown = [key for key in values if key not in block]
+    if unknown:
+        raise KeyError(
+            f"config override: no field {unknown} here; the fields are {list(block.keys())}"
+        )
+    for key, value in values.items():
+        block[key] = value
+    return block
+
+
+def step_cadence(
+    train: ml_collections.ConfigDict, *, num_steps: int, log_every: int, eval_every: int
+) -> None:
+    """Training counted in steps: log every `log_every`, evaluate every `eval_every` steps and
+    checkpoint at each evaluation (so the best checkpoint is the best evaluation's)."""
+    override(
+        train,
+        num_steps=num_steps,
+        log_every=log_every,
+        eval_every=eval_every,
+        ckpt_every=eval_every,
+    )
+
+
+def epoch_cadence(train: ml_collections.ConfigDict, *, num_epochs: int, warmup_epochs: int) -> None:
+    """Training counted in epochs: num_steps = num_epochs * (train size // global_batch_size),
+    the learning-rate warmup in epochs, and validation, early stopping and a checkpoint once an
+    epoch (the step cadences eval_every / ckpt_every are off)."""
+    train.num_steps = 0  # 0: derived from num_epochs; a positive value overrides it
+    train.num_epochs = num_epochs
+    train.warmup_epochs = warmup_epochs
+    override(train, eval_every_epochs=1, eval_every=0, ckpt_every=0)
+
+
+def adamw(optim_config: ml_collections.ConfigDict, *, lr: float, **values: object) -> None:
+    """The optimizer block as every task but sales sets it: AdamW (decoupled weight decay on
+    kernels only, core/optim.py) at peak learning rate `lr`, with the other fields in `values`."""
+    override(optim_config, name="adamw", lr=lr, **values)
+
+
+def bfloat16_compute(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """`config` with the model computing in bfloat16; parameters and optimizer state stay
+    float32 (model.dtype is the compute dtype only). Returns `config`."""
+    config.model.dtype = "bfloat16"
     return config

@@ -35,33 +35,24 @@ def demo() -> ml_collections.ConfigDict:
     config.model.hidden = (64, 64)
     config.model.dtype = "float32"
 
-    config.train.num_steps = 600
     config.train.global_batch_size = 64
-    config.train.log_every = 50
-    config.train.eval_every = 200
-    config.train.ckpt_every = 200
+    common.step_cadence(config.train, num_steps=600, log_every=50, eval_every=200)
     config.eval.best_metric = "eval_mse"
     config.eval.best_mode = "min"
 
-    config.optim.name = "adamw"
-    config.optim.lr = 3e-3
-    config.optim.schedule = "warmup_cosine"
-    config.optim.warmup_steps = 50
-    config.optim.weight_decay = 1e-4
+    common.adamw(
+        config.optim, lr=3e-3, schedule="warmup_cosine", warmup_steps=50, weight_decay=1e-4
+    )
     return config
 
 
 def tiny() -> ml_collections.ConfigDict:
     """For tests: seconds on CPU."""
     config = demo()
-    config.data.num_train = 256
-    config.data.num_eval = 64
+    common.override(config.data, num_train=256, num_eval=64)
     config.model.hidden = (16,)
-    config.train.num_steps = 20
     config.train.global_batch_size = 16
-    config.train.log_every = 5
-    config.train.eval_every = 10
-    config.train.ckpt_every = 10
+    common.step_cadence(config.train, num_steps=20, log_every=5, eval_every=10)
     config.eval.global_batch_size = 16
     config.optim.warmup_steps = 2
     return config

@@ -157,15 +157,9 @@ def paper() -> ml_collections.ConfigDict:
     config.loss.label_smoothing = 0.1
     config.loss.focal_gamma = 2.0
 
-    t = config.train
-    t.num_epochs = 50
-    t.warmup_epochs = 5
-    t.global_batch_size = 32
-    t.log_every = 50
-    t.num_steps = 0  # derived from num_epochs; a positive value overrides it
-    t.eval_every_epochs = 1  # validation, early stopping and a checkpoint once an epoch
-    t.eval_every = 0
-    t.ckpt_every = 0
+    common.epoch_cadence(config.train, num_epochs=50, warmup_epochs=5)
+    config.train.global_batch_size = 32
+    config.train.log_every = 50
 
     config.eval.split = "test"
     config.eval.global_batch_size = 64
@@ -174,12 +168,8 @@ def paper() -> ml_collections.ConfigDict:
     config.eval.best_mode = "max"
     config.eval.early_stopping_patience = 10  # epochs without a better val_accuracy (0: never)
 
-    o = config.optim
-    o.name = "adamw"
-    o.lr = 1e-4
-    o.weight_decay = 0.05
-    o.schedule = "warmup_cosine"  # warmup_steps is set from train.warmup_epochs
-    o.clip_norm = 1.0
+    # warmup_steps is set from train.warmup_epochs.
+    common.adamw(config.optim, lr=1e-4, weight_decay=0.05, schedule="warmup_cosine", clip_norm=1.0)
 
     return config
 
@@ -190,23 +180,13 @@ def demo() -> ml_collections.ConfigDict:
     d, m, t, o = config.data, config.model, config.train, config.optim
     d.synthetic = True
     d.cache = True
-    d.synthetic_image_shape = (70, 85)  # half the published size: a ~70 MB h5
-    d.png_crop = synthetic_png_crop(d.synthetic_image_shape)
+    synthetic_views(d, (70, 85))  # half the published size: a ~70 MB h5
     d.synthetic_label_noise = 0.05  # volunteer-label noise: headroom below accuracy 1
     d.image_size = 32
-    m.vit_size = ""
-    m.patch_size = 8
-    m.dim = 64
-    m.depth = 2
-    m.num_heads = 4
-    m.drop_path = 0.0
-    m.fusion_heads = 4
-    m.head_hidden = 128
-    t.num_epochs = 20
-    t.warmup_epochs = 2
-    t.log_every = 20
-    o.lr = 2e-3
-    o.weight_decay = 1e-4
+    common.override(m, vit_size="", patch_size=8, dim=64, depth=2, num_heads=4, drop_path=0.0)
+    common.override(m, fusion_heads=4, head_hidden=128)
+    common.override(t, num_epochs=20, warmup_epochs=2, log_every=20)
+    common.override(o, lr=2e-3, weight_decay=1e-4)
     return config
 
 
@@ -214,19 +194,11 @@ def tiny() -> ml_collections.ConfigDict:
     """The demo shrunk for tests: 12 glitches a class at 28 x 34, a 1-block ViT of width 32."""
     config = demo()
     d, m, t = config.data, config.model, config.train
-    d.synthetic_samples_per_class = 12
-    d.synthetic_min_per_class = 12
-    d.synthetic_imbalance_power = 0.3
-    d.synthetic_image_shape = (28, 34)
-    d.synthetic_png_per_split = 1
-    d.png_crop = synthetic_png_crop(d.synthetic_image_shape)
-    m.dim = 32
-    m.depth = 1
-    m.head_hidden = 32
-    t.num_epochs = 10
-    t.warmup_epochs = 1
-    t.global_batch_size = 16
-    t.log_every = 4
+    common.override(d, synthetic_samples_per_class=12, synthetic_min_per_class=12)
+    common.override(d, synthetic_imbalance_power=0.3, synthetic_png_per_split=1)
+    synthetic_views(d, (28, 34))
+    common.override(m, dim=32, depth=1, head_hidden=32)
+    common.override(t, num_epochs=10, warmup_epochs=1, global_batch_size=16, log_every=4)
     config.eval.global_batch_size = 32
     return config
 
@@ -237,11 +209,15 @@ def synthetic_png_crop(image_shape: tuple[int, int]) -> tuple[int, int, int, int
     return (left, top, left + image_shape[1], top + image_shape[0])
 
 
+def synthetic_views(data: ml_collections.ConfigDict, image_shape: tuple[int, int]) -> None:
+    """Synthetic views of [H, W] = `image_shape` pixels, and the PNG reader's crop to match."""
+    data.synthetic_image_shape = image_shape
+    data.png_crop = synthetic_png_crop(image_shape)
+
+
 def vit_b16_multiview_bf16() -> ml_collections.ConfigDict:
     """paper with bfloat16 compute (params and optimizer stay float32)."""
-    config = paper()
-    config.model.dtype = "bfloat16"
-    return config
+    return common.bfloat16_compute(paper())
 
 
 def vit_b16_single() -> ml_collections.ConfigDict:
@@ -296,29 +272,17 @@ def study_tiny() -> ml_collections.ConfigDict:
     config = study()
     d, m, t = config.data, config.model, config.train
     d.classes = tuple(c for c in CLASSES if c in TIME_SCALE_CLASSES)
-    d.synthetic_samples_per_class = 50
-    d.synthetic_min_per_class = 50
-    d.synthetic_imbalance_power = 0.0
-    d.synthetic_image_shape = (56, 68)
-    d.synthetic_label_noise = 0.0
-    d.png_crop = synthetic_png_crop(d.synthetic_image_shape)
-    m.dim = 32
-    m.depth = 1
-    m.head_hidden = 32
-    m.cnn_features = (8, 16)
-    m.cnn_dense = 32
+    common.override(d, synthetic_samples_per_class=50, synthetic_min_per_class=50)
+    common.override(d, synthetic_imbalance_power=0.0, synthetic_label_noise=0.0)
+    synthetic_views(d, (56, 68))
+    common.override(m, dim=32, depth=1, head_hidden=32, cnn_features=(8, 16), cnn_dense=32)
     # Fusion learns the long windows only after the views' encoder has settled: at the demo's
     # 2e-3 this small model can collapse to chance, so a gentler rate, a longer warmup and no
     # early stop (accuracy sits at chance for the first epochs).
     config.optim.lr = 1e-3
-    t.num_epochs = 30
-    t.warmup_epochs = 3
-    config.eval.early_stopping_patience = 0
-    t.global_batch_size = 16
-    t.log_every = 20
-    config.eval.global_batch_size = 64
-    config.study.seeds = (0,)
-    config.study.bootstrap_resamples = 500
+    common.override(t, num_epochs=30, warmup_epochs=3, global_batch_size=16, log_every=20)
+    common.override(config.eval, early_stopping_patience=0, global_batch_size=64)
+    common.override(config.study, seeds=(0,), bootstrap_resamples=500)
     return config
 
 

@@ -79,22 +79,15 @@ def paper() -> ml_collections.ConfigDict:
     config.data.synth.noise_hits = 8.0  # dark-noise pulses per event (mean)
 
     # The seed's model: d_model 128, 4 + 4 layers, dropout 0.1 (~1.6M parameters).
-    config.model = ml_collections.ConfigDict()
-    config.model.d_model = 128
-    config.model.dom_layers = 4
-    config.model.event_layers = 4
-    config.model.num_heads = 8
-    config.model.mlp_dim = 512
-    config.model.dropout = 0.1
+    config.model = ml_collections.ConfigDict(
+        dict(d_model=128, dom_layers=4, event_layers=4, num_heads=8, mlp_dim=512, dropout=0.1)
+    )
     config.model.dtype = "float32"
 
     config.train.loss = "vmf"  # "angular" or "vmf"
     # Packs per step: 8 x 2048 pulse tokens, ~250 events at ~70 pulses per event (seed: 256).
     config.train.global_batch_size = 8
-    config.train.num_steps = 40_000
-    config.train.log_every = 100
-    config.train.eval_every = 2000
-    config.train.ckpt_every = 2000
+    common.step_cadence(config.train, num_steps=40_000, log_every=100, eval_every=2000)
     config.eval.split = "eval"
     config.eval.global_batch_size = 8  # packs
     config.eval.best_metric = "mean_angular_error"
@@ -103,11 +96,7 @@ def paper() -> ml_collections.ConfigDict:
     config.eval.pulse_bins = (0, 20, 50, 100, 200, 500, 1000)
     config.eval.dom_bins = (0, 10, 20, 40, 80)
 
-    config.optim.name = "adamw"
-    config.optim.lr = 3e-4
-    config.optim.schedule = "warmup_cosine"
-    config.optim.warmup_steps = 1000
-    config.optim.clip_norm = 1.0
+    common.adamw(config.optim, lr=3e-4, schedule="warmup_cosine", warmup_steps=1000, clip_norm=1.0)
     config.optim.weight_decay = 1e-2
     return config
 
@@ -116,64 +105,33 @@ def demo() -> ml_collections.ConfigDict:
     """A small model on synthetic data: minutes on a laptop CPU."""
     config = paper()
     config.data.synthetic = True
-    config.data.max_doms = 64
-    config.data.max_pulses_per_dom = 8
-    config.data.pulse_rows = 12
-    config.data.pulse_row_len = 64
-    config.data.dom_rows = 10
-    config.data.dom_row_len = 64
-    config.data.pack_events = 64
-    config.data.synth.events_per_batch = 4000
-    config.data.synth.train_batches = 4
-    config.data.train_batches = "1-3"
-    config.data.eval_batches = "4"
-    config.model.d_model = 64
-    config.model.dom_layers = 1
-    config.model.event_layers = 2
-    config.model.num_heads = 4
-    config.model.mlp_dim = 128
-    config.model.dropout = 0.0
+    common.override(config.data, max_doms=64, max_pulses_per_dom=8, pack_events=64)
+    common.override(config.data, pulse_rows=12, pulse_row_len=64, dom_rows=10, dom_row_len=64)
+    common.override(config.data.synth, events_per_batch=4000, train_batches=4)
+    common.override(config.data, train_batches="1-3", eval_batches="4")
+    common.override(config.model, d_model=64, dom_layers=1, event_layers=2, num_heads=4)
+    common.override(config.model, mlp_dim=128, dropout=0.0)
     config.train.loss = "angular"
     config.train.global_batch_size = 2
-    config.train.num_steps = 1000
-    config.train.log_every = 100
-    config.train.eval_every = 500
-    config.train.ckpt_every = 500
+    common.step_cadence(config.train, num_steps=1000, log_every=100, eval_every=500)
     config.eval.global_batch_size = 8
-    config.optim.lr = 2e-3
-    config.optim.warmup_steps = 100
+    common.override(config.optim, lr=2e-3, warmup_steps=100)
     return config
 
 
 def tiny() -> ml_collections.ConfigDict:
     """The demo shrunk for tests: seconds on CPU, 8 packs for 8 fake devices."""
     config = demo()
-    config.data.max_doms = 32
-    config.data.max_pulses_per_dom = 4
-    config.data.pulse_rows = 4
-    config.data.pulse_row_len = 32
-    config.data.dom_rows = 2
-    config.data.dom_row_len = 32
-    config.data.pack_events = 16
-    config.data.synth.events_per_batch = 300
-    config.data.synth.train_batches = 3
-    config.data.synth.max_pulses = 64
-    config.data.synth.energy_scale = 6.0  # bigger, cleaner events: learnable in ~100 steps
-    config.data.synth.track_half_length = 500.0
-    config.data.synth.noise_hits = 2.0
-    config.data.train_batches = "1-2"
-    config.data.eval_batches = "3"
-    config.model.d_model = 32
-    config.model.event_layers = 1
-    config.model.num_heads = 2
-    config.model.mlp_dim = 64
+    common.override(config.data, max_doms=32, max_pulses_per_dom=4, pack_events=16)
+    common.override(config.data, pulse_rows=4, pulse_row_len=32, dom_rows=2, dom_row_len=32)
+    common.override(config.data.synth, events_per_batch=300, train_batches=3, max_pulses=64)
+    # Bigger, cleaner events: learnable in ~100 steps.
+    common.override(config.data.synth, energy_scale=6.0, track_half_length=500.0, noise_hits=2.0)
+    common.override(config.data, train_batches="1-2", eval_batches="3")
+    common.override(config.model, d_model=32, event_layers=1, num_heads=2, mlp_dim=64)
     config.train.global_batch_size = 8
-    config.train.num_steps = 20
-    config.train.log_every = 5
-    config.train.eval_every = 10
-    config.train.ckpt_every = 10
-    config.optim.lr = 3e-3
-    config.optim.warmup_steps = 2
+    common.step_cadence(config.train, num_steps=20, log_every=5, eval_every=10)
+    common.override(config.optim, lr=3e-3, warmup_steps=2)
     return config
 
 

@@ -106,11 +106,10 @@ def demo() -> ml_collections.ConfigDict:
     config.forecaster.optim.lr = 2e-3
     config.forecaster.optim.warmup_steps = 50
 
-    config.train.num_steps = 400  # WGAN-GP iterations (n_critic critic + 1 generator step each)
-    config.train.global_batch_size = 320  # windows per iteration: 5 critic slices of 64
-    config.train.log_every = 50
-    config.train.eval_every = 200
-    config.train.ckpt_every = 200
+    # Steps are WGAN-GP iterations (n_critic critic + 1 generator step each); an iteration reads
+    # global_batch_size windows: 5 critic slices of 64.
+    config.train.global_batch_size = 320
+    common.step_cadence(config.train, num_steps=400, log_every=50, eval_every=200)
 
     config.eval.split = "test"
     config.eval.global_batch_size = 256
@@ -145,49 +144,26 @@ def demo() -> ml_collections.ConfigDict:
 def tiny() -> ml_collections.ConfigDict:
     """The demo shrunk for tests: seconds on CPU."""
     config = demo()
-    config.data.num_products = 40
-    config.data.num_days = 200
-    config.data.min_sales = 10
-    config.data.window_stride = 3
-    config.model.lstm_size = 16
-    config.model.temporal_size = 8
-    config.model.review_size = 8
-    config.model.cond_dim = 16
-    config.model.gen_hidden = 16
-    config.model.critic_channels = 8
-    config.model.critic_hidden = 16
+    common.override(config.data, num_products=40, num_days=200, min_sales=10, window_stride=3)
+    common.override(config.model, lstm_size=16, temporal_size=8, review_size=8, cond_dim=16)
+    common.override(config.model, gen_hidden=16, critic_channels=8, critic_hidden=16)
     config.gan.noise_dim = 4
     config.train.global_batch_size = 80  # 5 critic slices of 16
-    config.train.num_steps = 20
-    config.train.log_every = 5
-    config.train.eval_every = 10
-    config.train.ckpt_every = 10
-    config.forecaster.lstm_size = 16
-    config.forecaster.hidden = 16
-    config.forecaster.num_steps = 150
+    common.step_cadence(config.train, num_steps=20, log_every=5, eval_every=10)
+    common.override(config.forecaster, lstm_size=16, hidden=16, num_steps=150, eval_every=50)
     config.forecaster.global_batch_size = 16
-    config.forecaster.eval_every = 50
     config.forecaster.optim.warmup_steps = 2
-    config.eval.global_batch_size = 64
-    config.eval.max_windows = 256
-    config.eval.disc_steps = 60
-    config.eval.disc_batch_size = 32
-    config.eval.bootstrap_resamples = 100
+    common.override(config.eval, global_batch_size=64, max_windows=256, disc_steps=60)
+    common.override(config.eval, disc_batch_size=32, bootstrap_resamples=100)
     return config
 
 
 def _paper_architecture(config: ml_collections.ConfigDict) -> None:
     """The original system's networks: 512-d condition, 128-unit recurrent layers."""
-    config.model.lstm_size = 128
-    config.model.temporal_size = 64
-    config.model.review_size = 32
-    config.model.cond_dim = 512
-    config.model.gen_hidden = 128
-    config.model.critic_channels = 64
-    config.model.critic_hidden = 256
+    common.override(config.model, lstm_size=128, temporal_size=64, review_size=32, cond_dim=512)
+    common.override(config.model, gen_hidden=128, critic_channels=64, critic_hidden=256)
     config.gan.noise_dim = 32
-    config.forecaster.lstm_size = 128
-    config.forecaster.hidden = 128
+    common.override(config.forecaster, lstm_size=128, hidden=128)
 
 
 def paper() -> ml_collections.ConfigDict:
@@ -196,47 +172,32 @@ def paper() -> ml_collections.ConfigDict:
     _paper_architecture(config)
     config.data.synthetic = False
     config.data.min_sales = 50
-    config.train.num_steps = 20000
-    config.train.eval_every = 1000
-    config.train.ckpt_every = 1000
+    common.step_cadence(config.train, num_steps=20000, log_every=50, eval_every=1000)
     config.gan.samples_per_window = 3
-    config.forecaster.num_steps = 10000
-    config.forecaster.eval_every = 500
-    config.eval.max_windows = 8192
-    config.eval.disc_steps = 2000
+    common.override(config.forecaster, num_steps=10000, eval_every=500)
+    common.override(config.eval, max_windows=8192, disc_steps=2000)
     # Kaggle: the Olist dataset attached to a notebook is found under /kaggle/input; run with
     # --workdir=/kaggle/working/sales_paper (see README, "Kaggle").
     config.data.kaggle_input = "/kaggle/input"
-    config.study.mode = "also"
-    config.study.seeds = (0, 1, 2)
-    config.study.gan_steps = 20000
-    config.study.val_windows = 8192
+    common.override(config.study, mode="also", seeds=(0, 1, 2), gan_steps=20000, val_windows=8192)
     return config
 
 
 def study() -> ml_collections.ConfigDict:
     """The augmentation study alone on the demo's data at small sizes (about 20 min, 2 CPUs)."""
     config = demo()
-    config.study.mode = "only"
-    config.study.gan_steps = 150
-    config.forecaster.num_steps = 600
-    config.forecaster.eval_every = 100
-    config.eval.disc_steps = 300
-    config.eval.bootstrap_resamples = 500
+    common.override(config.study, mode="only", gan_steps=150)
+    common.override(config.forecaster, num_steps=600, eval_every=100)
+    common.override(config.eval, disc_steps=300, bootstrap_resamples=500)
     return config
 
 
 def study_tiny() -> ml_collections.ConfigDict:
     """The study on tiny (tests): two fractions, one ratio, one seed, seconds."""
     config = tiny()
-    config.study.mode = "only"
-    config.study.fractions = (0.25, 1.0)
-    config.study.ratios = (1.0,)
-    config.study.seeds = (0,)
-    config.study.gan_steps = 5
-    config.study.val_windows = 128
-    config.forecaster.num_steps = 40
-    config.forecaster.eval_every = 20
+    common.override(config.study, mode="only", fractions=(0.25, 1.0), ratios=(1.0,), seeds=(0,))
+    common.override(config.study, gan_steps=5, val_windows=128)
+    common.override(config.forecaster, num_steps=40, eval_every=20)
     return config
 
 

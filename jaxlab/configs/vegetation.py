@@ -128,18 +128,9 @@ def _shared() -> ml_collections.ConfigDict:
     config.loss.underprediction_weight = 1.5  # where |pred delta| < |true delta|
 
     # --- Training (epochs over the training cubes) ---
-    t = config.train
-    t.num_steps = 0  # 0: num_epochs * steps per epoch
-    t.num_epochs = 100
-    t.warmup_epochs = 5
-    t.global_batch_size = 8
-    t.log_every = 20
-    t.eval_every_epochs = 1  # validation loss, early stopping, checkpoint
-    # Evaluation and checkpoints follow eval_every_epochs: the common step cadences do not apply.
-    t.eval_every = 0  # evaluation counts epochs (eval_every_epochs)
-    t.ckpt_every = 0  # checkpoints at each evaluation (and on SIGTERM) only
-    t.max_to_keep = 2
-    t.keep_best = 1
+    # Validation loss, early stopping and a checkpoint once an epoch (and on SIGTERM).
+    common.epoch_cadence(config.train, num_epochs=100, warmup_epochs=5)
+    common.override(config.train, global_batch_size=8, log_every=20, max_to_keep=2, keep_best=1)
 
     config.eval.split = "ood-t_chopped"
     config.eval.global_batch_size = 8
@@ -152,15 +143,12 @@ def _shared() -> ml_collections.ConfigDict:
     config.eval.climatology_dir = ""  # official climatology predictions, scored when given
     config.eval.num_plot_cubes = 1
 
-    o = config.optim
-    o.name = "adamw"
-    o.lr = 1e-3
-    o.weight_decay = 1e-4
-    o.clip_norm = 5.0
-    o.schedule = "warmup_plateau"  # warmup_steps set from train.warmup_epochs
-    o.plateau_factor = 0.5
-    o.plateau_patience = 5  # in plateau evaluations (plateau_accumulation_size steps each)
-    o.plateau_accumulation_size = 0  # 0: one epoch
+    # warmup_steps is set from train.warmup_epochs; the plateau is judged once an epoch
+    # (plateau_accumulation_size 0) and the rate halves after 5 of them without improvement.
+    common.adamw(config.optim, lr=1e-3, weight_decay=1e-4, clip_norm=5.0, schedule="warmup_plateau")
+    common.override(
+        config.optim, plateau_factor=0.5, plateau_patience=5, plateau_accumulation_size=0
+    )
 
     return config
 
@@ -175,9 +163,8 @@ def paper() -> ml_collections.ConfigDict:
 
 
 def paper_bf16() -> ml_collections.ConfigDict:
-    config = paper()
-    config.model.dtype = "bfloat16"
-    return config
+    """paper with bfloat16 compute (params and optimizer stay float32)."""
+    return common.bfloat16_compute(paper())
 
 
 def bench_b1() -> ml_collections.ConfigDict:
@@ -196,18 +183,10 @@ def demo() -> ml_collections.ConfigDict:
     """Synthetic 32 x 32 cubes and a small ConvLSTM."""
     config = _shared()
     d, m, t, o = config.data, config.model, config.train, config.optim
-    d.synthetic_size = 32
-    d.image_size = 32
-    d.cache_records = True
-    d.stats_max_cubes = 12
-    m.hidden = (8, 12, 16)
-    m.norm_groups = 4
-    m.weather_hidden = 32
-    t.global_batch_size = 4
-    t.num_epochs = 60
-    config.eval.early_stopping_patience = 20
-    t.log_every = 30
-    config.eval.global_batch_size = 4
+    common.override(d, synthetic_size=32, image_size=32, cache_records=True, stats_max_cubes=12)
+    common.override(m, hidden=(8, 12, 16), norm_groups=4, weather_hidden=32)
+    common.override(t, global_batch_size=4, num_epochs=60, log_every=30)
+    common.override(config.eval, global_batch_size=4, early_stopping_patience=20)
     o.lr = 3e-3
     return config
 
@@ -216,20 +195,12 @@ def tiny() -> ml_collections.ConfigDict:
     """Tests: seconds on CPU."""
     config = demo()
     d, m, t = config.data, config.model, config.train
-    d.synthetic_size = 16
-    d.image_size = 16
+    common.override(d, synthetic_size=16, image_size=16, stats_max_cubes=8)
     d.synthetic_cubes = (("train", 8), ("val_chopped", 2), ("ood-t_chopped", 2))
-    d.stats_max_cubes = 8
-    m.hidden = (4, 6, 8)
-    m.norm_groups = 2
-    m.num_harmonics = 2
-    m.weather_hidden = 8
+    common.override(m, hidden=(4, 6, 8), norm_groups=2, num_harmonics=2, weather_hidden=8)
     t.global_batch_size = 8  # one per fake test device
-    t.num_epochs = 6
-    t.warmup_epochs = 1
-    config.eval.early_stopping_patience = 10
-    t.log_every = 2
-    config.eval.global_batch_size = 8
+    common.override(t, num_epochs=6, warmup_epochs=1, log_every=2)
+    common.override(config.eval, global_batch_size=8, early_stopping_patience=10)
     return config
 
 

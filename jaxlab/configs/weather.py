@@ -114,11 +114,8 @@ def demo() -> ml_collections.ConfigDict:
     config.model.remat = False  # recompute each block in the backward pass (jax.checkpoint)
     config.model.dtype = "float32"
 
-    config.train.num_steps = 1500
     config.train.global_batch_size = 8
-    config.train.log_every = 100
-    config.train.eval_every = 500
-    config.train.ckpt_every = 500
+    common.step_cadence(config.train, num_steps=1500, log_every=100, eval_every=500)
     config.train.ema_decay = 0.995
     # "diffusion": the conditional DDPM; "mse": the deterministic forecaster (variant
     # `deterministic`), the same network regressing the next hour's scaled change.
@@ -131,13 +128,8 @@ def demo() -> ml_collections.ConfigDict:
     config.train.forecaster_residual = True  # that forecaster's diffusion.residual
     config.train.forecaster_use_hour = True  # and its model.use_hour
 
-    config.optim.name = "adamw"
-    config.optim.lr = 2e-3
-    config.optim.schedule = "warmup_cosine"
-    config.optim.warmup_steps = 100
-    config.optim.end_lr_factor = 0.05
-    config.optim.weight_decay = 0.0
-    config.optim.clip_norm = 1.0
+    common.adamw(config.optim, lr=2e-3, schedule="warmup_cosine", warmup_steps=100)
+    common.override(config.optim, end_lr_factor=0.05, weight_decay=0.0, clip_norm=1.0)
 
     config.eval.split = "eval"
     config.eval.best_metric = "eval_loss"
@@ -185,20 +177,13 @@ def demo() -> ml_collections.ConfigDict:
 def tiny() -> ml_collections.ConfigDict:
     """The demo shrunk for tests: seconds on CPU."""
     config = demo()
-    config.data.shape = (16, 24)
-    config.data.num_times = 24
-    config.data.crop = (16, 16)
+    common.override(config.data, shape=(16, 24), num_times=24, crop=(16, 16))
     config.model.base_dim = 8
     config.diffusion.sample_steps = 4
-    config.train.num_steps = 60
-    config.train.log_every = 10
-    config.train.eval_every = 30
-    config.train.ckpt_every = 30
+    common.step_cadence(config.train, num_steps=60, log_every=10, eval_every=30)
     config.train.ema_decay = 0.8
     config.optim.warmup_steps = 5
-    config.eval.num_cases = 2
-    config.eval.rollout_steps = 2
-    config.eval.sample_members_plotted = 2
+    common.override(config.eval, num_cases=2, rollout_steps=2, sample_members_plotted=2)
     config.eval.train_figure_members = 0  # tests: no extra sampler compile in the loop
     return config
 
@@ -294,25 +279,29 @@ def def_authors() -> ml_collections.ConfigDict:
     return config
 
 
+def _real_hrrr(crop: tuple[int, ...]) -> ml_collections.ConfigDict:
+    """The demo on real data at HRRR's full 1059 x 1799 grid (`crop`: the training crop, () for
+    the whole grid; the store is too large to preload), with the long runs' settings: peak
+    learning rate 2e-4, EMA decay 0.9999, 20 sampler steps."""
+    config = demo()
+    common.override(config.data, synthetic=False, shape=(1059, 1799), crop=crop)
+    config.data.preload_max_mb = 0.0
+    config.optim.lr = 2e-4
+    config.train.ema_decay = 0.9999
+    config.diffusion.sample_steps = 20
+    return config
+
+
 def paper() -> ml_collections.ConfigDict:
     """The seed: its ultra-minimal network at HRRR's full grid, on real data."""
-    config = demo()
-    config.data.synthetic = False
-    config.data.shape = (1059, 1799)
-    config.data.crop = ()
-    config.data.preload_max_mb = 0.0
+    config = _real_hrrr(crop=())
     config.model.name = "seed_minimal_unet"  # 82,119 params: the seed's 81,111 + condition
     config.model.emb_mult = 4  # the seed's time MLP: base_dim -> 4 base_dim
     config.model.remat = True  # one 1059 x 1799 micro-batch in the seed's 24 GB (README)
     config.diffusion.prediction = "eps"  # the seed's (the demo's "v" fixes its domain mean)
     config.train.global_batch_size = 1
-    config.optim.grad_accum_steps = 8
-    config.optim.lr = 2e-4
-    config.optim.warmup_steps = 0
-    config.optim.schedule = "constant"
+    common.override(config.optim, grad_accum_steps=8, warmup_steps=0, schedule="constant")
     config.train.num_steps = 80000
-    config.train.ema_decay = 0.9999
-    config.diffusion.sample_steps = 20
     config.eval.global_batch_size = 1
     config.eval.bench_members = 1  # 20 network evaluations at 1059 x 1799: minutes on CPU
     config.eval.bench_repeats = 1
@@ -321,21 +310,12 @@ def paper() -> ml_collections.ConfigDict:
 
 def unet_cropped() -> ml_collections.ConfigDict:
     """A standard U-Net with attention on 256 x 256 crops of the full grid, on real data."""
-    config = demo()
-    config.data.synthetic = False
-    config.data.shape = (1059, 1799)
-    config.data.crop = (256, 256)
-    config.data.preload_max_mb = 0.0
-    config.model.name = "unet"
-    config.model.base_dim = 64
-    config.model.channel_mults = (1, 2, 2, 4)
+    config = _real_hrrr(crop=(256, 256))
+    common.override(config.model, name="unet", base_dim=64, channel_mults=(1, 2, 2, 4))
     config.model.num_res_blocks = 2
     config.train.global_batch_size = 16
-    config.optim.lr = 2e-4
     config.optim.warmup_steps = 1000
     config.train.num_steps = 200000
-    config.train.ema_decay = 0.9999
-    config.diffusion.sample_steps = 20
     return config
 
 
