@@ -94,6 +94,11 @@ TIME_SCALE_CLASSES = (
 SYNTHETIC_PNG_MARGINS = (60, 30, 20, 45)
 
 
+def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
+    """The variant `arg` of VARIANTS (at the end of this file), e.g. "demo" or "tiny"."""
+    return config_lib.variant(VARIANTS, arg, __name__)
+
+
 def paper() -> ml_collections.ConfigDict:
     """The seed's GravityViT: ViT-B/16 multi-view on the real 22-class training set."""
     config = common.get_common()
@@ -203,18 +208,6 @@ def tiny() -> ml_collections.ConfigDict:
     return config
 
 
-def synthetic_png_crop(image_shape: tuple[int, int]) -> tuple[int, int, int, int]:
-    """PIL box of the plot area of the synthetic PNGs of [H, W] views (their spectrogram)."""
-    left, top = SYNTHETIC_PNG_MARGINS[:2]
-    return (left, top, left + image_shape[1], top + image_shape[0])
-
-
-def synthetic_views(data: ml_collections.ConfigDict, image_shape: tuple[int, int]) -> None:
-    """Synthetic views of [H, W] = `image_shape` pixels, and the PNG reader's crop to match."""
-    data.synthetic_image_shape = image_shape
-    data.png_crop = synthetic_png_crop(image_shape)
-
-
 def vit_b16_multiview_bf16() -> ml_collections.ConfigDict:
     """paper with bfloat16 compute (params and optimizer stay float32)."""
     return common.bfloat16_compute(paper())
@@ -286,6 +279,18 @@ def study_tiny() -> ml_collections.ConfigDict:
     return config
 
 
+def synthetic_png_crop(image_shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    """PIL box of the plot area of the synthetic PNGs of [H, W] views (their spectrogram)."""
+    left, top = SYNTHETIC_PNG_MARGINS[:2]
+    return (left, top, left + image_shape[1], top + image_shape[0])
+
+
+def synthetic_views(data: ml_collections.ConfigDict, image_shape: tuple[int, int]) -> None:
+    """Synthetic views of [H, W] = `image_shape` pixels, and the PNG reader's crop to match."""
+    data.synthetic_image_shape = image_shape
+    data.png_crop = synthetic_png_crop(image_shape)
+
+
 VARIANTS = {
     f.__name__: f
     for f in (
@@ -300,7 +305,3 @@ VARIANTS = {
         study_paper,
     )
 }
-
-
-def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
-    return config_lib.variant(VARIANTS, arg, __name__)

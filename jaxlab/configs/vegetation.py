@@ -157,8 +157,7 @@ def paper() -> ml_collections.ConfigDict:
     """The original setup on the real GreenEarthNet data."""
     config = _shared()
     config.data.synthetic = False  # data.dir must name the GreenEarthNet download
-    config.train.global_batch_size = 32
-    config.eval.global_batch_size = 32
+    config.train.global_batch_size = config.eval.global_batch_size = 32
     return config
 
 
