@@ -106,14 +106,21 @@ def _spec_of(argv: list[str]) -> str:
     return raw
 
 
-def train_main(argv: list[str]) -> None:
+def _open_run(argv: list[str], module: str, verb: str) -> tuple[Any, str, Any]:
+    """Shared start of `train` and `study`: flags, the task's `module`, run_info.json in the
+    workdir (command, config spec and overrides) and a log line. -> (config, workdir, module)."""
     _start(argv)
     require_flags("config", "workdir")
     config, workdir = flag_value("config"), flag_value("workdir")
-    task = task_lib.import_task(config, "train")
+    task = task_lib.import_task(config, module)
     overrides = [a for a in _ARGV if a.startswith(("--config.", "--noconfig."))]
     write_run_info(workdir, run_info(_spec_of(_ARGV), overrides))
-    logging.info("Training %s in %s with config:\n%s", config.task, workdir, config)
+    logging.info("%s %s in %s with config:\n%s", verb, config.task, workdir, config)
+    return config, workdir, task
+
+
+def train_main(argv: list[str]) -> None:
+    config, workdir, task = _open_run(argv, "train", "Training")
     metrics = task.train_and_evaluate(config, workdir)
     import jax
 
@@ -130,13 +137,7 @@ def check_workdir_is_a_folder(workdir: str) -> None:
 
 
 def study_main(argv: list[str]) -> None:
-    _start(argv)
-    require_flags("config", "workdir")
-    config, workdir = flag_value("config"), flag_value("workdir")
-    task = task_lib.import_task(config, "study")
-    overrides = [a for a in _ARGV if a.startswith(("--config.", "--noconfig."))]
-    write_run_info(workdir, run_info(_spec_of(_ARGV), overrides))
-    logging.info("Study %s in %s with config:\n%s", config.task, workdir, config)
+    config, workdir, task = _open_run(argv, "study", "Study")
     task.main(config, workdir)
 
 

@@ -388,7 +388,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> str:
             test_batches=s.test_batches,
             events_per_batch=s.events_per_batch,
             seed=config.seed,
-            **event_physics(s),
+            physics=event_physics(s),
         )
     return root
 

@@ -31,6 +31,7 @@ mostly flagged auxiliary. The direction is learnable from pulse times against DO
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 import numpy as np
 import pyarrow as pa
@@ -172,13 +173,12 @@ def write_split(
     first_event_id: int,
     seed: int,
     with_angles: bool,
-    max_pulses: int,
-    energy_scale: float,
-    energy_cap: float,
-    track_half_length: float = TRACK_HALF_LENGTH_M,
-    noise_hits: float = NOISE_HITS_MEAN,
+    physics: Mapping[str, float],
 ) -> None:
-    """Writes `<split>_meta.parquet` and `<split>/batch_<n>.parquet` for the given batch ids."""
+    """Writes `<split>_meta.parquet` and `<split>/batch_<n>.parquet` for the given batch ids.
+
+    `physics`: `simulate_event`'s keyword arguments (event sizes and physics; `data.event_physics`
+    reads them from the config)."""
     os.makedirs(os.path.join(root, split), exist_ok=True)
     positions = geometry()
     meta_columns: dict[str, list] = {
@@ -192,15 +192,7 @@ def write_split(
         columns.update(charge=[], auxiliary=[])
         first = 0
         for _ in range(events_per_batch):
-            pulses, azimuth, zenith = simulate_event(
-                rng,
-                positions,
-                max_pulses=max_pulses,
-                energy_scale=energy_scale,
-                energy_cap=energy_cap,
-                track_half_length=track_half_length,
-                noise_hits=noise_hits,
-            )
+            pulses, azimuth, zenith = simulate_event(rng, positions, **physics)
             n = len(pulses["time"])
             columns["event_id"].append(np.full(n, event_id, np.int64))
             for key, values in pulses.items():
@@ -244,13 +236,11 @@ def write_dataset(
     test_batches: int,
     events_per_batch: int,
     seed: int,
-    max_pulses: int,
-    energy_scale: float,
-    energy_cap: float,
-    track_half_length: float = TRACK_HALF_LENGTH_M,
-    noise_hits: float = NOISE_HITS_MEAN,
+    physics: Mapping[str, float],
 ) -> None:
     """Writes geometry, train split (batches 1..train_batches) and test split; idempotent.
+
+    `physics`: `simulate_event`'s keyword arguments, as for `write_split`.
 
     `root` must have been claimed with `jaxlab.data.ownership.claim_synthetic_dir` (as
     `data.prepare` does): replacing a file is refused outside a claimed folder.
@@ -260,13 +250,6 @@ def write_dataset(
     if os.path.exists(done):
         return
     write_geometry(root)
-    physics = dict(
-        max_pulses=max_pulses,
-        energy_scale=energy_scale,
-        energy_cap=energy_cap,
-        track_half_length=track_half_length,
-        noise_hits=noise_hits,
-    )
     write_split(
         root,
         "train",
@@ -275,7 +258,7 @@ def write_dataset(
         first_event_id=24,  # Kaggle's first train event id
         seed=seed,
         with_angles=True,
-        **physics,
+        physics=physics,
     )
     write_split(
         root,
@@ -285,7 +268,7 @@ def write_dataset(
         first_event_id=10_000_000,
         seed=seed,
         with_angles=False,
-        **physics,
+        physics=physics,
     )
     with open(done, "w") as f:
         f.write("ok\n")

@@ -30,6 +30,12 @@ from jaxlab.core import state as state_lib
 DAYS_PER_YEAR = 365.25
 
 
+def _zero_pointwise_conv(features: int, dtype: Any, name: str) -> nn.Conv:
+    """A 1 x 1 conv with a zero kernel: a correction head that starts as "no correction"
+    (the DC offset and the weather gate), so training begins from the Fourier fit alone."""
+    return nn.Conv(features, (1, 1), dtype=dtype, kernel_init=nn.initializers.zeros, name=name)
+
+
 def fourier_synthesis(coeffs: jax.Array, doy: jax.Array) -> jax.Array:
     """sum_k a_k cos(2 pi k doy / 365.25) + b_k sin(2 pi k doy / 365.25), k = 1..K.
 
@@ -136,13 +142,7 @@ class VegetationForecaster(nn.Module):
         coeffs = coeffs.reshape(b, height, width, self.num_bands, 2 * self.num_harmonics)
         fourier = fourier_synthesis(coeffs.astype(jnp.float32) * coeff_scale, batch["target_doy"])
 
-        dc = nn.Conv(
-            self.num_bands,
-            (1, 1),
-            dtype=self.dtype,
-            kernel_init=nn.initializers.zeros,
-            name="dc_offset",
-        )(features)
+        dc = _zero_pointwise_conv(self.num_bands, self.dtype, "dc_offset")(features)
 
         w = nn.gelu(
             nn.Dense(self.weather_hidden, dtype=self.dtype, name="weather_0")(
@@ -151,14 +151,8 @@ class VegetationForecaster(nn.Module):
         )
         w = nn.Dense(
             self.num_bands, dtype=self.dtype, kernel_init=nn.initializers.zeros, name="weather_1"
-        )(w)  # [B, T, 4]
-        gate = nn.Conv(
-            self.num_bands,
-            (1, 1),
-            dtype=self.dtype,
-            kernel_init=nn.initializers.zeros,
-            name="weather_gate",
-        )(features)  # [B, H, W, 4]
+        )(w)  # [B, T, 4]; gate [B, H, W, 4]
+        gate = _zero_pointwise_conv(self.num_bands, self.dtype, "weather_gate")(features)
         weather = w[:, :, None, None, :] * (1.0 + gate[:, None])
 
         delta = fourier + dc[:, None].astype(jnp.float32) + weather.astype(jnp.float32)

@@ -130,20 +130,12 @@ def products(
     for d in dirs.values():
         os.makedirs(d, exist_ok=True)
     for v, name in enumerate(data.VARIABLES):
-        _map(
-            current[..., v],
-            name,
-            f"current {name}",
-            os.path.join(dirs["01_current_state"], f"{name}.png"),
-            latlon=latlon,
-        )
-        _map(
-            mean[..., v],
-            name,
-            f"ensemble mean {name}",
-            os.path.join(dirs["02_ensemble_mean"], f"{name}.png"),
-            latlon=latlon,
-        )
+        for folder, field, title in (
+            ("01_current_state", current, f"current {name}"),
+            ("02_ensemble_mean", mean, f"ensemble mean {name}"),
+        ):
+            path = os.path.join(dirs[folder], f"{name}.png")
+            _map(field[..., v], name, title, path, latlon=latlon)
         _map(
             spread[..., v],
             name,
@@ -198,26 +190,6 @@ def rank_histograms_by_lead(ranks: np.ndarray, lead: int, path: str) -> None:
             ax.set(title=f"{name}, lead {(k + 1) * lead} h", xlabel="rank of observation")
             if v == 0:
                 ax.set_ylabel("relative frequency")
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-
-
-def def_comparison(results: dict, steps: int, lead: int, path: str) -> None:
-    """CRPS, RMSE of the mean and spread/skill by lead for direct sampling, DEF and the
-    deterministic forecaster (`compare/<system>/<score>/lead<k>` of metrics.json)."""
-    hours = [(k + 1) * lead for k in range(steps)]
-    scores = (("crps", "CRPS (standardised)"), ("rmse", "RMSE of the mean"),
-              ("spread_skill", "spread / skill"))  # fmt: skip
-    fig, axes = plt.subplots(1, len(scores), figsize=(4 * len(scores), 3.2))
-    for ax, (score, label) in zip(axes, scores, strict=True):
-        for system in ("direct", "def", "deterministic"):
-            values = [results[f"compare/{system}/{score}/lead{k + 1}"] for k in range(steps)]
-            ax.plot(hours, values, "o-", label=system)
-        if score == "spread_skill":
-            ax.axhline(1.0, color="k", lw=0.8, ls="--")
-        ax.set(xlabel="lead time [h]", ylabel=label, title=label)
-    axes[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)

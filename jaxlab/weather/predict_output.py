@@ -107,18 +107,16 @@ def dataset(init, members, lead_hours, events, info, stats_file, clipped) -> xr.
             np.moveaxis(members[..., c], 1, 0).astype(np.float32),
             member_attrs,
         )
-        variables[f"{name}_mean"] = (
-            ("time", "y", "x"),
-            mean[..., c].astype(np.float32),
-            {**attrs, "long_name": f"ensemble mean {attrs['long_name']}",
-             "cell_methods": "realization: mean"},
-        )  # fmt: skip
-        variables[f"{name}_spread"] = (
-            ("time", "y", "x"),
-            spread[..., c].astype(np.float32),
-            {**attrs, "long_name": f"ensemble standard deviation of {attrs['long_name']}",
-             "cell_methods": "realization: standard_deviation"},
-        )  # fmt: skip
+        for suffix, field, long_name, method in (
+            ("mean", mean, "ensemble mean", "mean"),
+            ("spread", spread, "ensemble standard deviation of", "standard_deviation"),
+        ):
+            variables[f"{name}_{suffix}"] = (
+                ("time", "y", "x"),
+                field[..., c].astype(np.float32),
+                {**attrs, "long_name": f"{long_name} {attrs['long_name']}",
+                 "cell_methods": f"realization: {method}"},
+            )  # fmt: skip
     for name, threshold in events:
         c = data.VARIABLES.index(name)
         key = probability_name(name, threshold)

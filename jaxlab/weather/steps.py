@@ -38,7 +38,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from absl import logging
 
 from jaxlab.core import config as config_lib
@@ -249,18 +248,12 @@ def train_step(
         return jnp.mean(loss_fn(params, batch, key, state.extra, True))
 
     loss, grads = jax.value_and_grad(mean_loss)(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params, value=loss)
-    params = optax.apply_updates(state.params, updates)
-    ema = jax.tree.map(lambda e, p: ema_decay * e + (1 - ema_decay) * p, state.extra["ema"], params)
-    metrics = {
-        "loss": loss,
-        "grad_norm": optax.tree.norm(grads),
-        # The sum of record ids: tests compare it step by step to prove the data order resumes.
-        "data_checksum": jnp.sum(batch["index"]),
-    }
-    extra = dict(state.extra, ema=ema)
-    new = state.replace(step=state.step + 1, params=params, opt_state=opt_state, extra=extra)
-    return new, metrics
+    state = state_lib.apply_gradients(state, tx, grads, loss)
+    ema = jax.tree.map(
+        lambda e, p: ema_decay * e + (1 - ema_decay) * p, state.extra["ema"], state.params
+    )
+    state = state.replace(extra=dict(state.extra, ema=ema))
+    return state, state_lib.step_metrics(loss, grads, batch)
 
 
 def eval_step(
