@@ -28,30 +28,21 @@ def _jaxlab(*args: str) -> int:
     return exit_info.value.code or 0
 
 
-@pytest.mark.parametrize("name", config_lib.config_names())
-def test_train_into_a_workdir_that_is_a_file_is_one_line(name, tmp_path, capsys):
+WORKDIR_IS_A_FILE_CASES = [("train", name) for name in config_lib.config_names()] + [
+    ("evaluate", "example"),
+    ("export", "example"),
+]
+
+
+@pytest.mark.parametrize("command,name", WORKDIR_IS_A_FILE_CASES)
+def test_a_workdir_that_is_a_file_is_one_line(command, name, tmp_path, capsys):
+    """train (every task), evaluate and export: one line saying what a workdir must be."""
     afile = tmp_path / "afile"
     afile.write_text("a note, not a run folder\n")
+    extra = {"train": [f"--log_dir={tmp_path}"], "export": [f"--out={tmp_path / 'bundle'}"]}
     status = _jaxlab(
-        "train", f"--config={name}:tiny", f"--workdir={afile}", f"--log_dir={tmp_path}"
+        command, f"--config={name}:tiny", f"--workdir={afile}", *extra.get(command, [])
     )
-    assert status == 1
-    err = capsys.readouterr().err
-    expected = (
-        f"jaxlab train: NotADirectoryError: --workdir={afile} is a file; the workdir must be a "
-        "folder (a new one, or the workdir of an earlier run). Pass another --workdir. (traceback"
-    )
-    assert err.startswith(expected), err
-    assert err.count("\n") == 1 and "Traceback" not in err
-    assert afile.read_text() == "a note, not a run folder\n"  # untouched
-
-
-@pytest.mark.parametrize("command", ["evaluate", "export"])
-def test_evaluate_or_export_a_workdir_that_is_a_file_is_one_line(command, tmp_path, capsys):
-    afile = tmp_path / "afile"
-    afile.write_text("a note, not a run folder\n")
-    out = [f"--out={tmp_path / 'bundle'}"] if command == "export" else []
-    status = _jaxlab(command, "--config=example:tiny", f"--workdir={afile}", *out)
     assert status == 1
     err = capsys.readouterr().err
     expected = (
@@ -60,7 +51,7 @@ def test_evaluate_or_export_a_workdir_that_is_a_file_is_one_line(command, tmp_pa
     )
     assert err.startswith(expected), err
     assert err.count("\n") == 1 and "Traceback" not in err
-    assert afile.read_text() == "a note, not a run folder\n"
+    assert afile.read_text() == "a note, not a run folder\n"  # untouched
 
 
 def test_a_workdir_below_a_file_names_that_file(tmp_path):
@@ -84,26 +75,33 @@ def _user_folder(path):
     return str(path)
 
 
-def test_neutrino_refusal_names_data_root(tmp_path):
-    config = neutrino_config.get_config("tiny")
-    config.data.root = _user_folder(tmp_path / "kaggle")
-    with pytest.raises(ownership.DataDirError) as error:
-        neutrino_data.prepare(config, str(tmp_path / "work"))
-    assert str(error.value) == (
-        f"{tmp_path}/kaggle holds files that jaxlab did not write (e.g. mine.csv); set "
-        "data.synthetic=False to use them, or point data.root at an empty folder."
+def _refusal(folder: str, key: str) -> str:
+    """The ownership refusal for a user's `folder` holding mine.csv, naming config key `key`."""
+    return (
+        f"{folder} holds files that jaxlab did not write (e.g. mine.csv); set "
+        f"data.synthetic=False to use them, or point {key} at an empty folder."
     )
 
 
-def test_sales_refusal_names_data_csv_dir(tmp_path):
+# (config module, data module, the config key of the task's data folder)
+REFUSAL_CASES = {
+    "neutrino": (neutrino_config, neutrino_data, "root"),
+    "sales": (sales_config, sales_data, "csv_dir"),
+}
+
+
+@pytest.mark.parametrize("task", sorted(REFUSAL_CASES))
+def test_refusal_names_the_tasks_data_key(task, tmp_path):
+    config_module, data_module, key = REFUSAL_CASES[task]
+    config = config_module.get_config("tiny")
+    config.data[key] = _user_folder(tmp_path / "user")
+    with pytest.raises(ownership.DataDirError) as error:
+        data_module.prepare(config, str(tmp_path / "work"))
+    assert str(error.value) == _refusal(f"{tmp_path}/user", f"data.{key}")
+
+
+def test_sales_refusal_without_csv_dir_still_names_it(tmp_path):
     config = sales_config.get_config("tiny")
-    config.data.csv_dir = _user_folder(tmp_path / "olist")
-    with pytest.raises(ownership.DataDirError) as error:
-        sales_data.prepare(config, str(tmp_path / "work"))
-    assert str(error.value) == (
-        f"{tmp_path}/olist holds files that jaxlab did not write (e.g. mine.csv); set "
-        "data.synthetic=False to use them, or point data.csv_dir at an empty folder."
-    )
     # Without csv_dir the synthetic CSVs go to <workdir>/data: csv_dir is still the key to move.
     work = tmp_path / "work2"
     work.mkdir()

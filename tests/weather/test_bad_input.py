@@ -5,12 +5,12 @@ ecCodes (`synthetic.write_file` / `write_message`)."""
 import datetime as dt
 import json
 
-import eccodes
 import numpy as np
 import pytest
 import xarray as xr
 
 from jaxlab.weather import data, data_grib, predict, synthetic
+from tests.weather import grib_edit
 
 SHAPE = (6, 8)
 T0 = dt.datetime(2024, 6, 1, 0)
@@ -80,19 +80,7 @@ def test_non_finite_and_out_of_range_values(tmp_path):
     # Points without a value (a GRIB2 bitmap): reported, never decoded as 9999.
     source = write(tmp_path / "source.grib2")
     holes = str(tmp_path / "holes.grib2")
-    with open(source, "rb") as f, open(holes, "wb") as out:
-        while (h := eccodes.codes_grib_new_from_file(f)) is not None:
-            if (
-                eccodes.codes_get(h, "parameterNumber") == 6
-                and eccodes.codes_get(h, "typeOfFirstFixedSurface", ktype=int) == 103
-            ):
-                values = eccodes.codes_get_values(h)
-                values[:3] = 9999.0
-                eccodes.codes_set(h, "missingValue", 9999.0)
-                eccodes.codes_set(h, "bitmapPresent", 1)
-                eccodes.codes_set_values(h, values)
-            eccodes.codes_write(h, out)
-            eccodes.codes_release(h)
+    grib_edit.with_missing_dew_point(source, holes)
     with pytest.raises(data.GribError, match=r"holes.grib2: field 'd2m' has 3 missing \(bitmap\)"):
         data.read_grib(holes)
     values = np.ones(SHAPE, np.float32) * 290.0

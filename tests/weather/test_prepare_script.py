@@ -10,12 +10,12 @@ import os
 import subprocess
 import sys
 
-import eccodes
 import numpy as np
 import pytest
 
 from jaxlab.weather import synthetic
 from tests.core import scripts_util
+from tests.weather import grib_edit
 
 SHAPE = (6, 8)
 T0 = dt.datetime(2024, 6, 1, 0)
@@ -30,23 +30,6 @@ def _write(path, hour: int = 0, shape=SHAPE, fields=None) -> str:
     fields = _fields(hour, shape) if fields is None else fields
     synthetic.write_file(str(path), fields, T0 + dt.timedelta(hours=hour), 9000.0)
     return str(path)
-
-
-def _with_missing_values(source: str, target: str) -> None:
-    """`source` with 3 points of its 2 m dew point marked missing (a GRIB2 bitmap)."""
-    with open(source, "rb") as f, open(target, "wb") as out:
-        while (h := eccodes.codes_grib_new_from_file(f)) is not None:
-            if (
-                eccodes.codes_get(h, "parameterNumber") == 6
-                and eccodes.codes_get(h, "typeOfFirstFixedSurface", ktype=int) == 103
-            ):
-                values = eccodes.codes_get_values(h)
-                values[:3] = 9999.0
-                eccodes.codes_set(h, "missingValue", 9999.0)
-                eccodes.codes_set(h, "bitmapPresent", 1)
-                eccodes.codes_set_values(h, values)
-            eccodes.codes_write(h, out)
-            eccodes.codes_release(h)
 
 
 def _bad_archive(case: str, directory) -> str:
@@ -65,7 +48,7 @@ def _bad_archive(case: str, directory) -> str:
         _write(bad, 3, shape=(6, 10))
     elif case == "missing_values":
         source = _write(directory / "source.tmp", 3)
-        _with_missing_values(source, str(bad))
+        grib_edit.with_missing_dew_point(source, str(bad))
         os.remove(source)
     elif case == "out_of_range":
         hot = _fields(3)
