@@ -47,6 +47,7 @@ from jaxlab.core.bundle_files import (  # noqa: F401 - the bundle's names, re-ex
     INFO_FILE,
     PARAMS_FILE,
     is_bundle,
+    read_config,
     read_info,
 )
 
@@ -182,18 +183,6 @@ def model_card(info: dict[str, Any]) -> str:
         "the task's README.\n\n"
         f"| metric at export | value |\n|---|---|\n{metrics or '| (none saved) | |'}\n"
     )
-
-
-def read_config(path: str) -> ml_collections.ConfigDict:
-    """The resolved config saved in a bundle or a workdir (`config.json`)."""
-    file = os.path.join(path, CONFIG_FILE)
-    if not os.path.isfile(file):
-        raise FileNotFoundError(
-            f"{path} has no {CONFIG_FILE}: it is neither a jaxlab bundle nor a workdir of a run "
-            "that recorded its config; pass --config as at training time."
-        )
-    with open(file) as f:
-        return ml_collections.ConfigDict(json.load(f))
 
 
 def load_model(

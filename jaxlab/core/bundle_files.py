@@ -11,6 +11,8 @@ import json
 import os
 from typing import Any
 
+import ml_collections
+
 from jaxlab.core import config as config_lib
 
 PARAMS_FILE = "params.safetensors"
@@ -31,3 +33,15 @@ def read_info(path: str) -> dict[str, Any]:
             return json.load(f)
     except (OSError, ValueError) as e:
         raise ValueError(f"{file}: not a readable jaxlab bundle description ({e}).") from e
+
+
+def read_config(path: str) -> ml_collections.ConfigDict:
+    """The resolved config saved in a bundle or a workdir (`config.json`)."""
+    file = os.path.join(path, CONFIG_FILE)
+    if not os.path.isfile(file):
+        raise FileNotFoundError(
+            f"{path} has no {CONFIG_FILE}: it is neither a jaxlab bundle nor a workdir of a run "
+            "that recorded its config; pass --config as at training time."
+        )
+    with open(file) as f:
+        return ml_collections.ConfigDict(json.load(f))

@@ -31,7 +31,6 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import importlib.util
-import json
 import os
 import time
 from collections.abc import Callable
@@ -215,12 +214,7 @@ def use_artefact(model: str, engine: str) -> bool:
 
 def bundle_config(model: str, task: str) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
     """(config.json, bundle.json) of a bundle, checked to hold a `task` model; no model code."""
-    file = os.path.join(model, bundle_files.CONFIG_FILE)
-    try:
-        with open(file) as f:
-            config = ml_collections.ConfigDict(json.load(f))
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{file}: not a readable jaxlab bundle config ({e}).") from e
+    config = bundle_files.read_config(model)
     if config.get("task") != task:
         raise ValueError(f"{model} holds a {config.get('task')} model; this needs a {task} model.")
     return config, bundle_files.read_info(model)

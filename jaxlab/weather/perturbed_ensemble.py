@@ -65,6 +65,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from jaxlab.core import bundle_files
 from jaxlab.core import mesh as mesh_lib
 from jaxlab.core import restore as restore_lib
 from jaxlab.weather import data, diffusion, ensemble, steps
@@ -154,7 +155,7 @@ class Network:
 
 def restore(config, mesh, workdir: str, mode: str, role: str) -> Network:
     """The `role` network of `workdir`, built from its recorded config after `check_run`."""
-    recorded = steps.read_recorded_config(workdir)
+    recorded = bundle_files.read_config(workdir)
     check_run(config, recorded, mode, role, workdir)
     recorded.eval.checkpoint = config.eval.checkpoint
     parts = steps.build(recorded, mesh, load_forecaster_params=False)

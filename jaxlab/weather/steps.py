@@ -40,11 +40,11 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from jaxlab.core import config as config_lib
 from jaxlab.core import mesh as mesh_lib
 from jaxlab.core import parts as parts_lib
 from jaxlab.core import restore, rng
 from jaxlab.core import state as state_lib
+from jaxlab.core.bundle_files import read_config as read_recorded_config
 from jaxlab.weather import data, diffusion, ensemble
 from jaxlab.weather import model as model_lib
 
@@ -359,17 +359,6 @@ def load_forecaster(config: ml_collections.ConfigDict, mesh) -> dict[str, Any]:
     state, _ = restore.restore_for_eval(recorded, workdir, fparts, which="latest")
     scale = data.residual_scale(state.extra)
     return {"params": state.extra["ema"], "std": scale["std"], "mean": scale["mean"]}
-
-
-def read_recorded_config(workdir: str) -> ml_collections.ConfigDict:
-    """The resolved config a training run recorded in `workdir/config.json`."""
-    path = os.path.join(workdir, config_lib.CONFIG_FILE)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"{path} not found: {workdir} is not the workdir of a training run."
-        )
-    with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
 
 
 # Keys a run recorded before they existed read as these (the behaviour of that time).

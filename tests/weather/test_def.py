@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 from jaxlab.configs import weather as weather_config
+from jaxlab.core import bundle_files, rng
 from jaxlab.core import mesh as mesh_lib
-from jaxlab.core import rng
 from jaxlab.weather import data, diffusion, perturbed_ensemble, steps
 from jaxlab.weather import model as model_lib
 from tests.weather.test_model import host_params
@@ -226,7 +226,7 @@ def test_authors_guidance_and_sampler_settings_read_back_from_the_runs_recorded_
     corrector on, no clipping; the def_authors evaluation's guidance is 0.5, one walk, and its
     comparison walks are 1, 3, 7."""
     workdir = record(weather_config.get_config("def_authors_perturbation"), str(tmp_path / "p"))
-    recorded = steps.read_recorded_config(workdir)
+    recorded = bundle_files.read_config(workdir)
     sched = diffusion.make_schedule(recorded.diffusion.schedule, recorded.diffusion.num_steps)
     settings = perturbed_ensemble.sampler_settings(recorded, sched)
     assert settings["timesteps"] == [999, 899, 799, 699, 599, 500, 400, 300, 200, 100]
