@@ -61,6 +61,7 @@ from jaxlab.cli.flags import (
     require_flags,
 )
 from jaxlab.core import config as config_lib
+from jaxlab.core import lock
 from jaxlab.core import task as task_lib
 from jaxlab.core.run_records import (
     record_evaluation,
@@ -128,14 +129,6 @@ def train_main(argv: list[str]) -> None:
         record_final_metrics(config, workdir, metrics)
 
 
-def check_workdir_is_a_folder(workdir: str) -> None:
-    """evaluate and export read a workdir: a file there is the one-line error train gives."""
-    if os.path.lexists(workdir) and not os.path.isdir(workdir):
-        from jaxlab.core import lock
-
-        lock.make_workdir(workdir)  # raises NotADirectoryError saying what a workdir must be
-
-
 def study_main(argv: list[str]) -> None:
     config, workdir, task = _open_run(argv, "study", "Study")
     task.main(config, workdir)
@@ -144,7 +137,7 @@ def study_main(argv: list[str]) -> None:
 def evaluate_main(argv: list[str]) -> None:
     _start(argv)
     require_flags("workdir")
-    check_workdir_is_a_folder(flag_value("workdir"))
+    lock.check_not_a_file(flag_value("workdir"))
     config = resolved_config(_ARGV, flag_value("allow_config_change"))
     workdir = flag_value("workdir")
     if flag_value("model"):
@@ -168,7 +161,7 @@ def export_main(argv: list[str]) -> None:
     """`jaxlab export --workdir=W --out=BUNDLE [--checkpoint=best|latest|STEP]`."""
     _start(argv)
     require_flags("workdir", "out")
-    check_workdir_is_a_folder(flag_value("workdir"))
+    lock.check_not_a_file(flag_value("workdir"))
     from jaxlab.core import bundle as bundle_lib
 
     config = resolved_config(_ARGV, flag_value("allow_config_change"))

@@ -86,6 +86,15 @@ def _is_dead_here(holder: dict | None) -> bool:
     return False
 
 
+def check_not_a_file(workdir: str) -> None:
+    """Raises NotADirectoryError saying what a workdir must be when `workdir` is a file."""
+    if os.path.lexists(workdir) and not os.path.isdir(workdir):
+        raise NotADirectoryError(
+            f"--workdir={workdir} is a file; the workdir must be a folder (a new one, or the "
+            "workdir of an earlier run). Pass another --workdir."
+        )
+
+
 def make_workdir(workdir: str) -> str:
     """Creates the run folder `workdir` (and its parents) when missing; returns it.
 
@@ -97,11 +106,7 @@ def make_workdir(workdir: str) -> str:
     """
     if os.path.isdir(workdir):
         return workdir
-    if os.path.lexists(workdir):
-        raise NotADirectoryError(
-            f"--workdir={workdir} is a file; the workdir must be a folder (a new one, or the "
-            "workdir of an earlier run). Pass another --workdir."
-        )
+    check_not_a_file(workdir)
     parent = os.path.dirname(os.path.abspath(workdir))
     while not os.path.lexists(parent):
         parent = os.path.dirname(parent)
