@@ -7,6 +7,12 @@ rows). A batch file is read memory-mapped on first use and kept in a small per-p
 the training order (`data_pipeline.FileBlockShuffle`) visits the data batch file by batch file,
 so a worker decodes one file at a time instead of all 660 at random.
 
+Events leave the reader one at a time (`IceCubeSource[i]`, a record) or many at a time as a *raw
+block* (`IceCubeSource.raw_block`, `raw_block`): the pulses of N events back to back,
+    sensor_id [P] int64, time [P] float64, charge [P] float64, auxiliary [P] bool,
+    pulse_count [N] int64, event_id [N] int64, azimuth [N] float64, zenith [N] float64,
+which `data_packing.EventProcessor.block` processes with a few NumPy calls for all N events.
+
 Pyarrow only. Every malformed input raises one error naming the file, the column and what was
 expected. Per-event processing and packing are in `data_packing.py`, the grain pipelines in
 `data_pipeline.py`.
@@ -264,6 +270,39 @@ def check_events_in_file(meta: dict[str, np.ndarray], columns: dict[str, np.ndar
         )
 
 
+def concat_ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """[sum(counts)] indices start[0]..start[0]+counts[0]-1, then start[1].., without a loop."""
+    counts = np.asarray(counts, np.int64)
+    shift = np.asarray(starts, np.int64) - (np.cumsum(counts) - counts)
+    return np.repeat(shift, counts) + np.arange(int(counts.sum()))
+
+
+def raw_block(records: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """Raw event records (`IceCubeSource[i]`'s layout) -> one raw block (module docstring)."""
+
+    def pulses(name: str, dtype: type) -> np.ndarray:
+        return np.concatenate([np.asarray(r[name]) for r in records]).astype(dtype)
+
+    return {
+        "sensor_id": pulses("sensor_id", np.int64),
+        "time": pulses("time", np.float64),
+        "charge": pulses("charge", np.float64),
+        "auxiliary": pulses("auxiliary", bool),
+        "pulse_count": np.array([len(r["time"]) for r in records], np.int64),
+        "event_id": np.array([int(r["event_id"]) for r in records], np.int64),
+        "azimuth": np.array([float(r["azimuth"]) for r in records], np.float64),
+        "zenith": np.array([float(r["zenith"]) for r in records], np.float64),
+    }
+
+
+def read_block(source: Any, indices: np.ndarray) -> dict[str, np.ndarray]:
+    """The raw block of records `indices` of `source`: its own `raw_block` when it has one
+    (`IceCubeSource`, gathered from the batch files), else its records stacked."""
+    if hasattr(source, "raw_block"):
+        return source.raw_block(indices)
+    return raw_block([source[int(i)] for i in indices])
+
+
 class IceCubeSource:
     """Random-access events of one split: record i is the i-th meta row.
 
@@ -346,6 +385,36 @@ class IceCubeSource:
             "batch_id": np.int64(batch_id),
             "azimuth": np.float64(meta["azimuth"][index] if self.has_labels else 0.0),
             "zenith": np.float64(meta["zenith"][index] if self.has_labels else 0.0),
+        }
+
+    def raw_block(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        """Records `indices`, in that order, as one raw block (the module docstring's layout).
+
+        The pulses of each run of records from one batch file are gathered with one fancy index;
+        the values equal those of `self[i]` record by record.
+        """
+        indices = np.asarray(indices, np.int64)
+        meta = self.meta
+        batch = meta["batch_id"][indices]
+        first = meta["first_pulse_index"][indices]
+        counts = meta["last_pulse_index"][indices] - first + 1
+        runs = np.flatnonzero(np.diff(batch)) + 1
+        parts: dict[str, list[np.ndarray]] = {name: [] for name in PULSE_COLUMNS}
+        for a, b in zip(np.append(0, runs), np.append(runs, len(indices)), strict=True):
+            columns = self._batch(int(batch[a]))  # checked as a whole when read
+            rows = concat_ranges(first[a:b], counts[a:b])
+            for name in PULSE_COLUMNS:
+                parts[name].append(columns[name][rows])
+        dtypes = {"sensor_id": np.int64, "time": np.float64, "charge": np.float64}
+        labels, zeros = self.has_labels, np.zeros(len(indices))
+        return {
+            name: np.concatenate(parts[name]).astype(dtypes.get(name, bool))
+            for name in PULSE_COLUMNS
+        } | {
+            "pulse_count": counts.astype(np.int64),
+            "event_id": meta["event_id"][indices].astype(np.int64),
+            "azimuth": meta["azimuth"][indices].astype(np.float64) if labels else zeros,
+            "zenith": meta["zenith"][indices].astype(np.float64) if labels else zeros,
         }
 
 
