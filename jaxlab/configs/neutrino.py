@@ -65,7 +65,9 @@ def paper() -> ml_collections.ConfigDict:
     config.data.dom_row_len = 128
     config.data.pack_events = 96
     config.data.num_threads = 2
-    config.data.prefetch = 64
+    config.data.prefetch = 64  # events read ahead (whole blocks, at least one per thread)
+    # Events processed together (one sort, one gather per block; jaxlab/neutrino/data_packing.py).
+    config.data.block_events = 1024
 
     # Synthetic dataset (jaxlab/neutrino/synthetic.py), used when data.synthetic is True.
     config.data.synth = ml_collections.ConfigDict()

@@ -5,15 +5,15 @@ the events inside each file (`FileBlockOrder`), so a worker decodes one file at 
 is cut into blocks of `block_events` consecutive events (`EventBlocks`, a grain MapDataset): a
 block is gathered from its batch file and processed (`data_packing.EventProcessor.block`) with a
 few NumPy calls, in grain's read threads or, with `workers` > 0, in worker processes
-(`mp_prefetch`, blocks interleaved back in order). Packing (`_PackIterator`) runs in the consuming
-process, in stream order, so the packs are the same for any thread or worker count. The pack
-iterator's checkpoint state is the block holding the first event not yet packed and how many of
-its events are packed, so a resume is exact.
+(`mp_prefetch`; worker w processes blocks w, w + W, ... and they are taken back in order).
+Packing (`_PackIterator`) runs in the consuming process, in stream order, so the packs are the
+same for any thread or worker count. The checkpoint state is the block holding the first event
+not yet packed and how many of its events are packed, `{"block": k, "skip": s}`, so a resume is
+exact, with any worker count.
 """
 
 from __future__ import annotations
 
-import copy
 import functools
 import math
 import sys
@@ -23,6 +23,7 @@ from typing import Any
 import grain
 import jax
 import numpy as np
+from absl import flags
 
 from jaxlab.core import rng
 from jaxlab.neutrino import data, data_packing
@@ -106,26 +107,51 @@ class EventBlocks(grain.MapDataset):
 
 
 class _PackIterator(grain.DatasetIterator):
-    """Processed event blocks -> packs, in stream order.
+    """`blocks` from block `next_block` on, read by grain threads or worker processes -> packs.
 
-    State: {"parent": the parent's state before the block holding the first event not yet packed,
-    "skip": how many of that block's events are packed}.
+    State: {"block": the block holding the first event not yet packed, "skip": how many of its
+    events are packed}, the same for any thread or worker count (a run may resume with another).
     """
 
-    def __init__(self, parent: grain.DatasetIterator, spec: data_packing.PackSpec):
-        super().__init__(parent)
+    def __init__(
+        self,
+        blocks: EventBlocks,
+        spec: data_packing.PackSpec,
+        options: grain.ReadOptions,
+        workers: int,
+    ):
+        super().__init__()
+        self._blocks, self._options, self._workers = blocks, options, workers
         self._packer = data_packing.Packer(spec)
-        self._blocks: list[tuple[Any, int, int]] = []  # (state before, first index, events)
-        self._skip = 0  # events to drop from the next block (after set_state)
+        self._stream: Any = None
+        self._next_block = 0  # index of the block the stream yields next
+        self._buffered: list[tuple[int, int, int]] = []  # (block, first buffer index, events)
+        self._skip = 0  # events of the next block already packed (after set_state)
+
+    def _open(self) -> None:
+        blocks = self._blocks[self._next_block :] if self._next_block else self._blocks
+        stream = blocks.to_iter_dataset(self._options)
+        if self._workers > 0:
+            if not flags.FLAGS.is_parsed():  # grain reads its absl flags; outside an absl app
+                flags.FLAGS.mark_as_parsed()  # (pytest, a notebook) their defaults apply
+            stream = stream.mp_prefetch(
+                grain.MultiprocessingOptions(
+                    num_workers=self._workers,
+                    per_worker_buffer_size=self._options.prefetch_buffer_size,
+                )
+            )
+        self._stream = iter(stream)
 
     def _extend(self) -> None:
-        state = copy.deepcopy(self._parent.get_state())
-        block = next(self._parent)
+        if self._stream is None:
+            self._open()
+        block = next(self._stream)
+        count = len(block["event_id"])
         dropped = self._packer.extend(block)
-        size = len(self._packer)
-        blocks = [(s, start - dropped, n) for s, start, n in self._blocks]
-        self._blocks = [b for b in blocks if b[1] + b[2] > 0]
-        self._blocks.append((state, size - len(block["event_id"]), len(block["event_id"])))
+        buffered = [(k, start - dropped, n) for k, start, n in self._buffered]
+        self._buffered = [b for b in buffered if b[1] + b[2] > 0]
+        self._buffered.append((self._next_block, len(self._packer) - count, count))
+        self._next_block += 1
         if self._skip:
             self._packer.skip(self._skip)
             self._skip = 0
@@ -135,34 +161,49 @@ class _PackIterator(grain.DatasetIterator):
             pack = self._packer.next_pack()
             if pack is not None:
                 return pack
-            try:
-                self._extend()
-            except StopIteration:
-                pack = self._packer.next_pack(final=True)
-                if pack is None:
-                    raise
-                return pack
+            self._extend()  # the blocks are endless
 
-    def get_state(self) -> Any:
+    def get_state(self) -> dict[str, int]:
         position = self._packer.position
-        for state, start, count in self._blocks:
+        for block, start, count in self._buffered:
             if position < start + count:
-                return {"parent": copy.deepcopy(state), "skip": position - start}
-        return {"parent": copy.deepcopy(self._parent.get_state()), "skip": self._skip}
+                return {"block": block, "skip": position - start}
+        return {"block": self._next_block, "skip": self._skip}
 
-    def set_state(self, state: Any) -> None:
-        self._parent.set_state(state["parent"])
+    def set_state(self, state: dict[str, Any]) -> None:
+        if not isinstance(state, dict) or not {"block", "skip"} <= set(state):
+            raise ValueError(
+                f"neutrino train iterator state {state!r}: expected {{'block': <block index>, "
+                "'skip': <events of it already packed>}."
+            )
+        self.close()
         self._packer = data_packing.Packer(self._packer.spec)
-        self._blocks, self._skip = [], int(state["skip"])
+        self._next_block, self._skip = int(state["block"]), int(state["skip"])
+        self._buffered = []
+
+    def close(self) -> None:
+        """Stops the readers (worker processes exit); the position is kept."""
+        close = getattr(self._stream, "close", None)
+        if callable(close):
+            close()
+        self._stream = None
 
 
 class PackIterDataset(grain.IterDataset):
-    def __init__(self, parent: grain.IterDataset, spec: data_packing.PackSpec):
-        super().__init__(parent)
-        self._spec = spec
+    """The packs of `blocks` (see `_PackIterator`)."""
+
+    def __init__(
+        self,
+        blocks: EventBlocks,
+        spec: data_packing.PackSpec,
+        options: grain.ReadOptions,
+        workers: int = 0,
+    ):
+        super().__init__()
+        self._blocks, self._spec, self._options, self._workers = blocks, spec, options, workers
 
     def __iter__(self) -> _PackIterator:
-        return _PackIterator(self._parent.__iter__(), self._spec)
+        return _PackIterator(self._blocks, self._spec, self._options, self._workers)
 
 
 def train_iterator(
@@ -182,8 +223,8 @@ def train_iterator(
     """Endless iterator of this process's batches: dicts of [packs_per_process, ...] arrays.
 
     `prefetch` events are read ahead (in whole blocks of `block_events`) by `num_threads`
-    threads; `workers` > 0 processes the blocks in that many grain worker processes instead
-    (`mp_prefetch`). The batches are the same for any of these settings.
+    threads; `workers` > 0 processes the blocks in that many grain worker processes
+    (`mp_prefetch`). The batches, and the checkpoint state, are the same for any of these.
     """
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
@@ -192,16 +233,13 @@ def train_iterator(
             f"data.packs_per_batch ({packs_per_batch}) must divide by the process count "
             f"({process_count})."
         )
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ValueError(f"data.workers is {workers!r}; expected a process count >= 0.")
     order = FileBlockOrder(source.batch_ids(), seed, process_index, process_count)
     blocks = EventBlocks(source, processor, order, block_events)
     ahead = max(1, num_threads, math.ceil(prefetch / block_events))
     options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=ahead)
-    stream = blocks.to_iter_dataset(options)
-    if workers > 0:
-        stream = stream.mp_prefetch(
-            grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=ahead)
-        )
-    packs = PackIterDataset(stream, spec)
+    packs = PackIterDataset(blocks, spec, options, workers)
     return iter(packs.batch(packs_per_batch // process_count, drop_remainder=True))
 
 

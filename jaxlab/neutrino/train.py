@@ -67,6 +67,10 @@ def sources(config: ml_collections.ConfigDict, workdir: str) -> trainer.Input:
         seed=config.seed,
         num_threads=config.data.num_threads,
         prefetch=config.data.prefetch,
+        block_events=config.data.block_events,
+        # Worker processes for the block processing; `data.workers` ("auto" included) resolves
+        # through jaxlab/data/pipeline.py where that key exists.
+        workers=int(config.data.get("workers", 0)),
     )
     logging.info("%d train / %d %s events", len(train_source), len(eval_source), config.eval.split)
     window = PackingWindow()
