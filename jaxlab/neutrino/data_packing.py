@@ -281,28 +281,31 @@ def _pulse_order(event: np.ndarray, sensor: np.ndarray, time: np.ndarray) -> np.
     return np.lexsort((time, sensor, event))
 
 
-def _fill_row(sizes: np.ndarray, row_len: int) -> np.ndarray:
-    """Indices (ascending) of the items one row of `row_len` takes when each, in order, goes in
-    if it still fits. Sizes are >= 1.
+def _fill_row(sizes: np.ndarray, row_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """(indices [k] ascending, first slots [k]) of the items one row of `row_len` takes when
+    each, in order, goes in if it still fits. Sizes are >= 1.
 
     A run of consecutive items that fit comes from one searchsorted on the running sum; after an
     item that does not fit, the next that does is found with one comparison; each step takes at
     least one item, and a row usually fills in one or two.
     """
-    total = np.cumsum(sizes)
-    runs, free, i = [], row_len, 0
+    total = sizes.cumsum()
+    runs, slots, free, i = [], [], row_len, 0
     while True:
         before = int(total[i - 1]) if i else 0
-        j = int(np.searchsorted(total, before + free, side="right"))  # items i..j-1 fit
+        j = int(total.searchsorted(before + free, side="right"))  # items i..j-1 fit
         runs.append(np.arange(i, j))
+        slots.append(total[i:j] - sizes[i:j] + (row_len - free - before))
         free -= int(total[j - 1]) - before
         if j + 1 >= len(sizes) or free <= 0:
             break
-        fits = np.flatnonzero(sizes[j + 1 :] <= free)  # item j did not fit
+        fits = (sizes[j + 1 :] <= free).nonzero()[0]  # item j did not fit
         if not len(fits):
             break
         i = j + 1 + int(fits[0])
-    return runs[0] if len(runs) == 1 else np.concatenate(runs)
+    if len(runs) == 1:
+        return runs[0], slots[0]
+    return np.concatenate(runs), np.concatenate(slots)
 
 
 def first_fit(
@@ -314,25 +317,26 @@ def first_fit(
     [n] (how many earlier items its row took). Items after one that fits nowhere are placed as if
     it had not been offered, so any prefix of the answer is the answer for that prefix.
     """
-    row = np.full(len(sizes), num_rows, np.int64)
-    offset = np.zeros(len(sizes), np.int64)
-    rank = np.zeros(len(sizes), np.int64)
-    left = np.arange(len(sizes))
+    n = len(sizes)
+    row = np.full(n, num_rows, np.int64)
+    offset = np.zeros(n, np.int64)
+    rank = np.zeros(n, np.int64)
+    start, left = 0, None  # items not yet placed: start.. while rows took prefixes, else `left`
     for r in range(num_rows):
-        if not len(left):
+        if (left is None and start == n) or (left is not None and not len(left)):
             break
-        left_sizes = sizes[left]
-        taken = _fill_row(left_sizes, row_len)
-        placed = left[taken]
+        taken, slots = _fill_row(sizes[start:] if left is None else sizes[left], row_len)
+        placed = taken + start if left is None else left[taken]
         row[placed] = r
-        offset[placed] = np.cumsum(left_sizes[taken]) - left_sizes[taken]
+        offset[placed] = slots
         rank[placed] = np.arange(len(placed))
-        if len(taken) == taken[-1] + 1:  # a prefix
-            left = left[len(taken) :]
-        else:
-            keep = np.ones(len(left), bool)
-            keep[taken] = False
-            left = left[keep]
+        if left is None and len(taken) == taken[-1] + 1:  # a prefix: the rest stays contiguous
+            start += len(taken)
+            continue
+        rest = np.arange(start, n) if left is None else left
+        keep = np.ones(len(rest), bool)
+        keep[taken] = False
+        left = rest[keep]
     return row, offset, rank
 
 
