@@ -73,18 +73,11 @@ MODEL_KEYS = (
 STAT_KEYS = ("pulse_segment", "dom_segment", "event_valid", "pulses_truncated", "doms_truncated")
 
 
+# Per-event int32 counters (before truncation, and what truncation dropped).
+COUNTER_KEYS = ("num_pulses", "num_doms", "pulses_truncated", "doms_truncated")
 # Per-event keys of a processed block ([N] or [N, 3]); the rest are pulses [P, 3], dom_lengths [D]
 # and dom_features [D, 4].
-EVENT_KEYS = (
-    "event_doms",
-    "event_pulses",
-    "direction",
-    "event_id",
-    "num_pulses",
-    "num_doms",
-    "pulses_truncated",
-    "doms_truncated",
-)
+EVENT_KEYS = ("event_doms", "event_pulses", "direction", "event_id", *COUNTER_KEYS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,7 +173,7 @@ def event_record(block: dict[str, np.ndarray], i: int) -> dict[str, Any]:
     dom_features [D, 4], direction [3], event_id and the counters as scalars."""
     d0, d1 = _offsets(block["event_doms"])[i : i + 2]
     p0, p1 = _offsets(block["event_pulses"])[i : i + 2]
-    scalars = {"event_id": np.int64} | {k: np.int32 for k in EVENT_KEYS[4:]}
+    scalars = {"event_id": np.int64} | {k: np.int32 for k in COUNTER_KEYS}
     return {
         "pulses": block["pulses"][p0:p1],
         "dom_lengths": block["dom_lengths"][d0:d1],
@@ -201,7 +194,7 @@ def events_block(events: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
         "event_pulses": np.array([len(e["pulses"]) for e in events], np.int64),
         "direction": np.stack([e["direction"] for e in events]).astype(np.float32),
     }
-    for key, dtype in [("event_id", np.int64)] + [(k, np.int32) for k in EVENT_KEYS[4:]]:
+    for key, dtype in [("event_id", np.int64)] + [(k, np.int32) for k in COUNTER_KEYS]:
         block[key] = np.array([e[key] for e in events], dtype)
     return block
 
@@ -461,7 +454,7 @@ class Packer:
         events = slice(p, p + count)
         pack["event_valid"][:count] = True
         pack["direction"][:count] = b["direction"][events]
-        for key in ("event_id", "num_pulses", "num_doms", "pulses_truncated", "doms_truncated"):
+        for key in ("event_id", *COUNTER_KEYS):
             pack[key][:count] = b[key][events]
         return pack
 
