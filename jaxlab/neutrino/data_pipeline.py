@@ -233,6 +233,8 @@ def train_iterator(
             f"data.packs_per_batch ({packs_per_batch}) must divide by the process count "
             f"({process_count})."
         )
+    if block_events < 1:
+        raise ValueError(f"data.block_events is {block_events}; expected >= 1 events per block.")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise ValueError(f"data.workers is {workers!r}; expected a process count >= 0.")
     order = FileBlockOrder(source.batch_ids(), seed, process_index, process_count)
