@@ -137,6 +137,23 @@ class FileEvents:
             "zenith": 0.0,
         }
 
+    def raw_block(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        """Events `indices` as one raw block (`data.raw_block`'s layout), gathered at once."""
+        starts = self.starts[indices]
+        counts = (self.ends[indices] - starts).astype(np.int64)
+        rows = data.concat_ranges(starts, counts)
+        c, zeros = self.columns, np.zeros(len(indices))
+        return {
+            "sensor_id": c["sensor_id"][rows].astype(np.int64),
+            "time": c["time"][rows].astype(np.float64),
+            "charge": c["charge"][rows].astype(np.float64),
+            "auxiliary": c["auxiliary"][rows].astype(bool),
+            "pulse_count": counts,
+            "event_id": self.event_ids[indices].astype(np.int64),
+            "azimuth": zeros,
+            "zenith": zeros,
+        }
+
 
 def cross_check_meta(meta_path: str, columns: dict[str, np.ndarray], event_ids) -> None:
     """The meta rows of this file's batch id own their rows, and cover every event of the file."""

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from jaxlab.configs import neutrino as neutrino_config
-from jaxlab.neutrino import data, data_packing, data_pipeline
+from jaxlab.neutrino import data, data_packing, data_pipeline, predict, synthetic
 
 from . import reference_packing as ref
 
@@ -199,6 +199,16 @@ def test_train_iterator_resumes_bitwise_inside_a_block(root):
         resumed.set_state(state)
         for a, b in zip([next(resumed) for _ in range(3)], batches, strict=True):
             _assert_same(a, b)
+
+
+def test_raw_blocks_gathered_from_files_equal_the_records_stacked(root):
+    source, _, _ = _pipeline(root)
+    indices = np.random.default_rng(0).permutation(len(source))[:70]  # both files, any order
+    _assert_same(source.raw_block(indices), data.raw_block([source[int(i)] for i in indices]))
+    columns = data.read_pulses(synthetic.batch_path(root, "train", 2), 5160)
+    events = predict.FileEvents(columns, *predict.event_runs(columns))
+    indices = np.arange(5, 60)
+    _assert_same(events.raw_block(indices), data.raw_block([events[int(i)] for i in indices]))
 
 
 def test_eval_batches_pack_the_split_in_order_like_the_reference(root):
