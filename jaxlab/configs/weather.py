@@ -43,7 +43,7 @@ Vary it:
     eval.def_authors_workdir / def_authors_perturb_workdir / def_authors_guidance /
     def_authors_walks, diffusion.spacing / corrector, data.spatial_standardise,
     model.use_hour / remat, train.ema_decay / objective / cond_drop / forecast_fraction /
-    forecaster_workdir.
+    forecaster_workdir, data.resident ("auto" | True | False: training states on the device).
   real data: python scripts/prepare_weather.py --grib_dir=<hrrr archive> --store=<dir>/hrrr.zarr
     then --config=weather:paper --config.data.dir=<dir> (data.dir must be set for real data).
 Benchmark logs (scripts/benchmark.py --tasks=weather --variant=paper): jaxlab/weather/README.md.

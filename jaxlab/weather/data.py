@@ -157,7 +157,8 @@ class PairSource:
     Record: {"cond": [H, W, C], "target": [H, W, C] (standardised), "lead": [] float32 hours,
     "index": [] int32}. Pairs whose verifying time is missing from the store (a skipped or absent
     file) are left out, logged and counted (`pairs_lost`, per lead). The store is opened lazily;
-    small stores are read once into memory.
+    small stores are read once into memory. Otherwise a state read is seven whole-chunk reads
+    (the store holds one time step per chunk), cropped after: chunk-aligned by construction.
     """
 
     def __init__(

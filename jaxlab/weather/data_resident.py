@@ -115,7 +115,7 @@ def decide(
     shard = -(-num_times // data_size) * state_bytes
     gib = 2**30
 
-    def plan(placement: str, device_bytes: int, reason: str) -> Plan:
+    def result(placement: str, device_bytes: int, reason: str) -> Plan:
         return Plan(placement, num_times, total, device_bytes, budget_bytes, reason)
 
     sizes = (
@@ -123,23 +123,23 @@ def decide(
         f"({shard / gib:.2f} GiB a device sharded over {data_size})"
     )
     if mode is False:
-        return plan("streamed", 0, "config.data.resident = False")
+        return result("streamed", 0, "config.data.resident = False")
     if budget_bytes is None:
         if mode is True:
-            return plan("replicated", total, f"config.data.resident = True; {sizes}; {source}")
-        return plan("streamed", 0, f"{source}: auto streams ({sizes})")
+            return result("replicated", total, f"config.data.resident = True; {sizes}; {source}")
+        return result("streamed", 0, f"{source}: auto streams ({sizes})")
     within = f"{sizes}; budget {budget_bytes / gib:.2f} GiB a device from {source}"
     if total <= budget_bytes:
-        return plan("replicated", total, within)
+        return result("replicated", total, within)
     if data_size > 1 and shard <= budget_bytes:
-        return plan("sharded", shard, within)
+        return result("sharded", shard, within)
     if mode is True:
         raise ValueError(
             f"config.data.resident = True, but the store does not fit the devices: {within}. "
             "Set config.data.resident='auto' (stream from Zarr), use more devices on the data "
             "axis, or raise config.data.resident_fraction / resident_budget_mb."
         )
-    return plan("streamed", 0, f"does not fit: {within}")
+    return result("streamed", 0, f"does not fit: {within}")
 
 
 def num_times(source: data.PairSource) -> int:
@@ -176,8 +176,8 @@ class ResidentStore:
     sharded: bool
 
 
-def load(source: data.PairSource, plan_: Plan, mesh, crop: tuple[int, ...]) -> ResidentStore:
-    """The training states 0 .. T - 1 on `mesh` as `plan_` places them.
+def load(source: data.PairSource, chosen: Plan, mesh, crop: tuple[int, ...]) -> ResidentStore:
+    """The training states 0 .. T - 1 on `mesh` as `chosen` (a resident `Plan`) places them.
 
     Each state is `source.state(t)`, the array the streamed path reads, so the bits are the
     same. Each process reads only the times its devices hold (sharded: T / data-axis devices;
@@ -185,9 +185,9 @@ def load(source: data.PairSource, plan_: Plan, mesh, crop: tuple[int, ...]) -> R
     times at a time (devices holding the same times share one read); host memory peaks at
     one device's share.
     """
-    t_total = plan_.num_times
+    t_total = chosen.num_times
     ny, nx, c = source.shape
-    sharded = plan_.placement == "sharded"
+    sharded = chosen.placement == "sharded"
     data_size = int(dict(mesh.shape).get(DATA_AXIS, 1)) if sharded else 1
     padded = -(-t_total // data_size) * data_size
     spec = PartitionSpec(DATA_AXIS) if sharded else PartitionSpec()
@@ -222,11 +222,11 @@ def load(source: data.PairSource, plan_: Plan, mesh, crop: tuple[int, ...]) -> R
         ny,
         nx,
         c,
-        plan_.store_bytes / 2**30,
+        chosen.store_bytes / 2**30,
         "sharded over 'data'" if sharded else "replicated",
         seconds,
-        plan_.store_bytes / 2**30 / max(seconds, 1e-9),
-        plan_.reason,
+        chosen.store_bytes / 2**30 / max(seconds, 1e-9),
+        chosen.reason,
     )
     size = tuple(int(s) for s in crop) or (ny, nx)
     return ResidentStore(states=array, hours=hours, crop=size, sharded=sharded)
