@@ -43,7 +43,7 @@ Vary it:
     eval.def_authors_workdir / def_authors_perturb_workdir / def_authors_guidance /
     def_authors_walks, diffusion.spacing / corrector, data.spatial_standardise,
     model.use_hour / remat, train.ema_decay / objective / cond_drop / forecast_fraction /
-    forecaster_workdir.
+    forecaster_workdir, data.resident ("auto" | True | False: training states on the device).
   real data: python scripts/prepare_weather.py --grib_dir=<hrrr archive> --store=<dir>/hrrr.zarr
     then --config=weather:paper --config.data.dir=<dir> (data.dir must be set for real data).
 Benchmark logs (scripts/benchmark.py --tasks=weather --variant=paper): jaxlab/weather/README.md.
@@ -78,6 +78,14 @@ def demo() -> ml_collections.ConfigDict:
     config.data.leads = (1,)  # lead times (hours) of training pairs; leads[0] for evaluation
     config.data.crop = (32, 32)  # random training crop (y, x); () trains on the full grid
     config.data.preload_max_mb = 512.0  # stores up to this size are read into memory once
+    # Training states on the devices, pairs and crops gathered in the jitted step (weather
+    # README, "Data on the device"): "auto" when they fit (replicated, else sharded over the
+    # data axis), True insists, False streams from Zarr. The fit: `resident_fraction` of each
+    # device's free memory (memory_stats), else `resident_budget_mb` a device (CPU: none, so
+    # "auto" streams there). Either mode trains bit for bit the same.
+    config.data.resident = ml_collections.FieldReference("auto", field_type=object)
+    config.data.resident_fraction = 0.5
+    config.data.resident_budget_mb = 0.0
     # Standardise every state per sample and channel over the grid (DEF as its authors run it,
     # variants def_authors_*); False: the training period's per-variable standardisation only.
     config.data.spatial_standardise = False

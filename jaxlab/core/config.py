@@ -52,6 +52,8 @@ RESUME_HARMLESS_KEYS = (
     "train.eval_every_epochs",
     "mesh",
     "fsdp_min_size",
+    # weather: training states on the device or streamed; the same inputs bit for bit.
+    "data.resident",
 )
 # Keys an evaluation may change against the trained run's recorded config without a flag.
 EVAL_KEYS = ("eval.",)

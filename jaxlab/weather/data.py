@@ -157,7 +157,8 @@ class PairSource:
     Record: {"cond": [H, W, C], "target": [H, W, C] (standardised), "lead": [] float32 hours,
     "index": [] int32}. Pairs whose verifying time is missing from the store (a skipped or absent
     file) are left out, logged and counted (`pairs_lost`, per lead). The store is opened lazily;
-    small stores are read once into memory.
+    small stores are read once into memory. Otherwise a state read is seven whole-chunk reads
+    (the store holds one time step per chunk), cropped after: chunk-aligned by construction.
     """
 
     def __init__(
@@ -243,6 +244,21 @@ def residual_std(source: PairSource, max_pairs: int = 256) -> np.ndarray:
     return np.maximum(diffs.reshape(-1, diffs.shape[-1]).std(0), 1e-3).astype(np.float32)
 
 
+def crop_offsets(
+    size: tuple[int, int], grid: tuple[int, int], rng: np.random.Generator
+) -> tuple[int, int]:
+    """(y0, x0) of a random `size` crop of a `grid` (y, x), uniform over every position.
+
+    The one draw of the training crops: the streamed path (`random_crop`) cuts the crop out of
+    the record on the host, the device-resident path (`data_resident.crop_columns`) sends the
+    offsets to the step, which slices on the device; both draw from the same generator the
+    same way, so their crops are the same."""
+    (h, w), (ny, nx) = size, grid
+    if h > ny or w > nx:
+        raise ValueError(f"crop {tuple(size)} larger than the grid {(ny, nx)}.")
+    return int(rng.integers(0, ny - h + 1)), int(rng.integers(0, nx - w + 1))
+
+
 def random_crop(size: tuple[int, int] | None):
     """`random_transform` for the train iterator: the same crop of cond and target."""
 
@@ -250,10 +266,7 @@ def random_crop(size: tuple[int, int] | None):
         if not size:
             return record
         h, w = size
-        ny, nx = record["cond"].shape[:2]
-        if h > ny or w > nx:
-            raise ValueError(f"crop {size} larger than the grid {(ny, nx)}.")
-        y0, x0 = int(rng.integers(0, ny - h + 1)), int(rng.integers(0, nx - w + 1))
+        y0, x0 = crop_offsets((h, w), record["cond"].shape[:2], rng)
         out = dict(record)
         for key in ("cond", "target"):
             out[key] = record[key][y0 : y0 + h, x0 : x0 + w]

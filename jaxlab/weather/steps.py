@@ -45,7 +45,7 @@ from jaxlab.core import parts as parts_lib
 from jaxlab.core import restore, rng
 from jaxlab.core import state as state_lib
 from jaxlab.core.bundle_files import read_config as read_recorded_config
-from jaxlab.weather import data, diffusion, ensemble
+from jaxlab.weather import data, data_resident, diffusion, ensemble
 from jaxlab.weather import model as model_lib
 
 
@@ -391,6 +391,55 @@ def config_mismatches(recorded, expected: dict[str, Any]) -> list[str]:
     return bad
 
 
+def train_function(config: ml_collections.ConfigDict, loss_fn: Callable, tx: Any) -> Callable:
+    """`train_step` with the config's settings bound: (state, batch) -> (state, metrics)."""
+    return functools.partial(
+        train_step, loss_fn=loss_fn, tx=tx, ema_decay=config.train.ema_decay, seed=config.seed
+    )
+
+
+def resident_train_step(
+    config: ml_collections.ConfigDict,
+    mesh: jax.sharding.Mesh,
+    parts: parts_lib.Parts[Extras],
+    store: data_resident.ResidentStore,
+) -> Callable:
+    """`parts.train_step` for device-resident data: (state, rows) -> (state, metrics), where
+    rows [B, 6] int32 (`data_resident.COLUMNS`, split over the batch axes) say which pairs and
+    crops; one jit gathers them from `store` (`data_resident.gather`) and takes the step, so
+    the host sends B x 24 bytes a step. The state is donated, the store is not (every step
+    reads it). Same metrics, "lr" included, as the streamed step.
+    """
+    loss_fn = loss_function(config, parts.model, parts.extras.schedule)
+    step_fn = parts_lib.with_learning_rate(
+        train_function(config, loss_fn, parts.optimizer), config.optim, parts.num_steps
+    )
+
+    def step(state, states, hours, rows):
+        batch = data_resident.gather(
+            states, hours, rows, crop=store.crop, mesh=mesh, sharded=store.sharded
+        )
+        return step_fn(state, batch)
+
+    replicated = mesh_lib.replicated(mesh)
+    jitted = jax.jit(
+        step,
+        in_shardings=(
+            parts.shardings,
+            store.states.sharding,
+            replicated,
+            mesh_lib.data_sharding(mesh),
+        ),
+        out_shardings=(parts.shardings, replicated),
+        donate_argnums=0,
+    )
+
+    def train_step_on_rows(state, batch):
+        return jitted(state, store.states, store.hours, batch["rows"])
+
+    return train_step_on_rows
+
+
 def build(
     config: ml_collections.ConfigDict,
     mesh: jax.sharding.Mesh,
@@ -438,16 +487,13 @@ def build(
         forecaster=forecaster,
     )
     loss_fn = loss_function(config, model, schedule)
-    train_fn = functools.partial(
-        train_step, loss_fn=loss_fn, tx=tx, ema_decay=config.train.ema_decay, seed=config.seed
-    )
     return parts_lib.assemble(
         config,
         mesh,
         model,
         tx,
         init_fn,
-        train_fn,
+        train_function(config, loss_fn, tx),
         functools.partial(eval_step, loss_fn=loss_fn, seed=config.seed),
         run_schedule,
         eval_extra_args=1,

@@ -2,13 +2,16 @@
 
 `sources` converts GRIB2 to Zarr (synthetic when configured), pairs states at the configured
 leads, crops them at random and measures the residual scale of the training pairs (which `build`
-puts into a *new* state; a resumed one has its own, in the checkpoint). The EMA of the params is
+puts into a *new* state; a resumed one has its own, in the checkpoint). With `data.resident`
+(`data_resident.py`) the training states are loaded onto the devices once and the host sends
+only index rows; the step's inputs are bit for bit the streamed path's. The EMA of the params is
 updated inside the step (steps.py); the evaluation inside the loop scores the EMA params, the
 ones ensembles are drawn with, and its figure shows members sampled with them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from typing import Any
 
@@ -18,10 +21,11 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from jaxlab.core import mesh as mesh_lib
 from jaxlab.core import rng, trainer
 from jaxlab.core import writer as writer_lib
 from jaxlab.data import pipeline
-from jaxlab.weather import data, ensemble, evaluate, plots, steps
+from jaxlab.weather import data, data_resident, ensemble, evaluate, plots, steps
 
 
 def members_image(step_fn, state, source, config, step: int) -> dict[str, np.ndarray]:
@@ -52,33 +56,61 @@ def members_image(step_fn, state, source, config, step: int) -> dict[str, np.nda
 
 
 def sources(config: ml_collections.ConfigDict, workdir: str) -> trainer.Input:
-    """Random crops of the training pairs, the eval pairs, and the residual scale for `build`."""
+    """Random crops of the training pairs, the eval pairs, and the residual scale for `build`.
+
+    When `data_resident.plan` places the training states on the devices (`data.resident`), the
+    train iterator yields only index rows {"rows": [B, 6] int32} drawn exactly as the streamed
+    records are, and `build` gets the loaded store (its train step gathers from it)."""
     store = data.prepare(config, workdir)
     leads, preload = tuple(config.data.leads), config.data.preload_max_mb
-    train_source = data.WithHour(data.PairSource(store, "train", leads, preload))
+    pairs = data.PairSource(store, "train", leads, preload)
+    train_source = data.WithHour(pairs)
     eval_source = data.WithHour(data.PairSource(store, config.eval.split, leads, preload))
-    data.check_grid(train_source.source, store, config.data.shape)
-    train_iter = pipeline.train_iterator(
-        train_source,
-        global_batch_size=config.train.global_batch_size,
-        seed=config.seed,
-        random_transform=data.random_crop(tuple(config.data.crop)),
-    )
-    residual_std = data.residual_std(train_source.source)
-    residual_mean = data.residual_mean(train_source.source, residual_std)
+    data.check_grid(pairs, store, config.data.shape)
+    residual_std = data.residual_std(pairs)
+    residual_mean = data.residual_mean(pairs, residual_std)
     logging.info("Residual std per variable %s: %s", data.VARIABLES, np.round(residual_std, 3))
     logging.info("Scaled residual mean: %s", np.round(residual_mean, 3))
+    build_kwargs = {"residual_std": residual_std, "residual_mean": residual_mean}
+    crop = tuple(config.data.crop)
+    mesh = mesh_lib.make_mesh(config.mesh)
+    placement = data_resident.plan(config, pairs, mesh)
+    logging.info("Training data placement: %s (%s)", placement.placement, placement.reason)
+    if placement.resident:
+        build_kwargs["resident"] = data_resident.load(pairs, placement, mesh, crop)
+        records = data_resident.IndexSource(pairs)
+        random_transform = data_resident.crop_columns(crop, pairs.shape[:2])
+    else:
+        records, random_transform = train_source, data.random_crop(crop)
+    train_iter = pipeline.train_iterator(
+        records,
+        global_batch_size=config.train.global_batch_size,
+        seed=config.seed,
+        random_transform=random_transform,
+    )
     return trainer.Input(
         train_iter=train_iter,
         eval_source=eval_source,
-        build_kwargs={"residual_std": residual_std, "residual_mean": residual_mean},
+        build_kwargs=build_kwargs,
+        model_inputs=rows_batch if placement.resident else None,
         info={"sampler": None},  # the figure's sampler, built at the first figure
     )
 
 
-def build(config, mesh, *, residual_std, residual_mean):
-    """`steps.build` with the training pairs' residual scale (for a new state)."""
-    return steps.build(config, mesh, residual_std, residual_mean)
+def rows_batch(rows: np.ndarray) -> dict[str, np.ndarray]:
+    """The resident train step's input: the index pipeline's rows [B, 6] under "rows"."""
+    return {"rows": rows}
+
+
+def build(config, mesh, *, residual_std, residual_mean, resident=None):
+    """`steps.build` with the training pairs' residual scale (for a new state); with a
+    device-resident store (`sources`), its train step takes index rows and gathers on device."""
+    parts = steps.build(config, mesh, residual_std, residual_mean)
+    if resident is None:
+        return parts
+    return dataclasses.replace(
+        parts, train_step=steps.resident_train_step(config, mesh, parts, resident)
+    )
 
 
 def evaluate_during_training(config, parts, state, inputs: trainer.Input, mesh, train_window):
