@@ -106,6 +106,14 @@ def _shared() -> ml_collections.ConfigDict:
     d.year_center = 2019.0  # normalised year = (year - center) / scale
     d.year_scale = 3.0
     d.cache_records = False  # keep decoded records in memory (small datasets only)
+    # Model-ready cache of the training and validation windows (vegetation/cache.py), written by
+    # `jaxlab prepare` or on the first `train`: "auto" (use; build when missing; rebuild when stale
+    # in the workdir, refuse when stale in data.cache_dir), "rebuild" (always) or "off" (read the
+    # cubes every time). Context and target deltas as uint16 codes on a per-window scale
+    # (|error| <= half a step, ~2e-5) or float32 (exact).
+    d.cache = "auto"
+    d.cache_dir = ""  # default <workdir>/cache; never inside data.dir
+    d.cache_dtype = "uint16"
     # Synthetic cubes (written when data.synthetic).
     d.synthetic_size = 128
     d.synthetic_cubes = (("train", 12), ("val_chopped", 4), ("ood-t_chopped", 4))

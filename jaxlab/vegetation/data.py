@@ -352,6 +352,13 @@ class CubeSource:
         index = int(index)
         if index in self._cache:
             return self._cache[index]
+        record = self.build_record(index)
+        if self.config.data.cache_records:
+            self._cache[index] = record
+        return record
+
+    def build_record(self, index: int) -> dict[str, np.ndarray]:
+        """Record `index` read and computed from its cube (never kept in memory)."""
         if self.norm is None:
             raise ValueError("CubeSource needs a Normalisation to build records.")
         d = self.config.data
@@ -363,8 +370,6 @@ class CubeSource:
         record["target_mask"] = target_clear.astype(np.float32)
         record["target_delta"] = delta.astype(np.float32)
         record["index"] = np.int32(index)
-        if d.cache_records:
-            self._cache[index] = record
         return record
 
 
@@ -388,6 +393,22 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> str:
         root = ownership.claim_synthetic_dir(root)
         write_synthetic(config, root)
     return root
+
+
+def prepare_cache(config: ml_collections.ConfigDict, workdir: str) -> str:
+    """`jaxlab prepare`: the model-ready caches of the training and validation tracks (cache.py),
+    after the normalisation they depend on; returns the cache folders ("" with data.cache=off)."""
+    from jaxlab.vegetation import cache  # cache.py reads records with this module
+
+    cache.check_mode(config)
+    if config.data.cache == "off":
+        return ""
+    root = data_dir(config, workdir)
+    norm = normalisation(config, workdir, root)
+    folders = []
+    for track in (config.data.train_track, config.data.val_track):
+        folders.append(cache.load(config, workdir, root, track, norm).folder)
+    return ", ".join(folders)
 
 
 def write_synthetic(

@@ -25,7 +25,7 @@ from absl import logging
 from jaxlab.core import steps_jit, trainer
 from jaxlab.core.writer import figure_to_image
 from jaxlab.data import pipeline
-from jaxlab.vegetation import data, evaluate, plots, steps
+from jaxlab.vegetation import cache, data, evaluate, plots, steps
 
 NUM_STRIP_DATES = 4  # target dates in the validation figure
 
@@ -55,11 +55,12 @@ def forecast_image(
 
 
 def sources(config: ml_collections.ConfigDict, workdir: str) -> trainer.Input:
-    """Training windows (shuffled afresh each epoch) and validation cubes, normalised."""
+    """Training windows (shuffled afresh each epoch) and validation cubes, normalised; read from
+    the model-ready cache (built on first use, see cache.py) unless data.cache = "off"."""
     root = data.prepare(config, workdir)
     norm = data.normalisation(config, workdir, root)
-    train_source = data.load(config, root, config.data.train_track, norm)
-    val_source = data.load(config, root, config.data.val_track, norm)
+    train_source = cache.load(config, workdir, root, config.data.train_track, norm)
+    val_source = cache.load(config, workdir, root, config.data.val_track, norm)
     train_iter = pipeline.train_iterator(
         train_source, global_batch_size=config.train.global_batch_size, seed=config.seed
     )
