@@ -114,6 +114,7 @@ def _shared() -> ml_collections.ConfigDict:
     d.cache = "auto"
     d.cache_dir = ""  # default <workdir>/cache; never inside data.dir
     d.cache_dtype = "uint16"
+    d.cache_build_workers = 0  # processes writing the cache (-1: one per CPU core; 0: in-process)
     # Synthetic cubes (written when data.synthetic).
     d.synthetic_size = 128
     d.synthetic_cubes = (("train", 12), ("val_chopped", 4), ("ood-t_chopped", 4))
@@ -165,6 +166,7 @@ def paper() -> ml_collections.ConfigDict:
     """The original setup on the real GreenEarthNet data."""
     config = _shared()
     config.data.synthetic = False  # data.dir must name the GreenEarthNet download
+    config.data.cache_build_workers = -1  # the cache of the real data: every core
     config.train.global_batch_size = config.eval.global_batch_size = 32
     return config
 

@@ -235,9 +235,13 @@ def test_stale_cache_in_a_configured_folder_is_refused(user_data, norm, tmp_path
         cache.load(_config(user_data, cache_dtype="float16"), workdir, user_data, "train", norm)
 
 
-def test_prepare_builds_both_caches_and_leaves_the_user_folder_untouched(user_data, norm, tmp_path):
+def test_prepare_builds_both_caches_and_leaves_the_user_folder_untouched(
+    user_data, norm, uint16_cache, tmp_path
+):
+    """`jaxlab prepare`'s cache step, here with build worker processes: the same bytes as the
+    in-process build, found fresh by train, and not one byte of the data folder changed."""
     before = _snapshot(user_data)
-    config = _config(user_data)
+    config = _config(user_data, cache_build_workers=2)
     workdir = str(tmp_path)
     norm.save(os.path.join(workdir, "normalisation.json"))  # as computed by train (fixture)
     folders = data.prepare_cache(config, workdir).split(", ")
@@ -248,6 +252,10 @@ def test_prepare_builds_both_caches_and_leaves_the_user_folder_untouched(user_da
     build = manifest["build"]
     assert build["windows"] == 8 and build["bytes_per_window"] > 0
     assert manifest["format_version"] == cache.FORMAT_VERSION
+    assert build["worker_processes"] == 1  # 8 windows: one process (at most one per 8)
+    in_process = uint16_cache[2].arrays()
+    for name, array in cache.CachedSource(folders[0], manifest, config, norm).arrays().items():
+        np.testing.assert_array_equal(array, in_process[name], err_msg=name)
     assert len(manifest["files"]) == 8 and all(size > 0 for _, size, _ in manifest["files"])
     json.dumps(manifest)  # plain JSON
     # train's first use finds them fresh (no rebuild); reading changes nothing in the data folder.
