@@ -38,7 +38,9 @@ Variants:
 Vary: `--config.data.dir`, `--config.data.cloud_mask` (s2_mask, s2_SCL, s2_dlmask, official),
 `--config.model.hidden`, `--config.train.num_epochs`, `--config.eval.early_stopping_patience`,
 `--config.eval.split`, `--config.eval.checkpoint` (best, latest or a step),
-`--config.eval.climatology_dir`. Benchmark numbers: jaxlab/vegetation/README.md.
+`--config.eval.climatology_dir`, `--config.data.cache` (auto, rebuild, off),
+`--config.data.cache_dir`.
+Benchmark numbers and the record cache: jaxlab/vegetation/README.md.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Training of the vegetation task (epochs, plateau LR, early stopping): what it gives
 `core/trainer.py`, which owns the loop.
 
-`sources` writes synthetic cubes first when configured and fits the normalisation on the training
-track (saved in the workdir); `build` sizes the schedule in epochs of the training windows. Every
+`sources` writes synthetic cubes first when configured, fits the normalisation on the training
+track (saved in the workdir) and reads the windows from the record cache (cache.py, built on
+first use); `build` sizes the schedule in epochs of the training windows. Every
 `train.eval_every_epochs` epochs the trainer computes the validation loss
 (`evaluate_during_training`), logs the NDVI forecast of the first validation cube against its
 target on a few target dates (`figure`, `eval/ndvi_forecast`), updates early stopping on
