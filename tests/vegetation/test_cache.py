@@ -6,6 +6,7 @@ configured cache folder, and a user's data folder is left byte-for-byte untouche
 import hashlib
 import json
 import os
+import pickle
 
 import jax
 import numpy as np
@@ -151,7 +152,8 @@ def test_quantise_bound_on_planted_values():
 
 def test_resumed_iterator_over_the_cache_is_bitwise(user_data, norm, uint16_cache):
     """The iterator state saved after 3 batches, restored on a new iterator over the cache
-    reopened from disk (as after a restart), continues with bitwise the same batches."""
+    reopened from disk (as after a restart) and pickled (as for a worker process), continues
+    with bitwise the same batches."""
     config, workdir, source = uint16_cache
     kwargs = dict(global_batch_size=4, seed=0, process_index=0, process_count=1)
     first = pipeline.train_iterator(source, **kwargs)
@@ -161,6 +163,10 @@ def test_resumed_iterator_over_the_cache_is_bitwise(user_data, norm, uint16_cach
     want = [next(first) for _ in range(3)]
     reopened = cache.load(config, workdir, user_data, "train", norm)
     assert _built_at(reopened) == _built_at(source)  # fresh: not rebuilt
+    # As a worker process gets it: pickled without its mapped arrays, which it maps itself.
+    reopened.arrays()
+    reopened = pickle.loads(pickle.dumps(reopened))
+    assert reopened._arrays is None
     second = pipeline.train_iterator(reopened, **kwargs)
     second.set_state(state)
     for batch in want:
