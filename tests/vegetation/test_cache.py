@@ -11,6 +11,7 @@ import pickle
 import jax
 import numpy as np
 import pytest
+import xarray as xr
 
 from jaxlab.data import pipeline
 from jaxlab.vegetation import cache, data
@@ -271,3 +272,32 @@ def test_prepare_builds_both_caches_and_leaves_the_user_folder_untouched(
     for i in range(len(source)):
         source[i]
     assert _snapshot(user_data) == before
+
+
+def test_overlapping_windows_of_a_long_cube(norm, tmp_path):
+    """A 300-day train cube with data.train_window_stride=75 gives windows on days 0, 75, 150
+    (the time length read by h5py, or by xarray for a NetCDF3 file); each is cached whole
+    (its BAP restarts at the window start) and equals the reader's record bitwise."""
+    first = helpers.cube(seed=1)
+    # The next 150 days: the same values again (a valid cube; windows across the seam differ).
+    later = first.time.values + np.timedelta64(150, "D")
+    second = first.assign_coords(time=later)
+    long = xr.concat(
+        [first, second], dim="time", data_vars="minimal", coords="minimal", compat="override"
+    )  # static variables (land cover, DEM) once
+    root = str(tmp_path / "long")
+    path = helpers.write_cube(root, long, track="train")
+    netcdf3 = str(tmp_path / "classic.nc")
+    long[["s2_B02"]].to_netcdf(netcdf3, engine="scipy")
+    assert data.num_days(path, "h5netcdf") == data.num_days(netcdf3, "scipy") == 300
+
+    config = _config(root, train_window_stride=75, cache_dtype="float32")
+    direct = data.load(config, root, "train", norm)
+    assert direct.items == [(path, 0), (path, 75), (path, 150)]
+    cached = cache.load(config, str(tmp_path / "run"), root, "train", norm)
+    assert cached.items == direct.items
+    for i in range(3):
+        want, got = direct.build_record(i), cached[i]
+        for key in want:
+            np.testing.assert_array_equal(got[key], want[key], err_msg=(i, key))
+    assert not np.array_equal(cached[0]["context"], cached[1]["context"])  # distinct windows
