@@ -38,7 +38,9 @@ Variants:
 Vary: `--config.data.dir`, `--config.data.cloud_mask` (s2_mask, s2_SCL, s2_dlmask, official),
 `--config.model.hidden`, `--config.train.num_epochs`, `--config.eval.early_stopping_patience`,
 `--config.eval.split`, `--config.eval.checkpoint` (best, latest or a step),
-`--config.eval.climatology_dir`. Benchmark numbers: jaxlab/vegetation/README.md.
+`--config.eval.climatology_dir`, `--config.data.cache` (auto, rebuild, off),
+`--config.data.cache_dir`.
+Benchmark numbers and the record cache: jaxlab/vegetation/README.md.
 """
 
 from __future__ import annotations
@@ -106,6 +108,15 @@ def _shared() -> ml_collections.ConfigDict:
     d.year_center = 2019.0  # normalised year = (year - center) / scale
     d.year_scale = 3.0
     d.cache_records = False  # keep decoded records in memory (small datasets only)
+    # Model-ready cache of the training and validation windows (vegetation/cache.py), written by
+    # `jaxlab prepare` or on the first `train`: "auto" (use; build when missing; rebuild when stale
+    # in the workdir, refuse when stale in data.cache_dir), "rebuild" (always) or "off" (read the
+    # cubes every time). Context and target deltas as uint16 codes on a per-window scale
+    # (|error| <= half a step, ~2e-5) or float32 (exact).
+    d.cache = "auto"
+    d.cache_dir = ""  # default <workdir>/cache; never inside data.dir
+    d.cache_dtype = "uint16"
+    d.cache_build_workers = 0  # processes writing the cache (-1: one per CPU core; 0: in-process)
     # Synthetic cubes (written when data.synthetic).
     d.synthetic_size = 128
     d.synthetic_cubes = (("train", 12), ("val_chopped", 4), ("ood-t_chopped", 4))
@@ -157,6 +168,7 @@ def paper() -> ml_collections.ConfigDict:
     """The original setup on the real GreenEarthNet data."""
     config = _shared()
     config.data.synthetic = False  # data.dir must name the GreenEarthNet download
+    config.data.cache_build_workers = -1  # the cache of the real data: every core
     config.train.global_batch_size = config.eval.global_batch_size = 32
     return config
 

@@ -1,8 +1,9 @@
 """Training of the vegetation task (epochs, plateau LR, early stopping): what it gives
 `core/trainer.py`, which owns the loop.
 
-`sources` writes synthetic cubes first when configured and fits the normalisation on the training
-track (saved in the workdir); `build` sizes the schedule in epochs of the training windows. Every
+`sources` writes synthetic cubes first when configured, fits the normalisation on the training
+track (saved in the workdir) and reads the windows from the record cache (cache.py, built on
+first use); `build` sizes the schedule in epochs of the training windows. Every
 `train.eval_every_epochs` epochs the trainer computes the validation loss
 (`evaluate_during_training`), logs the NDVI forecast of the first validation cube against its
 target on a few target dates (`figure`, `eval/ndvi_forecast`), updates early stopping on
@@ -25,7 +26,7 @@ from absl import logging
 from jaxlab.core import steps_jit, trainer
 from jaxlab.core.writer import figure_to_image
 from jaxlab.data import pipeline
-from jaxlab.vegetation import data, evaluate, plots, steps
+from jaxlab.vegetation import cache, data, evaluate, plots, steps
 
 NUM_STRIP_DATES = 4  # target dates in the validation figure
 
@@ -55,11 +56,12 @@ def forecast_image(
 
 
 def sources(config: ml_collections.ConfigDict, workdir: str) -> trainer.Input:
-    """Training windows (shuffled afresh each epoch) and validation cubes, normalised."""
+    """Training windows (shuffled afresh each epoch) and validation cubes, normalised; read from
+    the model-ready cache (built on first use, see cache.py) unless data.cache = "off"."""
     root = data.prepare(config, workdir)
     norm = data.normalisation(config, workdir, root)
-    train_source = data.load(config, root, config.data.train_track, norm)
-    val_source = data.load(config, root, config.data.val_track, norm)
+    train_source = cache.load(config, workdir, root, config.data.train_track, norm)
+    val_source = cache.load(config, workdir, root, config.data.val_track, norm)
     train_iter = pipeline.train_iterator(
         train_source, global_batch_size=config.train.global_batch_size, seed=config.seed
     )
