@@ -83,6 +83,12 @@ def paper() -> ml_collections.ConfigDict:
         dict(d_model=128, dom_layers=4, event_layers=4, num_heads=8, mlp_dim=512, dropout=0.1)
     )
     config.model.dtype = "float32"
+    # "hierarchical" (pulse -> DOM -> event, the seed's) or "flat" (one encoder over an event's
+    # pulses; the study's comparison arm) with flat_layers blocks of flat_mlp_dim (0: dom_layers +
+    # event_layers, mlp_dim).
+    config.model.kind = "hierarchical"
+    config.model.flat_layers = 0
+    config.model.flat_mlp_dim = 0
 
     config.train.loss = "vmf"  # "angular" or "vmf"
     # Packs per step: 8 x 2048 pulse tokens, ~250 events at ~70 pulses per event (seed: 256).
@@ -135,7 +141,49 @@ def tiny() -> ml_collections.ConfigDict:
     return config
 
 
-VARIANTS = {f.__name__: f for f in (demo, tiny, paper)}
+def with_study(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Adds the hierarchy study's block (jaxlab/neutrino/study.py) to `config`."""
+    config.study = sc = ml_collections.ConfigDict()
+    sc.arms = ("hierarchical", "flat", "linefit", "mean_direction")
+    sc.reference = "hierarchical"
+    sc.seeds = (0, 1)
+    sc.test_batches = "5"  # held out from training and from checkpoint selection (eval_batches)
+    sc.pulse_bins = (0, 20, 40, 80)  # lower edges of the error-by-size bins (last one open)
+    sc.max_param_gap = 0.1  # the flat arm's parameter count within 10% of the hierarchical one
+    sc.bootstrap_resamples = 2000
+    return config
+
+
+def study() -> ml_collections.ConfigDict:
+    """The hierarchy study on the demo's data and model (one more synthetic batch as test)."""
+    config = with_study(demo())
+    config.data.synth.train_batches = 5
+    config.model.flat_mlp_dim = 150  # 118,085 parameters vs the hierarchical 118,083
+    return config
+
+
+def study_paper() -> ml_collections.ConfigDict:
+    """The hierarchy study at the seed's scale on the real data: batches 1-5 train, 6 picks the
+    checkpoint, 7 is the test."""
+    config = with_study(paper())
+    config.study.seeds = (0,)
+    config.study.test_batches = "7"
+    config.study.pulse_bins = (0, 20, 50, 100, 200, 500)
+    config.model.flat_mlp_dim = 528  # 1,653,763 parameters vs the hierarchical 1,654,275
+    return config
+
+
+def study_tiny() -> ml_collections.ConfigDict:
+    """The study shrunk for a test (tiny's data and model, one seed)."""
+    config = with_study(tiny())
+    config.data.synth.train_batches = 4
+    config.study.test_batches = "4"
+    config.model.flat_mlp_dim = 81  # 21,829 parameters vs the hierarchical 21,827
+    common.override(config.study, seeds=(0,), bootstrap_resamples=500, pulse_bins=(0, 30, 60))
+    return config
+
+
+VARIANTS = {f.__name__: f for f in (demo, tiny, paper, study, study_tiny, study_paper)}
 
 
 def get_config(arg: str = "demo") -> ml_collections.ConfigDict:
