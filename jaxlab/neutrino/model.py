@@ -160,7 +160,14 @@ class HierarchicalTransformer(nn.Module):
 
 
 class FlatTransformer(nn.Module):
-    """One encoder over all pulses of an event (no DOM level); the hierarchy's ablation."""
+    """One encoder over all pulses of an event (no DOM level); the hierarchy's ablation.
+
+    A token's input is embedded as the hierarchical model embeds it, minus the hierarchy: the
+    pulse features through the same two-layer projection and a LayerNorm (as the DOM encoder's
+    output is normalised before geometry is added), plus the embedded geometry of its DOM. The
+    LayerNorm matters: pulse times differ by ~1e-2 in normalised units within an event, and
+    concatenated with the O(1) geometry they would start out drowned.
+    """
 
     d_model: int
     num_layers: int
@@ -175,15 +182,17 @@ class FlatTransformer(nn.Module):
         tokens, event = flat_tokens(batch)  # [G, R * L, 7], [G, R * L]
         num_events = batch["direction"].shape[1]
         segment = jnp.where(event < num_events, event + 1, 0)  # 0 = padding
-        h = Encoder(
-            self.d_model,
-            self.num_layers,
-            self.num_heads,
-            self.mlp_dim,
-            self.dropout_rate,
-            self.dtype,
-        )(tokens, segment, deterministic=deterministic)  # [G, R * L, d]
-        events = segment_mean(h, event, num_events)  # [G, E, d]
+        pulses = tokens[..., : data_packing.PULSE_FEATURES]
+        geometry = tokens[..., data_packing.PULSE_FEATURES :]
+        h = nn.Dense(self.d_model, dtype=self.dtype)(pulses)
+        h = nn.gelu(nn.Dense(self.d_model, dtype=self.dtype)(h))
+        h = nn.LayerNorm(dtype=self.dtype)(h) + nn.Dense(self.d_model, dtype=self.dtype)(geometry)
+        for _ in range(self.num_layers):
+            h = TransformerBlock(self.num_heads, self.mlp_dim, self.dropout_rate, self.dtype)(
+                h, segment, deterministic=deterministic
+            )
+        h = nn.LayerNorm(dtype=self.dtype)(h)  # [G, R * L, d]
+        events = segment_mean(h, event, num_events)  # [G, E, d]; padding goes to the dump slot
         hidden = nn.gelu(nn.Dense(self.d_model, dtype=self.dtype)(events))
         out = nn.Dense(3, dtype=self.dtype)(hidden).astype(jnp.float32)
         chex.assert_shape(out, (tokens.shape[0], num_events, 3))
