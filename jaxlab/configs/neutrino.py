@@ -9,6 +9,11 @@ training direction as a constant guess); about 3 minutes on an idle 2-core CPU. 
 pulse tokens and ~0.88 of DOM tokens are real, ~35 events per pack. runs/neutrino/eval/eval/ holds
 metrics.json, submission.csv, error_vs_size.png and zenith.png.
 
+Study (hierarchical vs a flat transformer over the same pulses at a matched parameter count, plus
+line-fit and mean-direction baselines; same data and seeds, paired bootstrap intervals;
+jaxlab/neutrino/README.md "Study"):
+  jaxlab study --config=neutrino:study --workdir=runs/neutrino_study
+
 Real data (Kaggle "icecube-neutrinos-in-deep-ice" unzipped to DIR; jaxlab/neutrino/README.md):
   python scripts/train.py --config=neutrino:paper --workdir=runs/neutrino_paper \
       --config.data.root=DIR
@@ -19,7 +24,9 @@ Expect (paper: the seed's 1.6M-parameter model, vMF loss, ~900K training events 
 held-out batch 6): no number is verified here; for scale, published full-data scores are about
 1.02 (GraphNeT DynEdge) and 0.96 (the winner); a line fit scores about 1.18.
 
-Variants: demo, tiny (tests; derived from demo), paper (the seed's setup on the real data).
+Variants: demo, tiny (tests; derived from demo), paper (the seed's setup on the real data), study
+(the hierarchy study on the demo's data and model, seeds 0 and 1), study_tiny (a slow test),
+study_paper (the study at the seed's scale on the real data).
 Keys to vary: data.train_batches / data.eval_batches (batch files of train_meta.parquet), the pack
 shapes data.pulse_rows x data.pulse_row_len and data.dom_rows x data.dom_row_len with
 data.pack_events slots, train.global_batch_size (packs per step, a multiple of the devices),
@@ -180,6 +187,8 @@ def study_tiny() -> ml_collections.ConfigDict:
     config.study.test_batches = "4"
     config.model.flat_mlp_dim = 80  # 21,795 parameters vs the hierarchical 21,827
     common.override(config.study, seeds=(0,), bootstrap_resamples=500, pulse_bins=(0, 30, 60))
+    # Long enough for both arms to learn the direction well beyond the constant guess.
+    common.step_cadence(config.train, num_steps=120, log_every=40, eval_every=40)
     return config
 
 
