@@ -210,10 +210,10 @@ def run_cells(config: ml_collections.ConfigDict, workdir: str) -> str | None:
     return root
 
 
-def statistics(errors: np.ndarray, num_pulses: np.ndarray, bins) -> dict[str, study_lib.Statistic]:
+def statistics(errors: np.ndarray, bins) -> dict[str, study_lib.Statistic]:
     """One arm's metrics as functions of test-event indices: the mean angular error over all
-    events and per pulse-count bin. errors [S, N] radians (one row per seed); bins:
-    `metrics.size_bins` output."""
+    events and per pulse-count bin. errors [S, N] radians (one row per seed); bins: (label,
+    mask [N] bool) pairs, `metrics.size_bins` output."""
 
     def in_bin(mask):
         def fn(idx):
@@ -228,37 +228,42 @@ def statistics(errors: np.ndarray, num_pulses: np.ndarray, bins) -> dict[str, st
     return out
 
 
+def arm_errors(
+    config: ml_collections.ConfigDict, workdir: str
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, list[float]]]:
+    """Every arm's per-event angular errors [S, N] (S = seeds; 1 for the baselines), the test
+    events' truth (event_id, direction, num_pulses of the first trained run) and the trained arms'
+    training seconds per seed."""
+    sc = config.study
+    baselines = dict(np.load(os.path.join(workdir, "study", "predictions_baselines.npz")))
+    errors, seconds, truth = {}, {}, None
+    for arm in [a for a in sc.arms if a in TRAINED_ARMS]:
+        runs = [dict(np.load(prediction_path(workdir, arm, s))) for s in sc.seeds]
+        for r in runs:
+            if not np.array_equal(r["event_id"], baselines["event_id"]):
+                raise RuntimeError(f"study: arm {arm} predicted other test events.")
+        truth = truth or runs[0]
+        errors[arm] = np.stack([evaluate.event_errors(r) for r in runs])
+        seconds[arm] = [float(r["train_seconds"]) for r in runs]
+    if truth is None:
+        raise ValueError("config.study.arms: needs a trained arm (the labels come with it).")
+    for arm in [a for a in sc.arms if a not in TRAINED_ARMS]:
+        errors[arm] = evaluate.event_errors({**truth, "pred": baselines[arm]})[None]
+    return errors, truth, seconds
+
+
 def report(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Reads every arm's predictions, writes study/table.md, study.png, study.json; returns the
     `core.study.compare` result (plus parameter counts, per-seed errors, training times)."""
     sc = config.study
     out = os.path.join(workdir, "study")
-    baselines = dict(np.load(os.path.join(out, "predictions_baselines.npz")))
     arms = study_lib.arms_in_order(sc.arms, sc.reference)
-    errors, per_seed, seconds, truth = {}, {}, {}, None
-    for arm in arms:
-        if arm in TRAINED_ARMS:
-            runs = [dict(np.load(prediction_path(workdir, arm, s))) for s in sc.seeds]
-            for r in runs:
-                if not np.array_equal(r["event_id"], baselines["event_id"]):
-                    raise RuntimeError(f"study: arm {arm} predicted other test events.")
-            truth = runs[0]
-            errors[arm] = np.stack([evaluate.event_errors(r) for r in runs])
-            seconds[arm] = [float(r["train_seconds"]) for r in runs]
-        else:
-            errors[arm] = None  # filled below, once the true directions are known
-    if truth is None:
-        raise ValueError("config.study.arms: needs at least one trained arm for the labels.")
-    for arm in arms:
-        if errors[arm] is None:
-            errors[arm] = evaluate.event_errors({**truth, "pred": baselines[arm]})[None]
-        per_seed[arm] = [float(row.mean()) for row in errors[arm]]
-
-    bins = [(label, mask) for label, mask in metrics.size_bins(truth["num_pulses"], sc.pulse_bins)]
-    bins = [(label, mask) for label, mask in bins if mask.any()]
+    errors, truth, seconds = arm_errors(config, workdir)
+    per_seed = {arm: [float(row.mean()) for row in errors[arm]] for arm in arms}
+    bins = [b for b in metrics.size_bins(truth["num_pulses"], sc.pulse_bins) if b[1].any()]
     by_metric: dict[str, dict] = {}
     for arm in arms:
-        for name, fn in statistics(errors[arm], truth["num_pulses"], bins).items():
+        for name, fn in statistics(errors[arm], bins).items():
             by_metric.setdefault(name, {})[arm] = fn
     num_events = len(truth["event_id"])
     result = study_lib.compare(
@@ -306,6 +311,12 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     if not config.get("study"):
         raise ValueError(
             "config has no `study` block: use --config=neutrino:study (or study_tiny)."
+        )
+    unknown = set(config.study.arms) - set(ARMS)
+    if unknown or config.study.reference not in config.study.arms:
+        raise ValueError(
+            f"config.study.arms {tuple(config.study.arms)} / reference "
+            f"{config.study.reference!r}: arms must be among {ARMS}, the reference one of them."
         )
     if run_cells(config, workdir) is None:
         return {}

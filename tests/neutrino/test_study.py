@@ -71,14 +71,15 @@ def test_an_events_prediction_does_not_depend_on_its_pack_mates(kind):
     config = neutrino_config.get_config("study_tiny")
     config.model.kind = kind
     model = model_lib.make_model(config)
-    params = model.init(jax.random.key(0), model_lib.dummy_batch(SPEC))["params"]
+    params = jax.jit(model.init)(jax.random.key(0), model_lib.dummy_batch(SPEC))["params"]
     events = _processed_events(10)
     pack = data_packing.pack_events(events, SPEC)[0]
     num = int(pack["event_valid"].sum())
-    together = model.apply({"params": params}, {k: pack[k][None] for k in data_packing.MODEL_KEYS})
+    apply = jax.jit(model.apply)  # every pack has SPEC's shapes: one compilation
+    together = apply({"params": params}, {k: pack[k][None] for k in data_packing.MODEL_KEYS})
     for e in range(num):
         alone = data_packing.pack_events([events[e]], SPEC)[0]
-        out = model.apply({"params": params}, {k: alone[k][None] for k in data_packing.MODEL_KEYS})
+        out = apply({"params": params}, {k: alone[k][None] for k in data_packing.MODEL_KEYS})
         np.testing.assert_allclose(out[0, 0], together[0, e], rtol=2e-4, atol=2e-5)
 
 
@@ -136,6 +137,9 @@ def test_study_command_finds_the_task_study_and_needs_a_study_block():
         task_lib.import_task(example_config.get_config("tiny"), "study")
     with pytest.raises(ValueError, match="neutrino:study"):
         study.main(neutrino_config.get_config("tiny"), "/nonexistent")
+    config.study.arms = ("hierarchical", "graph_net")
+    with pytest.raises(ValueError, match="arms must be among"):
+        study.main(config, "/nonexistent")
 
 
 @pytest.mark.slow  # two small training runs (about 40 s on a quiet 2-core CPU)
