@@ -9,6 +9,11 @@ training direction as a constant guess); about 3 minutes on an idle 2-core CPU. 
 pulse tokens and ~0.88 of DOM tokens are real, ~35 events per pack. runs/neutrino/eval/eval/ holds
 metrics.json, submission.csv, error_vs_size.png and zenith.png.
 
+Study (hierarchical vs a flat transformer over the same pulses at a matched parameter count, plus
+line-fit and mean-direction baselines; same data and seeds, paired bootstrap intervals;
+jaxlab/neutrino/README.md "Study"):
+  jaxlab study --config=neutrino:study --workdir=runs/neutrino_study
+
 Real data (Kaggle "icecube-neutrinos-in-deep-ice" unzipped to DIR; jaxlab/neutrino/README.md):
   python scripts/train.py --config=neutrino:paper --workdir=runs/neutrino_paper \
       --config.data.root=DIR
@@ -19,7 +24,9 @@ Expect (paper: the seed's 1.6M-parameter model, vMF loss, ~900K training events 
 held-out batch 6): no number is verified here; for scale, published full-data scores are about
 1.02 (GraphNeT DynEdge) and 0.96 (the winner); a line fit scores about 1.18.
 
-Variants: demo, tiny (tests; derived from demo), paper (the seed's setup on the real data).
+Variants: demo, tiny (tests; derived from demo), paper (the seed's setup on the real data), study
+(the hierarchy study on the demo's data and model, seeds 0 and 1), study_tiny (a slow test),
+study_paper (the study at the seed's scale on the real data).
 Keys to vary: data.train_batches / data.eval_batches (batch files of train_meta.parquet), the pack
 shapes data.pulse_rows x data.pulse_row_len and data.dom_rows x data.dom_row_len with
 data.pack_events slots, train.global_batch_size (packs per step, a multiple of the devices),
@@ -85,6 +92,12 @@ def paper() -> ml_collections.ConfigDict:
         dict(d_model=128, dom_layers=4, event_layers=4, num_heads=8, mlp_dim=512, dropout=0.1)
     )
     config.model.dtype = "float32"
+    # "hierarchical" (pulse -> DOM -> event, the seed's) or "flat" (one encoder over an event's
+    # pulses; the study's comparison arm) with flat_layers blocks of flat_mlp_dim (0: dom_layers +
+    # event_layers, mlp_dim).
+    config.model.kind = "hierarchical"
+    config.model.flat_layers = 0
+    config.model.flat_mlp_dim = 0
 
     config.train.loss = "vmf"  # "angular" or "vmf"
     # Packs per step: 8 x 2048 pulse tokens, ~250 events at ~70 pulses per event (seed: 256).
@@ -137,7 +150,51 @@ def tiny() -> ml_collections.ConfigDict:
     return config
 
 
-VARIANTS = {f.__name__: f for f in (demo, tiny, paper)}
+def with_study(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Adds the hierarchy study's block (jaxlab/neutrino/study.py) to `config`."""
+    config.study = sc = ml_collections.ConfigDict()
+    sc.arms = ("hierarchical", "flat", "linefit", "mean_direction")
+    sc.reference = "hierarchical"
+    sc.seeds = (0, 1)
+    sc.test_batches = "5"  # held out from training and from checkpoint selection (eval_batches)
+    sc.pulse_bins = (0, 20, 40, 80)  # lower edges of the error-by-size bins (last one open)
+    sc.max_param_gap = 0.1  # the flat arm's parameter count within 10% of the hierarchical one
+    sc.bootstrap_resamples = 2000
+    return config
+
+
+def study() -> ml_collections.ConfigDict:
+    """The hierarchy study on the demo's data and model (one more synthetic batch as test)."""
+    config = with_study(demo())
+    config.data.synth.train_batches = 5
+    config.model.flat_mlp_dim = 149  # 117,890 parameters vs the hierarchical 118,083
+    return config
+
+
+def study_paper() -> ml_collections.ConfigDict:
+    """The hierarchy study at the seed's scale on the real data: batches 1-5 train, 6 picks the
+    checkpoint, 7 is the test."""
+    config = with_study(paper())
+    config.study.seeds = (0,)
+    config.study.test_batches = "7"
+    config.study.pulse_bins = (0, 20, 50, 100, 200, 500)
+    config.model.flat_mlp_dim = 528  # 1,654,147 parameters vs the hierarchical 1,654,275
+    return config
+
+
+def study_tiny() -> ml_collections.ConfigDict:
+    """The study shrunk for a test (tiny's data and model, one seed)."""
+    config = with_study(tiny())
+    config.data.synth.train_batches = 4
+    config.study.test_batches = "4"
+    config.model.flat_mlp_dim = 80  # 21,795 parameters vs the hierarchical 21,827
+    common.override(config.study, seeds=(0,), bootstrap_resamples=500, pulse_bins=(0, 30, 60))
+    # Long enough for both arms to learn the direction well beyond the constant guess.
+    common.step_cadence(config.train, num_steps=120, log_every=40, eval_every=40)
+    return config
+
+
+VARIANTS = {f.__name__: f for f in (demo, tiny, paper, study, study_tiny, study_paper)}
 
 
 def get_config(arg: str = "demo") -> ml_collections.ConfigDict:

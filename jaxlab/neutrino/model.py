@@ -13,6 +13,14 @@ Shapes, for a batch of G packs (see `data_packing.py`): pulse tokens [G, R, L], 
 The 3-vector is the direction for the angular loss (normalised there) and mu * kappa for the
 von Mises-Fisher loss (kappa = its norm). There are no positional encodings: pulses of a DOM and
 DOMs of an event are sets, ordered by their time and geometry features.
+
+`FlatTransformer` (`model.kind = "flat"`, the study's comparison arm) reads the same packs but
+drops the hierarchy: every pulse token carries its DOM's geometry (x, y, z, sensor_id) next to its
+own features, and one encoder attends over all pulses of an event at once (the whole pack's
+R * L pulse tokens are one row, segment id = event), then mean-pools per event -> the same head.
+The tokens are exactly the hierarchical model's (the same truncation and packs), so the two arms
+differ only in how attention is structured; its cost per pack grows with (R * L)^2 instead of
+R * L^2 + R2 * L2^2.
 """
 
 from __future__ import annotations
@@ -151,8 +159,87 @@ class HierarchicalTransformer(nn.Module):
         return out
 
 
-def make_model(config: ml_collections.ConfigDict) -> HierarchicalTransformer:
+class FlatTransformer(nn.Module):
+    """One encoder over all pulses of an event (no DOM level); the hierarchy's ablation.
+
+    A token's input is embedded as the hierarchical model embeds it, minus the hierarchy: the
+    pulse features through the same two-layer projection and a LayerNorm (as the DOM encoder's
+    output is normalised before geometry is added), plus the embedded geometry of its DOM. The
+    LayerNorm matters: pulse times differ by ~1e-2 in normalised units within an event, and
+    concatenated with the O(1) geometry they would start out drowned.
+    """
+
+    d_model: int
+    num_layers: int
+    num_heads: int
+    mlp_dim: int
+    dropout_rate: float
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, batch: dict[str, jax.Array], *, deterministic: bool = True) -> jax.Array:
+        """Packed batch (data_packing.MODEL_KEYS) -> [G, E, 3] float32 (unnormalised direction)."""
+        tokens, event = flat_tokens(batch)  # [G, R * L, 7], [G, R * L]
+        num_events = batch["direction"].shape[1]
+        segment = jnp.where(event < num_events, event + 1, 0)  # 0 = padding
+        pulses = tokens[..., : data_packing.PULSE_FEATURES]
+        geometry = tokens[..., data_packing.PULSE_FEATURES :]
+        h = nn.Dense(self.d_model, dtype=self.dtype)(pulses)
+        h = nn.gelu(nn.Dense(self.d_model, dtype=self.dtype)(h))
+        h = nn.LayerNorm(dtype=self.dtype)(h) + nn.Dense(self.d_model, dtype=self.dtype)(geometry)
+        for _ in range(self.num_layers):
+            h = TransformerBlock(self.num_heads, self.mlp_dim, self.dropout_rate, self.dtype)(
+                h, segment, deterministic=deterministic
+            )
+        h = nn.LayerNorm(dtype=self.dtype)(h)  # [G, R * L, d]
+        events = segment_mean(h, event, num_events)  # [G, E, d]; padding goes to the dump slot
+        hidden = nn.gelu(nn.Dense(self.d_model, dtype=self.dtype)(events))
+        out = nn.Dense(3, dtype=self.dtype)(hidden).astype(jnp.float32)
+        chex.assert_shape(out, (tokens.shape[0], num_events, 3))
+        return out
+
+
+def flat_tokens(batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
+    """Each pulse token with its DOM's features, and its event slot, from a pack's arrays.
+
+    Returns tokens [G, R * L, 3 + 4] (pulse features, then x, y, z, sensor_id of its DOM; 0 for
+    padding) and event [G, R * L] int32 in [0, E] (E = padding, `segment_mean`'s dump slot).
+    """
+    g, r, length, _ = batch["pulse_features"].shape
+    _, r2, l2, _ = batch["dom_features"].shape
+    num_events = batch["direction"].shape[1]
+    dom = batch["pulse_dom"].reshape(g, r * length)  # in [0, R2 * L2]; R2 * L2 = padding
+    # One dump row appended at index R2 * L2, so padding pulses gather zeros / event E.
+    dom_features = jnp.pad(batch["dom_features"].reshape(g, r2 * l2, -1), ((0, 0), (0, 1), (0, 0)))
+    dom_event = jnp.pad(
+        batch["dom_event"].reshape(g, r2 * l2), ((0, 0), (0, 1)), constant_values=num_events
+    )
+    geometry = jnp.take_along_axis(dom_features, dom[..., None], axis=1)  # [G, R * L, 4]
+    event = jnp.take_along_axis(dom_event, dom, axis=1)  # [G, R * L]
+    event = jnp.where(batch["pulse_segment"].reshape(g, r * length) > 0, event, num_events)
+    pulses = batch["pulse_features"].reshape(g, r * length, -1)
+    return jnp.concatenate([pulses, geometry.astype(pulses.dtype)], axis=-1), event
+
+
+MODEL_KINDS = ("hierarchical", "flat")
+
+
+def make_model(config: ml_collections.ConfigDict) -> nn.Module:
+    """`model.kind`: "hierarchical" (default, the seed's model) or "flat" (`FlatTransformer` with
+    `model.flat_layers` blocks, `model.flat_mlp_dim` wide; 0 = dom + event layers, mlp_dim)."""
     m = config.model
+    kind = m.get("kind", "hierarchical")
+    if kind == "flat":
+        return FlatTransformer(
+            d_model=m.d_model,
+            num_layers=m.get("flat_layers", 0) or m.dom_layers + m.event_layers,
+            num_heads=m.num_heads,
+            mlp_dim=m.get("flat_mlp_dim", 0) or m.mlp_dim,
+            dropout_rate=m.dropout,
+            dtype=jnp.dtype(m.dtype),
+        )
+    if kind != "hierarchical":
+        raise ValueError(f"config.model.kind: {kind!r} is not one of {MODEL_KINDS}.")
     return HierarchicalTransformer(
         d_model=m.d_model,
         dom_layers=m.dom_layers,
@@ -171,7 +258,13 @@ def dummy_batch(spec: data_packing.PackSpec, packs: int = 1) -> dict[str, jax.Ar
 
 
 def init_state(
-    rng: jax.Array, *, model: HierarchicalTransformer, tx: Any, spec: data_packing.PackSpec
+    rng: jax.Array, *, model: nn.Module, tx: Any, spec: data_packing.PackSpec
 ) -> state_lib.TrainState:
     params = model.init(rng, dummy_batch(spec))["params"]
     return state_lib.create_train_state(params, tx)
+
+
+def num_params(model: nn.Module, spec: data_packing.PackSpec) -> int:
+    """Number of parameters of `model` for packs of `spec` (shapes only, nothing computed)."""
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), dummy_batch(spec))["params"])
+    return int(sum(x.size for x in jax.tree.leaves(shapes)))

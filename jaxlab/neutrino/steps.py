@@ -41,7 +41,7 @@ def train_step(
     state: state_lib.TrainState,
     batch: dict[str, jax.Array],
     *,
-    model: model_lib.HierarchicalTransformer,
+    model: Any,  # model_lib.make_model: the hierarchical or the flat transformer
     tx: Any,
     loss_name: str,
     dropout_key: jax.Array,
