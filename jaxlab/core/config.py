@@ -52,6 +52,9 @@ RESUME_HARMLESS_KEYS = (
     "train.eval_every_epochs",
     "mesh",
     "fsdp_min_size",
+    # How many processes and threads read the data: the batches are the same for any count.
+    "data.workers",
+    "data.num_threads",
 )
 # Keys an evaluation may change against the trained run's recorded config without a flag.
 EVAL_KEYS = ("eval.",)

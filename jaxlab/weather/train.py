@@ -63,6 +63,7 @@ def sources(config: ml_collections.ConfigDict, workdir: str) -> trainer.Input:
         global_batch_size=config.train.global_batch_size,
         seed=config.seed,
         random_transform=data.random_crop(tuple(config.data.crop)),
+        workers=pipeline.resolve_workers(config),
     )
     residual_std = data.residual_std(train_source.source)
     residual_mean = data.residual_mean(train_source.source, residual_std)
