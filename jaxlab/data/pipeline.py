@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -28,6 +30,7 @@ from absl import flags
 
 # Batches each worker process keeps ready (grain's per-worker buffer): two hide the hand-over.
 WORKER_BUFFER = 2
+PARENT_POLL_S = 1.0  # how often a worker checks that the training process is still there
 
 
 class ProcessSlice(grain.MapDataset):
@@ -149,7 +152,27 @@ def with_workers(ds: grain.IterDataset, workers: int) -> grain.IterDataset:
     options = grain.MultiprocessingOptions(
         num_workers=workers, per_worker_buffer_size=WORKER_BUFFER
     )
-    return ds.mp_prefetch(options)
+    return ds.mp_prefetch(options, worker_init_fn=exit_with_parent)
+
+
+def exit_with_parent(worker_index: int, worker_count: int) -> None:
+    """Worker init: a thread that ends this worker once its parent has gone.
+
+    grain's workers stop when the training process closes the iterator, but a training process
+    killed by SIGKILL (kill -9, an out-of-memory kill) cannot tell them, and they would wait
+    forever on their full buffers, holding memory and the parent's stdout. The parent's id is
+    polled every `PARENT_POLL_S` seconds (PR_SET_PDEATHSIG would fire when the thread that started
+    the worker ends, which in grain is not the training process ending).
+    """
+    del worker_index, worker_count
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit_with_parent", daemon=True).start()
 
 
 class BatchIterator:
