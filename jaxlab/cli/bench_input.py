@@ -11,6 +11,8 @@ Then, per worker count (0 = in-process grain threads, 1, and N = `--input_worker
                 `--input_seconds` (events for neutrino, samples / windows / pairs otherwise);
   per core      records/s over the cores the readers can use: min(CPUs, workers), or
                 min(CPUs, data.num_threads) in-process;
+  /cpu-s        records per CPU-second of all readers (this process and its workers): one
+                core's rate when it is not shared, steadier than wall clock on a busy machine;
   first batch   seconds from the iterator's creation to its first batch (workers starting);
   RSS           peak resident memory sampled every 50 ms: each worker's peak, or for the
                 in-process reader the training process's growth while it reads.
@@ -212,6 +214,22 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of `pid` so far (/proc/<pid>/stat); 0 once it has exited."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+def reader_cpu_seconds() -> float:
+    """CPU seconds of this process and its children (the readers) so far."""
+    pid = os.getpid()
+    return _cpu_seconds(pid) + sum(_cpu_seconds(c) for c in _children(pid))
+
+
 class RssSampler:
     """Samples the resident memory of this process and its children every `RSS_SAMPLE_S` s in a
     thread; `peaks()` -> (this process's peak, {child pid: peak})."""
@@ -262,6 +280,7 @@ def read_rate(task: str, train_iter: Any, seconds: float, warmup: int) -> dict[s
     for _ in range(warmup):
         batch = next(train_iter)
     records, batches = 0, 0
+    cpu = reader_cpu_seconds()
     start = time.perf_counter()
     while True:
         batch = next(train_iter)
@@ -270,7 +289,11 @@ def read_rate(task: str, train_iter: Any, seconds: float, warmup: int) -> dict[s
         elapsed = time.perf_counter() - start
         if elapsed >= seconds and batches >= 2:
             break
+    cpu = reader_cpu_seconds() - cpu
     return {
+        # Records per CPU-second of the readers (this process and its workers): what one core
+        # delivers when it is not shared, so it is steadier than wall-clock rates on a busy host.
+        "records_per_cpu_second": records / cpu if cpu > 0 else None,
         "first_batch_s": first,
         "records_per_sec": records / elapsed,
         "records_per_batch": records / batches,
@@ -427,7 +450,7 @@ def input_table(report: dict[str, Any]) -> str:
     ]
     header = (
         f"{'task':<11} {'in-proc/s':>9} {'1 w rec/s':>9} {'N w rec/s':>9} {'x1->N':>5} "
-        f"{'/core':>8} {'1st b s':>7} {'1st 4N':>7} {'w RSS MB':>8} {'RSS 4N':>7} "
+        f"{'/core':>8} {'/cpu-s':>8} {'1st b s':>7} {'1st 4N':>7} {'w RSS MB':>8} {'RSS 4N':>7} "
         f"{'GFLOP/rec':>9} {'MFU':>4} {'H100 needs':>10} {'ratio':>7} {'12-core':>7}"
     )
     lines += [header, "-" * len(header)]
@@ -442,6 +465,7 @@ def input_table(report: dict[str, Any]) -> str:
             f"{task:<11} {e['records_per_sec_in_process']:>9.1f} "
             f"{e['records_per_sec_1_worker']:>9.1f} {e['records_per_sec_n_workers']:>9.1f} "
             f"{e['speedup_1_to_n']:>5.2f} {e['records_per_sec_per_core']:>8.1f} "
+            f"{_fmt(many['records_per_cpu_second'], '>8.1f')} "
             f"{many['first_batch_s']:>7.2f} {_fmt(big.get('first_batch_s'), '>7.2f')} "
             f"{_fmt(many['worker_peak_rss_bytes'], '>8.0f', 2**20)} "
             f"{_fmt(big.get('worker_peak_rss_bytes'), '>7.0f', 2**20)} "
@@ -452,6 +476,7 @@ def input_table(report: dict[str, Any]) -> str:
         )
     lines.append(
         "rec/s: records per second (neutrino: events); /core: N-worker rate per core used; "
+        "/cpu-s: N-worker records per CPU-second of all readers (a core's rate when not shared); "
         "1st b: seconds to the first batch (N and 4N records); w RSS: peak per worker process; "
         "ratio: N-worker rate / H100 demand; 12-core: per-core rate x 12 / demand "
         "(an extrapolation)."

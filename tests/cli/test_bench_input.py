@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -43,6 +44,15 @@ def test_rss_sampler_sees_a_child_process_peak():
     assert children and max(children.values()) > 180e6, children
 
 
+def test_cpu_seconds_follow_this_process():
+    start, process_start = bench_input.reader_cpu_seconds(), time.process_time()
+    total = 0
+    while time.process_time() - process_start < 0.5:  # busy: half a CPU-second
+        total += sum(range(1000))
+    used = bench_input.reader_cpu_seconds() - start
+    np.testing.assert_allclose(used, time.process_time() - process_start, atol=0.05)
+
+
 @pytest.mark.slow  # starts worker processes three times on the tiny example config
 def test_tiny_input_report_of_the_example_task(tmp_path):
     out = tmp_path / "input.json"
@@ -77,6 +87,7 @@ def test_tiny_input_report_of_the_example_task(tmp_path):
     for run in runs.values():
         assert run["records_per_sec"] > 0 and run["first_batch_s"] > 0
         assert run["records_per_batch"] == batch  # whole batches of the config's size
+        assert run["records_per_cpu_second"] > 0
     for key in ("n1_w1", "n1_w2", "n2_w2"):  # a worker's own peak, a live Python process
         assert 20e6 < runs[key]["worker_peak_rss_bytes"] < 4e9
     assert len(runs["n1_w2"]["worker_peak_rss_each_bytes"]) == 2
