@@ -91,6 +91,7 @@ def test_tiny_input_report_of_the_example_task(tmp_path):
     for key in ("n1_w1", "n1_w2", "n2_w2"):  # a worker's own peak, a live Python process
         assert 20e6 < runs[key]["worker_peak_rss_bytes"] < 4e9
     assert len(runs["n1_w2"]["worker_peak_rss_each_bytes"]) == 2
+    assert entry["workers_used"] and runs["n1_w2"]["iterator_workers"] == 2
     flops = entry["flops"]
     np.testing.assert_allclose(
         flops["flops_per_record"], flops["flops_per_step"] / flops["records_per_step"]
