@@ -292,6 +292,8 @@ class WithHour:
         return record
 
     def __getattr__(self, name: str):
+        if name == "source":  # not set yet: unpickling in a reader worker process
+            raise AttributeError(name)
         return getattr(self.source, name)
 
 
