@@ -317,6 +317,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, task: Any) -> dict[str,
                         ec.early_stopping_patience,
                     )
                     break
+        close = getattr(data.train_iter, "close", None)
+        if callable(close):  # worker processes (data.workers) stop now, not at garbage collection
+            close()
     best = float("nan") if es["best"] is None else float(es["best"])
     stopped = -1 if es["stopped_at"] is None else int(es["stopped_at"])
     summary = {**eval_metrics, "step": int(state.step), "stopped_at": stopped, "best": best}
