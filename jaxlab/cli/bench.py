@@ -25,6 +25,10 @@ is then the cache load time.
 
 Prints one table and writes every number as JSON to `--out`. A task that fails is reported, the
 others still run, and the exit status is non-zero.
+
+`jaxlab bench --input [--input_tasks=glitch,...] [--input_seconds=20]` measures the train
+iterators instead (records/s with worker processes against what one H100 consumes; see
+`jaxlab/cli/bench_input.py`) and writes them to `--out` (default runs/benchmark_input.json).
 """
 
 import json
@@ -43,6 +47,7 @@ import numpy as np
 from absl import app, flags, logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jaxlab.cli import bench_input
 from jaxlab.cli.flags import define_flag
 from jaxlab.core import compile_cache, loop
 from jaxlab.core import mesh as mesh_lib
@@ -54,6 +59,7 @@ MATMUL_DTYPES = ("float32", "bfloat16")
 _SHORT_DTYPE = {"float32": "fp32", "bfloat16": "bf16"}
 
 DEFAULT_OUT = "runs/benchmark.json"
+DEFAULT_INPUT_OUT = "runs/benchmark_input.json"
 # Through define_flag: `export` and `predict` define --out too when they ran first in-process.
 _OUT = define_flag(flags.DEFINE_string, "out", DEFAULT_OUT, "Where to write the JSON report.")
 _TASKS = flags.DEFINE_list("tasks", None, f"Subset of tasks (default: all of {list(TASKS)}).")
@@ -70,6 +76,12 @@ _MATMUL_SIZE = flags.DEFINE_integer(
 _VARIANT = flags.DEFINE_string("variant", "demo", "Config variant of every task (X:V).")
 _BATCH_SIZE = flags.DEFINE_integer(
     "batch_size", None, "Override config.train.global_batch_size (e.g. paper configs on CPU)."
+)
+_INPUT = flags.DEFINE_bool(
+    "input",
+    False,
+    "Measure the train input pipelines (records/s, workers, memory) against an H100's demand "
+    "instead of the train steps; options --input_tasks, --input_seconds, --input_workers.",
 )
 _COMPILE_ONLY = flags.DEFINE_bool(
     "compile_only",
@@ -370,6 +382,9 @@ def main(argv):
     if unknown:
         raise app.UsageError(f"--tasks: unknown {unknown}; known: {sorted(TASKS)}.")
     info = device_info()
+    if _INPUT.value:
+        main_input(info)
+        return
     print(
         f"jaxlab bench: backend {info['platform']}, {info['device_count']} x "
         f"{info['device_kind']} ({info['process_count']} process(es))",
@@ -407,3 +422,16 @@ def main(argv):
             f"Benchmark failed for task(s) {failed}; see the errors above and in "
             f"{_OUT.value or DEFAULT_OUT}."
         )
+
+
+def main_input(info: dict[str, Any]) -> None:
+    """`--input`: the input-pipeline report (bench_input.py), printed and written as JSON."""
+    out = _OUT.value if flags.FLAGS["out"].present else DEFAULT_INPUT_OUT
+    report = {"device": info, "input": bench_input.run_input_bench()}
+    if jax.process_index() == 0:
+        write_json(report, out)
+        print("\n" + bench_input.input_table(report["input"]), flush=True)
+        logging.info("Wrote %s", out)
+    failed = [name for name, entry in report["input"]["tasks"].items() if "error" in entry]
+    if failed:
+        sys.exit(f"bench --input failed for task(s) {failed}; see the errors above and in {out}.")

@@ -55,6 +55,18 @@ def get_common() -> ml_collections.ConfigDict:
     return config
 
 
+def input_workers(data: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Adds `data.workers`: the train iterator's worker processes (jaxlab/data/pipeline.py).
+
+    0 reads in the training process (grain threads only); N > 0 starts N processes; "auto" takes
+    every CPU but one (`pipeline.resolve_workers`). The batches are the same for any value, so a
+    run may resume with another. Any type is accepted so that `--config.data.workers=auto` and
+    `=4` both parse. Returns `data`.
+    """
+    data.workers = ml_collections.FieldReference(0, field_type=object)
+    return data
+
+
 def override(block: ml_collections.ConfigDict, **values: object) -> ml_collections.ConfigDict:
     """Sets fields that `block` already has; returns `block`.
 

@@ -25,6 +25,7 @@ def demo() -> ml_collections.ConfigDict:
     config.task = "jaxlab.example"
 
     config.data = ml_collections.ConfigDict()
+    common.input_workers(config.data)  # data.workers: reader processes
     config.data.dir = ""  # defaults to <workdir>/data
     config.data.synthetic = True  # write the dataset first when missing
     config.data.num_train = 4096

@@ -104,6 +104,7 @@ def paper() -> ml_collections.ConfigDict:
     config = common.get_common()
     config.task = "jaxlab.glitch"
     config.data = d = ml_collections.ConfigDict()
+    common.input_workers(config.data)  # data.workers: reader processes
     d.dir = ""  # defaults to <workdir>/data
     d.synthetic = False  # write the synthetic dataset into data.dir first when missing
     d.format = "h5"  # "h5" (trainingsetv1d1.h5) or "png" (the unpacked tarball)

@@ -51,6 +51,7 @@ def paper() -> ml_collections.ConfigDict:
     config.task = "jaxlab.neutrino"
 
     config.data = ml_collections.ConfigDict()
+    common.input_workers(config.data)  # data.workers: reader processes
     config.data.root = ""  # the Kaggle folder (required for real data); synthetic: <workdir>/data
     config.data.synthetic = False  # True: write the synthetic dataset to data.root first
     # Batch files of train_meta.parquet used for training / held-out evaluation ("1-8", "1,3",

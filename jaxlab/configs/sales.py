@@ -57,6 +57,7 @@ def demo() -> ml_collections.ConfigDict:
     del config.optim  # the GAN has its own Adam (config.gan), the forecasters config.forecaster
 
     config.data = ml_collections.ConfigDict()
+    common.input_workers(config.data)  # data.workers: reader processes
     config.data.synthetic = True  # write Olist-format CSVs into <workdir>/data/olist first
     config.data.csv_dir = ""  # Olist CSV folder (default <workdir>/data/olist)
     config.data.kaggle_input = ""  # real data: search here for the Olist CSVs when csv_dir is ""

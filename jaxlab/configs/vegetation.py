@@ -74,6 +74,7 @@ def _shared() -> ml_collections.ConfigDict:
 
     # --- Data ---
     d = config.data = ml_collections.ConfigDict()
+    common.input_workers(config.data)  # data.workers: reader processes
     d.dir = ""  # root holding the track folders; defaults to <workdir>/data
     d.synthetic = True  # write synthetic minicubes there first (skipped for existing files)
     d.engine = "h5netcdf"  # xarray engine: "h5netcdf" or "netcdf4" (if installed)

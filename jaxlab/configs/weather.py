@@ -74,7 +74,8 @@ def demo() -> ml_collections.ConfigDict:
     config.data.missing = "skip"  # synthetic conversion: a file without a field, "skip" or "fail"
     config.data.on_duplicate = "error"  # two files at one valid time: "error" or "drop_later"
     config.data.on_gap = "warn"  # hours missing from the archive: "warn" (logged, counted), "error"
-    config.data.workers = 0  # GRIB2 decoding processes for the conversion (0: in-process)
+    # data.workers: GRIB2 decoding processes of the conversion and the train reader's processes
+    common.input_workers(config.data)
     config.data.leads = (1,)  # lead times (hours) of training pairs; leads[0] for evaluation
     config.data.crop = (32, 32)  # random training crop (y, x); () trains on the full grid
     config.data.preload_max_mb = 512.0  # stores up to this size are read into memory once

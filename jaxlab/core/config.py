@@ -54,6 +54,9 @@ RESUME_HARMLESS_KEYS = (
     "fsdp_min_size",
     # weather: training states on the device or streamed; the same inputs bit for bit.
     "data.resident",
+    # How many processes and threads read the data: the batches are the same for any count.
+    "data.workers",
+    "data.num_threads",
 )
 # Keys an evaluation may change against the trained run's recorded config without a flag.
 EVAL_KEYS = ("eval.",)

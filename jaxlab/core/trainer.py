@@ -256,6 +256,11 @@ def run(config: ml_collections.ConfigDict, workdir: str, task: Any) -> dict[str,
         ) as h:
             for step in range(start_step + 1, end_step + 1):
                 h.profile.step(step, state)
+                # Host-to-device prefetch is this loop's own order: dispatch is asynchronous and
+                # up to `train.max_in_flight` (2) steps run on the device while the host reads
+                # this batch (grain threads, or `data.workers` processes, fill it ahead) and starts
+                # its copy. No batch is drawn ahead of its step, so the checkpointed iterator
+                # position is exactly the next step's.
                 batch = mesh_lib.global_batch(model_inputs(next(data.train_iter)), mesh)
                 state, metrics = parts.train_step(state, batch)
                 h.throttle(metrics["loss"])
@@ -312,6 +317,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, task: Any) -> dict[str,
                         ec.early_stopping_patience,
                     )
                     break
+        close = getattr(data.train_iter, "close", None)
+        if callable(close):  # worker processes (data.workers) stop now, not at garbage collection
+            close()
     best = float("nan") if es["best"] is None else float(es["best"])
     stopped = -1 if es["stopped_at"] is None else int(es["stopped_at"])
     summary = {**eval_metrics, "step": int(state.step), "stopped_at": stopped, "best": best}

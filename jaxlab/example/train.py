@@ -32,7 +32,10 @@ def sources(config: ml_collections.ConfigDict, workdir: str) -> trainer.Input:
     train_source = data.load(data_dir, "train", config.data.num_features)
     eval_source = data.load(data_dir, config.eval.split, config.data.num_features)
     train_iter = pipeline.train_iterator(
-        train_source, global_batch_size=config.train.global_batch_size, seed=config.seed
+        train_source,
+        global_batch_size=config.train.global_batch_size,
+        seed=config.seed,
+        workers=pipeline.resolve_workers(config),
     )
     return trainer.Input(train_iter=train_iter, eval_source=eval_source)
 

@@ -82,8 +82,10 @@ def resize(image: np.ndarray, size: int) -> np.ndarray:
 def to_record_image(views: list[np.ndarray], multi_view: bool, mean: float, std: float):
     """[H, W] views (already resized) -> [V, S, S, 3] or [S, S, 3], normalised."""
     stacked = (np.stack(views) - mean) / std  # [V, S, S]
-    stacked = np.repeat(stacked[..., None], 3, axis=-1).astype(np.float32)
-    return stacked if multi_view else stacked[0]
+    # One write of the 3-channel copy (np.repeat on a trailing axis of 1 was 7x slower).
+    image = np.empty((*stacked.shape, 3), np.float32)
+    image[...] = stacked[..., None]
+    return image if multi_view else image[0]
 
 
 def make_record(source, i: int) -> dict[str, np.ndarray]:

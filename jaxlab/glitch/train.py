@@ -53,6 +53,7 @@ def sources(config: ml_collections.ConfigDict, workdir: str) -> trainer.Input:
         seed=config.seed,
         random_transform=data.shift_augment(max_shift) if max_shift else None,
         num_threads=config.data.num_threads,
+        workers=pipeline.resolve_workers(config),
     )
     class_weights = None
     if config.data.use_class_weights:

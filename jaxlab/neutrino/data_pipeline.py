@@ -23,9 +23,9 @@ from typing import Any
 import grain
 import jax
 import numpy as np
-from absl import flags
 
 from jaxlab.core import rng
+from jaxlab.data import pipeline
 from jaxlab.neutrino import data, data_packing
 
 # The numpy seed of the training order is [this, config.seed, epoch(, batch id)]: a named stream,
@@ -131,15 +131,7 @@ class _PackIterator(grain.DatasetIterator):
     def _open(self) -> None:
         blocks = self._blocks[self._next_block :] if self._next_block else self._blocks
         stream = blocks.to_iter_dataset(self._options)
-        if self._workers > 0:
-            if not flags.FLAGS.is_parsed():  # grain reads its absl flags; outside an absl app
-                flags.FLAGS.mark_as_parsed()  # (pytest, a notebook) their defaults apply
-            stream = stream.mp_prefetch(
-                grain.MultiprocessingOptions(
-                    num_workers=self._workers,
-                    per_worker_buffer_size=self._options.prefetch_buffer_size,
-                )
-            )
+        stream = pipeline.with_workers(stream, self._workers)  # exits with its parent
         self._stream = iter(stream)
 
     def _extend(self) -> None:
@@ -242,7 +234,9 @@ def train_iterator(
     ahead = max(1, num_threads, math.ceil(prefetch / block_events))
     options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=ahead)
     packs = PackIterDataset(blocks, spec, options, workers)
-    return iter(packs.batch(packs_per_batch // process_count, drop_remainder=True))
+    batches = iter(packs.batch(packs_per_batch // process_count, drop_remainder=True))
+    batches.workers = workers  # read by `jaxlab bench --input`, as pipeline.BatchIterator's
+    return batches
 
 
 def eval_batches(

@@ -21,6 +21,7 @@ from absl import logging
 
 from jaxlab.core import trainer
 from jaxlab.core.writer import figure_to_image
+from jaxlab.data import pipeline
 from jaxlab.neutrino import data, data_packing, data_pipeline, evaluate, plots, steps
 from jaxlab.neutrino.metrics import vector_to_angles
 
@@ -68,9 +69,7 @@ def sources(config: ml_collections.ConfigDict, workdir: str) -> trainer.Input:
         num_threads=config.data.num_threads,
         prefetch=config.data.prefetch,
         block_events=config.data.block_events,
-        # Worker processes for the block processing; `data.workers` ("auto" included) resolves
-        # through jaxlab/data/pipeline.py where that key exists.
-        workers=int(config.data.get("workers", 0)),
+        workers=pipeline.resolve_workers(config),  # processes for the block processing
     )
     logging.info("%d train / %d %s events", len(train_source), len(eval_source), config.eval.split)
     window = PackingWindow()

@@ -79,7 +79,10 @@ def train_gan(
     """The WGAN-GP loop to `config.train.num_steps`; False when preempted (checkpointed)."""
     tc = config.train
     train_iter = pipeline.train_iterator(
-        sources["train"], global_batch_size=tc.global_batch_size, seed=config.seed
+        sources["train"],
+        global_batch_size=tc.global_batch_size,
+        seed=config.seed,
+        workers=pipeline.resolve_workers(config),
     )
     eval_source = data_windows.spread_subset(sources["val"], config.eval.max_windows)
     eval_key = rng.stream(config.seed, "gan_eval_samples")
@@ -182,7 +185,10 @@ def train_forecaster(
     fc = config.forecaster
     with workdir_lib.opened(config, forecaster_dir) as writer:
         train_iter = pipeline.train_iterator(
-            train_source, global_batch_size=fc.global_batch_size, seed=config.seed
+            train_source,
+            global_batch_size=fc.global_batch_size,
+            seed=config.seed,
+            workers=pipeline.resolve_workers(config),
         )
         manager = forecast.make_manager(config, forecaster_dir)
         # The same initial parameters for the three forecasters: the study compares training sets.

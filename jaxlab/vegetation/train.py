@@ -63,7 +63,10 @@ def sources(config: ml_collections.ConfigDict, workdir: str) -> trainer.Input:
     train_source = cache.load(config, workdir, root, config.data.train_track, norm)
     val_source = cache.load(config, workdir, root, config.data.val_track, norm)
     train_iter = pipeline.train_iterator(
-        train_source, global_batch_size=config.train.global_batch_size, seed=config.seed
+        train_source,
+        global_batch_size=config.train.global_batch_size,
+        seed=config.seed,
+        workers=pipeline.resolve_workers(config),
     )
     logging.info("%d training windows, %d validation cubes", len(train_source), len(val_source))
     return trainer.Input(

@@ -26,7 +26,7 @@ import xarray as xr
 from absl import logging
 from jax.experimental import multihost_utils
 
-from jaxlab.data import ownership
+from jaxlab.data import ownership, pipeline
 from jaxlab.weather import synthetic
 from jaxlab.weather.data_grib import (  # noqa: F401  (the reader API other modules use)
     FIELDS,
@@ -67,7 +67,7 @@ def _conversion_options(dc: ml_collections.ConfigDict) -> dict[str, Any]:
         missing=dc.missing,
         on_duplicate=dc.get("on_duplicate", "error"),
         on_gap=dc.get("on_gap", "warn"),
-        workers=dc.get("workers", 0),
+        workers=pipeline.worker_count(dc.get("workers", 0)),
     )
 
 
@@ -305,6 +305,8 @@ class WithHour:
         return record
 
     def __getattr__(self, name: str):
+        if name == "source":  # not set yet: unpickling in a reader worker process
+            raise AttributeError(name)
         return getattr(self.source, name)
 
 

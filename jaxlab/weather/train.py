@@ -87,6 +87,7 @@ def sources(config: ml_collections.ConfigDict, workdir: str) -> trainer.Input:
         global_batch_size=config.train.global_batch_size,
         seed=config.seed,
         random_transform=random_transform,
+        workers=pipeline.resolve_workers(config),
     )
     return trainer.Input(
         train_iter=train_iter,
