@@ -70,7 +70,7 @@ def test_plain_jax_call_equals_the_generator_and_forecaster(bundle):
     assert np.std(np.asarray(out["scenarios"])) > 1e-3
 
 
-@pytest.mark.slow  # synthetic panel, two predicts: ~22 s on 2 busy cores
+@pytest.mark.slow  # synthetic panel, two predicts: 6 s here, 22 s on busy cores
 def test_predict_from_the_artefact_equals_the_python_path(bundle, tmp_path, monkeypatch):
     config, path, _, _ = bundle
     inputs = predict.demo_input(config, str(tmp_path / "work"))
