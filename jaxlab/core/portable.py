@@ -13,7 +13,10 @@ predict batch), lowered to StableHLO for cpu, cuda and tpu and serialised with
 The exported function takes two dicts and returns one:
 
     outputs = exported.call(params, inputs)
-      params   {name: array}, exactly the tensors of `params.safetensors` ("encoder/kernel", ...)
+      params   {name: array}, exactly the tensors of `params.safetensors` ("encoder/kernel", ...);
+               for a network that also needs another parameter file of the bundle (sales: the
+               forecaster's), {"params": those tensors, key: {name: array} of that file}, as
+               bundle.json["stablehlo"]["params"] ({key: file name}) lists them
       inputs   {name: array} with the shapes and dtypes listed in bundle.json["stablehlo"]["inputs"]
       outputs  {name: array} as listed in bundle.json["stablehlo"]["outputs"]
 
@@ -57,10 +60,38 @@ class Network:
     fn: (params tree, {name: array}) -> {name: array}; pure, deterministic (no dropout, any
       randomness arrives as an input).
     inputs: {name: jax.ShapeDtypeStruct}, one predict batch.
+    extra_params: {key: (bundle file, abstract parameter tree)}: parameter sets predict needs
+      beside the bundle's inference parameters, each a safetensors file of the bundle (sales:
+      {"forecaster": ("forecaster_real.safetensors", ...)}). With any, `fn`'s params are
+      {"params": the inference parameters, key: that set, ...} (`network_params`).
     """
 
     fn: Callable[[Any, dict[str, jax.Array]], dict[str, jax.Array]]
     inputs: dict[str, jax.ShapeDtypeStruct]
+    extra_params: dict[str, tuple[str, Any]] = dataclasses.field(default_factory=dict)
+
+
+MAIN_PARAMS = "params"  # the inference parameters' key when a network has extra parameter sets
+
+
+def network_params(network: Network, params: Any, extra: dict[str, Any] | None = None) -> Any:
+    """The params tree `network.fn` takes: the inference parameters `params` alone, or with
+    `network.extra_params` {"params": params, key: extra[key]} (default: the set's abstract
+    tree, enough to lower)."""
+    if not network.extra_params:
+        return params
+    extra = extra or {}
+    sets = {key: extra.get(key, abstract) for key, (_, abstract) in network.extra_params.items()}
+    return {MAIN_PARAMS: params, **sets}
+
+
+def param_files(network: Network) -> str | dict[str, str]:
+    """The bundle file(s) the artefact's params come from: "params.safetensors" or, with extra
+    parameter sets, {"params": "params.safetensors", key: file}."""
+    if not network.extra_params:
+        return bundle_files.PARAMS_FILE
+    files = {key: file for key, (file, _) in network.extra_params.items()}
+    return {MAIN_PARAMS: bundle_files.PARAMS_FILE, **files}
 
 
 def _abstract(tree: Any) -> Any:
@@ -75,28 +106,56 @@ def leaf_names(tree: Any) -> list[str]:
     ]
 
 
-def flat_fn(fn: Callable, params_abstract: Any) -> Callable:
-    """`fn(params, inputs)` as `g(flat, inputs)` with `flat` the bundle's {name: array} params."""
-    names = leaf_names(params_abstract)
-    treedef = jax.tree.structure(params_abstract)
+def _flat(tree: Any) -> dict[str, Any]:
+    return dict(zip(leaf_names(tree), jax.tree.leaves(tree), strict=True))
 
-    def g(flat: dict[str, jax.Array], inputs: dict[str, jax.Array]) -> dict[str, jax.Array]:
-        return fn(jax.tree.unflatten(treedef, [flat[n] for n in names]), inputs)
+
+def _unflattener(abstract: Any) -> Callable[[dict[str, Any]], Any]:
+    names, treedef = leaf_names(abstract), jax.tree.structure(abstract)
+    return lambda flat: jax.tree.unflatten(treedef, [flat[n] for n in names])
+
+
+def flat_params(network: Network, tree: Any) -> dict[str, Any]:
+    """The artefact's first argument from the tree `network.fn` takes (`network_params`): the
+    bundle's {name: array}, or one such dict per parameter set."""
+    if not network.extra_params:
+        return _flat(tree)
+    return {key: _flat(value) for key, value in tree.items()}
+
+
+def flat_fn(network: Network, params_abstract: Any) -> Callable:
+    """`network.fn(params, inputs)` as `g(flat, inputs)`, `flat` as `flat_params` gives it."""
+    if network.extra_params:
+        sets = {key: _unflattener(value) for key, value in params_abstract.items()}
+
+        def to_tree(flat):
+            return {key: unflatten(flat[key]) for key, unflatten in sets.items()}
+
+    else:
+        to_tree = _unflattener(params_abstract)
+
+    def g(flat: dict[str, Any], inputs: dict[str, jax.Array]) -> dict[str, jax.Array]:
+        return network.fn(to_tree(flat), inputs)
 
     return g
 
 
 def export_network(
-    network: Network, params: Any, platforms: tuple[str, ...] = PLATFORMS
+    network: Network,
+    params: Any,
+    platforms: tuple[str, ...] = PLATFORMS,
+    extra: dict[str, Any] | None = None,
 ) -> jax.export.Exported:
     """`network.fn` lowered for `platforms` with the flat-params calling convention.
 
-    `params` may be arrays or ShapeDtypeStructs (only shapes and dtypes are used).
+    `params` (the inference parameters) and `extra` (the extra parameter sets, default their
+    abstract trees) may be arrays or ShapeDtypeStructs: only shapes and dtypes are used.
     """
-    abstract = _abstract(params)
-    flat_abstract = dict(zip(leaf_names(abstract), jax.tree.leaves(abstract), strict=True))
-    jitted = jax.jit(flat_fn(network.fn, abstract))
-    return jax.export.export(jitted, platforms=platforms)(flat_abstract, dict(network.inputs))
+    abstract = _abstract(network_params(network, params, extra))
+    jitted = jax.jit(flat_fn(network, abstract))
+    return jax.export.export(jitted, platforms=platforms)(
+        flat_params(network, abstract), dict(network.inputs)
+    )
 
 
 def _spec(tree: Any) -> dict[str, dict[str, Any]]:
@@ -107,15 +166,18 @@ def _spec(tree: Any) -> dict[str, dict[str, Any]]:
     }
 
 
-def signature(exported: jax.export.Exported) -> dict[str, Any]:
-    """The artefact's description for bundle.json: platforms, inputs and outputs by name."""
+def signature(
+    exported: jax.export.Exported, files: str | dict[str, str] = bundle_files.PARAMS_FILE
+) -> dict[str, Any]:
+    """The artefact's description for bundle.json: platforms, parameter file(s) (`param_files`),
+    inputs and outputs by name."""
     params_tree, inputs_tree = jax.tree.unflatten(exported.in_tree, exported.in_avals)[0]
     outputs_tree = jax.tree.unflatten(exported.out_tree, exported.out_avals)
     return {
         "file": ARTEFACT_FILE,
         "platforms": list(exported.platforms),
-        "params": bundle_files.PARAMS_FILE,
-        "num_param_tensors": len(params_tree),
+        "params": files,
+        "num_param_tensors": len(jax.tree.leaves(params_tree)),
         "inputs": _spec(inputs_tree),
         "outputs": _spec(outputs_tree),
         "jax_version": jax.__version__,
@@ -123,12 +185,14 @@ def signature(exported: jax.export.Exported) -> dict[str, Any]:
     }
 
 
-def write(out: str, network: Network, params: Any, platforms=PLATFORMS) -> dict[str, Any]:
+def write(
+    out: str, network: Network, params: Any, platforms=PLATFORMS, extra=None
+) -> dict[str, Any]:
     """Exports `network` and writes `out/predict.stablehlo`; returns its bundle.json entry."""
-    exported = export_network(network, params, platforms)
+    exported = export_network(network, params, platforms, extra)
     with open(os.path.join(out, ARTEFACT_FILE), "wb") as f:
         f.write(exported.serialize())
-    return signature(exported)
+    return signature(exported, param_files(network))
 
 
 def has_artefact(path: str) -> bool:
@@ -172,14 +236,41 @@ def check_inputs(exported: jax.export.Exported, inputs: dict[str, Any], source: 
             )
 
 
+def _read_set(path: str, name: str, expected: dict[str, Any]) -> dict[str, jax.Array]:
+    """The tensors of the bundle file `name`, checked against the artefact's avals."""
+    file = os.path.join(path, name)
+    if not os.path.isfile(file):
+        raise FileNotFoundError(f"{file}: the bundle's StableHLO predict needs this file.")
+    flat = safetensors_np.load_file(file)
+    for key in sorted(set(flat) | set(expected)):
+        aval = expected.get(key)
+        value = flat.get(key)
+        if (
+            aval is None
+            or value is None
+            or (tuple(value.shape), np.dtype(value.dtype)) != (tuple(aval.shape), aval.dtype)
+        ):
+            raise ValueError(
+                f"{file}: its tensors do not match {os.path.join(path, ARTEFACT_FILE)} (first "
+                f"difference: {key!r})."
+            )
+    return {k: jax.device_put(v) for k, v in flat.items()}
+
+
 def load_callable(path: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
-    """inputs -> outputs running the bundle's artefact with its own `params.safetensors`."""
+    """inputs -> outputs running the bundle's artefact with its own parameter file(s)."""
     exported = load(path)
-    file = os.path.join(path, bundle_files.PARAMS_FILE)
-    flat = {k: jax.device_put(v) for k, v in safetensors_np.load_file(file).items()}
+    files = bundle_files.read_info(path).get(INFO_KEY, {}).get("params", bundle_files.PARAMS_FILE)
     expected = jax.tree.unflatten(exported.in_tree, exported.in_avals)[0][0]
-    if sorted(flat) != sorted(expected):
-        raise ValueError(f"{file}: its tensors do not match {os.path.join(path, ARTEFACT_FILE)}.")
+    if isinstance(files, str):
+        flat = _read_set(path, files, expected)
+    elif sorted(files) != sorted(expected):
+        raise ValueError(
+            f"{os.path.join(path, bundle_files.INFO_FILE)}: stablehlo.params names parameter "
+            f"sets {sorted(files)}; {os.path.join(path, ARTEFACT_FILE)} takes {sorted(expected)}."
+        )
+    else:
+        flat = {key: _read_set(path, file, expected[key]) for key, file in files.items()}
     call = jax.jit(exported.call)
 
     def apply(inputs: dict[str, Any]) -> dict[str, Any]:
@@ -231,9 +322,20 @@ def export_task_network(config: Any, params: Any, out: str) -> dict[str, Any]:
     if network is None:
         logging.info("%s has no network(config), so no StableHLO predict in the bundle.", name)
         return {}
+    net = network(config)
+    for key, (file, abstract) in net.extra_params.items():
+        if not os.path.isfile(os.path.join(out, file)):
+            logging.warning(
+                "%s: the bundle has no %s (%s parameters), so no StableHLO predict.",
+                name,
+                file,
+                key,
+            )
+            return {}
+        _read_set(out, file, _flat(_abstract(abstract)))  # one clear error if it does not fit
     start = time.perf_counter()
     try:
-        entry = write(out, network(config), params)
+        entry = write(out, net, params)
     except Exception as e:  # an optional artefact: say what failed and how to export without it
         raise RuntimeError(
             f"{name}.network: lowering the predict network for {', '.join(PLATFORMS)} failed "

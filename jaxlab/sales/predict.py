@@ -16,6 +16,11 @@ statistics). For new data these statistics are recomputed from the input's own h
 them. `model` is a training workdir (the forecaster's checkpoints live beside the GAN's in
 `forecast_real/`) or an exported bundle (it carries the generator and, as
 `forecaster_real.safetensors`, the real-only forecaster).
+
+Option `engine=stablehlo` (or `auto`: when the bundle carries one) runs the bundle's StableHLO
+predict (`network`: generator and forecaster in one function, the scenario noise an input) in
+place of the model's code: the same noise, so the same files to float32 rounding. The default,
+`engine=python`, keeps bundle and workdir predictions bitwise equal.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import csv
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 from absl import logging
@@ -36,6 +42,7 @@ from jaxlab.core import portable, rng
 from jaxlab.sales import data, data_windows, forecast, gan, steps
 from jaxlab.sales import model as model_lib
 
+TASK = "jaxlab.sales"
 SCENARIOS_FILE = "scenarios.csv"
 FORECAST_FILE = "forecast.csv"
 
@@ -102,26 +109,94 @@ def conditions(panel: pd.DataFrame, product_ids, as_of: np.datetime64, config, i
     return batch, np.asarray(lows, np.float32), np.asarray(scales, np.float32), target_dates
 
 
-def network(config, num_products: int | None = None) -> portable.Network:
-    """The predict network: the generator, {"noise" [P, T, Z], "history_sales", "history_features",
-    "target_features"} -> {"scenario": [P, T]} in normalised units (one draw per product; the
-    noise carries the randomness). What a bundle exports as its StableHLO predict."""
+DEFAULT_SCENARIOS = 20
+FORECASTER = "forecaster"  # the forecaster's parameter set in the StableHLO predict
+
+
+def network(
+    config, num_products: int | None = None, num_scenarios: int | None = None
+) -> portable.Network:
+    """The predict network: generator and real-only forecaster in one pure function,
+        {"noise" [P, S, T, Z], "history_sales" [P, H], "history_features" [P, H, F],
+         "target_features" [P, T, F_t]}
+        -> {"scenarios": [P, S, T], "forecast": [P, T]}, normalised units,
+    with P = `num_products` (default 5, predict's default product count) and S =
+    `num_scenarios` (default 20, predict's default) draws per product; the noise carries all the
+    randomness (predict: `gan.sample_noise` of draw s * num_products + p). Its parameters are
+    the bundle's generator (params.safetensors) and, as the extra set "forecaster", the
+    forecaster's (`steps.FORECASTER_FILE`). What a bundle exports as its StableHLO predict."""
     generator, _ = model_lib.make_gan(config)
-    dc, n = config.data, num_products or 16
+    forecaster = model_lib.make_forecaster(config)
+    forecaster_params = jax.eval_shape(
+        lambda: forecaster.init(jax.random.key(0), *gan.dummy_condition(config))["params"]
+    )
+    dc, p, s = config.data, num_products or DEFAULT_PRODUCTS, num_scenarios or DEFAULT_SCENARIOS
     windows = steps.random_windows(config)
     inputs = {
-        "noise": jax.ShapeDtypeStruct((n, dc.horizon, config.gan.noise_dim), np.float32),
+        "noise": jax.ShapeDtypeStruct((p, s, dc.horizon, config.gan.noise_dim), np.float32),
         **{
-            k: jax.ShapeDtypeStruct((n, *windows[k].shape[1:]), np.float32)
+            k: jax.ShapeDtypeStruct((p, *windows[k].shape[1:]), np.float32)
             for k in ("history_sales", "history_features", "target_features")
         },
     }
 
     def fn(params, x):
+        products, draws, horizon, noise_dim = x["noise"].shape
         cond = model_lib.condition(x)
-        return {"scenario": generator.apply({"params": params}, x["noise"], *cond)}
+        per_draw = [jnp.repeat(c, draws, axis=0) for c in cond]  # row p * S + s
+        noise = x["noise"].reshape(products * draws, horizon, noise_dim)
+        scenarios = generator.apply({"params": params[portable.MAIN_PARAMS]}, noise, *per_draw)
+        point = forecaster.apply({"params": params[FORECASTER]}, *cond)
+        return {"scenarios": scenarios.reshape(products, draws, horizon), "forecast": point}
 
-    return portable.Network(fn=fn, inputs=inputs)
+    return portable.Network(
+        fn=fn,
+        inputs=inputs,
+        extra_params={FORECASTER: (steps.FORECASTER_FILE, forecaster_params)},
+    )
+
+
+def python_draws(model, config, gen_params, batch, key, count):
+    """(scenarios [P, S, T], point forecast [P, T]), normalised, with the model's code: draw s
+    of product p from `gan.sample_noise` index s * P + p."""
+    cond = model_lib.condition(batch)
+    generator, _ = model_lib.make_gan(config)
+    horizon, num = config.data.horizon, len(batch["history_sales"])
+    sample = jax.jit(lambda p, noise, *c: generator.apply({"params": p}, noise, *c))
+    draws = []
+    for s in range(count):
+        noise = gan.sample_noise(key, s * num + np.arange(num), horizon, config.gan.noise_dim)
+        draws.append(np.asarray(sample(gen_params, noise, *cond)))
+    scenarios = np.stack(draws, axis=1)  # [P, S, T], normalised
+    parts = forecast.build(config, _single_device_mesh())
+    params = forecaster_params(model, config, parts)
+    point = np.asarray(jax.jit(parts.model.apply)({"params": params}, *cond))  # [P, T]
+    return scenarios, point
+
+
+def artefact_draws(model, info, batch, key, count):
+    """`python_draws` with the bundle's StableHLO predict (no model code): products and draws
+    in blocks of the artefact's [P_a, S_a] (the last ones padded, the padding dropped), each
+    draw's noise the same `gan.sample_noise` index as on the Python path."""
+    apply = portable.load_callable(model)
+    block_p, block_s, horizon, noise_dim = info[portable.INFO_KEY]["inputs"]["noise"]["shape"]
+    num = len(batch["history_sales"])
+    scenarios = np.zeros((num, count, horizon), np.float32)
+    point = np.zeros((num, horizon), np.float32)
+    for p0 in range(0, num, block_p):
+        rows = np.minimum(np.arange(p0, p0 + block_p), num - 1)  # padded with the last product
+        n_p = min(block_p, num - p0)
+        cond = {k: v[rows] for k, v in batch.items()}
+        for s0 in range(0, count, block_s):
+            draw = np.arange(s0, s0 + block_s)
+            index = (draw[None, :] * num + rows[:, None]).reshape(-1)
+            noise = gan.sample_noise(key, index, horizon, noise_dim)
+            out = apply({"noise": noise.reshape(block_p, block_s, horizon, noise_dim), **cond})
+            n_s = min(block_s, count - s0)
+            scenarios[p0 : p0 + n_p, s0 : s0 + n_s] = np.asarray(out["scenarios"])[:n_p, :n_s]
+            if s0 == 0:
+                point[p0 : p0 + n_p] = np.asarray(out["forecast"])[:n_p]
+    return scenarios, point
 
 
 def predict(
@@ -131,10 +206,18 @@ def predict(
     config=None,
     product_ids: str = "",
     as_of: str = "",
-    num_scenarios: str | int = 20,
+    num_scenarios: str | int = DEFAULT_SCENARIOS,
+    engine: str = "python",
 ) -> list[str]:
-    """Writes scenarios.csv, forecast.csv and one PNG per product; returns their paths."""
-    config, gen_params, info = bundle_lib.load_model(model, config, task="jaxlab.sales")
+    """Writes scenarios.csv, forecast.csv and one PNG per product; returns their paths.
+
+    `engine`: python (the default: the model's code), stablehlo (the bundle's StableHLO predict,
+    without the model's code) or auto (stablehlo when the bundle carries one)."""
+    hlo = portable.use_artefact(model, engine)
+    if hlo:
+        config, info = portable.bundle_config(model, TASK)
+    else:
+        config, gen_params, info = bundle_lib.load_model(model, config, task=TASK)
     panel = read_history(inputs, config)
     ids = [p for p in str(product_ids).split(",") if p]
     try:
@@ -150,20 +233,12 @@ def predict(
         ids = default_products(panel, day, config.data.history)
         logging.info("No product_ids given: the first %d with a full history: %s", len(ids), ids)
     batch, low, scale, dates = conditions(panel, ids, day, config, inputs)
-    cond = model_lib.condition(batch)
-
-    generator, _ = model_lib.make_gan(config)
     horizon, num = config.data.horizon, len(ids)
-    sample = jax.jit(lambda p, noise, *c: generator.apply({"params": p}, noise, *c))
     key = rng.stream(config.seed, "predict_scenarios")
-    draws = []
-    for s in range(count):
-        noise = gan.sample_noise(key, s * num + np.arange(num), horizon, config.gan.noise_dim)
-        draws.append(np.asarray(sample(gen_params, noise, *cond)))
-    scenarios = np.stack(draws, axis=1)  # [P, S, T], normalised
-    parts = forecast.build(config, _single_device_mesh())
-    params = forecaster_params(model, config, parts)
-    point = np.asarray(jax.jit(parts.model.apply)({"params": params}, *cond))  # [P, T]
+    if hlo:
+        scenarios, point = artefact_draws(model, info, batch, key, count)
+    else:
+        scenarios, point = python_draws(model, config, gen_params, batch, key, count)
 
     def to_units(x):  # [P, ...] normalised -> items per day (the inverse min-max)
         shape = (-1,) + (1,) * (x.ndim - 1)
@@ -194,10 +269,11 @@ def predict(
         _plot(product, history_u[i], scenarios_u[i], point_u[i], p10[i], p90[i], day, path)
         written.append(path)
     logging.info(
-        "sales predict: %d products x %d scenarios (GAN step %s) -> %s",
+        "sales predict: %d products x %d scenarios (GAN step %s, %s) -> %s",
         num,
         count,
         info.get("checkpoint_step"),
+        "StableHLO" if hlo else "Python",
         out,
     )
     return written

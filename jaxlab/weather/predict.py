@@ -31,10 +31,17 @@ restored from its checkpoint). The normalisation statistics (`hrrr.zarr.stats.js
 bundles by `steps.bundle_files`) are found in this order: `stats=PATH`; `<model>/`; the store of
 the model's workdir (`data.dir`, or `<workdir>/data` for synthetic data); the store of a bundle's
 `source_workdir`.
+
+Option `engine=stablehlo` (or `auto`: when the bundle carries one) runs the bundle's StableHLO
+predict (`network`: one lead step of the ensemble, the whole fixed-step sampler loop, with the
+members' keys an input) in place of the model's code; given the same keys it equals the Python
+path to float32 rounding. The default, `engine=python`, keeps bundle and workdir predictions
+bitwise equal.
 """
 
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import math
@@ -194,16 +201,19 @@ def _step_fn(config, members: int):
     return _STEP_FNS[key]
 
 
-def forecast(config, params, scale, normaliser, state, init_time, members: int, leads: int):
+def forecast(
+    config, params, scale, normaliser, state, init_time, members: int, leads: int, step_fn=None
+):
     """Ensemble [L, M, y, x, C] in physical units from the physical state [y, x, C] at
     `init_time`: `ensemble.rollout`, as the evaluation draws it, with the case key
-    stream(seed, "predict", hours since 1970 of `init_time`)."""
+    stream(seed, "predict", hours since 1970 of `init_time`). `step_fn` (default `_step_fn`, the
+    model's code) is the rollout's one-lead step, e.g. `artefact_step`."""
     hours = (np.datetime64(init_time, "h") - np.datetime64("1970-01-01T00", "h")).astype(int)
     case_key = rng.stream(config.seed, "predict", int(hours))
     init = jnp.asarray(normaliser.encode(state))
     hour = float(data.hour_of_day(init_time))
     ens = ensemble.rollout(
-        _step_fn(config, members),
+        step_fn or _step_fn(config, members),
         params,
         init,
         float(config.data.leads[0]),
@@ -217,36 +227,56 @@ def forecast(config, params, scale, normaliser, state, init_time, members: int, 
 
 
 def network(config, members: int | None = None) -> portable.Network:
-    """The predict network: one denoiser evaluation of `members` (default `eval.num_members`)
-    ensemble members on the full grid, {"xt", "cond" [M, H, W, C], "t" [M] int32, "lead" [M],
-    "hour" [M]} -> {"output": [M, H, W, C]} with the bundle's EMA parameters; the sampler calls it
-    once per solver step. What a bundle exports as its StableHLO predict."""
+    """The predict network: one lead step of `members` (default `eval.num_members`) ensemble
+    members on the full grid, the whole fixed-step sampler loop (`config.diffusion`: DPM-Solver++,
+    DDIM or DDPM) and the residual decoding in one function (`ensemble.forecast_step`),
+        {"cond" [M, H, W, C] normalised state at t, "lead" [M] hours, "hour" [M] hour of day of
+         t, "keys" [M, 2] uint32: each member's key as `jax.random.key_data` (threefry2x32)}
+        -> {"state": [M, H, W, C] normalised state at t + lead},
+    with the bundle's EMA parameters and residual scale. The keys are the only randomness (the
+    sampler's prior and per-step noise are drawn from them inside), so the artefact is
+    deterministic and equals the Python step given the same keys; predict calls it once per lead
+    with `ensemble.member_keys`. What a bundle exports as its StableHLO predict."""
     model = model_lib.make_model(config)
+    sched = diffusion.make_schedule(config.diffusion.schedule, config.diffusion.num_steps)
     m = members or config.eval.num_members
-    grid = jax.ShapeDtypeStruct((m, *config.data.shape, len(data.VARIABLES)), np.float32)
+    key_shape = jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0))).shape
     vector = jax.ShapeDtypeStruct((m,), np.float32)
     inputs = {
-        "xt": grid,
-        "cond": grid,
-        "t": jax.ShapeDtypeStruct((m,), np.int32),
+        "cond": jax.ShapeDtypeStruct((m, *config.data.shape, len(data.VARIABLES)), np.float32),
         "lead": vector,
         "hour": vector,
+        "keys": jax.ShapeDtypeStruct((m, *key_shape), np.uint32),
     }
+    step = functools.partial(ensemble.forecast_step, model=model, sched=sched, config=config)
 
     def fn(params, x):
-        out = model_lib.apply(
-            model,
-            params["ema"],
-            x["xt"],
-            x["cond"],
-            x["t"],
-            x["lead"],
-            x["hour"],
-            config.model.use_hour,
-        )
-        return {"output": out}
+        keys = jax.random.wrap_key_data(x["keys"])
+        state = step(params["ema"], x["cond"], x["lead"], x["hour"], keys, params["scale"])
+        return {"state": state}
 
     return portable.Network(fn=fn, inputs=inputs)
+
+
+def artefact_step(model: str):
+    """`ensemble.rollout`'s step function (params, state [M, ...], lead, hour, keys, scale) ->
+    next state, running the bundle's StableHLO predict (params and scale are its own): members
+    in blocks of the artefact's size, the last padded with the last member and the padding
+    dropped; a member's result does not depend on the others."""
+    apply, block = portable.load_callable(model), portable.input_batch(model)
+
+    def step(params, state, lead, hour, keys, scale):
+        del params, scale  # the artefact's own, from the bundle
+        key_data = np.asarray(jax.random.key_data(keys))
+        members, out = len(key_data), []
+        for start in range(0, members, block):
+            rows = np.minimum(np.arange(start, start + block), members - 1)
+            inputs = {"cond": state[rows], "lead": lead[rows], "hour": hour[rows]}
+            got = apply({**inputs, "keys": key_data[rows]})["state"]
+            out.append(got[: min(block, members - start)])
+        return jnp.concatenate(out)
+
+    return step
 
 
 def clip_to_physical_range(members: np.ndarray) -> tuple[np.ndarray, dict[str, int]]:
@@ -311,9 +341,20 @@ def predict(
     stats: str = "",
     plots="true",
     sample_members=None,
+    engine: str = "python",
 ) -> list[str]:
-    """Writes the NetCDF and the PNG folders for one initialisation time; returns the files."""
-    config, params, scale, info = load_forecaster(model, config)
+    """Writes the NetCDF and the PNG folders for one initialisation time; returns the files.
+
+    `engine`: python (the default: the model's code), stablehlo (the bundle's StableHLO predict,
+    without the model's code) or auto (stablehlo when the bundle carries one)."""
+    hlo = portable.use_artefact(model, engine)
+    if hlo:
+        config, info = portable.bundle_config(model, TASK)
+        params = scale = None
+        step_fn = artefact_step(model)
+    else:
+        config, params, scale, info = load_forecaster(model, config)
+        step_fn = None
     ec = config.eval
     members = _positive_int("members", members or ec.num_members)
     leads = _positive_int("leads", leads or ec.rollout_steps)
@@ -330,7 +371,7 @@ def predict(
     normaliser = data.Normaliser(statistics)
     start = time.perf_counter()
     members_phys = forecast(
-        config, params, scale, normaliser, init["state"], init["time"], members, leads
+        config, params, scale, normaliser, init["state"], init["time"], members, leads, step_fn
     )
     seconds = time.perf_counter() - start
     members_phys, clipped = clip_to_physical_range(members_phys)
@@ -344,13 +385,14 @@ def predict(
         written += output.figures(out, ds, init, sample)
     mean_refc = float(ds["refc_mean"].max())
     logging.info(
-        "weather predict: init %s, %d members x %d leads (%s h) in %.1f s -> %s (+%d PNGs); "
-        "max ensemble-mean REFC %.1f dBZ; model step %s, stats %s",
+        "weather predict: init %s, %d members x %d leads (%s h) in %.1f s (%s) -> %s (+%d "
+        "PNGs); max ensemble-mean REFC %.1f dBZ; model step %s, stats %s",
         init["time"],
         members,
         leads,
         ",".join(str(h) for h in lead_hours),
         seconds,
+        "StableHLO" if hlo else "Python",
         nc,
         len(written) - 1,
         mean_refc,

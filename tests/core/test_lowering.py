@@ -19,6 +19,7 @@ import pytest
 
 from jaxlab.core import config as config_lib
 from jaxlab.core import mesh as mesh_lib
+from jaxlab.core import portable
 from jaxlab.core import task as task_lib
 
 ACCELERATORS = ("cuda", "tpu")
@@ -109,7 +110,11 @@ def _lower_all(name, variant):
         "train": (parts.train_step, (parts.abstract_state, train_batch)),
         # Weather evaluates its EMA parameters, which have the params' shapes.
         "eval": (parts.eval_step, (parts.abstract_state.params, eval_batch, valid, *extra)),
-        "predict": (jax.jit(network.fn), (predict_params, network.inputs)),
+        # Sales' network also takes the forecaster's parameters (abstract: network_params).
+        "predict": (
+            jax.jit(network.fn),
+            (portable.network_params(network, predict_params), network.inputs),
+        ),
     }
     modules = {}
     for what, (fn, args) in calls.items():

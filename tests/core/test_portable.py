@@ -14,6 +14,7 @@ from jaxlab.configs import example as example_config
 from jaxlab.core import bundle as bundle_lib
 from jaxlab.core import portable
 from jaxlab.example import predict, train
+from tests.core import portable_util
 
 
 @pytest.fixture(scope="module")
@@ -95,70 +96,19 @@ def test_wrong_input_shape_and_missing_artefact_are_clear_errors(bundle_dir, tmp
 # --- every task's predict network: the artefact equals the Python network -------------------
 
 
-def _task_inputs(name, config, network, gen):
-    """Plausible inputs for `network` (one predict batch) with the right dtypes and ranges."""
-    if name == "neutrino":
-        from jaxlab.neutrino import data_packing
-
-        spec = data_packing.PackSpec.from_config(config)
-        g = next(iter(network.inputs.values())).shape[0]
-        with config.unlocked():
-            config.train.global_batch_size = g
-        batch = data_packing.model_inputs(data_packing.synthetic_batch(config, spec, 0))
-        return {k: batch[k] for k in network.inputs}
-    if name == "vegetation":
-        from jaxlab.vegetation import steps
-
-        batch = steps.random_batch(config, next(iter(network.inputs.values())).shape[0])
-        return {k: batch[k] for k in network.inputs}
-    inputs = {}
-    for key, aval in network.inputs.items():
-        if aval.dtype == np.int32:  # weather's diffusion step t
-            inputs[key] = gen.integers(0, config.diffusion.num_steps, aval.shape).astype(np.int32)
-        else:
-            inputs[key] = gen.normal(size=aval.shape).astype(aval.dtype)
-    return inputs
-
-
-def _random_bundle(name, out, variant="tiny", batch=None):
-    """(config, bundle path, network, params): a bundle of randomly initialised parameters of the
-    task's `variant` config with its StableHLO predict; no training, no init compile."""
-    from jaxlab.core import bundle
-    from jaxlab.core import config as config_lib
-    from jaxlab.core import mesh as mesh_lib
-    from jaxlab.core import task as task_lib
-
-    config = config_lib.load_config(f"{name}:{variant}")
-    steps = task_lib.import_task(config, "steps")
-    predict_module = task_lib.import_task(config, "predict")
-    mesh = mesh_lib.make_mesh([("data", -1)], devices=jax.devices()[:1])
-    parts = steps.build(config, mesh)
-    inference = getattr(steps, "inference_params", lambda s: s.params)
-    abstract = jax.eval_shape(inference, parts.abstract_state)
-    gen = np.random.default_rng(1)
-    params = jax.tree.map(lambda a: (0.2 * gen.standard_normal(a.shape)).astype(a.dtype), abstract)
-    network = predict_module.network(config, batch)
-    os.makedirs(out, exist_ok=True)
-    bundle.write_params(out, params, {"task": config.task})
-    entry = portable.write(out, network, params)
-    with open(os.path.join(out, bundle_lib.CONFIG_FILE), "w") as f:
-        f.write(config.to_json_best_effort())
-    with open(os.path.join(out, bundle_lib.INFO_FILE), "w") as f:
-        json.dump({"task": config.task, "checkpoint_step": 0, portable.INFO_KEY: entry}, f)
-    return config, out, network, params
-
-
 SMALL = {"vegetation": 2, "weather": 2, "glitch": 2, "sales": 4, "neutrino": None}
 
 
 @pytest.mark.parametrize("name", list(SMALL))
 def test_every_task_artefact_equals_its_python_network(name, tmp_path):
-    config, path, network, params = _random_bundle(name, str(tmp_path), batch=SMALL[name])
+    config, path, network, params = portable_util.random_bundle(
+        name, str(tmp_path), batch=SMALL[name]
+    )
     with open(tmp_path / bundle_lib.INFO_FILE) as f:
         entry = json.load(f)[portable.INFO_KEY]
     assert set(entry["inputs"]) == set(network.inputs)
     gen = np.random.default_rng(0)
-    inputs = _task_inputs(name, config, network, gen)
+    inputs = portable_util.task_inputs(name, config, network, gen)
     expected = jax.jit(network.fn)(params, inputs)
     got = portable.load_callable(str(tmp_path))(inputs)
     assert set(got) == set(expected) == set(entry["outputs"])
@@ -183,7 +133,7 @@ def test_task_predict_runs_the_artefact_without_the_model(name, tmp_path, monkey
     the model module's `make_model` is made to fail, so the artefact path cannot build it."""
     from jaxlab.core import task as task_lib
 
-    config, bundle, _, _ = _random_bundle(name, str(tmp_path / "bundle"))
+    config, bundle, _, _ = portable_util.random_bundle(name, str(tmp_path / "bundle"))
     predict_module = task_lib.import_task(config, "predict")
     workdir = str(tmp_path / "work")
     inputs = predict_module.demo_input(config, workdir)
