@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import warnings
 
 import ml_collections
@@ -105,6 +106,9 @@ def run_cells(config: ml_collections.ConfigDict, workdir: str) -> tuple[str, str
     data_dir = data.prepare(config, workdir)
     clim_dir = climatology_dir(config, data_dir)
     os.makedirs(os.path.join(workdir, "study"), exist_ok=True)
+    # The training track's normalisation, computed once and given to every cell (each would
+    # compute the same from the same cubes).
+    data.normalisation(config, os.path.join(workdir, "study"), data_dir)
     for arm in sc.arms:
         if arm in BASELINES:
             continue
@@ -114,6 +118,10 @@ def run_cells(config: ml_collections.ConfigDict, workdir: str) -> tuple[str, str
                 continue
             c = arm_config(config, arm, seed, data_dir, clim_dir)
             arm_dir = cell_dir(workdir, arm, seed)
+            os.makedirs(arm_dir, exist_ok=True)
+            norm_path = os.path.join(arm_dir, "normalisation.json")
+            if not os.path.exists(norm_path):
+                shutil.copy(os.path.join(workdir, "study", "normalisation.json"), norm_path)
             logging.info("=== study: arm %s, seed %d (%s)", arm, seed, arm_dir)
             if not finished(train.train_and_evaluate(c, arm_dir), c):
                 return None

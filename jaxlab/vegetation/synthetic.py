@@ -105,7 +105,10 @@ def weather(rng: np.random.Generator, doy: np.ndarray, spell: tuple[int, int] | 
         "eobs_rr": np.where(wet, rng.gamma(0.8, 5.0, size=n), 0.0),
         "eobs_pp": 1015.0 + 4.0 * rng.normal(size=n) + 8.0 * hot,
         "eobs_hu": np.clip(75.0 - 2.0 * anomaly + 10.0 * wet - 25.0 * hot, 20, 100),
-        "eobs_qq": 150.0 + 100.0 * season + 20.0 * rng.normal(size=n) + 80.0 * hot - 40 * wet,
+        # Radiation is never negative (E-OBS range [0, 1500]): a cold, wet day is clipped.
+        "eobs_qq": np.clip(
+            150.0 + 100.0 * season + 20.0 * rng.normal(size=n) + 80.0 * hot - 40 * wet, 0, None
+        ),
         "eobs_fg": np.abs(3.0 + rng.normal(size=n)),
     }
 
