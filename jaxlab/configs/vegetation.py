@@ -227,7 +227,7 @@ def with_study(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 def planted(data: ml_collections.ConfigDict) -> None:
     """The synthetic cubes' planted structure for the study (synthetic.Planted): NDVI that
     follows the target period's weather anomaly, a sustained per-cube trend, a climatology."""
-    common.override(data, synthetic_weather_effect=0.2, synthetic_trend=0.2)
+    common.override(data, synthetic_weather_effect=0.15, synthetic_trend=0.2)
     data.synthetic_climatology_years = 3
 
 

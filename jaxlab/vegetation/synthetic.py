@@ -40,8 +40,10 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from jaxlab.vegetation import data_features
 from jaxlab.vegetation.format import BANDS, EOBS, NUM_DAYS
 
+RESPONSE_SCALE = 1.5  # the standard deviation of the raw response for this weather
 CLIMATOLOGY_FOLDER = "climatology"  # <root>/climatology/<track>/<region>/<cube>.nc
 
 # Land cover class -> (weight in the map, NDVI base, amplitude, peak day of year, width in days,
@@ -140,14 +142,14 @@ def clouds(rng: np.random.Generator, size: int, num_days: int) -> tuple[np.ndarr
 
 
 def weather_response(tx: np.ndarray) -> np.ndarray:
-    """[days] the standardised day-to-day tx anomaly (minus its centred 21-day mean, as
-    `data_features.weather_features` computes it) with a 5-day exponential memory."""
-    anomaly = tx - np.convolve(tx, np.ones(21) / 21, mode="same")
-    anomaly = anomaly / (anomaly[10:-10].std() + 1e-8)  # the ends see a one-sided mean
+    """[days] the day-to-day tx anomaly (tx minus its centred 21-day mean, the anomaly
+    `data_features.weather_features` gives the model) with a 2-day exponential memory, scaled
+    to about unit standard deviation for the AR(1) weather here."""
+    anomaly = tx - data_features.rolling_mean(tx[:, None], 21)[:, 0]
     response = np.zeros_like(anomaly)
     for t in range(1, len(anomaly)):
-        response[t] = 0.8 * response[t - 1] + 0.2 * anomaly[t]
-    return response / 0.6  # about unit standard deviation for the AR(1) weather here
+        response[t] = 0.6 * response[t - 1] + 0.4 * anomaly[t]
+    return response / RESPONSE_SCALE
 
 
 def planted_ndvi(
