@@ -2,7 +2,7 @@
 
 The study's cubes plant two things (synthetic.Planted): NDVI that follows the target period's
 temperature anomaly, which the context frames cannot know, and a sustained per-cube NDVI trend.
-A forecaster without the weather residual cannot follow the first, persistence follows neither.
+A forecaster without the weather residual cannot follow the first; persistence follows neither.
 A weather path that ignored its input (or a data pipeline that fed the wrong weather) would lose
 the full model's lead over `no_weather_residual` and fail here.
 """
@@ -126,8 +126,8 @@ def test_study_command_finds_the_task_study_and_refuses_a_config_without_one():
         study.main(vegetation_config.get_config("tiny"), "/nonexistent")
 
 
-@pytest.mark.slow  # three small training runs
-def test_study_tiny_the_weather_residual_and_the_model_beat_their_ablations(tmp_path):
+@pytest.mark.slow  # three small training runs (about 7 min under a load of 20 on 2 cores)
+def test_study_tiny_full_model_beats_no_weather_residual_and_persistence(tmp_path):
     config = vegetation_config.get_config("study_tiny")
     workdir = str(tmp_path)
     flat = study.main(config, workdir)
@@ -153,6 +153,12 @@ def test_study_tiny_the_weather_residual_and_the_model_beat_their_ablations(tmp_
     assert rmse["persistence"]["value"] == pytest.approx(evaluated["persistence_ndvi_rmse"])
     assert rmse["climatology"]["value"] == pytest.approx(evaluated["climatology_ndvi_rmse"])
 
-    # The planted comparisons: the weather path and the model's lead over persistence.
+    # The planted comparisons (paired 95% intervals that exclude 0). Measured on study_tiny
+    # with config.seed (data and training) 0 / 1 / 2: no_weather_residual RMSE +0.034 / +0.025 /
+    # +0.040, R^2 -0.30 / -0.26 / -0.29; persistence RMSE +0.10 / +0.10 / +0.10. The DC term is
+    # not asserted: no_dc RMSE +0.019 / +0.027 / -0.002 (2 of 3 seeds, and no gap on the study's
+    # demo-sized run), so it is not a robust consequence of the planted trend.
+    r2 = saved["metrics"]["ndvi_r2"]
     assert rmse["no_weather_residual"]["diff_lo"] > 0, rmse["no_weather_residual"]
+    assert r2["no_weather_residual"]["diff_hi"] < 0, r2["no_weather_residual"]
     assert rmse["persistence"]["diff_lo"] > 0, rmse["persistence"]
