@@ -17,7 +17,7 @@ Planted signal (what a forecaster must learn, and why persistence fails):
 Planted structure for the study (jaxlab/vegetation/study.py), off by default (`Planted()`: the
 cubes are then exactly the demo's), each part drawn from its own random stream:
   - weather response (`weather_effect`): NDVI follows the day-to-day temperature anomaly (tx
-    minus its centred 21-day mean, the anomaly the model's weather features carry) with a 5-day
+    minus its centred 21-day mean, the anomaly the model's weather features carry) with a 2-day
     memory, warm spells browning and cool ones greening, by a class-dependent sensitivity. The
     future anomaly is not in the context frames: only a forecaster that reads the target
     period's weather can follow it;
