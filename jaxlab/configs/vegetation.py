@@ -35,6 +35,11 @@ Variants:
   paper_bf16     paper with bfloat16 compute (params stay float32).
   bench_b1, bench_b1_bf16   paper / paper_bf16 at batch 1 (the CPU benchmark sizes).
   tiny           demo shrunk for tests (16 x 16 cubes, 6 epochs of one step).
+  study          the ablation study (jaxlab/vegetation/README.md "Study"): full model vs without
+                 the weather residual vs without the DC term vs persistence and climatology, on
+                 synthetic cubes with a planted weather response and trend:
+                   jaxlab study --config=vegetation:study --workdir=runs/veg_study
+  study_tiny     the study shrunk for a slow test; study_paper: the study on the real data.
 Vary: `--config.data.dir`, `--config.data.cloud_mask` (s2_mask, s2_SCL, s2_dlmask, official),
 `--config.model.hidden`, `--config.train.num_epochs`, `--config.eval.early_stopping_patience`,
 `--config.eval.split`, `--config.eval.checkpoint` (best, latest or a step),
@@ -122,6 +127,10 @@ def _shared() -> ml_collections.ConfigDict:
     d.synthetic_size = 128
     d.synthetic_cubes = (("train", 12), ("val_chopped", 4), ("ood-t_chopped", 4))
     d.synthetic_regions = ("32UNC", "33UUP", "31TEJ")
+    # The study's planted structure (synthetic.Planted; 0 = none, the demo's cubes).
+    d.synthetic_weather_effect = 0.0
+    d.synthetic_trend = 0.0
+    d.synthetic_climatology_years = 0
 
     # --- Model ---
     m = config.model = ml_collections.ConfigDict()
@@ -131,6 +140,8 @@ def _shared() -> ml_collections.ConfigDict:
     m.num_harmonics = 3  # K Fourier harmonics of the day of year
     m.coeff_scale_init = 0.1  # learnable scale of the Fourier coefficients (no weight decay)
     m.weather_hidden = 64
+    m.weather_residual = True  # the weather term of the decoder (False: the study's ablation)
+    m.fourier_dc = True  # the DC offset of the Fourier head (False: the study's ablation)
     m.dtype = "float32"
 
     # --- Loss ---
@@ -216,7 +227,72 @@ def tiny() -> ml_collections.ConfigDict:
     return config
 
 
-VARIANTS = {f.__name__: f for f in (demo, tiny, paper, paper_bf16, bench_b1, bench_b1_bf16)}
+def with_study(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Adds the ablation study's block (jaxlab/vegetation/study.py) to `config`."""
+    config.study = sc = ml_collections.ConfigDict()
+    sc.arms = ("full", "no_weather_residual", "no_dc", "persistence", "climatology")
+    sc.reference = "full"
+    sc.seeds = (0, 1)
+    sc.bootstrap_resamples = 2000
+    return config
+
+
+def planted(data: ml_collections.ConfigDict) -> None:
+    """The synthetic cubes' planted structure for the study (synthetic.Planted): NDVI that
+    follows the target period's weather anomaly, a sustained per-cube trend, a climatology."""
+    common.override(data, synthetic_weather_effect=0.15, synthetic_trend=0.2)
+    data.synthetic_climatology_years = 3
+
+
+def study() -> ml_collections.ConfigDict:
+    """The ablation study on the demo's model, on cubes with the planted structure: 16
+    training and 12 held-out cubes, 30 epochs, validation every 5, one seed (CPU time; add
+    seeds with --config.study.seeds)."""
+    config = with_study(demo())
+    planted(config.data)
+    config.data.synthetic_cubes = (("train", 16), ("val_chopped", 4), ("ood-t_chopped", 12))
+    common.override(config.train, num_epochs=30, eval_every_epochs=5)
+    config.eval.early_stopping_patience = 4
+    config.study.seeds = (0,)
+    return config
+
+
+def study_paper() -> ml_collections.ConfigDict:
+    """The ablation study on the real GreenEarthNet data at the paper's setup (one seed)."""
+    config = with_study(paper())
+    config.study.seeds = (0,)
+    return config
+
+
+def study_tiny() -> ml_collections.ConfigDict:
+    """The study shrunk for a test: 16 x 16 cubes, one ConvLSTM layer of 8, one seed, validation
+    and a checkpoint every 10 epochs (compiling the three arms is most of its time)."""
+    config = with_study(tiny())
+    d, m, t = config.data, config.model, config.train
+    planted(d)
+    d.synthetic_cubes = (("train", 16), ("val_chopped", 2), ("ood-t_chopped", 8))
+    common.override(m, hidden=(8,), norm_groups=2, weather_hidden=16)
+    common.override(t, num_epochs=40, eval_every_epochs=10, log_every=20)
+    config.eval.early_stopping_patience = 0
+    config.optim.lr = 1e-2
+    common.override(config.study, seeds=(0,), bootstrap_resamples=500)
+    return config
+
+
+VARIANTS = {
+    f.__name__: f
+    for f in (
+        demo,
+        tiny,
+        paper,
+        paper_bf16,
+        bench_b1,
+        bench_b1_bf16,
+        study,
+        study_tiny,
+        study_paper,
+    )
+}
 
 
 def get_config(arg: str = "demo") -> ml_collections.ConfigDict:

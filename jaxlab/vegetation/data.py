@@ -440,6 +440,11 @@ def write_synthetic(
         size=d.synthetic_size,
         seed=config.seed,
         engine=d.engine,
+        planted=synthetic.Planted(  # the study's planted structure (all zero: none)
+            d.get("synthetic_weather_effect", 0.0),
+            d.get("synthetic_trend", 0.0),
+            d.get("synthetic_climatology_years", 0),
+        ),
     )
 
 

@@ -7,10 +7,12 @@ decoder, summed:
   Fourier:  coefficients a_k, b_k per pixel and band (x learnable `coeff_scale`), synthesised
             at the 20 target days of year: sum_k a_k cos(2 pi k doy / 365.25)
             + b_k sin(2 pi k doy / 365.25)
-  DC:       a 1x1 conv offset per pixel and band, broadcast over time
+  DC:       a 1x1 conv offset per pixel and band, broadcast over time (the k = 0 term of the
+            Fourier head; `model.fourier_dc=False` drops it, the study's ablation)
   weather:  dense on the (20, 21) weather sequence -> (20, 4), broadcast over space, scaled
             per pixel by (1 + gate), gate a zero-initialised 1x1 conv of the features (so the
-            land cover sets each pixel's weather sensitivity)
+            land cover sets each pixel's weather sensitivity; `model.weather_residual=False`
+            drops it, and with it every use of the weather input: the study's ablation)
 -> deltas [B, 20, H, W, 4]; reflectance = BAP + delta (normalised units).
 """
 
@@ -111,6 +113,8 @@ class VegetationForecaster(nn.Module):
     coeff_scale_init: float = 0.1
     weather_hidden: int = 64
     num_bands: int = 4
+    weather_residual: bool = True  # False: no weather term (the weather input is unused)
+    fourier_dc: bool = True  # False: no DC offset (harmonics k >= 1 only)
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -142,20 +146,25 @@ class VegetationForecaster(nn.Module):
         coeffs = coeffs.reshape(b, height, width, self.num_bands, 2 * self.num_harmonics)
         fourier = fourier_synthesis(coeffs.astype(jnp.float32) * coeff_scale, batch["target_doy"])
 
-        dc = _zero_pointwise_conv(self.num_bands, self.dtype, "dc_offset")(features)
-
-        w = nn.gelu(
-            nn.Dense(self.weather_hidden, dtype=self.dtype, name="weather_0")(
-                batch["weather"].astype(self.dtype)
+        delta = fourier
+        if self.fourier_dc:
+            dc = _zero_pointwise_conv(self.num_bands, self.dtype, "dc_offset")(features)
+            delta = delta + dc[:, None].astype(jnp.float32)
+        if self.weather_residual:
+            w = nn.gelu(
+                nn.Dense(self.weather_hidden, dtype=self.dtype, name="weather_0")(
+                    batch["weather"].astype(self.dtype)
+                )
             )
-        )
-        w = nn.Dense(
-            self.num_bands, dtype=self.dtype, kernel_init=nn.initializers.zeros, name="weather_1"
-        )(w)  # [B, T, 4]; gate [B, H, W, 4]
-        gate = _zero_pointwise_conv(self.num_bands, self.dtype, "weather_gate")(features)
-        weather = w[:, :, None, None, :] * (1.0 + gate[:, None])
-
-        delta = fourier + dc[:, None].astype(jnp.float32) + weather.astype(jnp.float32)
+            w = nn.Dense(
+                self.num_bands,
+                dtype=self.dtype,
+                kernel_init=nn.initializers.zeros,
+                name="weather_1",
+            )(w)  # [B, T, 4]; gate [B, H, W, 4]
+            gate = _zero_pointwise_conv(self.num_bands, self.dtype, "weather_gate")(features)
+            weather = w[:, :, None, None, :] * (1.0 + gate[:, None])
+            delta = delta + weather.astype(jnp.float32)
         chex.assert_shape(delta, (b, target_frames, height, width, bands))
         return delta
 
@@ -170,6 +179,8 @@ def make_model(config: ml_collections.ConfigDict) -> VegetationForecaster:
         coeff_scale_init=m.coeff_scale_init,
         weather_hidden=m.weather_hidden,
         num_bands=len(config.data.bands),
+        weather_residual=m.get("weather_residual", True),
+        fourier_dc=m.get("fourier_dc", True),
         dtype=jnp.dtype(m.dtype),
     )
 

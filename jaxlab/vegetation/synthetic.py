@@ -13,17 +13,38 @@ Planted signal (what a forecaster must learn, and why persistence fails):
   - reflectances follow from NDVI and a brightness per class; clouds are spatially coherent
     blobs with realistic cover (about half the acquisitions clear), plus shadows; Sentinel-2
     acquires every 5th day (days 4, 9, ...), other days are NaN.
+
+Planted structure for the study (jaxlab/vegetation/study.py), off by default (`Planted()`: the
+cubes are then exactly the demo's), each part drawn from its own random stream:
+  - weather response (`weather_effect`): NDVI follows the day-to-day temperature anomaly (tx
+    minus its centred 21-day mean, the anomaly the model's weather features carry) with a 2-day
+    memory, warm spells browning and cool ones greening, by a class-dependent sensitivity. The
+    future anomaly is not in the context frames: only a forecaster that reads the target
+    period's weather can follow it;
+  - sustained trends (`trend`): a per-cube linear drift of NDVI (greening or browning, standard
+    deviation `trend` per 100 days, smooth per-pixel strength) that runs through context and
+    target alike, so the context shows it and the forecast must carry it on: a level that keeps
+    moving away from the last observation, the low-frequency part of the forecast;
+  - climatology (`climatology_years` > 0): the mean NDVI of that many simulated past years of
+    the same pixels (each year its own phenology shift and level, no weather response, no
+    trend), written as `<root>/climatology/<track>/<region>/<cube>.nc` in the official
+    prediction layout (`ndvi_pred`, daily), the GreenEarthNet climatology baseline's form.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import numpy as np
 import pandas as pd
 import xarray as xr
 
+from jaxlab.vegetation import data_features
 from jaxlab.vegetation.format import BANDS, EOBS, NUM_DAYS
+
+RESPONSE_SCALE = 1.5  # the standard deviation of the raw response for this weather
+CLIMATOLOGY_FOLDER = "climatology"  # <root>/climatology/<track>/<region>/<cube>.nc
 
 # Land cover class -> (weight in the map, NDVI base, amplitude, peak day of year, width in days,
 # drought sensitivity, brightness NIR + red).
@@ -35,6 +56,19 @@ CLASSES = {
     50: (0.3, 0.12, 0.03, 180.0, 60.0, 0.00, 0.30),  # built-up
     80: (0.2, -0.25, 0.0, 180.0, 60.0, 0.00, 0.10),  # water
 }
+
+
+@dataclasses.dataclass(frozen=True)
+class Planted:
+    """The study's planted structure (module docstring); zeros = none (the demo's cubes)."""
+
+    weather_effect: float = 0.0  # NDVI change per standard deviation of the lagged anomaly
+    trend: float = 0.0  # standard deviation of the per-cube NDVI drift per 100 days
+    climatology_years: int = 0  # past years averaged into the written climatology (0: none)
+
+    @property
+    def changes_cubes(self) -> bool:
+        return self.weather_effect != 0.0 or self.trend != 0.0
 
 
 def smooth_field(rng: np.random.Generator, size: int, scale: float) -> np.ndarray:
@@ -73,7 +107,10 @@ def weather(rng: np.random.Generator, doy: np.ndarray, spell: tuple[int, int] | 
         "eobs_rr": np.where(wet, rng.gamma(0.8, 5.0, size=n), 0.0),
         "eobs_pp": 1015.0 + 4.0 * rng.normal(size=n) + 8.0 * hot,
         "eobs_hu": np.clip(75.0 - 2.0 * anomaly + 10.0 * wet - 25.0 * hot, 20, 100),
-        "eobs_qq": 150.0 + 100.0 * season + 20.0 * rng.normal(size=n) + 80.0 * hot - 40 * wet,
+        # Radiation is never negative (E-OBS range [0, 1500]): a cold, wet day is clipped.
+        "eobs_qq": np.clip(
+            150.0 + 100.0 * season + 20.0 * rng.normal(size=n) + 80.0 * hot - 40 * wet, 0, None
+        ),
         "eobs_fg": np.abs(3.0 + rng.normal(size=n)),
     }
 
@@ -104,8 +141,69 @@ def clouds(rng: np.random.Generator, size: int, num_days: int) -> tuple[np.ndarr
     return cloud, shadow
 
 
+def weather_response(tx: np.ndarray) -> np.ndarray:
+    """[days] the day-to-day tx anomaly (tx minus its centred 21-day mean, the anomaly
+    `data_features.weather_features` gives the model) with a 2-day exponential memory, scaled
+    to about unit standard deviation for the AR(1) weather here."""
+    anomaly = tx - data_features.rolling_mean(tx[:, None], 21)[:, 0]
+    response = np.zeros_like(anomaly)
+    for t in range(1, len(anomaly)):
+        response[t] = 0.6 * response[t - 1] + 0.4 * anomaly[t]
+    return response / RESPONSE_SCALE
+
+
+def planted_ndvi(
+    rng: np.random.Generator,
+    planted: Planted,
+    size: int,
+    tx: np.ndarray,
+    sensitivity: np.ndarray,
+) -> np.ndarray:
+    """NDVI added by the planted weather response and trend, [days, size, size].
+
+    sensitivity: [size, size] per-pixel drought sensitivity of the class (CLASSES), which also
+    scales the weather response (0.3 + 2 x sensitivity: crops most, built-up and water least).
+    """
+    days = np.arange(len(tx), dtype=np.float64)
+    weight = 0.3 + 2.0 * sensitivity
+    out = -planted.weather_effect * weight[None] * weather_response(tx)[:, None, None]
+    slope = rng.normal(scale=planted.trend)  # NDVI per 100 days, this cube
+    strength = np.clip(1.0 + 0.4 * smooth_field(rng, size, size / 6), 0.2, None)
+    return out + slope * strength[None] * (days[:, None, None] - days.mean()) / 100.0
+
+
+def climatology_ndvi(
+    rng: np.random.Generator, params: dict[str, np.ndarray], doy: np.ndarray, years: int
+) -> np.ndarray:
+    """[days, size, size] mean NDVI of `years` simulated past years of the cube's pixels."""
+    size = params["base"].shape[0]
+    total = np.zeros((len(doy), size, size))
+    for _ in range(years):
+        level = params["base"] + 0.05 * smooth_field(rng, size, size / 4)
+        z = (doy[:, None, None] - params["peak"] - rng.normal(scale=10.0)) / params["width"]
+        total += level + params["amp"] * (1.0 + 0.1 * rng.normal()) * np.exp(-0.5 * z**2)
+    return np.clip(total / years, -0.9, 0.95)
+
+
 def make_cube(rng: np.random.Generator, size: int, start: pd.Timestamp) -> xr.Dataset:
-    """One synthetic minicube as an xarray Dataset in the GreenEarthNet layout."""
+    """One synthetic minicube as an xarray Dataset in the GreenEarthNet layout (no planted
+    structure: the demo's cubes)."""
+    return make_cube_and_climatology(rng, size, start)[0]
+
+
+def make_cube_and_climatology(
+    rng: np.random.Generator,
+    size: int,
+    start: pd.Timestamp,
+    planted: Planted = Planted(),
+    planted_rng: np.random.Generator | None = None,
+) -> tuple[xr.Dataset, np.ndarray | None]:
+    """One synthetic minicube as an xarray Dataset in the GreenEarthNet layout, and its
+    climatology NDVI [days, size, size] (None unless `planted.climatology_years`).
+
+    `planted_rng` draws the planted structure (required when `planted` is not all zeros), so
+    `rng`'s stream, and with it the cube without the planted parts, is the same either way.
+    """
     dates = pd.date_range(start, periods=NUM_DAYS, freq="D")
     doy = dates.day_of_year.to_numpy().astype(np.float64)
     lc = land_cover_map(rng, size)
@@ -129,6 +227,11 @@ def make_cube(rng: np.random.Generator, size: int, start: pd.Timestamp) -> xr.Da
     z = (doy[:, None, None] - params["peak"]) / params["width"]
     ndvi = params["base"] + params["amp"] * np.exp(-0.5 * z**2)
     ndvi = ndvi - params["sens"] * stress[:, None, None]
+    if planted.changes_cubes:
+        ndvi = ndvi + planted_ndvi(planted_rng, planted, size, eobs["eobs_tx"], params["sens"])
+    climatology = None
+    if planted.climatology_years:
+        climatology = climatology_ndvi(planted_rng, params, doy, planted.climatology_years)
     ndvi = np.clip(ndvi + 0.01 * rng.normal(size=ndvi.shape), -0.9, 0.95)
     bright = params["bright"] * (1.0 + 0.05 * smooth_field(rng, size, 2))
     nir = bright * (1 + ndvi) / 2
@@ -174,13 +277,29 @@ def make_cube(rng: np.random.Generator, size: int, start: pd.Timestamp) -> xr.Da
         "latitude_eobs": np.float64(round(lat0 / 0.1) * 0.1),
         "longitude_eobs": np.float64(round(lon0 / 0.1) * 0.1),
     }
-    return xr.Dataset(data_vars, coords=coords)
+    return xr.Dataset(data_vars, coords=coords), climatology
 
 
 def cube_path(root: str, track: str, region: str, start: pd.Timestamp, index: int) -> str:
     end = start + pd.Timedelta(days=NUM_DAYS - 1)
     name = f"{region}_{start:%Y-%m-%d}_{end:%Y-%m-%d}_{index:04d}.nc"
     return os.path.join(root, track, region, name)
+
+
+def climatology_path(root: str, cube: str) -> str:
+    """Where the climatology of the cube file `cube` (under `root`) is written."""
+    track_region_name = os.path.relpath(cube, root)
+    return os.path.join(root, CLIMATOLOGY_FOLDER, track_region_name)
+
+
+def write_netcdf(ds: xr.Dataset, path: str, engine: str) -> None:
+    """`ds` to `path` atomically (a temporary name, then a rename: processes of a multi-host job
+    may race), zlib level 1."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    encoding = {name: {"zlib": True, "complevel": 1} for name in ds.data_vars}
+    tmp = f"{path}.{os.getpid()}.tmp"
+    ds.to_netcdf(tmp, engine=engine, encoding=encoding)
+    os.replace(tmp, path)
 
 
 def write_dataset(
@@ -191,8 +310,11 @@ def write_dataset(
     size: int,
     seed: int,
     engine: str = "h5netcdf",
+    planted: Planted = Planted(),
 ) -> list[str]:
-    """Writes `count` cubes per (track, count); existing files are kept. Returns all paths."""
+    """Writes `count` cubes per (track, count); existing files are kept. Returns all paths.
+
+    With `planted.climatology_years`, also each cube's climatology (`climatology_path`)."""
     paths = []
     for t, (track, count) in enumerate(cubes):
         rng = np.random.default_rng([seed, t])
@@ -202,13 +324,19 @@ def write_dataset(
             region = regions[i % len(regions)]
             path = cube_path(root, track, region, start, i)
             cube_rng = np.random.default_rng([seed, t, i])
+            planted_rng = np.random.default_rng([seed, t, i, 1])
             paths.append(path)
-            if os.path.exists(path):
+            clim_path = climatology_path(root, path)
+            if os.path.exists(path) and (
+                not planted.climatology_years or os.path.exists(clim_path)
+            ):
                 continue
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            ds = make_cube(cube_rng, size, start)
-            encoding = {name: {"zlib": True, "complevel": 1} for name in ds.data_vars}
-            tmp = f"{path}.{os.getpid()}.tmp"  # processes of a multi-host job may race
-            ds.to_netcdf(tmp, engine=engine, encoding=encoding)
-            os.replace(tmp, path)
+            ds, climatology = make_cube_and_climatology(cube_rng, size, start, planted, planted_rng)
+            if climatology is not None:
+                clim = xr.Dataset(
+                    {"ndvi_pred": (("time", "lat", "lon"), climatology.astype(np.float32))},
+                    coords={k: ds[k].values for k in ("time", "lat", "lon")},
+                )
+                write_netcdf(clim, clim_path, engine)
+            write_netcdf(ds, path, engine)
     return paths
