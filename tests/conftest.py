@@ -20,8 +20,7 @@ import pathlib
 TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
 
 os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "")
-    + f" {TEST_XLA_FLAGS} --xla_force_host_platform_device_count=8"
+    os.environ.get("XLA_FLAGS", "") + f" {TEST_XLA_FLAGS} --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault(
