@@ -61,8 +61,9 @@ def test_samples_follow_the_weekly_pattern_of_the_condition(tmp_path):
     giving a window the history of a product with the opposite shape flips its samples' shape."""
     config = sales_config.get_config("demo")
     config.data.num_products = 72  # 45 strong-pattern products in the test split (>= 10 asserted)
-    config.train.num_steps = 300
-    config.train.eval_every = config.train.ckpt_every = 300  # only the final evaluation
+    # 200 GAN iterations: at 150 the asserted correlations were 0.71 (> 0.6) and -0.59 (< -0.4).
+    config.train.num_steps = 200
+    config.train.eval_every = config.train.ckpt_every = 200  # only the final evaluation
     workdir = str(tmp_path)
     mesh = mesh_lib.make_mesh(config.mesh)
     sources = data_windows.load_windows(config, data.prepare(config, workdir))
