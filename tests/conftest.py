@@ -5,13 +5,22 @@ environment) share a persistent XLA compilation cache under `.cache/xla-tests` i
 many tests compile the same train step again (resume after SIGTERM, train then evaluate), and on
 2 CPU cores compiling is a large share of the suite's time. A fresh clone starts with it empty.
 Cache keys include the program, the flags and the jax version, so a hit is the same executable.
+
+The tests also compile with XLA's backend optimisation level 0 (`TEST_XLA_FLAGS`): their
+programs are tiny and run for a few steps, so LLVM's optimisation passes cost far more than they
+save (the vegetation train step compiles in about half the time). The numbers stay float32
+arithmetic of the same graph; every comparison a test makes (bitwise resume, one process
+against two, bundle against checkpoint) is between programs compiled with the same flags.
 """
 
 import os
 import pathlib
 
+# Flags of every test process and of the scripts the tests launch (tests/core/scripts_util.py).
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
+
 os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    os.environ.get("XLA_FLAGS", "") + f" {TEST_XLA_FLAGS} --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault(

@@ -7,12 +7,14 @@ import pathlib
 import subprocess
 import sys
 
+from tests.conftest import TEST_XLA_FLAGS
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def script_env(num_devices: int, **extra: str) -> dict[str, str]:
     env = dict(os.environ)
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={num_devices}"
+    env["XLA_FLAGS"] = f"{TEST_XLA_FLAGS} --xla_force_host_platform_device_count={num_devices}"
     env["JAX_PLATFORMS"] = "cpu"
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)

@@ -12,6 +12,7 @@ from safetensors import numpy as safetensors_np
 
 from jaxlab.configs import example as example_config
 from jaxlab.core import bundle as bundle_lib
+from jaxlab.core import config as config_lib
 from jaxlab.core import portable
 from jaxlab.example import predict, train
 from tests.core import portable_util
@@ -126,14 +127,23 @@ def _csv_columns(path, columns):
     )
 
 
-@pytest.mark.slow  # seconds: glitch 15, neutrino 15, vegetation 72 (synthetic data, NetCDF, plots)
+# Vegetation's network has one ConvLSTM layer here (its three-layer unrolled encoder's compiles,
+# Python and export, were most of this test; the artefact of tiny's network is checked above).
+SMALL_MODEL = {"vegetation": {"hidden": (4,), "norm_groups": 2}}
+
+
+@pytest.mark.slow  # synthetic data, NetCDF, plots
 @pytest.mark.parametrize("name", ["glitch", "neutrino", "vegetation"])
 def test_task_predict_runs_the_artefact_without_the_model(name, tmp_path, monkeypatch):
     """`predict(engine="stablehlo")` on the task's held-out demo input equals the Python path;
     the model module's `make_model` is made to fail, so the artefact path cannot build it."""
     from jaxlab.core import task as task_lib
 
-    config, bundle, _, _ = portable_util.random_bundle(name, str(tmp_path / "bundle"))
+    config = config_lib.load_config(f"{name}:tiny")
+    config.model.update(SMALL_MODEL.get(name, {}))
+    config, bundle, _, _ = portable_util.random_bundle(
+        name, str(tmp_path / "bundle"), config=config
+    )
     predict_module = task_lib.import_task(config, "predict")
     workdir = str(tmp_path / "work")
     inputs = predict_module.demo_input(config, workdir)

@@ -45,12 +45,29 @@ def test_study_command_finds_the_task_study_and_refuses_a_task_without_one():
         study.main(config, "/nonexistent")
 
 
-@pytest.mark.slow  # three small training runs (about 4 min on a busy 2-core CPU)
+def test_cnn_arm_trains_the_merged_view_cnn_at_the_study_rate():
+    """The CNN arm's config (its training is the glitch CNN's, tests/glitch/test_model.py; the
+    slow study below runs only the two ViT arms its planted comparison is about)."""
+    config = glitch_config.get_config("study_tiny")
+    config.model.pretrained = "vit.safetensors"
+    config.study.cnn_image_size, config.study.cnn_lr = 24, 3e-3
+    c = study.arm_config(config, "cnn_merged", 3, "/data")
+    assert (c.model.name, c.data.multi_view, c.model.pretrained) == ("cnn", True, "")
+    assert c.optim.lr == 3e-3 and config.optim.lr == 1e-3
+    assert (c.data.image_size, c.seed, c.data.dir, c.data.synthetic) == (24, 3, "/data", False)
+    single = study.arm_config(config, "vit_single", 0, "/data")
+    assert (single.model.name, single.data.multi_view, single.data.view) == ("vit", False, "1.0")
+    with pytest.raises(ValueError, match="unknown arm 'cnn'"):
+        study.arm_config(config, "cnn", 0, "/data")
+
+
+@pytest.mark.slow  # two small training runs (about 1.5 min on a quiet 2-core CPU)
 @pytest.mark.parametrize("seed", [0])
 def test_study_tiny_multi_view_beats_single_view_on_time_scale_classes(tmp_path, seed):
     config = glitch_config.get_config("study_tiny")
     config.seed = seed  # the data and the arms' training seed both move
     config.study.seeds = (seed,)
+    config.study.arms = ("vit_multiview", "vit_single")  # the compared pair (cnn: test above)
     workdir = str(tmp_path)
     flat = study.main(config, workdir)
 
@@ -71,7 +88,7 @@ def test_study_tiny_multi_view_beats_single_view_on_time_scale_classes(tmp_path,
     assert set(config.study.time_scale_classes) == set(synthetic.TIME_SCALE_CLASSES)
     subset = np.isin(test.labels, [classes.index(c) for c in synthetic.TIME_SCALE_CLASSES])
     acc = {}
-    for arm in study.ARMS:
+    for arm in config.study.arms:
         predicted = np.load(study.prediction_path(workdir, arm, seed))
         acc[arm] = np.mean(predicted[subset] == test.labels[subset])
         ts = saved["metrics"]["time_scale_accuracy"][arm]
