@@ -26,7 +26,7 @@ is then the cache load time.
 Prints one table and writes every number as JSON to `--out`. A task that fails is reported, the
 others still run, and the exit status is non-zero.
 
-`jaxlab bench --input [--input_tasks=glitch,...] [--input_seconds=20]` measures the train
+`jaxlab bench --input_pipeline [--input_tasks=glitch,...] [--input_seconds=20]` measures the train
 iterators instead (records/s with worker processes against what one H100 consumes; see
 `jaxlab/cli/bench_input.py`) and writes them to `--out` (default runs/benchmark_input.json).
 """
@@ -77,8 +77,8 @@ _VARIANT = flags.DEFINE_string("variant", "demo", "Config variant of every task 
 _BATCH_SIZE = flags.DEFINE_integer(
     "batch_size", None, "Override config.train.global_batch_size (e.g. paper configs on CPU)."
 )
-_INPUT = flags.DEFINE_bool(
-    "input",
+_INPUT_PIPELINE = flags.DEFINE_bool(
+    "input_pipeline",
     False,
     "Measure the train input pipelines (records/s, workers, memory) against an H100's demand "
     "instead of the train steps; options --input_tasks, --input_seconds, --input_workers.",
@@ -382,7 +382,7 @@ def main(argv):
     if unknown:
         raise app.UsageError(f"--tasks: unknown {unknown}; known: {sorted(TASKS)}.")
     info = device_info()
-    if _INPUT.value:
+    if _INPUT_PIPELINE.value:
         main_input(info)
         return
     print(
@@ -425,7 +425,7 @@ def main(argv):
 
 
 def main_input(info: dict[str, Any]) -> None:
-    """`--input`: the input-pipeline report (bench_input.py), printed and written as JSON."""
+    """`--input_pipeline`: the input-pipeline report (bench_input.py), printed and as JSON."""
     out = _OUT.value if flags.FLAGS["out"].present else DEFAULT_INPUT_OUT
     report = {"device": info, "input": bench_input.run_input_bench()}
     if jax.process_index() == 0:
@@ -434,4 +434,4 @@ def main_input(info: dict[str, Any]) -> None:
         logging.info("Wrote %s", out)
     failed = [name for name, entry in report["input"]["tasks"].items() if "error" in entry]
     if failed:
-        sys.exit(f"bench --input failed for task(s) {failed}; see the errors above and in {out}.")
+        sys.exit(f"bench --input_pipeline failed for {failed}; see the errors above and in {out}.")

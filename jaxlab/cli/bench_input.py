@@ -1,4 +1,4 @@
-"""`jaxlab bench --input`: does each task's train iterator keep an accelerator fed?
+"""`jaxlab bench --input_pipeline`: does each task's train iterator keep an accelerator fed?
 
 For every task in `--input_tasks` (default `INPUT_TASKS`) the `paper` config (`tiny` with
 `--input_tiny`) is given synthetic data written by the task's own writers at the config's shapes
@@ -70,30 +70,35 @@ FLOPS_BATCH = 8  # records per step of the cost analysis (at most; the config's 
 RSS_SAMPLE_S = 0.05
 
 _INPUT_TASKS = flags.DEFINE_list(
-    "input_tasks", None, f"--input: tasks to measure (default {list(INPUT_TASKS)})."
+    "input_tasks", None, f"input_pipeline: tasks to measure (default {list(INPUT_TASKS)})."
 )
 _INPUT_SECONDS = flags.DEFINE_float(
-    "input_seconds", 20.0, "--input: seconds of timed reading per worker count.", lower_bound=0.1
+    "input_seconds",
+    20.0,
+    "input_pipeline: seconds of timed reading per worker count.",
+    lower_bound=0.1,
 )
 _INPUT_WORKERS = flags.DEFINE_integer(
     "input_workers",
     None,
-    "--input: N, the larger worker count (default max(2, auto)).",
+    "input_pipeline: N, the larger worker count (default max(2, auto)).",
     lower_bound=1,
 )
 _INPUT_TINY = flags.DEFINE_bool(
-    "input_tiny", False, "--input: each task's `tiny` config and a 2x size step (for tests)."
+    "input_tiny", False, "input_pipeline: each task's `tiny` config and a 2x size step (for tests)."
 )
 _INPUT_WORKDIR = flags.DEFINE_string(
     "input_workdir",
     None,
-    "--input: folder for the synthetic data (default: a temporary folder, removed after).",
+    "input_pipeline: folder for the synthetic data (default: a temporary folder, removed after).",
 )
 _INPUT_DATA = flags.DEFINE_list(
-    "input_data", [], "--input: TASK=DIR, real data of a task (read only; no 4N measurement)."
+    "input_data",
+    [],
+    "input_pipeline: TASK=DIR, real data of a task (read only; no 4N measurement).",
 )
 _INPUT_FLOPS = flags.DEFINE_bool(
-    "input_flops", True, "--input: compute the demand from XLA's cost analysis of the step."
+    "input_flops", True, "input_pipeline: compute the demand from XLA's cost analysis of the step."
 )
 
 
@@ -409,7 +414,7 @@ def bench_task(
             entry["num_threads"] = int(config.data.get("num_threads", 2))
             counts = [0, 1, workers_n] if workers_n > 1 else [0, 1]
             for w in counts:
-                logging.info("bench --input: %s, size %d, %d workers", task, n, w)
+                logging.info("bench --input_pipeline: %s, size %d, %d workers", task, n, w)
                 runs[f"n1_w{w}"] = measure(task, config, workdir, w, seconds)
             if with_flops:
                 entry["flops"] = flops_per_record(task, config)
@@ -494,7 +499,7 @@ def input_table(report: dict[str, Any]) -> str:
 
 
 def run_input_bench() -> dict[str, Any]:
-    """`jaxlab bench --input`: the report of every task in `--input_tasks`."""
+    """`jaxlab bench --input_pipeline`: the report of every task in `--input_tasks`."""
     tasks = _INPUT_TASKS.value or list(INPUT_TASKS)
     unknown = sorted(set(tasks) - set(SIZE_FNS))
     if unknown:
@@ -531,7 +536,7 @@ def run_input_bench() -> dict[str, Any]:
                     with_flops=_INPUT_FLOPS.value,
                 )
             except Exception as e:  # report it, measure the others, exit non-zero
-                logging.error("bench --input %s failed:\n%s", task, traceback.format_exc())
+                logging.error("bench --input_pipeline %s failed:\n%s", task, traceback.format_exc())
                 report["tasks"][task] = {"error": f"{type(e).__name__}: {e}"}
     finally:
         if _INPUT_WORKDIR.value is None:

@@ -341,9 +341,9 @@ def prepare_main(argv: list[str]) -> None:
     config, workdir = flag_value("config"), flag_value("workdir")
     data = task_lib.import_task(config, "data")
     print(f"Prepared: {data.prepare(config, workdir)}")
-    prepare_cache = getattr(data, "prepare_cache", None)  # a task's model-ready record cache
-    if prepare_cache is not None:
-        print(f"Cache: {prepare_cache(config, workdir) or 'off'}")
+    if task_lib.has_module(config, "cache"):  # a task's model-ready record cache
+        cache = task_lib.import_task(config, "cache")
+        print(f"Cache: {cache.prepare(config, workdir) or 'off'}")
 
 
 def bench_main(argv: list[str]) -> None:

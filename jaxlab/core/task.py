@@ -9,6 +9,7 @@ binaries import (`import_task`).
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from types import ModuleType
 
 import ml_collections
@@ -24,7 +25,13 @@ ENTRY_POINTS = {
     "data": "prepare",
     "predict": "predict",
     "study": "main",
+    "cache": "prepare",  # optional: a model-ready record cache `jaxlab prepare` builds
 }
+
+
+def has_module(config: ml_collections.ConfigDict, module: str) -> bool:
+    """Whether the task package has `module` (an optional one, e.g. a record cache)."""
+    return importlib.util.find_spec(f"{config.get('task', '')}.{module}") is not None
 
 
 def import_task(config: ml_collections.ConfigDict, module: str) -> ModuleType:

@@ -235,7 +235,7 @@ def train_iterator(
     options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=ahead)
     packs = PackIterDataset(blocks, spec, options, workers)
     batches = iter(packs.batch(packs_per_batch // process_count, drop_remainder=True))
-    batches.workers = workers  # read by `jaxlab bench --input`, as pipeline.BatchIterator's
+    batches.workers = workers  # read by `bench --input_pipeline`, as pipeline.BatchIterator's
     return batches
 
 

@@ -443,3 +443,18 @@ def load(
         source = data.load(config, root, track, norm)
         manifest = build(source, folder, current)
     return CachedSource(folder, manifest, config, norm)
+
+
+def prepare(config: ml_collections.ConfigDict, workdir: str) -> str:
+    """`jaxlab prepare`: the model-ready caches of the training and validation tracks, after the
+    normalisation they depend on; returns the cache folders ("" with data.cache=off)."""
+    check_mode(config)
+    if config.data.cache == "off":
+        return ""
+    root = data.data_dir(config, workdir)
+    norm = data.normalisation(config, workdir, root)
+    folders = [
+        load(config, workdir, root, track, norm).folder
+        for track in (config.data.train_track, config.data.val_track)
+    ]
+    return ", ".join(folders)

@@ -407,22 +407,6 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> str:
     return root
 
 
-def prepare_cache(config: ml_collections.ConfigDict, workdir: str) -> str:
-    """`jaxlab prepare`: the model-ready caches of the training and validation tracks (cache.py),
-    after the normalisation they depend on; returns the cache folders ("" with data.cache=off)."""
-    from jaxlab.vegetation import cache  # cache.py reads records with this module
-
-    cache.check_mode(config)
-    if config.data.cache == "off":
-        return ""
-    root = data_dir(config, workdir)
-    norm = normalisation(config, workdir, root)
-    folders = []
-    for track in (config.data.train_track, config.data.val_track):
-        folders.append(cache.load(config, workdir, root, track, norm).folder)
-    return ", ".join(folders)
-
-
 def write_synthetic(
     config: ml_collections.ConfigDict, root: str, tracks: tuple[str, ...] | None = None
 ) -> list[str]:

@@ -11,3 +11,5 @@ S2_MASKS = ("s2_mask", "s2_SCL", "s2_dlmask", "s2_avail")
 STATIC = ("esawc_lc", "cop_dem", "geom_cls")  # ESA WorldCover land cover, DEM, geomorphons
 EOBS = ("eobs_tg", "eobs_tn", "eobs_tx", "eobs_rr", "eobs_pp", "eobs_hu", "eobs_qq", "eobs_fg")
 VARIABLES = (*BANDS, *S2_MASKS, *STATIC, *EOBS)  # every variable a cube holds
+# Where climatology predictions sit in a data folder: <root>/climatology/<track>/<region>/<cube>.nc
+CLIMATOLOGY_FOLDER = "climatology"

@@ -43,7 +43,8 @@ import numpy as np
 from absl import logging
 
 from jaxlab.core import study as study_lib
-from jaxlab.vegetation import data, evaluate, metrics, synthetic, train
+from jaxlab.vegetation import data, evaluate, metrics, train
+from jaxlab.vegetation.format import CLIMATOLOGY_FOLDER
 
 TRAINED = {  # arm -> model keys it changes
     "full": {},
@@ -78,7 +79,7 @@ def climatology_dir(config: ml_collections.ConfigDict, data_dir: str) -> str:
     data's written one, else "" (none)."""
     if config.eval.climatology_dir:
         return config.eval.climatology_dir
-    path = os.path.join(data_dir, synthetic.CLIMATOLOGY_FOLDER, config.eval.split)
+    path = os.path.join(data_dir, CLIMATOLOGY_FOLDER, config.eval.split)
     return path if os.path.isdir(path) else ""
 
 

@@ -41,10 +41,9 @@ import pandas as pd
 import xarray as xr
 
 from jaxlab.vegetation import data_features
-from jaxlab.vegetation.format import BANDS, EOBS, NUM_DAYS
+from jaxlab.vegetation.format import BANDS, CLIMATOLOGY_FOLDER, EOBS, NUM_DAYS
 
 RESPONSE_SCALE = 1.5  # the standard deviation of the raw response for this weather
-CLIMATOLOGY_FOLDER = "climatology"  # <root>/climatology/<track>/<region>/<cube>.nc
 
 # Land cover class -> (weight in the map, NDVI base, amplitude, peak day of year, width in days,
 # drought sensitivity, brightness NIR + red).

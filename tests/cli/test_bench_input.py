@@ -1,5 +1,5 @@
-"""`jaxlab bench --input`: the demand against independent arithmetic, memory sampling of child
-processes, and a tiny end-to-end report of the example task read by worker processes."""
+"""`jaxlab bench --input_pipeline`: the demand against independent arithmetic, memory sampling of
+child processes, and a tiny end-to-end report of the example task read by worker processes."""
 
 import json
 import os
@@ -62,7 +62,7 @@ def test_tiny_input_report_of_the_example_task(tmp_path):
             "-m",
             "jaxlab.cli",
             "bench",
-            "--input",
+            "--input_pipeline",
             "--input_tiny",
             "--input_tasks=example",
             "--input_seconds=0.5",

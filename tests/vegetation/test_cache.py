@@ -251,7 +251,7 @@ def test_prepare_builds_both_caches_and_leaves_the_user_folder_untouched(
     config = _config(user_data, cache_build_workers=2)
     workdir = str(tmp_path)
     norm.save(os.path.join(workdir, "normalisation.json"))  # as computed by train (fixture)
-    folders = data.prepare_cache(config, workdir).split(", ")
+    folders = cache.prepare(config, workdir).split(", ")
     assert folders == [
         os.path.join(workdir, "cache", "vegetation", track) for track in ("train", "val_chopped")
     ]
