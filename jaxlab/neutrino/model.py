@@ -20,7 +20,9 @@ own features, and one encoder attends over all pulses of an event at once (the w
 R * L pulse tokens are one row, segment id = event), then mean-pools per event -> the same head.
 The tokens are exactly the hierarchical model's (the same truncation and packs), so the two arms
 differ only in how attention is structured; its cost per pack grows with (R * L)^2 instead of
-R * L^2 + R2 * L2^2.
+R * L^2 + R2 * L2^2. With `max_tokens` = K > 0 (`model.flat_max_tokens`, the study's cost-matched
+arm) it attends over at most K pulses per event, chosen by `first_clean_pulses`: at most K^2
+query-key pairs per event, against the hierarchical model's D * P^2 + D^2 for D DOMs of P pulses.
 """
 
 from __future__ import annotations
@@ -175,12 +177,16 @@ class FlatTransformer(nn.Module):
     mlp_dim: int
     dropout_rate: float
     dtype: Any = jnp.float32
+    max_tokens: int = 0  # > 0: each event keeps its `first_clean_pulses` (the cost-matched arm)
 
     @nn.compact
     def __call__(self, batch: dict[str, jax.Array], *, deterministic: bool = True) -> jax.Array:
         """Packed batch (data_packing.MODEL_KEYS) -> [G, E, 3] float32 (unnormalised direction)."""
         tokens, event = flat_tokens(batch)  # [G, R * L, 7], [G, R * L]
         num_events = batch["direction"].shape[1]
+        if self.max_tokens > 0:
+            keep = first_clean_pulses(tokens, event, num_events, self.max_tokens)
+            event = jnp.where(keep, event, num_events)  # dropped pulses become padding
         segment = jnp.where(event < num_events, event + 1, 0)  # 0 = padding
         pulses = tokens[..., : data_packing.PULSE_FEATURES]
         geometry = tokens[..., data_packing.PULSE_FEATURES :]
@@ -221,12 +227,41 @@ def flat_tokens(batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
     return jnp.concatenate([pulses, geometry.astype(pulses.dtype)], axis=-1), event
 
 
+def first_clean_pulses(
+    tokens: jax.Array, event: jax.Array, num_events: int, max_tokens: int
+) -> jax.Array:
+    """Which pulse tokens an event keeps when it may attend over at most `max_tokens` of them.
+
+    A flat transformer with a fixed token budget needs a rule for long events; this is the one
+    Kaggle-style flat models use: non-auxiliary pulses first (auxiliary ones are mostly noise or
+    late, scattered light), and among them the earliest in time (the least scattered light, which
+    carries the direction); ties by token position. tokens [G, N, 7] (`flat_tokens`), event [G, N]
+    in [0, E] (E = padding) -> keep [G, N] bool, at most `max_tokens` True per event.
+    """
+    # Rank of each token inside its event by (auxiliary, time, position): a pairwise count, N^2
+    # comparisons per pack (cheap next to one attention layer over the same N tokens).
+    aux, time = tokens[..., 2] > 0.5, tokens[..., 0]
+    n = tokens.shape[1]
+    position = jnp.arange(n)
+    same = event[:, :, None] == event[:, None, :]  # [G, N (token), N (other)]
+    before = (aux[:, None, :] < aux[:, :, None]) | (
+        (aux[:, None, :] == aux[:, :, None])
+        & (
+            (time[:, None, :] < time[:, :, None])
+            | ((time[:, None, :] == time[:, :, None]) & (position[None, :] < position[:, None]))
+        )
+    )
+    rank = jnp.sum(same & before, axis=-1)
+    return (rank < max_tokens) & (event < num_events)
+
+
 MODEL_KINDS = ("hierarchical", "flat")
 
 
 def make_model(config: ml_collections.ConfigDict) -> nn.Module:
     """`model.kind`: "hierarchical" (default, the seed's model) or "flat" (`FlatTransformer` with
-    `model.flat_layers` blocks, `model.flat_mlp_dim` wide; 0 = dom + event layers, mlp_dim)."""
+    `model.flat_layers` blocks, `model.flat_mlp_dim` wide; 0 = dom + event layers, mlp_dim; at
+    most `model.flat_max_tokens` pulses per event, 0 = all)."""
     m = config.model
     kind = m.get("kind", "hierarchical")
     if kind == "flat":
@@ -237,6 +272,7 @@ def make_model(config: ml_collections.ConfigDict) -> nn.Module:
             mlp_dim=m.get("flat_mlp_dim", 0) or m.mlp_dim,
             dropout_rate=m.dropout,
             dtype=jnp.dtype(m.dtype),
+            max_tokens=m.get("flat_max_tokens", 0),
         )
     if kind != "hierarchical":
         raise ValueError(f"config.model.kind: {kind!r} is not one of {MODEL_KINDS}.")

@@ -65,6 +65,42 @@ def test_flat_tokens_are_each_events_pulses_with_their_doms_geometry():
     assert np.all(event[~padding] < num)
 
 
+def test_cost_matched_flat_arm_keeps_each_events_first_clean_pulses():
+    """first_clean_pulses against an independent per-event sort: non-auxiliary first, then time."""
+    events = _processed_events(10)
+    pack = data_packing.pack_events(events, SPEC)[0]
+    batch = {k: pack[k][None] for k in data_packing.MODEL_KEYS}
+    tokens, event = model_lib.flat_tokens(batch)
+    k = 5
+    keep = np.asarray(
+        jax.jit(model_lib.first_clean_pulses, static_argnums=(2, 3))(tokens, event, SPEC.events, k)
+    )[0]
+    tokens, event = np.asarray(tokens[0]), np.asarray(event[0])
+    for e in range(int(pack["event_valid"].sum())):
+        mine = np.flatnonzero(event == e)
+        order = mine[np.lexsort((mine, tokens[mine, 0], tokens[mine, 2]))]
+        expected = np.zeros_like(keep)
+        expected[order[:k]] = True
+        np.testing.assert_array_equal(keep[event == e], expected[event == e])
+        assert keep[event == e].sum() == min(k, len(mine))
+    assert not keep[event == SPEC.events].any()  # padding is never kept
+
+
+def test_cost_matched_arm_attends_over_at_most_the_hierarchical_cost():
+    config = neutrino_config.get_config("study_long_tiny")
+    k = study.matched_tokens(config)
+    pairs = study.event_attention_pairs(config)
+    d, p = config.data.max_doms, config.data.max_pulses_per_dom
+    assert k**2 <= d * p * p + d * d < (k + 1) ** 2 and pairs["flat_matched"] == k**2
+    matched = study.arm_config(config, "flat_matched", 0, "/data")
+    assert matched.model.kind == "flat" and matched.model.flat_max_tokens == k
+    assert study.arm_config(config, "flat", 0, "/data").model.flat_max_tokens == 0
+    model = model_lib.make_model(matched)
+    assert model.max_tokens == k
+    counts = study.param_counts(config)
+    assert counts["flat_matched"] == counts["flat"]
+
+
 @pytest.mark.parametrize("kind", ["flat", "hierarchical"])
 def test_an_events_prediction_does_not_depend_on_its_pack_mates(kind):
     """Segment masking: an event packed with others predicts what it predicts alone."""
