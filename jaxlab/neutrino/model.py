@@ -182,22 +182,25 @@ class FlatTransformer(nn.Module):
     @nn.compact
     def __call__(self, batch: dict[str, jax.Array], *, deterministic: bool = True) -> jax.Array:
         """Packed batch (data_packing.MODEL_KEYS) -> [G, E, 3] float32 (unnormalised direction)."""
-        tokens, event = flat_tokens(batch)  # [G, R * L, 7], [G, R * L]
+        tokens, event = flat_tokens(batch)  # [G, N = R * L, 7], [G, N]
+        g = tokens.shape[0]
         num_events = batch["direction"].shape[1]
-        if self.max_tokens > 0:
-            keep = first_clean_pulses(tokens, event, num_events, self.max_tokens)
-            event = jnp.where(keep, event, num_events)  # dropped pulses become padding
+        rows = g  # every pack is one attention row of N tokens (segment id = event) ...
+        if self.max_tokens > 0:  # ... or each event is its own row of its first K pulses
+            tokens, event = first_clean_pulses(tokens, event, num_events, self.max_tokens)
+            rows = g * num_events
         segment = jnp.where(event < num_events, event + 1, 0)  # 0 = padding
         pulses = tokens[..., : data_packing.PULSE_FEATURES]
         geometry = tokens[..., data_packing.PULSE_FEATURES :]
         h = nn.Dense(self.d_model, dtype=self.dtype)(pulses)
         h = nn.gelu(nn.Dense(self.d_model, dtype=self.dtype)(h))
         h = nn.LayerNorm(dtype=self.dtype)(h) + nn.Dense(self.d_model, dtype=self.dtype)(geometry)
+        h, segment = h.reshape(rows, -1, self.d_model), segment.reshape(rows, -1)
         for _ in range(self.num_layers):
             h = TransformerBlock(self.num_heads, self.mlp_dim, self.dropout_rate, self.dtype)(
                 h, segment, deterministic=deterministic
             )
-        h = nn.LayerNorm(dtype=self.dtype)(h)  # [G, R * L, d]
+        h = nn.LayerNorm(dtype=self.dtype)(h).reshape(g, -1, self.d_model)  # [G, T, d]
         events = segment_mean(h, event, num_events)  # [G, E, d]; padding goes to the dump slot
         hidden = nn.gelu(nn.Dense(self.d_model, dtype=self.dtype)(events))
         out = nn.Dense(3, dtype=self.dtype)(hidden).astype(jnp.float32)
@@ -229,19 +232,24 @@ def flat_tokens(batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
 
 def first_clean_pulses(
     tokens: jax.Array, event: jax.Array, num_events: int, max_tokens: int
-) -> jax.Array:
-    """Which pulse tokens an event keeps when it may attend over at most `max_tokens` of them.
+) -> tuple[jax.Array, jax.Array]:
+    """Each event's at most K = `max_tokens` pulse tokens, gathered into a row of its own.
 
     A flat transformer with a fixed token budget needs a rule for long events; this is the one
     Kaggle-style flat models use: non-auxiliary pulses first (auxiliary ones are mostly noise or
     late, scattered light), and among them the earliest in time (the least scattered light, which
-    carries the direction); ties by token position. tokens [G, N, 7] (`flat_tokens`), event [G, N]
-    in [0, E] (E = padding) -> keep [G, N] bool, at most `max_tokens` True per event.
+    carries the direction); ties by token position. Attention then runs over [E, K] rows: E K^2
+    query-key pairs per pack, not N^2.
+
+    tokens [G, N, 7] (`flat_tokens`), event [G, N] in [0, E] (E = padding) -> tokens [G, E * K, 7]
+    (event e's kept pulses in slots e K .. e K + K - 1, in rank order, zeros after them) and
+    event [G, E * K] (e for a kept pulse, E for an empty slot).
     """
+    g, n, _ = tokens.shape
+    k = max_tokens
     # Rank of each token inside its event by (auxiliary, time, position): a pairwise count, N^2
-    # comparisons per pack (cheap next to one attention layer over the same N tokens).
+    # comparisons per pack, one pass (no features, no heads), cheap next to attention over N.
     aux, time = tokens[..., 2] > 0.5, tokens[..., 0]
-    n = tokens.shape[1]
     position = jnp.arange(n)
     same = event[:, :, None] == event[:, None, :]  # [G, N (token), N (other)]
     before = (aux[:, None, :] < aux[:, :, None]) | (
@@ -251,8 +259,16 @@ def first_clean_pulses(
             | ((time[:, None, :] == time[:, :, None]) & (position[None, :] < position[:, None]))
         )
     )
-    rank = jnp.sum(same & before, axis=-1)
-    return (rank < max_tokens) & (event < num_events)
+    rank = jnp.sum(same & before, axis=-1)  # [G, N]
+    keep = (rank < k) & (event < num_events)
+    slot = jnp.where(keep, event * k + rank, num_events * k)  # dropped -> dump slot E * K
+    source = jnp.full((g, num_events * k + 1), n, jnp.int32)  # n = the appended zero token
+    source = source.at[jnp.arange(g)[:, None], slot].set(position[None, :].astype(jnp.int32))
+    source = source[:, : num_events * k]
+    padded = jnp.pad(tokens, ((0, 0), (0, 1), (0, 0)))
+    kept = jnp.take_along_axis(padded, source[..., None], axis=1)  # [G, E * K, 7]
+    slot_event = jnp.repeat(jnp.arange(num_events, dtype=event.dtype), k)[None]
+    return kept, jnp.where(source < n, slot_event, num_events)
 
 
 MODEL_KINDS = ("hierarchical", "flat")
