@@ -13,6 +13,8 @@ Study (hierarchical vs a flat transformer over the same pulses at a matched para
 line-fit and mean-direction baselines; same data and seeds, paired bootstrap intervals;
 jaxlab/neutrino/README.md "Study"):
   jaxlab study --config=neutrino:study --workdir=runs/neutrino_study
+  jaxlab study --config=neutrino:study_long --workdir=runs/neutrino_study_long  (long events;
+      adds the flat arm at the hierarchical arm's attention cost)
 
 Real data (Kaggle "icecube-neutrinos-in-deep-ice" unzipped to DIR; jaxlab/neutrino/README.md):
   python scripts/train.py --config=neutrino:paper --workdir=runs/neutrino_paper \
@@ -26,7 +28,8 @@ held-out batch 6): no number is verified here; for scale, published full-data sc
 
 Variants: demo, tiny (tests; derived from demo), paper (the seed's setup on the real data), study
 (the hierarchy study on the demo's data and model, seeds 0 and 1), study_tiny (a slow test),
-study_paper (the study at the seed's scale on the real data).
+study_paper (the study at the seed's scale on the real data), study_long (the study on long events
+with a cost-matched flat arm), study_long_tiny (its slow test).
 Keys to vary: data.train_batches / data.eval_batches (batch files of train_meta.parquet), the pack
 shapes data.pulse_rows x data.pulse_row_len and data.dom_rows x data.dom_row_len with
 data.pack_events slots, train.global_batch_size (packs per step, a multiple of the devices),
