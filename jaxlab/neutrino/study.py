@@ -117,12 +117,16 @@ def param_counts(config: ml_collections.ConfigDict) -> dict[str, int]:
     return counts
 
 
-def attention_pairs(spec: data_packing.PackSpec) -> dict[str, int]:
-    """Query-key pairs one attention layer computes per pack (the token budget's cost)."""
+def attention_pairs(
+    spec: data_packing.PackSpec, config: ml_collections.ConfigDict
+) -> dict[str, int]:
+    """Query-key pairs one attention layer computes per pack (the token budget's cost): the
+    flat arm attends over the whole pack (segment-masked), `flat_matched` over E rows of K."""
     return {
         "hierarchical": spec.pulse_rows * spec.pulse_row_len**2
         + spec.dom_rows * spec.dom_row_len**2,
         "flat": (spec.pulse_rows * spec.pulse_row_len) ** 2,
+        "flat_matched": spec.events * matched_tokens(config) ** 2,
     }
 
 
@@ -296,7 +300,7 @@ def report(config: ml_collections.ConfigDict, workdir: str) -> dict:
     labels = {OVERALL: "mean angular error (rad)"}
     labels.update({f"pulses_{b}": f"{b} pulses" for b, _ in bins})
     counts = param_counts(config)
-    pairs = attention_pairs(data_packing.PackSpec.from_config(config))
+    pairs = attention_pairs(data_packing.PackSpec.from_config(config), config)
     per_event = event_attention_pairs(config)
     trained = [a for a in arms if a in TRAINED_ARMS]
     overall = {**result, "metrics": {OVERALL: result["metrics"][OVERALL]}}
@@ -310,10 +314,13 @@ def report(config: ml_collections.ConfigDict, workdir: str) -> dict:
         + ", ".join(f"{a} {counts[a]:,}" for a in trained)
         + ". Attention query-key pairs per layer for the largest event ("
         f"{config.data.max_doms} DOMs x {config.data.max_pulses_per_dom} pulses): "
-        + ", ".join(f"{a} {per_event[a]:,}" for a in trained)
-        + (f" (at most {matched_tokens(config)} pulses)" if "flat_matched" in trained else "")
-        + "; per pack (as computed here, masked): "
-        + ", ".join(f"{a} {pairs['flat' if a == 'flat_matched' else a]:,}" for a in trained)
+        + ", ".join(
+            f"{a} {per_event[a]:,}"
+            + (f" (its first {matched_tokens(config)} clean pulses)" if a == "flat_matched" else "")
+            for a in trained
+        )
+        + "; per pack (as computed here): "
+        + ", ".join(f"{a} {pairs[a]:,}" for a in trained)
         + ". Training seconds per seed: "
         + "; ".join(f"{a} {', '.join(f'{s:.0f}' for s in v)}" for a, v in seconds.items())
         + "."
