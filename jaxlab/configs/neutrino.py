@@ -13,6 +13,8 @@ Study (hierarchical vs a flat transformer over the same pulses at a matched para
 line-fit and mean-direction baselines; same data and seeds, paired bootstrap intervals;
 jaxlab/neutrino/README.md "Study"):
   jaxlab study --config=neutrino:study --workdir=runs/neutrino_study
+  jaxlab study --config=neutrino:study_long --workdir=runs/neutrino_study_long  (long events;
+      adds the flat arm at the hierarchical arm's attention cost)
 
 Real data (Kaggle "icecube-neutrinos-in-deep-ice" unzipped to DIR; jaxlab/neutrino/README.md):
   python scripts/train.py --config=neutrino:paper --workdir=runs/neutrino_paper \
@@ -26,7 +28,8 @@ held-out batch 6): no number is verified here; for scale, published full-data sc
 
 Variants: demo, tiny (tests; derived from demo), paper (the seed's setup on the real data), study
 (the hierarchy study on the demo's data and model, seeds 0 and 1), study_tiny (a slow test),
-study_paper (the study at the seed's scale on the real data).
+study_paper (the study at the seed's scale on the real data), study_long (the study on long events
+with a cost-matched flat arm), study_long_tiny (its slow test).
 Keys to vary: data.train_batches / data.eval_batches (batch files of train_meta.parquet), the pack
 shapes data.pulse_rows x data.pulse_row_len and data.dom_rows x data.dom_row_len with
 data.pack_events slots, train.global_batch_size (packs per step, a multiple of the devices),
@@ -99,6 +102,7 @@ def paper() -> ml_collections.ConfigDict:
     config.model.kind = "hierarchical"
     config.model.flat_layers = 0
     config.model.flat_mlp_dim = 0
+    config.model.flat_max_tokens = 0  # flat: at most this many pulses per event (0: all)
 
     config.train.loss = "vmf"  # "angular" or "vmf"
     # Packs per step: 8 x 2048 pulse tokens, ~250 events at ~70 pulses per event (seed: 256).
@@ -195,7 +199,43 @@ def study_tiny() -> ml_collections.ConfigDict:
     return config
 
 
-VARIANTS = {f.__name__: f for f in (demo, tiny, paper, study, study_tiny, study_paper)}
+def study_long() -> ml_collections.ConfigDict:
+    """The hierarchy study on long events (many pulses per DOM), with a cost-matched flat arm.
+
+    Brighter, longer tracks than the demo's (median ~110 pulses on ~40 DOMs, the busiest DOM of a
+    median event ~17 pulses); each event keeps its 32 brightest DOMs x 16 earliest pulses (up to
+    512 pulse tokens). `flat_matched` may attend over `study.matched_tokens` pulses per event
+    (`jaxlab/neutrino/study.py`), the plain `flat` arm over all of them."""
+    config = with_study(demo())
+    config.study.arms = ("hierarchical", "flat_matched", "flat", "linefit", "mean_direction")
+    config.study.seeds = (0,)
+    config.study.pulse_bins = (0, 50, 100, 200, 400)
+    config.data.synth.train_batches = 5
+    common.override(config.data.synth, events_per_batch=2000, max_pulses=2000, energy_cap=2000.0)
+    common.override(config.data.synth, energy_scale=40.0, track_half_length=300.0)
+    common.override(config.data, max_doms=32, max_pulses_per_dom=16, pack_events=32)
+    common.override(config.data, pulse_rows=16, pulse_row_len=64, dom_rows=4, dom_row_len=64)
+    config.model.flat_mlp_dim = 149  # 117,890 parameters vs the hierarchical 118,083
+    common.step_cadence(config.train, num_steps=600, log_every=100, eval_every=200)
+    return config
+
+
+def study_long_tiny() -> ml_collections.ConfigDict:
+    """`study_long` shrunk for a test: tiny's model, 16 DOMs x 16 pulses per event, one seed."""
+    config = study_tiny()
+    config.study.arms = ("hierarchical", "flat_matched", "flat", "linefit", "mean_direction")
+    config.study.pulse_bins = (0, 50, 100, 200)
+    common.override(config.data.synth, max_pulses=1000, energy_cap=1000.0)
+    common.override(config.data.synth, energy_scale=40.0, track_half_length=300.0, noise_hits=8.0)
+    common.override(config.data, max_doms=16, max_pulses_per_dom=16, pack_events=8)
+    common.override(config.data, pulse_rows=8, pulse_row_len=64, dom_rows=2, dom_row_len=32)
+    return config
+
+
+VARIANTS = {
+    f.__name__: f
+    for f in (demo, tiny, paper, study, study_tiny, study_paper, study_long, study_long_tiny)
+}
 
 
 def get_config(arg: str = "demo") -> ml_collections.ConfigDict:

@@ -20,7 +20,9 @@ own features, and one encoder attends over all pulses of an event at once (the w
 R * L pulse tokens are one row, segment id = event), then mean-pools per event -> the same head.
 The tokens are exactly the hierarchical model's (the same truncation and packs), so the two arms
 differ only in how attention is structured; its cost per pack grows with (R * L)^2 instead of
-R * L^2 + R2 * L2^2.
+R * L^2 + R2 * L2^2. With `max_tokens` = K > 0 (`model.flat_max_tokens`, the study's cost-matched
+arm) it attends over at most K pulses per event, chosen by `first_clean_pulses`: at most K^2
+query-key pairs per event, against the hierarchical model's D * P^2 + D^2 for D DOMs of P pulses.
 """
 
 from __future__ import annotations
@@ -175,23 +177,30 @@ class FlatTransformer(nn.Module):
     mlp_dim: int
     dropout_rate: float
     dtype: Any = jnp.float32
+    max_tokens: int = 0  # > 0: each event keeps its `first_clean_pulses` (the cost-matched arm)
 
     @nn.compact
     def __call__(self, batch: dict[str, jax.Array], *, deterministic: bool = True) -> jax.Array:
         """Packed batch (data_packing.MODEL_KEYS) -> [G, E, 3] float32 (unnormalised direction)."""
-        tokens, event = flat_tokens(batch)  # [G, R * L, 7], [G, R * L]
+        tokens, event = flat_tokens(batch)  # [G, N = R * L, 7], [G, N]
+        g = tokens.shape[0]
         num_events = batch["direction"].shape[1]
+        rows = g  # every pack is one attention row of N tokens (segment id = event) ...
+        if self.max_tokens > 0:  # ... or each event is its own row of its first K pulses
+            tokens, event = first_clean_pulses(tokens, event, num_events, self.max_tokens)
+            rows = g * num_events
         segment = jnp.where(event < num_events, event + 1, 0)  # 0 = padding
         pulses = tokens[..., : data_packing.PULSE_FEATURES]
         geometry = tokens[..., data_packing.PULSE_FEATURES :]
         h = nn.Dense(self.d_model, dtype=self.dtype)(pulses)
         h = nn.gelu(nn.Dense(self.d_model, dtype=self.dtype)(h))
         h = nn.LayerNorm(dtype=self.dtype)(h) + nn.Dense(self.d_model, dtype=self.dtype)(geometry)
+        h, segment = h.reshape(rows, -1, self.d_model), segment.reshape(rows, -1)
         for _ in range(self.num_layers):
             h = TransformerBlock(self.num_heads, self.mlp_dim, self.dropout_rate, self.dtype)(
                 h, segment, deterministic=deterministic
             )
-        h = nn.LayerNorm(dtype=self.dtype)(h)  # [G, R * L, d]
+        h = nn.LayerNorm(dtype=self.dtype)(h).reshape(g, -1, self.d_model)  # [G, T, d]
         events = segment_mean(h, event, num_events)  # [G, E, d]; padding goes to the dump slot
         hidden = nn.gelu(nn.Dense(self.d_model, dtype=self.dtype)(events))
         out = nn.Dense(3, dtype=self.dtype)(hidden).astype(jnp.float32)
@@ -221,12 +230,54 @@ def flat_tokens(batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
     return jnp.concatenate([pulses, geometry.astype(pulses.dtype)], axis=-1), event
 
 
+def first_clean_pulses(
+    tokens: jax.Array, event: jax.Array, num_events: int, max_tokens: int
+) -> tuple[jax.Array, jax.Array]:
+    """Each event's at most K = `max_tokens` pulse tokens, gathered into a row of its own.
+
+    A flat transformer with a fixed token budget needs a rule for long events; this is the one
+    Kaggle-style flat models use: non-auxiliary pulses first (auxiliary ones are mostly noise or
+    late, scattered light), and among them the earliest in time (the least scattered light, which
+    carries the direction); ties by token position. Attention then runs over [E, K] rows: E K^2
+    query-key pairs per pack, not N^2.
+
+    tokens [G, N, 7] (`flat_tokens`), event [G, N] in [0, E] (E = padding) -> tokens [G, E * K, 7]
+    (event e's kept pulses in slots e K .. e K + K - 1, in rank order, zeros after them) and
+    event [G, E * K] (e for a kept pulse, E for an empty slot).
+    """
+    g, n, _ = tokens.shape
+    k = max_tokens
+    # Rank of each token inside its event by (auxiliary, time, position): a pairwise count, N^2
+    # comparisons per pack, one pass (no features, no heads), cheap next to attention over N.
+    aux, time = tokens[..., 2] > 0.5, tokens[..., 0]
+    position = jnp.arange(n)
+    same = event[:, :, None] == event[:, None, :]  # [G, N (token), N (other)]
+    before = (aux[:, None, :] < aux[:, :, None]) | (
+        (aux[:, None, :] == aux[:, :, None])
+        & (
+            (time[:, None, :] < time[:, :, None])
+            | ((time[:, None, :] == time[:, :, None]) & (position[None, :] < position[:, None]))
+        )
+    )
+    rank = jnp.sum(same & before, axis=-1)  # [G, N]
+    keep = (rank < k) & (event < num_events)
+    slot = jnp.where(keep, event * k + rank, num_events * k)  # dropped -> dump slot E * K
+    source = jnp.full((g, num_events * k + 1), n, jnp.int32)  # n = the appended zero token
+    source = source.at[jnp.arange(g)[:, None], slot].set(position[None, :].astype(jnp.int32))
+    source = source[:, : num_events * k]
+    padded = jnp.pad(tokens, ((0, 0), (0, 1), (0, 0)))
+    kept = jnp.take_along_axis(padded, source[..., None], axis=1)  # [G, E * K, 7]
+    slot_event = jnp.repeat(jnp.arange(num_events, dtype=event.dtype), k)[None]
+    return kept, jnp.where(source < n, slot_event, num_events)
+
+
 MODEL_KINDS = ("hierarchical", "flat")
 
 
 def make_model(config: ml_collections.ConfigDict) -> nn.Module:
     """`model.kind`: "hierarchical" (default, the seed's model) or "flat" (`FlatTransformer` with
-    `model.flat_layers` blocks, `model.flat_mlp_dim` wide; 0 = dom + event layers, mlp_dim)."""
+    `model.flat_layers` blocks, `model.flat_mlp_dim` wide; 0 = dom + event layers, mlp_dim; at
+    most `model.flat_max_tokens` pulses per event, 0 = all)."""
     m = config.model
     kind = m.get("kind", "hierarchical")
     if kind == "flat":
@@ -237,6 +288,7 @@ def make_model(config: ml_collections.ConfigDict) -> nn.Module:
             mlp_dim=m.get("flat_mlp_dim", 0) or m.mlp_dim,
             dropout_rate=m.dropout,
             dtype=jnp.dtype(m.dtype),
+            max_tokens=m.get("flat_max_tokens", 0),
         )
     if kind != "hierarchical":
         raise ValueError(f"config.model.kind: {kind!r} is not one of {MODEL_KINDS}.")

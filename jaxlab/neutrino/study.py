@@ -12,6 +12,11 @@ the checkpoint):
                   over all pulses of an event; its depth / width (`model.flat_layers`,
                   `model.flat_mlp_dim`) match the hierarchical parameter count within
                   `study.max_param_gap` (checked, both counts logged and saved)
+  flat_matched    the flat arm at the hierarchical arm's attention cost: per event it attends
+                  over at most K = `matched_tokens` pulses (non-auxiliary first, earliest first:
+                  `model.first_clean_pulses`), K^2 <= D * P^2 + D^2 query-key pairs, the
+                  hierarchical model's cost for an event of D = data.max_doms DOMs of
+                  P = data.max_pulses_per_dom pulses; the same parameters as `flat`
   linefit         the classic IceCube first guess (`linefit`): a least-squares straight line
                   through the same pulses' positions against time, the direction it comes from
   mean_direction  the task's `baseline_constant`: the mean training direction for every event
@@ -43,8 +48,8 @@ from jaxlab.neutrino import data, data_packing, evaluate, metrics, steps, train
 from jaxlab.neutrino import model as model_lib
 from jaxlab.neutrino.format import direction_vector
 
-ARMS = ("hierarchical", "flat", "linefit", "mean_direction")
-TRAINED_ARMS = ("hierarchical", "flat")
+ARMS = ("hierarchical", "flat", "flat_matched", "linefit", "mean_direction")
+TRAINED_ARMS = ("hierarchical", "flat", "flat_matched")
 OVERALL = "mean_angular_error"
 
 
@@ -58,8 +63,28 @@ def arm_config(
     c.seed = seed
     c.data.root = root
     c.data.synthetic = False  # written once, before the arms (with the study's config.seed)
-    c.model.kind = arm
+    c.model.kind = "flat" if arm == "flat_matched" else arm
+    c.model.flat_max_tokens = matched_tokens(config) if arm == "flat_matched" else 0
     return c
+
+
+def event_attention_pairs(config: ml_collections.ConfigDict) -> dict[str, int]:
+    """Query-key pairs one attention layer computes for the largest event the truncation allows
+    (D = data.max_doms DOMs of P = data.max_pulses_per_dom pulses): hierarchical D P^2 + D^2, flat
+    (D P)^2, flat_matched K^2 with K = `matched_tokens`."""
+    d, p = config.data.max_doms, config.data.max_pulses_per_dom
+    return {
+        "hierarchical": d * p * p + d * d,
+        "flat": (d * p) ** 2,
+        "flat_matched": matched_tokens(config) ** 2,
+    }
+
+
+def matched_tokens(config: ml_collections.ConfigDict) -> int:
+    """K, the most pulses per event whose flat attention (K^2 pairs) costs no more than the
+    hierarchical model's on the largest event: floor(sqrt(D P^2 + D^2))."""
+    d, p = config.data.max_doms, config.data.max_pulses_per_dom
+    return min(int(np.floor(np.sqrt(d * p * p + d * d))), d * p)
 
 
 def test_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -74,8 +99,7 @@ def param_counts(config: ml_collections.ConfigDict) -> dict[str, int]:
     spec = data_packing.PackSpec.from_config(config)
     counts = {}
     for arm in TRAINED_ARMS:
-        c = config.copy_and_resolve_references()
-        c.model.kind = arm
+        c = arm_config(config, arm, config.seed, config.data.root)
         counts[arm] = model_lib.num_params(model_lib.make_model(c), spec)
     gap = abs(counts["flat"] / counts["hierarchical"] - 1.0)
     logging.info(
@@ -93,12 +117,16 @@ def param_counts(config: ml_collections.ConfigDict) -> dict[str, int]:
     return counts
 
 
-def attention_pairs(spec: data_packing.PackSpec) -> dict[str, int]:
-    """Query-key pairs one attention layer computes per pack (the token budget's cost)."""
+def attention_pairs(
+    spec: data_packing.PackSpec, config: ml_collections.ConfigDict
+) -> dict[str, int]:
+    """Query-key pairs one attention layer computes per pack (the token budget's cost): the
+    flat arm attends over the whole pack (segment-masked), `flat_matched` over E rows of K."""
     return {
         "hierarchical": spec.pulse_rows * spec.pulse_row_len**2
         + spec.dom_rows * spec.dom_row_len**2,
         "flat": (spec.pulse_rows * spec.pulse_row_len) ** 2,
+        "flat_matched": spec.events * matched_tokens(config) ** 2,
     }
 
 
@@ -272,7 +300,9 @@ def report(config: ml_collections.ConfigDict, workdir: str) -> dict:
     labels = {OVERALL: "mean angular error (rad)"}
     labels.update({f"pulses_{b}": f"{b} pulses" for b, _ in bins})
     counts = param_counts(config)
-    pairs = attention_pairs(data_packing.PackSpec.from_config(config))
+    pairs = attention_pairs(data_packing.PackSpec.from_config(config), config)
+    per_event = event_attention_pairs(config)
+    trained = [a for a in arms if a in TRAINED_ARMS]
     overall = {**result, "metrics": {OVERALL: result["metrics"][OVERALL]}}
     by_bin = {**result, "metrics": {k: v for k, v in result["metrics"].items() if k != OVERALL}}
     text = study_lib.table(overall, labels)
@@ -280,10 +310,18 @@ def report(config: ml_collections.ConfigDict, workdir: str) -> dict:
     text += study_lib.table(by_bin, labels).split("\n\n")[0]
     text += (
         f"\n\nSeeds {tuple(sc.seeds)} (each event's error counted once per seed); events per "
-        f"bin: {', '.join(f'{b} {int(m.sum())}' for b, m in bins)}. Parameters: hierarchical "
-        f"{counts['hierarchical']:,}, flat {counts['flat']:,}. Attention query-key pairs per "
-        f"pack and layer: hierarchical {pairs['hierarchical']:,}, flat {pairs['flat']:,}. "
-        "Training seconds per seed: "
+        f"bin: {', '.join(f'{b} {int(m.sum())}' for b, m in bins)}. Parameters: "
+        + ", ".join(f"{a} {counts[a]:,}" for a in trained)
+        + ". Attention query-key pairs per layer for the largest event ("
+        f"{config.data.max_doms} DOMs x {config.data.max_pulses_per_dom} pulses): "
+        + ", ".join(
+            f"{a} {per_event[a]:,}"
+            + (f" (its first {matched_tokens(config)} clean pulses)" if a == "flat_matched" else "")
+            for a in trained
+        )
+        + "; per pack (as computed here): "
+        + ", ".join(f"{a} {pairs[a]:,}" for a in trained)
+        + ". Training seconds per seed: "
         + "; ".join(f"{a} {', '.join(f'{s:.0f}' for s in v)}" for a, v in seconds.items())
         + "."
     )
@@ -298,6 +336,8 @@ def report(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "per_seed_mean_angular_error": per_seed,
         "num_params": counts,
         "attention_pairs_per_pack": pairs,
+        "attention_pairs_per_largest_event": per_event,
+        "matched_tokens": matched_tokens(config),
         "train_seconds": seconds,
         "events_per_bin": {b: int(m.sum()) for b, m in bins},
     }
