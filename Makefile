@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml requirements.lock
 demo: $(STAMP)
 	JAX_PLATFORMS=cpu $(JAXLAB) demo --workdir=runs/demo
 
-# --durations: the slowest tests, to keep `make test` within 10 minutes on 2 cores (issue 23).
+# --durations: the slowest tests, to keep `make test` within 10 minutes on 2 cores.
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15 tests
 
