@@ -195,6 +195,12 @@ def format_seconds(seconds: float) -> str:
     return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
+# Signals that `workdir`'s before-the-loop handler could not act on: it ran inside a garbage-
+# collection callback, where Python prints and ignores a raised SystemExit. The loop exits on
+# entry instead (`Preemption.__enter__`), before training a step.
+SIGNALLED_BEFORE_LOOP: list[int] = []
+
+
 class Preemption:
     """Catches SIGTERM (the preemption notice of cloud VMs and SLURM) so the loop can checkpoint.
 
@@ -210,6 +216,14 @@ class Preemption:
 
     def __enter__(self) -> Preemption:
         self._previous = signal.signal(signal.SIGTERM, self._handle)
+        if SIGNALLED_BEFORE_LOOP:
+            signal.signal(signal.SIGTERM, self._previous or signal.SIG_DFL)
+            logging.warning(
+                "Received signal %d before the training loop: nothing to save (the workdir's "
+                "checkpoints are unchanged). Exiting.",
+                SIGNALLED_BEFORE_LOOP[0],
+            )
+            raise SystemExit(0)
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -11,6 +11,7 @@ What a workdir guarantees (every task gets it through `open_workdir`):
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import signal
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from absl import logging
 
 from jaxlab.core import config as config_lib
 from jaxlab.core import lock as lock_lib
+from jaxlab.core import loop
 from jaxlab.core.writer import MetricWriter
 
 # workdir (absolute) -> {"lock": WorkdirLock | None, "sigterm": previous handler}
@@ -78,8 +80,20 @@ def close_workdir(workdir: str) -> None:
     signal.signal(signal.SIGTERM, opened["sigterm"] or signal.SIG_DFL)
 
 
+def _in_gc_callback(frame: Any) -> bool:
+    """Whether `frame` runs inside a garbage-collection callback (jax registers one)."""
+    codes = {getattr(cb, "__code__", None) for cb in gc.callbacks}
+    while frame is not None:
+        if frame.f_code in codes:
+            return True
+        frame = frame.f_back
+    return False
+
+
 def _sigterm_before_loop(signum: int, frame: Any) -> None:
-    del frame
+    if _in_gc_callback(frame):  # SystemExit would be printed and ignored there: the loop exits
+        loop.SIGNALLED_BEFORE_LOOP.append(signum)
+        return
     logging.warning(
         "Received signal %d outside the training loop: no step was trained since the last "
         "checkpoint, so there is nothing to save (the workdir's checkpoints are unchanged). "

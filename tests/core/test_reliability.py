@@ -317,3 +317,32 @@ def test_kill_9_then_resume_records_each_step_once_and_matches(tmp_path):
     for step in order:
         assert got[step]["loss"] == want[step]["loss"], step
         assert got[step]["data_checksum"] == want[step]["data_checksum"], step
+
+
+def test_sigterm_inside_a_gc_callback_stops_the_run_at_the_loop(monkeypatch):
+    """A SIGTERM handled inside a garbage-collection callback (where a raised SystemExit would be
+    printed and ignored, and training would go on) is recorded and ends the run at the loop."""
+    import gc
+
+    from jaxlab.core import loop
+    from jaxlab.core import workdir as workdir_lib
+
+    monkeypatch.setattr(loop, "SIGNALLED_BEFORE_LOOP", [])
+    calls = []
+
+    def callback(phase, info):
+        if phase == "start" and not calls:
+            calls.append(phase)
+            workdir_lib._sigterm_before_loop(signal.SIGTERM, sys._getframe())
+
+    gc.callbacks.append(callback)
+    try:
+        gc.collect()
+    finally:
+        gc.callbacks.remove(callback)
+    assert calls and loop.SIGNALLED_BEFORE_LOOP == [signal.SIGTERM]
+    with pytest.raises(SystemExit) as exit_info, loop.Preemption():
+        pass
+    assert exit_info.value.code == 0
+    with pytest.raises(SystemExit):  # outside a gc callback the handler exits at once
+        workdir_lib._sigterm_before_loop(signal.SIGTERM, sys._getframe())
