@@ -116,8 +116,11 @@ def _worker_pids(pid):
     """Child processes of `pid` (grain's spawned workers and their helpers)."""
     out = []
     for task in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{task}/children") as f:
-            out += [int(c) for c in f.read().split()]
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                out += [int(c) for c in f.read().split()]
+        except FileNotFoundError:  # a thread that ended since the listing has no children
+            continue
     return out
 
 
