@@ -11,7 +11,7 @@ A metric is given per arm as a function of case indices (`[N] int -> float`), so
 serves means of per-case values (accuracy, absolute error: `mean_of`) and metrics that are not
 (macro F1 from a confusion matrix, RMSE). Outputs: `compare` -> a result dict, `table` -> a
 markdown table, `figure` -> the differences with their intervals, `write` -> `table.md` and
-`study.json` in one folder.
+`study.json` in one folder; `save` does figure, write and log for a task's `<workdir>/study`.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
+from absl import logging
 
 Statistic = Callable[[np.ndarray], float]  # case indices [n] int -> the metric on those cases
 
@@ -191,6 +192,66 @@ def write(out_dir: str, result: dict, table_text: str, extra: Mapping | None = N
         json.dump({**result, "table": table_text, **(extra or {})}, f, indent=2)
     os.replace(tmp, path)
     return path
+
+
+def save(
+    task: str,
+    workdir: str,
+    result: dict,
+    text: str,
+    cases: str,
+    labels: Mapping[str, str] | None = None,
+    extra: Mapping | None = None,
+) -> dict:
+    """A study's report tail: `<workdir>/study/` gets study.png (titled with the task and the
+    held-out `cases`, e.g. "12 held-out cubes"), table.md and study.json; the table is logged.
+    Returns {**result, **extra}."""
+    out = os.path.join(workdir, "study")
+    os.makedirs(out, exist_ok=True)
+    level = f"{100 * result['level']:g}%"
+    title = f"{task}: arms vs {result['reference']} on {cases} (diff [paired {level} CI])"
+    figure(result, os.path.join(out, "study.png"), title, labels)
+    write(out, result, text, extra)
+    logging.info("%s study:\n%s", task, text)
+    return {**result, **(extra or {})}
+
+
+def report(
+    task: str,
+    workdir: str,
+    config,
+    by_metric: Mapping[str, Mapping[str, Statistic]],
+    cases: str,
+    labels: Mapping[str, str],
+    notes: str,
+    extra: Mapping,
+) -> dict:
+    """`compare` with the settings of `config.study` (reference arm, resamples) and `config.seed`,
+    then `save` with the table and `notes` below it. `cases` starts with their number."""
+    sc = config.study
+    num_cases = int(cases.split()[0])
+    result = compare(
+        by_metric, sc.reference, num_cases, num_resamples=sc.bootstrap_resamples, seed=config.seed
+    )
+    return save(task, workdir, result, f"{table(result, labels)}\n{notes}", cases, labels, extra)
+
+
+def cell_config(config, seed: int, data_key: str, data_dir: str):
+    """A copy of a study's config for one trained cell: its seed, and `config.data.<data_key>`
+    pointing at the study's one dataset, written once before the arms (not re-generated)."""
+    c = config.copy_and_resolve_references()
+    c.seed = seed
+    c.data[data_key] = data_dir
+    c.data.synthetic = False
+    return c
+
+
+def require_block(config, task: str) -> None:
+    """One clear error when `jaxlab study` is given a config without a `study` block."""
+    if not config.get("study"):
+        raise ValueError(
+            f"config has no `study` block: use --config={task}:study (or {task}:study_tiny)."
+        )
 
 
 def flat(result: dict, prefix: str = "study") -> dict[str, float]:

@@ -47,10 +47,7 @@ def arm_config(
     config: ml_collections.ConfigDict, arm: str, seed: int, data_dir: str
 ) -> ml_collections.ConfigDict:
     """`config` for one arm and seed, reading the study's one dataset in `data_dir`."""
-    c = config.copy_and_resolve_references()
-    c.seed = seed
-    c.data.dir = data_dir
-    c.data.synthetic = False  # written once, before the arms (with the study's config.seed)
+    c = study_lib.cell_config(config, seed, "dir", data_dir)
     if arm == "vit_multiview":
         c.model.name, c.data.multi_view = "vit_multiview", True
     elif arm == "vit_single":
@@ -150,26 +147,11 @@ def report(config: ml_collections.ConfigDict, workdir: str, labels: np.ndarray) 
         per_seed[arm] = [float(np.mean(row == labels)) for row in predicted]
         for name, fn in statistics(labels, predicted, len(classes), subset).items():
             by_metric[name][arm] = fn
-    result = study_lib.compare(
-        by_metric,
-        sc.reference,
-        len(labels),
-        num_resamples=sc.bootstrap_resamples,
-        seed=config.seed,
-    )
-    text = study_lib.table(result, METRIC_LABELS)
-    text += (
-        f"\nSeeds {tuple(sc.seeds)} (each glitch's prediction counted once per seed); "
+    notes = (
+        f"Seeds {tuple(sc.seeds)} (each glitch's prediction counted once per seed); "
         f"time-scale classes: {', '.join(sc.time_scale_classes)} "
         f"({int(subset.sum())} test glitches). Majority class: "
         f"{np.bincount(labels).max() / len(labels):.3f}."
-    )
-    out = os.path.join(workdir, "study")
-    study_lib.figure(
-        result,
-        os.path.join(out, "study.png"),
-        f"glitch: arms vs {sc.reference} on {len(labels)} test glitches (diff [paired 95% CI])",
-        METRIC_LABELS,
     )
     extra = {
         "per_seed_accuracy": per_seed,
@@ -177,15 +159,15 @@ def report(config: ml_collections.ConfigDict, workdir: str, labels: np.ndarray) 
         "time_scale_classes": list(sc.time_scale_classes),
         "num_time_scale_cases": int(subset.sum()),
     }
-    study_lib.write(out, result, text, extra)
-    logging.info("glitch study:\n%s", text)
-    return {**result, **extra}
+    cases = f"{len(labels)} test glitches"
+    return study_lib.report(
+        "glitch", workdir, config, by_metric, cases, METRIC_LABELS, notes, extra
+    )
 
 
 def main(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """`jaxlab study`: all cells (resuming), then the report; returns flat scalars."""
-    if not config.get("study"):
-        raise ValueError("config has no `study` block: use --config=glitch:study (or study_tiny).")
+    study_lib.require_block(config, "glitch")
     done = run_cells(config, workdir)
     if done is None:
         return {}

@@ -59,10 +59,7 @@ def arm_config(
     """`config` for one trained arm and seed, reading the study's one dataset in `root`."""
     if arm not in TRAINED_ARMS:
         raise ValueError(f"config.study.arms: {arm!r} is not a trained arm {TRAINED_ARMS}.")
-    c = config.copy_and_resolve_references()
-    c.seed = seed
-    c.data.root = root
-    c.data.synthetic = False  # written once, before the arms (with the study's config.seed)
+    c = study_lib.cell_config(config, seed, "root", root)
     c.model.kind = "flat" if arm == "flat_matched" else arm
     c.model.flat_max_tokens = matched_tokens(config) if arm == "flat_matched" else 0
     return c
@@ -284,7 +281,6 @@ def report(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Reads every arm's predictions, writes study/table.md, study.png, study.json; returns the
     `core.study.compare` result (plus parameter counts, per-seed errors, training times)."""
     sc = config.study
-    out = os.path.join(workdir, "study")
     arms = study_lib.arms_in_order(sc.arms, sc.reference)
     errors, truth, seconds = arm_errors(config, workdir)
     per_seed = {arm: [float(row.mean()) for row in errors[arm]] for arm in arms}
@@ -325,12 +321,6 @@ def report(config: ml_collections.ConfigDict, workdir: str) -> dict:
         + "; ".join(f"{a} {', '.join(f'{s:.0f}' for s in v)}" for a, v in seconds.items())
         + "."
     )
-    study_lib.figure(
-        result,
-        os.path.join(out, "study.png"),
-        f"neutrino: arms vs {sc.reference} on {num_events} test events (diff [paired 95% CI])",
-        labels,
-    )
     extra = {
         "seeds": list(sc.seeds),
         "per_seed_mean_angular_error": per_seed,
@@ -341,17 +331,13 @@ def report(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "train_seconds": seconds,
         "events_per_bin": {b: int(m.sum()) for b, m in bins},
     }
-    study_lib.write(out, result, text, extra)
-    logging.info("neutrino study:\n%s", text)
-    return {**result, **extra}
+    cases = f"{num_events} test events"
+    return study_lib.save("neutrino", workdir, result, text, cases, labels, extra)
 
 
 def main(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """`jaxlab study`: all cells (resuming), then the report; returns flat scalars."""
-    if not config.get("study"):
-        raise ValueError(
-            "config has no `study` block: use --config=neutrino:study (or study_tiny)."
-        )
+    study_lib.require_block(config, "neutrino")
     unknown = set(config.study.arms) - set(ARMS)
     if unknown or config.study.reference not in config.study.arms:
         raise ValueError(

@@ -211,8 +211,8 @@ def predict(
 ) -> list[str]:
     """Writes scenarios.csv, forecast.csv and one PNG per product; returns their paths.
 
-    `engine`: python (the default: the model's code), stablehlo (the bundle's StableHLO predict,
-    without the model's code) or auto (stablehlo when the bundle carries one)."""
+    `engine` (`core.portable.use_artefact`): python (default) runs the generator and forecaster
+    code; stablehlo their exported StableHLO, without that code; auto, stablehlo if present."""
     hlo = portable.use_artefact(model, engine)
     if hlo:
         config, info = portable.bundle_config(model, TASK)

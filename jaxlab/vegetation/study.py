@@ -63,10 +63,7 @@ def arm_config(
     """`config` for one trained arm and seed, reading the study's one dataset in `data_dir`."""
     if arm not in TRAINED:
         raise ValueError(f"config.study.arms: {arm!r} is not a trained arm; expected {ARMS}.")
-    c = config.copy_and_resolve_references()
-    c.seed = seed
-    c.data.dir = data_dir
-    c.data.synthetic = False  # written once, before the arms (with the study's config.seed)
+    c = study_lib.cell_config(config, seed, "dir", data_dir)
     c.eval.climatology_dir = clim_dir
     c.eval.num_plot_cubes = 0
     for key, value in TRAINED[arm].items():
@@ -261,43 +258,20 @@ def report(config: ml_collections.ConfigDict, workdir: str, data_dir: str, clim_
         }
         for name, fn in stats.items():
             by_metric[name][arm] = fn
-    result = study_lib.compare(
-        by_metric,
-        sc.reference,
-        len(ids),
-        num_resamples=sc.bootstrap_resamples,
-        seed=config.seed,
-    )
-    text = study_lib.table(result, labels)
-    text += (
-        f"\nSeeds {tuple(sc.seeds)} (a trained arm's statistic is its mean over seeds); split "
+    notes = (
+        f"Seeds {tuple(sc.seeds)} (a trained arm's statistic is its mean over seeds); split "
         f"{config.eval.split}; official GreenEarthNet scores (high-quality pixels, per cube and "
         f"land cover, then per land cover); outperformance against {against}."
     )
-    out = os.path.join(workdir, "study")
-    study_lib.figure(
-        result,
-        os.path.join(out, "study.png"),
-        f"vegetation: arms vs {sc.reference} on {len(ids)} held-out cubes (diff [paired 95% CI])",
-        labels,
-    )
-    extra = {
-        "per_seed": per_seed,
-        "seeds": list(sc.seeds),
-        "cubes": ids,
-        "outperformance_reference": against,
-    }
-    study_lib.write(out, result, text, extra)
-    logging.info("vegetation study:\n%s", text)
-    return {**result, **extra}
+    extra = {"per_seed": per_seed, "seeds": list(sc.seeds), "cubes": ids}
+    extra["outperformance_reference"] = against
+    cases = f"{len(ids)} held-out cubes"
+    return study_lib.report("vegetation", workdir, config, by_metric, cases, labels, notes, extra)
 
 
 def main(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """`jaxlab study`: all cells (resuming), then the report; returns flat scalars."""
-    if not config.get("study"):
-        raise ValueError(
-            "config has no `study` block: use --config=vegetation:study (or study_tiny)."
-        )
+    study_lib.require_block(config, "vegetation")
     done = run_cells(config, workdir)
     if done is None:
         return {}

@@ -345,8 +345,8 @@ def predict(
 ) -> list[str]:
     """Writes the NetCDF and the PNG folders for one initialisation time; returns the files.
 
-    `engine`: python (the default: the model's code), stablehlo (the bundle's StableHLO predict,
-    without the model's code) or auto (stablehlo when the bundle carries one)."""
+    `engine` (`core.portable.use_artefact`): python (default) runs the sampler's code; stablehlo
+    its exported lead step (one key per member, so deterministic); auto, stablehlo if present."""
     hlo = portable.use_artefact(model, engine)
     if hlo:
         config, info = portable.bundle_config(model, TASK)
