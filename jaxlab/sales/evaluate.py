@@ -20,6 +20,7 @@ passes `generate` and `forecast_pass` also serve train.py's evaluations.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Callable
@@ -62,6 +63,27 @@ def forecast_pass(
     return metrics, pred
 
 
+@functools.cache
+def _classifier_fns(hidden: int, lr: float):
+    """(model, tx, jitted train step, jitted logits) of the discriminative-score classifier,
+    built once per (hidden, lr): an evaluation scores several generators (the GAN, the naive
+    baseline, a bundle, each study cell) and each call would otherwise trace and compile again."""
+    model = model_lib.SequenceClassifier(hidden=hidden)
+    tx = optax.adam(lr)
+
+    @jax.jit
+    def step(params, opt_state, x, y):
+        def loss_fn(p):
+            return jnp.mean(optax.sigmoid_binary_cross_entropy(model.apply({"params": p}, x), y))
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    predict = jax.jit(lambda p, x: model.apply({"params": p}, x))
+    return model, tx, step, predict
+
+
 def discriminative_score(
     real: np.ndarray,
     fake: np.ndarray,
@@ -90,25 +112,14 @@ def discriminative_score(
 
     x_train, y_train = inputs(train_idx)
     x_test, y_test = inputs(test_idx)
-    model = model_lib.SequenceClassifier(hidden=ec.disc_hidden)
+    model, tx, step, predict = _classifier_fns(ec.disc_hidden, ec.disc_lr)
     params = model.init(rng.stream(seed, "discriminator"), x_train[:1])["params"]
-    tx = optax.adam(ec.disc_lr)
     opt_state = tx.init(params)
-
-    @jax.jit
-    def step(params, opt_state, x, y):
-        def loss_fn(p):
-            return jnp.mean(optax.sigmoid_binary_cross_entropy(model.apply({"params": p}, x), y))
-
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
     batch = min(ec.disc_batch_size, len(x_train))
     for _ in range(ec.disc_steps):
         idx = gen.integers(0, len(x_train), size=batch)
         params, opt_state, _ = step(params, opt_state, x_train[idx], y_train[idx])
-    logits = jax.jit(lambda p, x: model.apply({"params": p}, x))(params, x_test)
+    logits = predict(params, x_test)
     accuracy = float(np.mean((np.asarray(logits) > 0) == (y_test > 0.5)))
     return abs(accuracy - 0.5)
 

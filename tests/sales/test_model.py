@@ -85,11 +85,12 @@ def test_generator_is_non_negative_with_the_right_shape():
     noise = jax.random.normal(jax.random.key(0), (len(batch["index"]), 7, config.gan.noise_dim))
     params = jax.jit(generator.init)(jax.random.key(1), noise, *cond)["params"]
     params["out"]["bias"] = params["out"]["bias"] - 1.0  # push many pre-activations below 0
-    out = generator.apply({"params": params}, 3.0 * noise, *cond)
+    # Jitted: run eagerly, op by op, the recurrent layers cost seconds of dispatch.
+    out = jax.jit(generator.apply)({"params": params}, 3.0 * noise, *cond)
     chex.assert_shape(out, (len(batch["index"]), config.data.horizon))
     assert float(jnp.min(out)) >= 0.0 and float(jnp.mean(out == 0.0)) > 0.05
-    critic_vars = critic.init(jax.random.key(2), out, *cond)
-    scores = critic.apply(critic_vars, out, *cond)
+    critic_vars = jax.jit(critic.init)(jax.random.key(2), out, *cond)
+    scores = jax.jit(critic.apply)(critic_vars, out, *cond)
     chex.assert_shape(scores, (len(batch["index"]),))
 
 
@@ -249,13 +250,13 @@ def test_generator_starts_as_the_seasonal_naive_forecast_plus_a_learned_term():
     cond = tuple(jnp.asarray(windows[k]) for k in ("history_sales", "history_features"))
     cond += (jnp.asarray(windows["target_features"]),)
     noise = jax.random.normal(jax.random.key(0), (len(windows["index"]), 7, config.gan.noise_dim))
-    params = generator.init(jax.random.key(1), noise, *cond)["params"]
+    params = jax.jit(generator.init)(jax.random.key(1), noise, *cond)["params"]
     params["out"] = jax.tree.map(jnp.zeros_like, params["out"])
-    sample = generator.apply({"params": params}, noise, *cond)
+    sample = jax.jit(generator.apply)({"params": params}, noise, *cond)
     seasonal = model_lib.weekday_history(*cond)[..., 0]
     np.testing.assert_allclose(sample, np.maximum(seasonal, 0.0), rtol=1e-6, atol=1e-7)
     # The ablation's generator (seasonal_init False) starts with the weekly skip at 0.
     config.model.seasonal_init = False
     generator, _ = model_lib.make_gan(config)
-    params = generator.init(jax.random.key(1), noise, *cond)["params"]
+    params = jax.jit(generator.init)(jax.random.key(1), noise, *cond)["params"]
     assert not np.any(np.asarray(params["weekly_skip"]["kernel"]))
