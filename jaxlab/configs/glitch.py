@@ -274,7 +274,7 @@ def study_tiny() -> ml_collections.ConfigDict:
     # 2e-3 this small model can collapse to chance, so a gentler rate, a longer warmup and no
     # early stop (accuracy sits at chance for the first epochs).
     config.optim.lr = 1e-3
-    common.override(t, num_epochs=30, warmup_epochs=3, global_batch_size=16, log_every=20)
+    common.override(t, num_epochs=15, warmup_epochs=3, global_batch_size=16, log_every=20)
     common.override(config.eval, early_stopping_patience=0, global_batch_size=64)
     common.override(config.study, seeds=(0,), bootstrap_resamples=500)
     return config

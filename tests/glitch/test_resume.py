@@ -5,9 +5,10 @@ bit: parameters, per-step losses, epoch metrics (including the interrupted epoch
 stops. Early stopping is driven by a planted validation-accuracy curve so the stopping epoch and
 the best checkpoint are known in advance.
 
-The runs of a test share their jitted functions (`_share_compiles`): rebuilding them compiles the
-same programs again (several CPU-seconds each) and does not change what is checked, which is that
-everything the loop carries across a restart is saved and restored exactly.
+The runs use 2 of the 8 fake devices (`_two_devices`) and share their jitted functions
+(`_share_compiles`): rebuilding them compiles the same programs again (several CPU-seconds each)
+and does not change what is checked, which is that everything the loop carries across a restart
+is saved and restored exactly.
 """
 
 import dataclasses
@@ -59,6 +60,18 @@ def _share_compiles(monkeypatch):
         return cache[key]
 
     monkeypatch.setattr(steps, "build", shared_build)
+
+
+@pytest.fixture(autouse=True)
+def _two_devices(monkeypatch):
+    """Meshes span 2 of the 8 fake devices: resume and early stopping are this file's subject,
+    not sharding, and a tiny ViT step on 8 fake CPU devices costs more than on 2."""
+    make_mesh = mesh_lib.make_mesh
+
+    def first_two(axes, devices=None):
+        return make_mesh(axes, jax.devices()[:2] if devices is None else devices)
+
+    monkeypatch.setattr(mesh_lib, "make_mesh", first_two)
 
 
 def _sigterm_after_step(monkeypatch, at_step: int) -> None:

@@ -61,7 +61,7 @@ def test_cnn_arm_trains_the_merged_view_cnn_at_the_study_rate():
         study.arm_config(config, "cnn", 0, "/data")
 
 
-@pytest.mark.slow  # two small training runs (about 1.5 min on a quiet 2-core CPU)
+@pytest.mark.slow  # two small training runs of 15 epochs (about 1 min on a quiet 2-core CPU)
 @pytest.mark.parametrize("seed", [0])
 def test_study_tiny_multi_view_beats_single_view_on_time_scale_classes(tmp_path, seed):
     config = glitch_config.get_config("study_tiny")
