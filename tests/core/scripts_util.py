@@ -31,6 +31,21 @@ def command(script: str, config: str, workdir: str, *overrides: str) -> list[str
     ]
 
 
+def run_python(args: list[str], num_devices: int, timeout: int = 600, **env):
+    """`python <args>` from the repository root with `script_env(num_devices, **env)`, run to
+    completion; returns the CompletedProcess (stdout+stderr in .stdout)."""
+    return subprocess.run(
+        [sys.executable, *args],
+        env=script_env(num_devices, **env),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 def run(script: str, config: str, workdir: str, *overrides: str, num_devices: int = 8, **env):
     """Runs to completion; returns the CompletedProcess (stdout+stderr in .stdout)."""
     return subprocess.run(

@@ -13,21 +13,8 @@ from tests.core import scripts_util
 
 
 def _run_benchmark(out, *flags: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [
-            sys.executable,
-            str(scripts_util.REPO / "scripts" / "benchmark.py"),
-            f"--out={out}",
-            *flags,
-        ],
-        env=scripts_util.script_env(2),
-        cwd=scripts_util.REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    script = str(scripts_util.REPO / "scripts" / "benchmark.py")
+    return scripts_util.run_python([script, f"--out={out}", *flags], 2)
 
 
 def _mlp_train_flops(config) -> float:

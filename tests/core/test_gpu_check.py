@@ -5,7 +5,6 @@ used. The script lives outside the package (it may import torch and timm); it is
 
 import importlib.util
 import json
-import subprocess
 import sys
 
 import pytest
@@ -60,21 +59,8 @@ def test_portable_predict_entry_times_the_artefact_beside_the_python_network():
 @pytest.mark.slow
 def test_smoke_run_writes_every_section(tmp_path):
     out = tmp_path / "gpu_check.json"
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(scripts_util.REPO / "scripts" / "gpu_check.py"),
-            "--smoke",
-            f"--out={out}",
-        ],
-        env=scripts_util.script_env(1),
-        cwd=scripts_util.REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=900,
-        check=False,
-    )
+    script = str(scripts_util.REPO / "scripts" / "gpu_check.py")
+    result = scripts_util.run_python([script, "--smoke", f"--out={out}"], 1, timeout=900)
     assert result.returncode == 0, result.stdout[-4000:]
     assert "wrote" in result.stdout and "vit_single_bf16" in result.stdout  # the table
     report = json.loads(out.read_text())

@@ -9,8 +9,6 @@ slower (221 against 66 CPU-seconds measured alone). The test asserts on the corr
 script writes."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
@@ -27,24 +25,9 @@ def test_samples_follow_the_weekly_pattern_of_the_condition(tmp_path):
     and flipped -0.57 at seed 0; 0.73 and -0.58 at seed 1 (40 products). Seed 0's margin (0.08)
     leaves no room for fewer iterations."""
     out = tmp_path / "correlations.json"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tests.sales.weekly_pattern_run",
-            f"--workdir={tmp_path / 'run'}",
-            f"--out={out}",
-            "--seed=0",
-            "--num_steps=200",
-        ],
-        env=scripts_util.script_env(1, XLA_FLAGS="--xla_force_host_platform_device_count=1"),
-        cwd=scripts_util.REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    args = ["-m", "tests.sales.weekly_pattern_run", f"--workdir={tmp_path / 'run'}", f"--out={out}"]
+    one_device = "--xla_force_host_platform_device_count=1"  # and no level-0 flag: the default
+    done = scripts_util.run_python([*args, "--seed=0", "--num_steps=200"], 1, XLA_FLAGS=one_device)
     assert done.returncode == 0, done.stdout[-3000:]
     result = json.loads(out.read_text())
     own, flipped = result["own"], result["flipped"]
