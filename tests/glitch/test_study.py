@@ -7,7 +7,6 @@ multi-view ViT with cross-attention fusion sees the long windows. A fusion that 
 views (or a data pipeline that fed the wrong window) would lose that gap and fail here.
 """
 
-import json
 import os
 
 import numpy as np
@@ -17,6 +16,7 @@ from jaxlab.configs import example as example_config
 from jaxlab.configs import glitch as glitch_config
 from jaxlab.core import task as task_lib
 from jaxlab.glitch import data, study, synthetic
+from tests.core import study_util
 
 
 def test_planted_pairs_are_identical_in_the_one_second_window():
@@ -71,11 +71,7 @@ def test_study_tiny_multi_view_beats_single_view_on_time_scale_classes(tmp_path,
     workdir = str(tmp_path)
     flat = study.main(config, workdir)
 
-    with open(os.path.join(workdir, "study", "study.json")) as f:
-        saved = json.load(f)
-    assert os.path.getsize(os.path.join(workdir, "study", "study.png")) > 0
-    with open(os.path.join(workdir, "study", "table.md")) as f:
-        table = f.read()
+    saved, table = study_util.written_report(workdir)
     assert "vit_multiview" in table and "reference" in table
 
     # The study's numbers are the predictions' numbers (recomputed here independently).

@@ -21,6 +21,7 @@ from jaxlab.core import study as study_lib
 from jaxlab.core import task as task_lib
 from jaxlab.neutrino import data_packing, evaluate, study, synthetic
 from jaxlab.neutrino import model as model_lib
+from tests.core import study_util
 
 
 def _processed_events(count, seed=3):
@@ -188,11 +189,7 @@ def test_study_tiny_both_transformers_beat_the_baseline_direction(tmp_path):
     workdir = str(tmp_path)
     flat = study.main(config, workdir)
 
-    with open(os.path.join(workdir, "study", "study.json")) as f:
-        saved = json.load(f)
-    assert os.path.getsize(os.path.join(workdir, "study", "study.png")) > 0
-    with open(os.path.join(workdir, "study", "table.md")) as f:
-        table = f.read()
+    saved, table = study_util.written_report(workdir)
     assert "hierarchical" in table and "reference" in table and "pulses" in table
 
     # The study's numbers are the saved predictions' numbers (recomputed here).

@@ -8,7 +8,6 @@ the full model's lead over `no_weather_residual` and fail here.
 """
 
 import json
-import os
 
 import jax
 import numpy as np
@@ -18,6 +17,7 @@ import pytest
 from jaxlab.configs import vegetation as vegetation_config
 from jaxlab.core import task as task_lib
 from jaxlab.vegetation import metrics, model, study, synthetic
+from tests.core import study_util
 
 
 def test_planted_structure_is_off_by_default_and_the_demo_cubes_do_not_change():
@@ -133,9 +133,7 @@ def test_study_tiny_full_model_beats_no_weather_residual_and_persistence(tmp_pat
     workdir = str(tmp_path)
     flat = study.main(config, workdir)
 
-    with open(os.path.join(workdir, "study", "study.json")) as f:
-        saved = json.load(f)
-    assert os.path.getsize(os.path.join(workdir, "study", "study.png")) > 0
+    saved, _ = study_util.written_report(workdir)
     assert saved["arms"] == list(config.study.arms)
     assert saved["outperformance_reference"] == "climatology"
     rmse = saved["metrics"]["ndvi_rmse"]

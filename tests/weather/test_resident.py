@@ -6,9 +6,7 @@ or with its time axis split over 2 or 8 (padded to 24 / 8 x 3 states), so the sh
 crosses shards within every batch.
 """
 
-import dataclasses
 import os
-import signal
 
 import chex
 import jax
@@ -17,11 +15,10 @@ import pytest
 from jax.sharding import PartitionSpec
 
 from jaxlab.configs import weather as weather_config
-from jaxlab.core import checkpoint
 from jaxlab.core import mesh as mesh_lib
-from jaxlab.core.writer import read_metrics
 from jaxlab.data import pipeline
-from jaxlab.weather import data, data_resident, steps, train
+from jaxlab.weather import data, data_resident, train
+from tests.weather import train_util
 
 GIB = 2**30
 
@@ -179,34 +176,6 @@ def two_devices(monkeypatch):
     monkeypatch.setattr(mesh_lib, "make_mesh", first_two)
 
 
-def _sigterm_after_step(monkeypatch, at_step):
-    """`train.build`'s train step sends SIGTERM once step `at_step` is dispatched."""
-    build = train.build
-
-    def build_with_sigterm(config, mesh, **kwargs):
-        parts = build(config, mesh, **kwargs)
-
-        def step_then_signal(state, batch):
-            out = parts.train_step(state, batch)
-            if int(out[0].step) == at_step:
-                os.kill(os.getpid(), signal.SIGTERM)
-            return out
-
-        return dataclasses.replace(parts, train_step=step_then_signal)
-
-    monkeypatch.setattr(train, "build", build_with_sigterm)
-
-
-def _final_state(config, workdir):
-    mesh = mesh_lib.make_mesh(config.mesh)
-    manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints"), read_only=True)
-    return jax.device_get(checkpoint.restore(manager, steps.build(config, mesh).abstract_state))
-
-
-def _rows(workdir):
-    return {m["step"]: m for m in read_metrics(workdir) if "data_checksum" in m}
-
-
 @pytest.mark.slow
 def test_resident_training_and_resume_equal_the_streamed_run_bit_for_bit(
     store, tmp_path, monkeypatch, two_devices
@@ -239,9 +208,10 @@ def test_resident_training_and_resume_equal_the_streamed_run_bit_for_bit(
         config = train_config(data_dir, first)
         if name != "streamed":
             with monkeypatch.context() as patch:
-                _sigterm_after_step(patch, at_step=3)
+                train_util.sigterm_after_step(patch, train, at_step=3)
                 train.train_and_evaluate(config, workdir)
-            assert max(_rows(workdir)) == 3, f"{name}: the run did not stop at the SIGTERM step"
+            stopped_at = max(train_util.train_rows(workdir))
+            assert stopped_at == 3, f"{name}: the run did not stop at the SIGTERM step"
             config = train_config(data_dir, True)  # data.resident may change on resume
         metrics[name] = train.train_and_evaluate(config, workdir)
         loaded[name], placements[:] = list(placements), []
@@ -250,14 +220,14 @@ def test_resident_training_and_resume_equal_the_streamed_run_bit_for_bit(
         "sharded_then_replicated": ["sharded", "replicated"],
         "streamed_then_resident": ["replicated"],
     }
-    want_state = _final_state(train_config(data_dir, False), str(tmp_path / "streamed"))
-    want_rows = _rows(str(tmp_path / "streamed"))
+    want_state = train_util.final_state(train_config(data_dir, False), str(tmp_path / "streamed"))
+    want_rows = train_util.train_rows(str(tmp_path / "streamed"))
     assert sorted(want_rows) == list(range(1, 7))
     for name in list(runs)[1:]:
-        got = _final_state(train_config(data_dir, False), str(tmp_path / name))
+        got = train_util.final_state(train_config(data_dir, False), str(tmp_path / name))
         assert int(got.step) == 6, name
         chex.assert_trees_all_equal(got, want_state)  # params, EMA, optimizer state, scale
-        rows = _rows(str(tmp_path / name))
+        rows = train_util.train_rows(str(tmp_path / name))
         for step in range(1, 7):
             assert rows[step]["loss"] == want_rows[step]["loss"], (name, step)
             assert rows[step]["data_checksum"] == want_rows[step]["data_checksum"], (name, step)

@@ -5,11 +5,9 @@ CPU, so the fast tests share one config (batch 2, 8 x 8 crops, 2 devices) and on
 `steps.build`: one init, one train step and one eval step program for the whole module.
 """
 
-import dataclasses
 import json
 import os
 import shutil
-import signal
 
 import chex
 import jax
@@ -19,11 +17,12 @@ import xarray as xr
 from tensorboard.backend.event_processing import event_accumulator
 
 from jaxlab.configs import weather as weather_config
-from jaxlab.core import checkpoint, rng, run_records
 from jaxlab.core import mesh as mesh_lib
 from jaxlab.core import parts as parts_lib
+from jaxlab.core import rng, run_records
 from jaxlab.core.writer import read_metrics
 from jaxlab.weather import data, evaluate, steps, train
+from tests.weather import train_util
 
 
 def tiny_config(data_dir: str = ""):
@@ -170,36 +169,6 @@ def test_eval_loss_of_a_record_does_not_depend_on_its_batch(
     assert np.abs(in_first[0] - in_first[1]).max() > 1e-3  # records draw different noise
 
 
-def _sigterm_after_step(monkeypatch, at_step):
-    """The next `steps.build` returns parts whose train step sends this process SIGTERM when
-    step `at_step` has been dispatched: the loop must checkpoint it and exit."""
-    build = steps.build
-
-    def build_with_sigterm(config, mesh, residual_std=None, residual_mean=None):
-        parts = build(config, mesh, residual_std, residual_mean)
-
-        def step_then_signal(state, batch):
-            out = parts.train_step(state, batch)
-            if int(out[0].step) == at_step:
-                os.kill(os.getpid(), signal.SIGTERM)
-            return out
-
-        return dataclasses.replace(parts, train_step=step_then_signal)
-
-    monkeypatch.setattr(steps, "build", build_with_sigterm)
-
-
-def _final_state(config, workdir):
-    mesh = mesh_lib.make_mesh(config.mesh)
-    manager = checkpoint.make_manager(os.path.join(workdir, "checkpoints"), read_only=True)
-    target = steps.build(config, mesh).abstract_state
-    return jax.device_get(checkpoint.restore(manager, target))
-
-
-def _train_rows(workdir):
-    return {m["step"]: m for m in read_metrics(workdir) if "data_checksum" in m}
-
-
 def test_sigterm_then_resume_is_bitwise_identical_including_ema(
     data_dir, tmp_path, monkeypatch, shared_build, two_devices
 ):
@@ -210,12 +179,12 @@ def test_sigterm_then_resume_is_bitwise_identical_including_ema(
     want_metrics = train.train_and_evaluate(config, reference)
 
     with monkeypatch.context() as patch:
-        _sigterm_after_step(patch, at_step=3)
+        train_util.sigterm_after_step(patch, steps, at_step=3)
         train.train_and_evaluate(config, resumed)
-    assert max(_train_rows(resumed)) == 3, "the run did not stop at the SIGTERM step"
+    assert max(train_util.train_rows(resumed)) == 3, "the run did not stop at the SIGTERM step"
     got_metrics = train.train_and_evaluate(config, resumed)
 
-    want, got = _final_state(config, reference), _final_state(config, resumed)
+    want, got = train_util.final_state(config, reference), train_util.final_state(config, resumed)
     assert int(got.step) == 6
     chex.assert_trees_all_equal(got.params, want.params)
     chex.assert_trees_all_equal(got.extra["ema"], want.extra["ema"])
@@ -223,7 +192,7 @@ def test_sigterm_then_resume_is_bitwise_identical_including_ema(
     chex.assert_trees_all_equal(got, want)  # and residual_std, step
     ema_lag = jax.tree.map(lambda a, b: np.abs(a - b).max(), got.extra["ema"], got.params)
     assert max(jax.tree.leaves(ema_lag)) > 1e-4  # the EMA is its own state, not the params
-    rows_want, rows_got = _train_rows(reference), _train_rows(resumed)
+    rows_want, rows_got = train_util.train_rows(reference), train_util.train_rows(resumed)
     assert sorted(rows_got) == list(range(1, 7))
     for step in range(1, 7):
         assert rows_got[step]["loss"] == rows_want[step]["loss"], step
