@@ -204,12 +204,13 @@ def save(
     extra: Mapping | None = None,
 ) -> dict:
     """A study's report tail: `<workdir>/study/` gets study.png (titled with the task and the
-    held-out `cases`, e.g. "12 held-out cubes"), table.md and study.json; the table is logged.
-    Returns {**result, **extra}."""
+    number of held-out `cases`, e.g. "held-out cubes"), table.md and study.json; the table is
+    logged. Returns {**result, **extra}."""
     out = os.path.join(workdir, "study")
     os.makedirs(out, exist_ok=True)
     level = f"{100 * result['level']:g}%"
-    title = f"{task}: arms vs {result['reference']} on {cases} (diff [paired {level} CI])"
+    held_out = f"{result['num_cases']} {cases}"
+    title = f"{task}: arms vs {result['reference']} on {held_out} (diff [paired {level} CI])"
     figure(result, os.path.join(out, "study.png"), title, labels)
     write(out, result, text, extra)
     logging.info("%s study:\n%s", task, text)
@@ -221,15 +222,15 @@ def report(
     workdir: str,
     config,
     by_metric: Mapping[str, Mapping[str, Statistic]],
+    num_cases: int,
     cases: str,
     labels: Mapping[str, str],
     notes: str,
     extra: Mapping,
 ) -> dict:
     """`compare` with the settings of `config.study` (reference arm, resamples) and `config.seed`,
-    then `save` with the table and `notes` below it. `cases` starts with their number."""
+    then `save` with the table and `notes` below it."""
     sc = config.study
-    num_cases = int(cases.split()[0])
     result = compare(
         by_metric, sc.reference, num_cases, num_resamples=sc.bootstrap_resamples, seed=config.seed
     )

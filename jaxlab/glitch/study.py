@@ -159,9 +159,16 @@ def report(config: ml_collections.ConfigDict, workdir: str, labels: np.ndarray) 
         "time_scale_classes": list(sc.time_scale_classes),
         "num_time_scale_cases": int(subset.sum()),
     }
-    cases = f"{len(labels)} test glitches"
     return study_lib.report(
-        "glitch", workdir, config, by_metric, cases, METRIC_LABELS, notes, extra
+        "glitch",
+        workdir,
+        config,
+        by_metric,
+        len(labels),
+        "test glitches",
+        METRIC_LABELS,
+        notes,
+        extra,
     )
 
 

@@ -331,8 +331,7 @@ def report(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "train_seconds": seconds,
         "events_per_bin": {b: int(m.sum()) for b, m in bins},
     }
-    cases = f"{num_events} test events"
-    return study_lib.save("neutrino", workdir, result, text, cases, labels, extra)
+    return study_lib.save("neutrino", workdir, result, text, "test events", labels, extra)
 
 
 def main(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:

@@ -265,8 +265,10 @@ def report(config: ml_collections.ConfigDict, workdir: str, data_dir: str, clim_
     )
     extra = {"per_seed": per_seed, "seeds": list(sc.seeds), "cubes": ids}
     extra["outperformance_reference"] = against
-    cases = f"{len(ids)} held-out cubes"
-    return study_lib.report("vegetation", workdir, config, by_metric, cases, labels, notes, extra)
+    cases = "held-out cubes"
+    return study_lib.report(
+        "vegetation", workdir, config, by_metric, len(ids), cases, labels, notes, extra
+    )
 
 
 def main(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
