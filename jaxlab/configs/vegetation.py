@@ -82,7 +82,7 @@ def _shared() -> ml_collections.ConfigDict:
     common.input_workers(config.data)  # data.workers: reader processes
     d.dir = ""  # root holding the track folders; defaults to <workdir>/data
     d.synthetic = True  # write synthetic minicubes there first (skipped for existing files)
-    d.engine = "h5netcdf"  # xarray engine: "h5netcdf" or "netcdf4" (if installed)
+    d.engine = "netcdf4"  # xarray engine reading and writing cubes: "netcdf4" or "h5netcdf"
     d.train_track = "train"
     d.val_track = "val_chopped"  # early stopping / best checkpoint
     d.image_size = 128  # lat = lon pixels the reader expects (128 in GreenEarthNet)

@@ -45,6 +45,7 @@ RESUME_HARMLESS_KEYS = (
     "train.profile_stop",
     "train.allow_config_change",
     "eval.",
+    "data.engine",  # which library decodes the NetCDF files: the same values either way
     # Early-stopping keys before they moved to eval.* (they decide when to stop, not the steps).
     "train.patience",
     "train.early_stopping_patience",

@@ -67,10 +67,13 @@ def write_prediction(
     lat,
     lon,
     bands: dict[str, np.ndarray] | None = None,
+    *,
+    engine: str = "netcdf4",
 ) -> dict[str, int]:
     """NetCDF at `path` in the official prediction layout, clipped to the physical range.
 
     Args:
+      engine: xarray's NetCDF4 writer (`config.data.engine`).
       ndvi_pred: [T, H, W] NDVI, written as `ndvi_pred` clipped to [-1, 1] (as the scorer reads).
       bands: band name (e.g. "s2_B04") -> [T, H, W] reflectance, written clipped to [0, 1].
     Returns:
@@ -90,7 +93,7 @@ def write_prediction(
     os.makedirs(os.path.dirname(path), exist_ok=True)
     ds = xr.Dataset(variables, coords={"time": time, "lat": lat, "lon": lon})
     tmp = f"{path}.{os.getpid()}.tmp"
-    ds.to_netcdf(tmp, engine="h5netcdf")
+    ds.to_netcdf(tmp, engine=engine)
     os.replace(tmp, path)
     return counts
 
@@ -214,7 +217,11 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
             where = (times, target["lat"], target["lon"])
             clipped["model"].append(
                 write_prediction(
-                    os.path.join(pred_dir, region, file_name), model_ndvi, *where, by_band(refl)
+                    os.path.join(pred_dir, region, file_name),
+                    model_ndvi,
+                    *where,
+                    by_band(refl),
+                    engine=d.engine,
                 )
             )
             clipped["persistence"].append(
@@ -223,6 +230,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
                     persistence_ndvi,
                     *where,
                     by_band(np.broadcast_to(bap_refl, refl.shape)),
+                    engine=d.engine,
                 )
             )
             scores["model"].append(

@@ -196,7 +196,7 @@ def write_cube(
     bands = {b: refl[..., i] for i, b in enumerate(config.data.bands)}
     nc_path = os.path.join(out, tile, f"{name}.nc")
     counts = evaluate.write_prediction(
-        nc_path, ndvi, where["times"], where["lat"], where["lon"], bands
+        nc_path, ndvi, where["times"], where["lat"], where["lon"], bands, engine=config.data.engine
     )
     written = [nc_path]
     if plot:
@@ -312,5 +312,5 @@ def demo_input(config: ml_collections.ConfigDict, workdir: str) -> str:
         with xr.open_dataset(path, engine=config.data.engine) as ds:
             cut = context_only(ds.load(), data.context_days(config))
         encoding = {v: {"zlib": True, "complevel": 1} for v in cut.data_vars}
-        cut.to_netcdf(target, engine="h5netcdf", encoding=encoding)
+        cut.to_netcdf(target, engine=config.data.engine, encoding=encoding)
     return out

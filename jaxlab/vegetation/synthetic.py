@@ -2,8 +2,8 @@
 
 Each cube has the real layout (docs/data.md): dims time (150 daily), lat, lon; coords
 latitude_eobs / longitude_eobs; Sentinel-2 bands, masks and `s2_avail`; static land cover and
-DEMs with `geom_cls`; all eight E-OBS variables on time. Written with the h5netcdf engine, so the
-reader that passes here is the reader run on the download.
+DEMs with `geom_cls`; all eight E-OBS variables on time. Written as NetCDF4 (HDF5) files with
+`config.data.engine`, read back by the reader that runs on the download.
 
 Planted signal (what a forecaster must learn, and why persistence fails):
   - NDVI follows a per-land-cover seasonal bump (peak day, width, amplitude by class), with
@@ -308,7 +308,7 @@ def write_dataset(
     regions: tuple[str, ...],
     size: int,
     seed: int,
-    engine: str = "h5netcdf",
+    engine: str = "netcdf4",
     planted: Planted = Planted(),
 ) -> list[str]:
     """Writes `count` cubes per (track, count); existing files are kept. Returns all paths.
