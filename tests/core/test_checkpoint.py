@@ -87,6 +87,35 @@ def test_written_on_8_devices_restores_on_1(tmp_path):
     _assert_trees_equal(restored, state8)
 
 
+def test_saving_a_small_replicated_state_compiles_no_slice_per_leaf(tmp_path):
+    """Small replicated leaves are written whole by replica 0: the save compiles one program (the
+    finite check over the tree), not orbax's replica-parallel slice program per leaf shape."""
+    mesh = mesh_lib.make_mesh([("data", -1)])
+    assert mesh.size == 8
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    shapes = [(37, 8), (37,), (3, 8, 11), (8, 13), (5, 8)]  # shapes no other test saves
+    tree = {f"w{i}": jnp.full(s, float(i), jnp.float32) for i, s in enumerate(shapes)}
+    tree = jax.device_put(tree, replicated)
+    compiles = []
+
+    def count(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(duration)
+
+    manager = checkpoint.make_manager(str(tmp_path), async_save=False)
+    jax.monitoring.register_event_duration_secs_listener(count)
+    try:
+        checkpoint.save(manager, 1, tree)
+        checkpoint.wait(manager)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(count)
+    assert len(compiles) <= 1, len(compiles)
+    target = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), tree
+    )
+    _assert_trees_equal(checkpoint.restore(manager, target), tree)
+
+
 def test_missing_checkpoint(tmp_path):
     mesh = mesh_lib.make_mesh([("data", -1)])
     target, _ = state_lib.abstract_state(_init_fn, jax.random.key(2), mesh)
