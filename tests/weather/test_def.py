@@ -157,13 +157,19 @@ def test_perturbation_loss_trains_on_the_forecasters_output_in_the_authors_mix()
     )
     static = {"residual": False, "use_hour": True}
     key = jax.random.key(5)
-    mix = steps.perturbation_loss(
-        params, batch, key, extra, True, forecast_fraction=0.5, forecaster_static=static, **common
-    )
-    plain = steps.perturbation_loss(
-        params, batch, key, extra, True, forecast_fraction=0.0, forecaster_static={}, **common
-    )
-    assert np.abs(np.asarray(mix) - np.asarray(plain)).max() > 1e-4
+
+    def loss(forecast_fraction, forecaster_static):
+        """The loss jitted as the train step runs it (op by op, every op would compile)."""
+        fn = functools.partial(
+            steps.perturbation_loss,
+            forecast_fraction=forecast_fraction,
+            forecaster_static=forecaster_static,
+            **common,
+        )
+        return np.asarray(jax.jit(fn, static_argnums=4)(params, batch, key, extra, True))
+
+    mix, plain = loss(0.5, static), loss(0.0, {})
+    assert np.abs(mix - plain).max() > 1e-4
 
 
 # Guidance and the sampler read back from a run.
