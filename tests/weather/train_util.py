@@ -3,6 +3,7 @@ checkpointed state, the per-step training rows of metrics.jsonl, and memoised bu
 training runs of one test module reuse their compiled programs."""
 
 import dataclasses
+import json
 import os
 import signal
 
@@ -55,13 +56,20 @@ def memoised_build(build):
     cache = {}
 
     def shared(config, mesh, residual_std=None, residual_mean=None, **kwargs):
-        keyed = config.copy_and_resolve_references()
-        keyed.data.resident, keyed.data.resident_budget_mb = "auto", 0.0
+        keyed = json.loads(config.to_json_best_effort())
+        keyed["data"].pop("resident", None)
+        keyed["data"].pop("resident_budget_mb", None)
         devices = tuple(d.id for d in mesh.devices.flat)
         scale = tuple(
             None if v is None else np.asarray(v).tobytes() for v in (residual_std, residual_mean)
         )
-        key = (keyed.to_json_best_effort(), devices, mesh.axis_names, scale, tuple(kwargs.items()))
+        key = (
+            json.dumps(keyed, sort_keys=True),
+            devices,
+            mesh.axis_names,
+            scale,
+            tuple(kwargs.items()),
+        )
         if key not in cache:
             cache[key] = build(config, mesh, residual_std, residual_mean, **kwargs)
         return cache[key]
