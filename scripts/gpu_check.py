@@ -119,7 +119,10 @@ def task_config(sizes: Sizes, spec: str):
     if variant.endswith("bf16"):
         config.model.dtype = "bfloat16"
     if task == "weather":
+        # The seed's network (the paper's), one width level: 4 ConvBlocks instead of 6, the
+        # same layers at a third less compile in each of the four weather sections.
         config.model.name = "seed_minimal_unet"
+        config.model.channel_mults = (1,)
         config.diffusion.sample_steps = 2
         config.eval.bench_members = 2
         config.eval.bench_repeats = 1

@@ -78,13 +78,9 @@ class CaseScores:
         brier, events, points = np.zeros(k_steps), np.zeros(k_steps), np.zeros(k_steps)
         v_event = data.VARIABLES.index(self.event[0])
         for k in range(k_steps):
-            e, y = jnp.asarray(ens[k]), jnp.asarray(truth[k])
-            crps[k] = np.asarray(jnp.mean(metrics.crps_ensemble(e, y), axis=(0, 1)))
-            fair[k] = (
-                np.asarray(jnp.mean(metrics.crps_ensemble(e, y, fair=True), axis=(0, 1)))
-                if m > 1
-                else crps[k]
-            )
+            e, y = ens[k], truth[k]
+            crps[k] = np.asarray(metrics.grid_mean_crps(e, y))
+            fair[k] = np.asarray(metrics.grid_mean_crps(e, y, fair=True)) if m > 1 else crps[k]
             sq_err[k] = ((ens[k].mean(0) - truth[k]) ** 2).mean(axis=(0, 1))
             var[k] = ens[k].var(0, ddof=min(1, m - 1)).mean(axis=(0, 1))
             for v in range(c):

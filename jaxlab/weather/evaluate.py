@@ -239,16 +239,12 @@ class _Accumulator:
         """ens [K, M, H, W, C], truth [K, H, W, C], init [H, W, C] (standardised)."""
         self.n += 1
         for k in range(ens.shape[0]):
-            e, y = jnp.asarray(ens[k]), jnp.asarray(truth[k])
-            self.crps[k] += np.asarray(jnp.mean(metrics.crps_ensemble(e, y), axis=(0, 1)))
-            fair = metrics.crps_ensemble(e, y, fair=True) if self.members > 1 else None
-            self.crps_fair[k] += np.asarray(  # one member: the fair CRPS is its MAE too
-                jnp.mean(metrics.crps_ensemble(e, y) if fair is None else fair, axis=(0, 1))
-            )
+            e, y = ens[k], truth[k]
+            self.crps[k] += np.asarray(metrics.grid_mean_crps(e, y))
+            # One member: the fair CRPS is its MAE too.
+            self.crps_fair[k] += np.asarray(metrics.grid_mean_crps(e, y, fair=self.members > 1))
             self.persist[k] += np.abs(init - truth[k]).mean(axis=(0, 1))
-            self.clim[k] += np.asarray(
-                jnp.mean(metrics.crps_gaussian(clim_mean, clim_std, y), axis=(0, 1))
-            )
+            self.clim[k] += np.asarray(metrics.grid_mean_crps_gaussian(clim_mean, clim_std, y))
             self.sq_err[k] += ((ens[k].mean(0) - truth[k]) ** 2).mean(axis=(0, 1))
             self.var[k] += ens[k].var(0, ddof=min(1, self.members - 1)).mean(axis=(0, 1))
             self.bias[k] += (ens[k].mean(0) - truth[k]).mean(axis=(0, 1))

@@ -9,8 +9,10 @@ The pair sum is computed from sorted members in O(M log M):
 
 from __future__ import annotations
 
+import functools
 import math
 
+import jax
 import jax.numpy as jnp
 import jax.scipy.special as jsp
 import numpy as np
@@ -29,6 +31,20 @@ def crps_ensemble(ens, obs, fair: bool = False):
     skill = jnp.mean(jnp.abs(ens - obs[None]), axis=0)
     denom = 2.0 * m * (m - 1) if fair else 2.0 * m * m
     return skill - _pair_sum(ens) / denom
+
+
+@functools.partial(jax.jit, static_argnames="fair")
+def grid_mean_crps(ens, obs, fair: bool = False):
+    """`crps_ensemble` averaged over the grid: ens [M, H, W, C], obs [H, W, C] -> [C]. Jitted:
+    the evaluation calls it per case, lead and system, and op by op every operation of it would
+    compile on its own for each new shape."""
+    return jnp.mean(crps_ensemble(ens, obs, fair), axis=(0, 1))
+
+
+@jax.jit
+def grid_mean_crps_gaussian(mu, sigma, obs):
+    """`crps_gaussian` averaged over the grid: mu, sigma, obs [H, W, C] -> [C] (jitted)."""
+    return jnp.mean(crps_gaussian(mu, sigma, obs), axis=(0, 1))
 
 
 def crps_gaussian(mu, sigma, obs):

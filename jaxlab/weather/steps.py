@@ -410,34 +410,43 @@ def resident_train_step(
     the host sends B x 24 bytes a step. The state is donated, the store is not (every step
     reads it). Same metrics, "lr" included, as the streamed step.
     """
-    loss_fn = loss_function(config, parts.model, parts.extras.schedule)
-    step_fn = parts_lib.with_learning_rate(
-        train_function(config, loss_fn, parts.optimizer), config.optim, parts.num_steps
-    )
-
-    def step(state, states, hours, rows):
-        batch = data_resident.gather(
-            states, hours, rows, crop=store.crop, mesh=mesh, sharded=store.sharded
-        )
-        return step_fn(state, batch)
-
-    replicated = mesh_lib.replicated(mesh)
-    jitted = jax.jit(
-        step,
-        in_shardings=(
-            parts.shardings,
-            store.states.sharding,
-            replicated,
-            mesh_lib.data_sharding(mesh),
-        ),
-        out_shardings=(parts.shardings, replicated),
-        donate_argnums=0,
+    jitted = resident_step_program(
+        config, mesh, parts, store.crop, store.sharded, store.states.sharding
     )
 
     def train_step_on_rows(state, batch):
         return jitted(state, store.states, store.hours, batch["rows"])
 
     return train_step_on_rows
+
+
+def resident_step_program(
+    config: ml_collections.ConfigDict,
+    mesh: jax.sharding.Mesh,
+    parts: parts_lib.Parts[Extras],
+    crop: tuple[int, int],
+    sharded: bool,
+    states_sharding: jax.sharding.Sharding,
+) -> Callable:
+    """The jit of `resident_train_step`: (state, states, hours, rows) -> (state, metrics). It
+    depends on the store only through its layout (crop, sharded, the states' sharding), not its
+    arrays, so runs in one process over stores of one layout can share one compiled program."""
+    loss_fn = loss_function(config, parts.model, parts.extras.schedule)
+    step_fn = parts_lib.with_learning_rate(
+        train_function(config, loss_fn, parts.optimizer), config.optim, parts.num_steps
+    )
+
+    def step(state, states, hours, rows):
+        batch = data_resident.gather(states, hours, rows, crop=crop, mesh=mesh, sharded=sharded)
+        return step_fn(state, batch)
+
+    replicated = mesh_lib.replicated(mesh)
+    return jax.jit(
+        step,
+        in_shardings=(parts.shardings, states_sharding, replicated, mesh_lib.data_sharding(mesh)),
+        out_shardings=(parts.shardings, replicated),
+        donate_argnums=0,
+    )
 
 
 def build(

@@ -157,13 +157,19 @@ def test_perturbation_loss_trains_on_the_forecasters_output_in_the_authors_mix()
     )
     static = {"residual": False, "use_hour": True}
     key = jax.random.key(5)
-    mix = steps.perturbation_loss(
-        params, batch, key, extra, True, forecast_fraction=0.5, forecaster_static=static, **common
-    )
-    plain = steps.perturbation_loss(
-        params, batch, key, extra, True, forecast_fraction=0.0, forecaster_static={}, **common
-    )
-    assert np.abs(np.asarray(mix) - np.asarray(plain)).max() > 1e-4
+
+    def loss(forecast_fraction, forecaster_static):
+        """The loss jitted as the train step runs it (op by op, every op would compile)."""
+        fn = functools.partial(
+            steps.perturbation_loss,
+            forecast_fraction=forecast_fraction,
+            forecaster_static=forecaster_static,
+            **common,
+        )
+        return np.asarray(jax.jit(fn, static_argnums=4)(params, batch, key, extra, True))
+
+    mix, plain = loss(0.5, static), loss(0.0, {})
+    assert np.abs(mix - plain).max() > 1e-4
 
 
 # Guidance and the sampler read back from a run.
@@ -299,32 +305,56 @@ def test_a_perturbation_run_that_does_not_match_is_an_error_naming_the_keys(tmp_
 # Rollouts with random networks.
 
 
-@functools.cache
-def setup(mode: str = "change", walks: int = 1, level: int = 0):
-    config = weather_config.get_config("def_authors" if mode == "authors" else "tiny")
+def _configs_model_schedule(authors: bool):
+    """(config, pconfig, dconfig, model, sched) of the evaluation, perturbation model and
+    forecaster (authors' or jaxlab's), base_dim 8 on GRID."""
+    config = weather_config.get_config("def_authors" if authors else "tiny")
     config.data.shape = GRID[:2]
-    config.eval.def_level = level
-    pconfig = weather_config.get_config(
-        "def_authors_perturbation" if mode == "authors" else "perturbation"
-    )
-    pconfig.diffusion.sample_steps = 2 if mode != "authors" else 3
-    dconfig = weather_config.get_config(
-        "def_authors_deterministic" if mode == "authors" else "deterministic"
-    )
+    pconfig = weather_config.get_config("def_authors_perturbation" if authors else "perturbation")
+    pconfig.diffusion.sample_steps = 3 if authors else 2
+    dconfig = weather_config.get_config("def_authors_deterministic" if authors else "deterministic")
     for c in (config, pconfig, dconfig):
         c.model.base_dim = 8
     model = model_lib.make_model(config)
     sched = diffusion.make_schedule(pconfig.diffusion.schedule, 1000)
-    net = functools.partial(
-        perturbed_ensemble.Network, model=model, scale=SCALE, schedule=sched, step=0
+    return config, pconfig, dconfig, model, sched
+
+
+@functools.cache
+def forecaster(authors: bool):
+    """(det, det_fn): the forecaster (random params, seed 1) and its jitted map; the change and
+    jaxlab setups share one (one compile, not one per setup)."""
+    _, _, dconfig, model, sched = _configs_model_schedule(authors)
+    det = perturbed_ensemble.Network(
+        model=model,
+        scale=SCALE,
+        schedule=sched,
+        step=0,
+        config=dconfig,
+        params=host_params(model, GRID, 1),
     )
-    pert = net(config=pconfig, params=host_params(model, GRID, 0))
-    det = net(config=dconfig, params=host_params(model, GRID, 1))
+    return det, perturbed_ensemble.deterministic_fn(det)
+
+
+@functools.cache
+def setup(mode: str = "change", walks: int = 1, level: int = 0):
+    authors = mode == "authors"
+    config, pconfig, _, model, sched = _configs_model_schedule(authors)
+    config.eval.def_level = level
+    pert = perturbed_ensemble.Network(
+        model=model,
+        scale=SCALE,
+        schedule=sched,
+        step=0,
+        config=pconfig,
+        params=host_params(model, GRID, 0),
+    )
     mesh = mesh_lib.make_mesh([("data", -1)], devices=jax.devices()[:1])
     perturb_fn = perturbed_ensemble.make_perturb_fn(
         mode, config, mesh, 4, pert, walks, model, sched
     )
-    return config, pert, det, perturb_fn, perturbed_ensemble.deterministic_fn(det)
+    det, det_fn = forecaster(authors)
+    return config, pert, det, perturb_fn, det_fn
 
 
 def def_members(guidance: float, steps_: int = 2, mode="change", walks=1, level=0):

@@ -3,8 +3,9 @@ xarray (+ cf_xarray for the grid mapping and standard names, h5py for the compre
 ranges, the PNG folders; a bundle and its checkpoint, and a Zarr store and the GRIB2 files, give
 bitwise the same forecast.
 
-One module fixture trains the `tiny` config for 4 steps on 2 devices (8 x 8 crops) and exports
-it; the forecasts use 3 members and 2 leads.
+One module fixture trains the `tiny` config for 4 steps on 1 device (8 x 8 crops; orbax saves a
+leaf replicated over D devices in D slices, a compile each) and exports it; the forecasts use 3
+members and 2 leads.
 """
 
 import os
@@ -39,11 +40,11 @@ def trained(tmp_path_factory):
     config.optim.warmup_steps = 1
     make_mesh = mesh_lib.make_mesh
     with pytest.MonkeyPatch.context() as patch:
-        # 2 devices.
+        # 1 device.
         patch.setattr(
             mesh_lib,
             "make_mesh",
-            lambda axes, devices=None: make_mesh(axes, devices or jax.devices()[:2]),
+            lambda axes, devices=None: make_mesh(axes, devices or jax.devices()[:1]),
         )
         train.train_and_evaluate(config, workdir)
         bundle_lib.export_bundle(config, workdir, bundle)

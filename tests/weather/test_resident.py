@@ -17,7 +17,7 @@ from jax.sharding import PartitionSpec
 from jaxlab.configs import weather as weather_config
 from jaxlab.core import mesh as mesh_lib
 from jaxlab.data import pipeline
-from jaxlab.weather import data, data_resident, train
+from jaxlab.weather import data, data_resident, steps, train
 from tests.weather import train_util
 
 GIB = 2**30
@@ -176,9 +176,19 @@ def two_devices(monkeypatch):
     monkeypatch.setattr(mesh_lib, "make_mesh", first_two)
 
 
+@pytest.fixture
+def shared_programs(monkeypatch):
+    """The five runs below share one `steps.build` and one resident step per store layout
+    (each run still loads and binds its own store): built anew, every run would trace and
+    compile the same programs again."""
+    monkeypatch.setattr(steps, "build", train_util.memoised_build(steps.build))
+    program = train_util.memoised_resident_program(steps.resident_step_program)
+    monkeypatch.setattr(steps, "resident_step_program", program)
+
+
 @pytest.mark.slow
 def test_resident_training_and_resume_equal_the_streamed_run_bit_for_bit(
-    store, tmp_path, monkeypatch, two_devices
+    store, tmp_path, monkeypatch, two_devices, shared_programs
 ):
     """6 steps streamed, against: resident sharded stopped by SIGTERM after step 3 and rerun
     resident replicated (a smaller budget on the second machine), and streamed stopped there

@@ -63,34 +63,34 @@ def train_residual_std(data_dir):
 def shared_build():
     """For the whole module: `steps.build` memoised (the tests and training runs reuse one set of
     compiled programs) and `steps.train_step` allowed a single trace (chex raises on a second)."""
-    build, cache = steps.build, {}
-
-    def shared(config, mesh, residual_std=None, residual_mean=None, **kwargs):
-        devices = tuple(d.id for d in mesh.devices.flat)
-        scale = tuple(
-            None if v is None else np.asarray(v).tobytes() for v in (residual_std, residual_mean)
-        )
-        key = (config.to_json_best_effort(), devices, mesh.axis_names, scale)
-        if key not in cache:
-            cache[key] = build(config, mesh, residual_std, residual_mean, **kwargs)
-        return cache[key]
-
     chex.clear_trace_counter()
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(steps, "train_step", chex.assert_max_traces(steps.train_step, n=1))
-        patch.setattr(steps, "build", shared)
+        patch.setattr(steps, "build", train_util.memoised_build(steps.build))
         yield
+
+
+def _first_devices(monkeypatch, n: int) -> None:
+    make_mesh = mesh_lib.make_mesh
+
+    def first_n(axes, devices=None):
+        return make_mesh(axes, jax.devices()[:n] if devices is None else devices)
+
+    monkeypatch.setattr(mesh_lib, "make_mesh", first_n)
 
 
 @pytest.fixture
 def two_devices(monkeypatch):
     """`make_mesh` over the first 2 devices: the loop's properties do not need 8."""
-    make_mesh = mesh_lib.make_mesh
+    _first_devices(monkeypatch, 2)
 
-    def first_two(axes, devices=None):
-        return make_mesh(axes, jax.devices()[:2] if devices is None else devices)
 
-    monkeypatch.setattr(mesh_lib, "make_mesh", first_two)
+@pytest.fixture
+def one_device(monkeypatch):
+    """`make_mesh` over the first device. Learning and the evaluation's products do not need
+    more, and orbax saves a leaf replicated over D devices in D slices, compiling one slicing
+    program per (leaf shape, device): 8 devices cost this module 128 extra compiles."""
+    _first_devices(monkeypatch, 1)
 
 
 def _random_batch(gen, size, grid, first_index=0):
@@ -225,7 +225,7 @@ def stand_in(workdir: str, config, other: str, objective: str) -> str:
 
 
 @pytest.mark.slow
-def test_training_learns_and_evaluation_writes_products(data_dir, tmp_path):
+def test_training_learns_and_evaluation_writes_products(data_dir, tmp_path, one_device):
     # The module-scoped `shared_build` fixture (when another test used it first) keeps
     # steps.train_step wrapped in a trace counter; this run's own shapes may trace it once more.
     chex.clear_trace_counter()
