@@ -92,7 +92,18 @@ def eval_step(params: Any, batch: dict[str, jax.Array], valid: jax.Array, *, mod
 
 
 def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> parts_lib.Parts[None]:
-    """Forecaster, optimizer (`config.forecaster.optim`), abstract state and jitted steps."""
+    """Forecaster, optimizer (`config.forecaster.optim`), abstract state and jitted steps.
+
+    Built once per (config, mesh) in a process, on a frozen copy of `config`, as `steps.build`:
+    training, evaluation, a resumed run and the study's cells reuse the compiled steps.
+    """
+    return _build_frozen(ml_collections.FrozenConfigDict(config), mesh)
+
+
+@functools.lru_cache(maxsize=8)
+def _build_frozen(
+    config: ml_collections.FrozenConfigDict, mesh: jax.sharding.Mesh
+) -> parts_lib.Parts[None]:
     schedule = parts_lib.step_schedule(config, config.forecaster.num_steps, config.forecaster.optim)
     if config.forecaster.loss not in LOSSES:
         raise ValueError(

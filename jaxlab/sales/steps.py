@@ -176,7 +176,21 @@ def eval_step(
 
 
 def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> parts_lib.Parts[Extras]:
-    """Generator, critic, optimizers, sharded abstract state and jitted steps for `config`."""
+    """Generator, critic, optimizers, sharded abstract state and jitted steps for `config`.
+
+    Built once per (config, mesh) in a process, on a frozen copy of `config` (later changes to
+    the caller's config cannot reach the parts): a process that trains then evaluates, resumes a
+    preempted run, or trains the study's GAN per fraction asks for the same parts again, and a
+    jit's caches are keyed on its function object, so new parts would trace, lower and compile
+    the same steps again.
+    """
+    return _build_frozen(ml_collections.FrozenConfigDict(config), mesh)
+
+
+@functools.lru_cache(maxsize=8)
+def _build_frozen(
+    config: ml_collections.FrozenConfigDict, mesh: jax.sharding.Mesh
+) -> parts_lib.Parts[Extras]:
     gc, batch_size = config.gan, config.train.global_batch_size
     if batch_size % gc.n_critic:
         raise ValueError(

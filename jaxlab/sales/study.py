@@ -190,7 +190,7 @@ def run_study(
     parts = forecast.build(config, mesh)
     gan_config = config.copy_and_resolve_references()
     gan_config.train.num_steps = sc.gan_steps
-    gan_parts = steps.build(gan_config, mesh)  # sampling; train_gan builds its own
+    gan_parts = steps.build(gan_config, mesh)  # sampling: the parts train_gan trains with
     for fraction in sc.fractions:
         out = fraction_dir(workdir, fraction)
         os.makedirs(out, exist_ok=True)

@@ -44,14 +44,30 @@ def test_relu_with_gradient_is_relu_forward_and_leaky_backward():
     np.testing.assert_allclose(grad, [0.1, 0.1, 1.0, 1.0, 1.0])
 
 
-def test_a_zeroed_generator_still_gets_a_gradient_towards_larger_outputs():
-    """The regression of the named-stream port: once every output is 0 a ReLU output passes no
-    gradient and the generator stays dead; the straight-through output recovers."""
+@pytest.fixture(scope="module")
+def _tiny_generator_params():
+    """tiny's generator and its initial parameters (key 1), initialised once for the module:
+    the init compiles for seconds, and parameters do not depend on the batch they see."""
     config = sales_config.get_config("tiny")
     generator, _ = model_lib.make_gan(config)
+    noise = jnp.zeros((1, config.data.horizon, config.gan.noise_dim), jnp.float32)
+    params = jax.jit(generator.init)(jax.random.key(1), noise, *gan_lib.dummy_condition(config))
+    return config, generator, params["params"]
+
+
+@pytest.fixture
+def tiny_generator(_tiny_generator_params):
+    """(tiny config, generator, a fresh copy of its initial parameters that a test may edit)."""
+    config, generator, params = _tiny_generator_params
+    return config.copy_and_resolve_references(), generator, jax.tree.map(jnp.array, params)
+
+
+def test_a_zeroed_generator_still_gets_a_gradient_towards_larger_outputs(tiny_generator):
+    """The regression of the named-stream port: once every output is 0 a ReLU output passes no
+    gradient and the generator stays dead; the straight-through output recovers."""
+    config, generator, params = tiny_generator
     cond = gan_lib.dummy_condition(config, batch=4)
     noise = jax.random.normal(jax.random.key(0), (4, config.data.horizon, config.gan.noise_dim))
-    params = jax.jit(generator.init)(jax.random.key(1), noise, *cond)["params"]
     params["out"]["bias"] = params["out"]["bias"] - 100.0  # every pre-activation negative
     out = jax.jit(generator.apply)({"params": params}, noise, *cond)
     assert np.all(np.asarray(out) == 0.0)
@@ -77,13 +93,12 @@ def _tiny():
     return sales_config.get_config("tiny")
 
 
-def test_generator_is_non_negative_with_the_right_shape():
-    config = _tiny()
-    generator, critic = model_lib.make_gan(config)
+def test_generator_is_non_negative_with_the_right_shape(tiny_generator):
+    config, generator, params = tiny_generator
+    _, critic = model_lib.make_gan(config)
     batch = steps.random_windows(config)
     cond = model_lib.condition(batch)
     noise = jax.random.normal(jax.random.key(0), (len(batch["index"]), 7, config.gan.noise_dim))
-    params = jax.jit(generator.init)(jax.random.key(1), noise, *cond)["params"]
     params["out"]["bias"] = params["out"]["bias"] - 1.0  # push many pre-activations below 0
     # Jitted: run eagerly, op by op, the recurrent layers cost seconds of dispatch.
     out = jax.jit(generator.apply)({"params": params}, 3.0 * noise, *cond)
@@ -242,15 +257,13 @@ def test_weekday_history_matches_a_direct_per_weekday_mean():
             assert weekly[b, t, 1] == pytest.approx(same_day.mean() - sales[b].mean(), abs=1e-6)
 
 
-def test_generator_starts_as_the_seasonal_naive_forecast_plus_a_learned_term():
+def test_generator_starts_as_the_seasonal_naive_forecast_plus_a_learned_term(tiny_generator):
     """With the GRU path's output layer zeroed, the sample is relu(seasonal naive)."""
-    config = sales_config.get_config("tiny")
-    generator, _ = model_lib.make_gan(config)
+    config, generator, params = tiny_generator
     windows = steps.random_windows(config)
     cond = tuple(jnp.asarray(windows[k]) for k in ("history_sales", "history_features"))
     cond += (jnp.asarray(windows["target_features"]),)
     noise = jax.random.normal(jax.random.key(0), (len(windows["index"]), 7, config.gan.noise_dim))
-    params = jax.jit(generator.init)(jax.random.key(1), noise, *cond)["params"]
     params["out"] = jax.tree.map(jnp.zeros_like, params["out"])
     sample = jax.jit(generator.apply)({"params": params}, noise, *cond)
     seasonal = model_lib.weekday_history(*cond)[..., 0]
