@@ -205,7 +205,7 @@ def test_multiview_folding_equals_encoder_per_view():
     config = glitch_config.get_config("tiny")
     model = model_lib.make_model(config, 22)
     images = jax.random.normal(jax.random.key(0), (3, *model_lib.input_shape(config)))
-    params = model.init(jax.random.key(1), images)["params"]
+    params = jax.jit(model.init)(jax.random.key(1), images)["params"]
     out = jax.jit(model.apply)({"params": params}, images)
     encoder = model_lib.make_encoder(config)
     encode = jax.jit(encoder.apply)
@@ -226,7 +226,7 @@ def test_multiview_folding_equals_encoder_per_view():
 def test_fusion_weights_are_the_attention_softmax():
     fusion = model_lib.CrossAttentionFusion(num_heads=2, view_embedding=False)
     tokens = jax.random.normal(jax.random.key(0), (5, 4, 8))
-    params = fusion.init(jax.random.key(1), tokens)["params"]
+    params = jax.jit(fusion.init)(jax.random.key(1), tokens)["params"]
     fused, weights = fusion.apply({"params": params}, tokens)
     np.testing.assert_allclose(weights.sum(-1), 1.0, rtol=1e-6)
     # manual: per head softmax(q . k / sqrt(d)), averaged over heads
@@ -251,7 +251,7 @@ def test_cnn_baseline_merged_view_and_bf16():
     merged = model_lib.merge_views(images)
     np.testing.assert_array_equal(merged[:, :16, 16:], images[:, 1])  # view 1 top right
     np.testing.assert_array_equal(merged[:, 16:, :16], images[:, 2])  # view 2 bottom left
-    params = model.init(jax.random.key(0), images)["params"]
+    params = jax.jit(model.init)(jax.random.key(0), images)["params"]
     out = model.apply({"params": params}, images)
     assert out["logits"].dtype == jnp.float32 and out["logits"].shape == (2, 22)
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
@@ -261,7 +261,7 @@ def test_vit_bf16_close_to_fp32():
     encoder32 = _tiny_encoder()
     encoder16 = _tiny_encoder(dtype=jnp.bfloat16)
     images = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
-    params = encoder32.init(jax.random.key(1), images)["params"]
+    params = jax.jit(encoder32.init)(jax.random.key(1), images)["params"]
     a = jax.jit(encoder32.apply)({"params": params}, images)
     b = jax.jit(encoder16.apply)({"params": params}, images).astype(jnp.float32)
     assert b.dtype == jnp.float32
