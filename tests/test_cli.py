@@ -310,12 +310,22 @@ def test_wheel_installs_and_runs_outside_the_repository(tmp_path):
     )
     (wheel,) = wheels.glob("jaxlab-*.whl")
     env_dir = tmp_path / "venv"
-    venv.create(env_dir, with_pip=True)
+    venv.create(env_dir)  # no pip of its own: the running pip installs into it (`--python`)
     python = str(env_dir / "bin" / "python")
     own_site = pathlib.Path(_site_packages(python))
     (own_site / "_deps.pth").write_text(_site_packages(sys.executable) + "\n")
     subprocess.run(
-        [python, "-m", "pip", "install", "--quiet", "--no-deps", str(wheel)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            python,
+            "install",
+            "--quiet",
+            "--no-deps",
+            str(wheel),
+        ],
         check=True,
         timeout=600,
     )
