@@ -196,7 +196,8 @@ def study_tiny() -> ml_collections.ConfigDict:
     common.override(config.study, seeds=(0,), bootstrap_resamples=500, pulse_bins=(0, 30, 60))
     # Long enough for both arms to learn the direction well beyond the constant guess (the
     # flat arm's margin over it at 90 steps: 0.45 rad on seed 1, the closer of seeds 0 and 1).
-    common.step_cadence(config.train, num_steps=90, log_every=30, eval_every=30)
+    # Validation and a checkpoint halfway and at the end (the best was the last on both seeds).
+    common.step_cadence(config.train, num_steps=90, log_every=45, eval_every=45)
     return config
 
 
@@ -231,7 +232,7 @@ def study_long_tiny() -> ml_collections.ConfigDict:
     common.override(config.data, max_doms=16, max_pulses_per_dom=16, pack_events=8)
     common.override(config.data, pulse_rows=8, pulse_row_len=64, dom_rows=2, dom_row_len=32)
     # The long events need study_tiny's former 120 steps for the hierarchy's lead (README).
-    common.step_cadence(config.train, num_steps=120, log_every=40, eval_every=40)
+    common.step_cadence(config.train, num_steps=120, log_every=60, eval_every=60)
     return config
 
 

@@ -17,7 +17,8 @@ trains, on the same cubes and with the same seeds, and scores on the same held-o
                         out when there is none
 
 Each trained arm x seed is an ordinary run (`train.train_and_evaluate` in
-`<workdir>/arms/<arm>/s<seed>`, resumable, best checkpoint by validation loss) followed by
+`<workdir>/arms/<arm>/s<seed>`, resumable, best checkpoint by validation loss; all cells read one
+record cache, `<workdir>/cache` unless `data.cache_dir` is set) followed by
 `evaluate.evaluate`, which writes its forecasts of the held-out split in the official layout
 (`eval/<split>/preds`, persistence in `preds_persistence`) and its metrics.json; a finished cell
 leaves `<workdir>/study/done_<arm>_s<seed>.json` and a rerun skips it. The report reads every
@@ -115,6 +116,9 @@ def run_cells(config: ml_collections.ConfigDict, workdir: str) -> tuple[str, str
             if os.path.exists(path):
                 continue
             c = arm_config(config, arm, seed, data_dir, clim_dir)
+            # Every cell reads the same cubes with the same normalisation: one record cache,
+            # <workdir>/cache, built by the first cell and read by the others (cache.py).
+            c.data.cache_dir = config.data.cache_dir or os.path.join(workdir, "cache")
             arm_dir = cell_dir(workdir, arm, seed)
             os.makedirs(arm_dir, exist_ok=True)
             norm_path = os.path.join(arm_dir, "normalisation.json")

@@ -227,7 +227,8 @@ def test_study_long_tiny_hierarchy_beats_the_cost_matched_flat_arm(tmp_path):
     flat encoder pays for 65: it must beat that flat arm, with a paired interval excluding 0.
 
     Measured with seeds 0, 1, 2: hierarchical better by 0.16, 0.22, 0.27 rad, each interval's
-    lower end at 0.10 or above (jaxlab/neutrino/README.md, "Long events")."""
+    lower end at 0.10 or above (jaxlab/neutrino/README.md, "Long events"); with today's code and
+    validation at steps 60 and 120, 0.153 [0.089, 0.227] and 0.453 [0.376, 0.529] (seeds 0, 1)."""
     config = neutrino_config.get_config("study_long_tiny")
     config.study.arms = ("hierarchical", "flat_matched", "mean_direction")
     study.main(config, str(tmp_path))
