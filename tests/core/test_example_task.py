@@ -151,12 +151,27 @@ def test_train_script_then_evaluate_on_one_device(tmp_path):
     assert metrics["eval_mse"] == pytest.approx(logged[metrics["checkpoint_step"]], rel=1e-5)
 
 
+def _train_in_process(config, workdir, num_devices, monkeypatch):
+    """`train_and_evaluate` here on the first `num_devices` of the 8 fake devices: the reference
+    run a script's run is compared with, without a third process launch (imports, build: ~4 s)."""
+    make_mesh = mesh_lib.make_mesh
+    with monkeypatch.context() as m:
+        m.setattr(
+            mesh_lib,
+            "make_mesh",
+            lambda axes, devices=None: make_mesh(axes, jax.devices()[:num_devices]),
+        )
+        train.train_and_evaluate(config, workdir)
+
+
 @pytest.mark.slow
-def test_sigterm_then_resume_is_bitwise_identical(tmp_path):
+def test_sigterm_then_resume_is_bitwise_identical(tmp_path, monkeypatch):
     """Resume, not sharding, is the subject (the sharded and multi-process tests cover that), so
     2 fake devices: each step is ~1.5x cheaper on the CPU than on 8. SIGTERM goes out once 100
-    steps are logged, leaving 900 (~9 s of training here), so the run cannot finish first."""
-    num_steps, num_devices = 1000, 2
+    steps are logged, leaving 300 (~1.5 CPU-seconds of training, far more than the poll's few
+    milliseconds), so the run cannot finish first. The uninterrupted reference is trained in
+    this process, on 2 of its devices, with the same XLA flags."""
+    num_steps, num_devices = 400, 2
     overrides = (
         f"--config.train.num_steps={num_steps}",
         "--config.train.log_every=1",
@@ -164,10 +179,8 @@ def test_sigterm_then_resume_is_bitwise_identical(tmp_path):
         "--config.train.eval_every=0",
     )
     reference, resumed = str(tmp_path / "reference"), str(tmp_path / "resumed")
-    result = scripts_util.run(
-        "train.py", "example.py:tiny", reference, *overrides, num_devices=num_devices
-    )
-    assert result.returncode == 0, result.stdout[-3000:]
+    config = tiny_config(num_steps=num_steps, log_every=1, ckpt_every=100, eval_every=0)
+    _train_in_process(config, reference, num_devices, monkeypatch)
 
     process = scripts_util.start(
         "train.py", "example.py:tiny", resumed, *overrides, num_devices=num_devices
@@ -191,13 +204,11 @@ def test_sigterm_then_resume_is_bitwise_identical(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:]
     assert f"Restored step {stopped_at}" in result.stdout
 
-    config = example_config.get_config("tiny")
-    config.train.num_steps = num_steps
     chex.assert_trees_all_equal(
         _restore_final(config, reference, num_devices), _restore_final(config, resumed, num_devices)
     )
     want, got = _train_rows(reference), _train_rows(resumed)
-    assert sorted(got) == list(range(1, num_steps + 1))
+    assert sorted(got) == sorted(want) == list(range(1, num_steps + 1))
     for step in range(1, num_steps + 1):
         assert got[step]["data_checksum"] == want[step]["data_checksum"], step
         assert got[step]["loss"] == want[step]["loss"], step
@@ -210,7 +221,7 @@ def _free_port():
 
 
 @pytest.mark.slow
-def test_two_processes_match_single_process(tmp_path):
+def test_two_processes_match_single_process(tmp_path, monkeypatch):
     multi, single = str(tmp_path / "multi"), str(tmp_path / "single")
     port = _free_port()
     processes = [
@@ -229,10 +240,9 @@ def test_two_processes_match_single_process(tmp_path):
     for p, out in zip(processes, outputs, strict=True):
         assert p.returncode == 0, out[-3000:]
     assert "JAX process 1/2, 2 local / 4 global devices" in outputs[1]
-    result = scripts_util.run("train.py", "example.py:tiny", single, num_devices=4)
-    assert result.returncode == 0, result.stdout[-3000:]
-
     config = example_config.get_config("tiny")
+    _train_in_process(config, single, 4, monkeypatch)  # one process, 4 devices
+
     multi_state, single_state = _restore_final(config, multi), _restore_final(config, single)
     assert int(multi_state.step) == config.train.num_steps
     chex.assert_trees_all_close(multi_state.params, single_state.params, rtol=1e-5, atol=1e-6)

@@ -33,11 +33,15 @@ def _train_rows(workdir):
 
 
 def test_sigterm_then_resume_is_bitwise_identical(tmp_path):
-    num_steps = 120
+    """SIGTERM goes out once 20 steps are logged (step 20 checkpointed), leaving 40 (~2
+    CPU-seconds of training, far more than the poll's few milliseconds), so the run cannot
+    finish first. The reference is a launch of the script too: it fills the compilation cache
+    that the other two read (an in-process run would not, its XLA flags name 8 devices)."""
+    num_steps = 60
     overrides = (
         f"--config.train.num_steps={num_steps}",
         "--config.train.log_every=1",
-        "--config.train.ckpt_every=40",
+        "--config.train.ckpt_every=20",
         "--config.train.eval_every=0",
         f"--config.data.root={tmp_path / 'data'}",
     )
@@ -49,7 +53,7 @@ def test_sigterm_then_resume_is_bitwise_identical(tmp_path):
     metrics_file = os.path.join(resumed, "metrics.jsonl")
     deadline = time.time() + 300
     while time.time() < deadline and process.poll() is None:
-        if os.path.exists(metrics_file) and len(read_metrics(resumed)) >= 50:
+        if os.path.exists(metrics_file) and len(read_metrics(resumed)) >= 20:
             break
         time.sleep(0.02)
     process.send_signal(signal.SIGTERM)

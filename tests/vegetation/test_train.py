@@ -49,17 +49,40 @@ def _config():
     return config
 
 
+# `steps.build`'s `Parts` of this file's training runs, by (config, mesh shape, build kwargs).
+_PARTS: dict = {}
+
+
+def _share_parts(m: pytest.MonkeyPatch) -> None:
+    """Within `m`, `steps.build` returns the `Parts` an earlier run of this file built for the
+    same arguments, so the resumed runs reuse the reference run's traced and compiled steps:
+    tracing and compiling them again (several CPU-seconds a run) would not change what is
+    checked, which is what the loop saves and restores across a restart."""
+    build = steps.build
+
+    def shared_build(config, mesh, **kwargs):
+        key = (config.to_json_best_effort(), mesh.devices.shape, tuple(sorted(kwargs.items())))
+        if key not in _PARTS:
+            _PARTS[key] = build(config, mesh, **kwargs)
+        return _PARTS[key]
+
+    m.setattr(steps, "build", shared_build)
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """(config, workdir, val metrics) of one uninterrupted tiny run; `Parts.train_step` (built
     from `steps.train_step`) must be traced once over its 5 steps, else this raises."""
     workdir = str(tmp_path_factory.mktemp("vegetation"))
     config = _config()
+    config.data.dir = os.path.join(workdir, "data")  # the resume test's runs read these cubes
     chex.clear_trace_counter()
     with pytest.MonkeyPatch.context() as m:
         m.setattr(steps, "train_step", chex.assert_max_traces(steps.train_step, n=1))
+        _share_parts(m)
         val = train.train_and_evaluate(config, workdir)
-    return config, workdir, val
+    yield config, workdir, val
+    _PARTS.clear()
 
 
 @pytest.mark.slow
@@ -144,6 +167,7 @@ def test_resume_after_preemption_matches_uninterrupted_run(trained, tmp_path, mo
     config = copy.deepcopy(config)
     config.data.dir = os.path.join(reference, "data")  # the same synthetic cubes
     resumed = str(tmp_path / "resumed")
+    _share_parts(monkeypatch)
     with monkeypatch.context() as m:
         m.setattr(loop.Preemption, "requested", lambda self, step: step == 3)
         train.train_and_evaluate(config, resumed)
