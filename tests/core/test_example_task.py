@@ -22,6 +22,7 @@ from jaxlab.core import parts as parts_lib
 from jaxlab.core.writer import read_metrics
 from jaxlab.data import pipeline
 from jaxlab.example import data, evaluate, steps, train
+from tests.conftest import pin_config_meshes
 from tests.core import scripts_util
 
 
@@ -154,13 +155,8 @@ def test_train_script_then_evaluate_on_one_device(tmp_path):
 def _train_in_process(config, workdir, num_devices, monkeypatch):
     """`train_and_evaluate` here on the first `num_devices` of the 8 fake devices: the reference
     run a script's run is compared with, without a third process launch (imports, build: ~4 s)."""
-    make_mesh = mesh_lib.make_mesh
     with monkeypatch.context() as m:
-        m.setattr(
-            mesh_lib,
-            "make_mesh",
-            lambda axes, devices=None: make_mesh(axes, jax.devices()[:num_devices]),
-        )
+        pin_config_meshes(m, num_devices)
         train.train_and_evaluate(config, workdir)
 
 

@@ -26,6 +26,7 @@ from jaxlab.core import checkpoint, restore
 from jaxlab.core import mesh as mesh_lib
 from jaxlab.core.writer import read_metrics
 from jaxlab.glitch import evaluate, steps, train
+from tests.conftest import pin_config_meshes
 
 BATCH = 48  # 195 tiny training samples: 4 steps per epoch
 STEPS_PER_EPOCH = 195 // BATCH
@@ -74,12 +75,7 @@ def _no_figures(monkeypatch):
 def _two_devices(monkeypatch):
     """Meshes span 2 of the 8 fake devices: resume and early stopping are this file's subject,
     not sharding, and a tiny ViT step on 8 fake CPU devices costs more than on 2."""
-    make_mesh = mesh_lib.make_mesh
-
-    def first_two(axes, devices=None):
-        return make_mesh(axes, jax.devices()[:2] if devices is None else devices)
-
-    monkeypatch.setattr(mesh_lib, "make_mesh", first_two)
+    pin_config_meshes(monkeypatch, 2)
 
 
 def _sigterm_after_step(monkeypatch, at_step: int) -> None:

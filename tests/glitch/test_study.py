@@ -63,7 +63,7 @@ def test_cnn_arm_trains_the_merged_view_cnn_at_the_study_rate():
 
 @pytest.mark.slow  # two small training runs of 15 epochs (about 1 min on a quiet 2-core CPU)
 @pytest.mark.parametrize("seed", [0])
-def test_study_tiny_multi_view_beats_single_view_on_time_scale_classes(tmp_path, seed):
+def test_study_tiny_multi_view_beats_single_view_on_time_scale_classes(tmp_path, seed, two_devices):
     config = glitch_config.get_config("study_tiny")
     config.seed = seed  # the data and the arms' training seed both move
     config.study.seeds = (seed,)

@@ -18,6 +18,7 @@ from jaxlab.core.writer import read_metrics
 from jaxlab.data import pipeline
 from jaxlab.glitch import data, evaluate, steps, timm_import, train
 from jaxlab.glitch import model as model_lib
+from tests.conftest import pin_config_meshes
 from tests.core import scripts_util
 
 
@@ -27,12 +28,7 @@ def _two_devices(monkeypatch):
     devices: no test here that trains in-process is about sharding (the parts test compares 2
     devices with 1 on its own meshes), and a tiny ViT step on 8 fake CPU devices costs more
     than on 2 (the learning run: 17 against 13 CPU-seconds, the same metrics to 3 decimals)."""
-    make_mesh = mesh_lib.make_mesh
-
-    def first_two(axes, devices=None):
-        return make_mesh(axes, jax.devices()[:2] if devices is None else devices)
-
-    monkeypatch.setattr(mesh_lib, "make_mesh", first_two)
+    pin_config_meshes(monkeypatch, 2)
 
 
 @pytest.mark.slow  # 10 epochs, then evaluate() from the best checkpoint

@@ -164,7 +164,7 @@ def test_eval_pass_maps_predictions_to_events_and_sums_match_host_metric():
 
 
 @pytest.mark.slow  # 100 steps, two evaluations and two evaluate() passes
-def test_tiny_train_and_evaluate_learns_and_writes_outputs(tmp_path):
+def test_tiny_train_and_evaluate_learns_and_writes_outputs(tmp_path, two_devices):
     config = _tiny()
     config.train.num_steps = 100
     config.train.eval_every = 50

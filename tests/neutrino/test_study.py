@@ -184,7 +184,7 @@ def test_study_command_finds_the_task_study_and_needs_a_study_block():
 
 
 @pytest.mark.slow  # two small training runs (about 40 s on a quiet 2-core CPU)
-def test_study_tiny_both_transformers_beat_the_baseline_direction(tmp_path):
+def test_study_tiny_both_transformers_beat_the_baseline_direction(tmp_path, two_devices):
     config = neutrino_config.get_config("study_tiny")
     workdir = str(tmp_path)
     flat = study.main(config, workdir)
@@ -222,7 +222,7 @@ def test_study_tiny_both_transformers_beat_the_baseline_direction(tmp_path):
 
 
 @pytest.mark.slow  # two small training runs (23-86 s on the shared 2-core CPU)
-def test_study_long_tiny_hierarchy_beats_the_cost_matched_flat_arm(tmp_path):
+def test_study_long_tiny_hierarchy_beats_the_cost_matched_flat_arm(tmp_path, two_devices):
     """On long events (many pulses per DOM) the hierarchy reads all 16 x 16 pulses at the cost a
     flat encoder pays for 65: it must beat that flat arm, with a paired interval excluding 0.
 

@@ -19,7 +19,7 @@ from jaxlab.sales import data_windows, evaluate, forecast, predict, steps, train
 
 
 @pytest.mark.slow
-def test_tiny_train_then_evaluate_from_checkpoints(tmp_path):
+def test_tiny_train_then_evaluate_from_checkpoints(tmp_path, two_devices):
     config = sales_config.get_config("tiny")
     config.eval.disc_steps = 300  # tiny's 60 steps leave the classifier at chance on every input
     # 60 forecaster steps (tiny: 150) meet the bounds as well as 150 do; a step on 8 devices costs
@@ -176,7 +176,7 @@ def _rows(directory, key):
 
 @pytest.mark.slow
 def test_sigterm_in_gan_and_forecaster_stages_then_resume_is_bitwise_identical(
-    tmp_path, monkeypatch
+    tmp_path, monkeypatch, two_devices
 ):
     config = _resume_config()
     straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")

@@ -55,7 +55,7 @@ def test_chronological_subset_takes_the_earliest_windows(tmp_path):
 
 
 @pytest.mark.slow
-def test_small_study_writes_table_and_figure_and_resumes_by_cell(tmp_path):
+def test_small_study_writes_table_and_figure_and_resumes_by_cell(tmp_path, two_devices):
     config = sales_config.get_config("study_tiny")
     # What is checked is the study's bookkeeping, not how well its forecasters learn: 10 steps
     # (study_tiny: 40) of each of the 6 forecasters, with the best of 2 validation checks kept.

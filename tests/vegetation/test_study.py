@@ -127,7 +127,7 @@ def test_study_command_finds_the_task_study_and_refuses_a_config_without_one():
 
 
 @pytest.mark.slow  # 2 trainings (no_dc is not asserted below, so not trained here)
-def test_study_tiny_full_model_beats_no_weather_residual_and_persistence(tmp_path):
+def test_study_tiny_full_model_beats_no_weather_residual_and_persistence(tmp_path, two_devices):
     config = vegetation_config.get_config("study_tiny")
     config.study.arms = ("full", "no_weather_residual", "persistence", "climatology")
     workdir = str(tmp_path)
