@@ -19,12 +19,13 @@ $(STAMP): pyproject.toml requirements.lock
 demo: $(STAMP)
 	JAX_PLATFORMS=cpu $(JAXLAB) demo --workdir=runs/demo
 
-# --durations: the slowest tests, to keep `make test` within 10 minutes on 2 cores.
+# --durations: the slowest tests, to keep `make test` within 10 minutes on 2 cores. Files run in
+# the order tests/conftest.py gives them (slow files first), not xdist's (--no-loadscope-reorder).
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15 tests
+	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=15 tests
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadfile -m "not slow" tests
+	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder -m "not slow" tests
 
 bench: $(STAMP)
 	$(JAXLAB) bench --out=runs/benchmark.json

@@ -13,6 +13,7 @@ arithmetic of the same graph; every comparison a test makes (bitwise resume, one
 against two, bundle against checkpoint) is between programs compiled with the same flags.
 """
 
+import collections
 import os
 import pathlib
 
@@ -59,3 +60,17 @@ def pin_config_meshes(monkeypatch, num_devices: int) -> None:
 def two_devices(monkeypatch):
     """`pin_config_meshes(monkeypatch, 2)` for one test."""
     pin_config_meshes(monkeypatch, 2)
+
+
+def pytest_collection_modifyitems(items):
+    """Files holding slow tests run first, then files by their number of tests. `make test` hands
+    each file to the next free xdist worker (`--dist loadfile --no-loadscope-reorder`, so in this
+    order): starting with the long files and ending with short ones lets the two workers finish
+    together, where xdist's own order (by number of tests) left a one-test file of 40 s for last
+    (the workers ended 53 s apart). Each file's tests keep their order."""
+    first = {}
+    count = collections.Counter(item.path for item in items)
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    for index, item in enumerate(items):
+        first.setdefault(item.path, index)
+    items.sort(key=lambda item: (item.path not in slow, -count[item.path], first[item.path]))
