@@ -22,6 +22,7 @@ from jaxlab.core import parts as parts_lib
 from jaxlab.core import rng, run_records
 from jaxlab.core.writer import read_metrics
 from jaxlab.weather import data, evaluate, steps, train
+from tests.conftest import pin_config_meshes
 from tests.weather import train_util
 
 
@@ -70,27 +71,12 @@ def shared_build():
         yield
 
 
-def _first_devices(monkeypatch, n: int) -> None:
-    make_mesh = mesh_lib.make_mesh
-
-    def first_n(axes, devices=None):
-        return make_mesh(axes, jax.devices()[:n] if devices is None else devices)
-
-    monkeypatch.setattr(mesh_lib, "make_mesh", first_n)
-
-
-@pytest.fixture
-def two_devices(monkeypatch):
-    """`make_mesh` over the first 2 devices: the loop's properties do not need 8."""
-    _first_devices(monkeypatch, 2)
-
-
 @pytest.fixture
 def one_device(monkeypatch):
     """`make_mesh` over the first device. Learning and the evaluation's products do not need
     more, and orbax saves a leaf replicated over D devices in D slices, compiling one slicing
     program per (leaf shape, device): 8 devices cost this module 128 extra compiles."""
-    _first_devices(monkeypatch, 1)
+    pin_config_meshes(monkeypatch, 1)
 
 
 def _random_batch(gen, size, grid, first_index=0):
