@@ -320,19 +320,24 @@ def _configs_model_schedule(authors: bool):
     return config, pconfig, dconfig, model, sched
 
 
+def _network(model, sched, config, seed: int) -> perturbed_ensemble.Network:
+    """A network of `model` with random params (`seed`) on GRID, at step 0."""
+    return perturbed_ensemble.Network(
+        model=model,
+        scale=SCALE,
+        schedule=sched,
+        step=0,
+        config=config,
+        params=host_params(model, GRID, seed),
+    )
+
+
 @functools.cache
 def forecaster(authors: bool):
     """(det, det_fn): the forecaster (random params, seed 1) and its jitted map; the change and
     jaxlab setups share one (one compile, not one per setup)."""
     _, _, dconfig, model, sched = _configs_model_schedule(authors)
-    det = perturbed_ensemble.Network(
-        model=model,
-        scale=SCALE,
-        schedule=sched,
-        step=0,
-        config=dconfig,
-        params=host_params(model, GRID, 1),
-    )
+    det = _network(model, sched, dconfig, seed=1)
     return det, perturbed_ensemble.deterministic_fn(det)
 
 
@@ -341,14 +346,7 @@ def setup(mode: str = "change", walks: int = 1, level: int = 0):
     authors = mode == "authors"
     config, pconfig, _, model, sched = _configs_model_schedule(authors)
     config.eval.def_level = level
-    pert = perturbed_ensemble.Network(
-        model=model,
-        scale=SCALE,
-        schedule=sched,
-        step=0,
-        config=pconfig,
-        params=host_params(model, GRID, 0),
-    )
+    pert = _network(model, sched, pconfig, seed=0)
     mesh = mesh_lib.make_mesh([("data", -1)], devices=jax.devices()[:1])
     perturb_fn = perturbed_ensemble.make_perturb_fn(
         mode, config, mesh, 4, pert, walks, model, sched

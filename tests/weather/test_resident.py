@@ -167,16 +167,6 @@ def train_config(data_dir: str, resident):
 
 
 @pytest.fixture
-def two_devices(monkeypatch):
-    make_mesh = mesh_lib.make_mesh
-
-    def first_two(axes, devices=None):
-        return make_mesh(axes, jax.devices()[:2] if devices is None else devices)
-
-    monkeypatch.setattr(mesh_lib, "make_mesh", first_two)
-
-
-@pytest.fixture
 def shared_programs(monkeypatch):
     """The five runs below share one `steps.build` and one resident step per store layout
     (each run still loads and binds its own store): built anew, every run would trace and
