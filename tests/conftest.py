@@ -6,11 +6,16 @@ many tests compile the same train step again (resume after SIGTERM, train then e
 2 CPU cores compiling is a large share of the suite's time. A fresh clone starts with it empty.
 Cache keys include the program, the flags and the jax version, so a hit is the same executable.
 
-The tests also compile with XLA's backend optimisation level 0 (`TEST_XLA_FLAGS`): their
-programs are tiny and run for a few steps, so LLVM's optimisation passes cost far more than they
-save (the vegetation train step compiles in about half the time). The numbers stay float32
+The tests also compile for speed of compiling (`TEST_XLA_FLAGS`): XLA's backend optimisation
+level 0, its older CPU code emitters (`--xla_cpu_use_fusion_emitters=false`) and no expensive
+LLVM passes. Their programs are tiny and run for a few steps, so the compiler's optimisations
+cost far more than they save: on three compile-bound test files the flags take 63 CPU-s to 38
+(level 0 alone already halves the vegetation train step's compile). The numbers stay float32
 arithmetic of the same graph; every comparison a test makes (bitwise resume, one process
-against two, bundle against checkpoint) is between programs compiled with the same flags.
+against two, bundle against checkpoint) is between programs compiled with the same flags. The
+one comparison between two differently built programs that must agree bit for bit (weather's
+resident and streamed steps) runs in its own process with XLA's default emitters
+(`DEFAULT_EMITTER_FLAGS`, `tests/core/scripts_util.rerun_test_with_xla_flags`).
 """
 
 import collections
@@ -20,11 +25,17 @@ import pathlib
 import pytest
 
 # Flags of every test process and of the scripts the tests launch (tests/core/scripts_util.py);
-# JAXLAB_TEST_XLA_FLAGS=" " runs the suite at XLA's default optimisation. Measured on the whole
-# suite, level 0 is cheaper (1,645 against 1,929 test-seconds); a long, execution-bound learning
-# run is the exception, so tests/sales/test_weekly_pattern.py runs its training in a subprocess
-# at the default level on 1 device (66 against 221 CPU-seconds).
-TEST_XLA_FLAGS = os.environ.get("JAXLAB_TEST_XLA_FLAGS", "--xla_backend_optimization_level=0")
+# JAXLAB_TEST_XLA_FLAGS=" " runs the suite at XLA's defaults. Measured on the whole suite, level
+# 0 is cheaper (1,645 against 1,929 test-seconds) and the emitter and LLVM flags cut its wall
+# time again from 558 to 482 s; a long, execution-bound learning run is the exception, so
+# tests/sales/test_weekly_pattern.py runs its training in a subprocess at the default level on
+# 1 device (66 against 221 CPU-seconds).
+DEFAULT_EMITTER_FLAGS = "--xla_backend_optimization_level=0"
+TEST_XLA_FLAGS = os.environ.get(
+    "JAXLAB_TEST_XLA_FLAGS",
+    f"{DEFAULT_EMITTER_FLAGS} --xla_cpu_use_fusion_emitters=false"
+    " --xla_llvm_disable_expensive_passes=true",
+)
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + f" {TEST_XLA_FLAGS} --xla_force_host_platform_device_count=8"

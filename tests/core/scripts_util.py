@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -70,3 +71,28 @@ def start(script: str, config: str, workdir: str, *overrides: str, num_devices: 
         stderr=subprocess.STDOUT,
         text=True,
     )
+
+
+def rerun_test_with_xla_flags(request, xla_flags: str) -> bool:
+    """Runs the calling test again in a pytest process of its own whose `TEST_XLA_FLAGS` are
+    `xla_flags` (8 fake devices, as every test process), and asserts it passed there. Returns
+    True in the calling process, where the test then returns; False where the flags already are
+    `xla_flags` (inside that process, or a whole suite run with them), where the test goes on.
+
+    For a comparison that holds only under particular compiler flags (two differently built
+    programs agreeing bit for bit), where the suite's own flags compile for speed."""
+    if xla_flags == TEST_XLA_FLAGS:
+        return False
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", request.node.nodeid],
+        env=script_env(8, XLA_FLAGS="", JAXLAB_TEST_XLA_FLAGS=xla_flags),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    passed = re.search(r"^1 passed", result.stdout, re.MULTILINE)
+    assert result.returncode == 0 and passed, result.stdout[-6000:]
+    return True

@@ -18,6 +18,8 @@ from jaxlab.configs import weather as weather_config
 from jaxlab.core import mesh as mesh_lib
 from jaxlab.data import pipeline
 from jaxlab.weather import data, data_resident, steps, train
+from tests.conftest import DEFAULT_EMITTER_FLAGS
+from tests.core import scripts_util
 from tests.weather import train_util
 
 GIB = 2**30
@@ -178,7 +180,7 @@ def shared_programs(monkeypatch):
 
 @pytest.mark.slow
 def test_resident_training_and_resume_equal_the_streamed_run_bit_for_bit(
-    store, tmp_path, monkeypatch, two_devices, shared_programs
+    request, store, tmp_path, monkeypatch, two_devices, shared_programs
 ):
     """6 steps streamed, against: resident sharded stopped by SIGTERM after step 3 and rerun
     resident replicated (a smaller budget on the second machine), and streamed stopped there
@@ -188,7 +190,11 @@ def test_resident_training_and_resume_equal_the_streamed_run_bit_for_bit(
     Bitwise, not to rounding: the gathered inputs are the same bits (the test above) and the
     step runs the same XLA operations on them; the gather adds only slices and, sharded, an
     integer sum, which are exact. (Another backend may fuse the two programs differently; this
-    test pins the CPU.)"""
+    test pins the CPU with its default code emitters, which users get: with the suite's
+    `--xla_cpu_use_fusion_emitters=false` the two programs' conv-bias gradients differ in the
+    last bit, so the test runs in a process of its own at `DEFAULT_EMITTER_FLAGS`.)"""
+    if scripts_util.rerun_test_with_xla_flags(request, DEFAULT_EMITTER_FLAGS):
+        return  # it ran, and passed, in that process
     data_dir = os.path.dirname(store)
     runs = {
         "streamed": False,
