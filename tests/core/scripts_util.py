@@ -83,16 +83,9 @@ def rerun_test_with_xla_flags(request, xla_flags: str) -> bool:
     programs agreeing bit for bit), where the suite's own flags compile for speed."""
     if xla_flags == TEST_XLA_FLAGS:
         return False
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", request.node.nodeid],
-        env=script_env(8, XLA_FLAGS="", JAXLAB_TEST_XLA_FLAGS=xla_flags),
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=900,
-        check=False,
-    )
+    pytest_args = ["-m", "pytest", "-q", "-p", "no:cacheprovider", request.node.nodeid]
+    # XLA_FLAGS empty: the subprocess's conftest sets them (its flags and 8 fake devices).
+    result = run_python(pytest_args, 8, timeout=900, XLA_FLAGS="", JAXLAB_TEST_XLA_FLAGS=xla_flags)
     passed = re.search(r"^1 passed", result.stdout, re.MULTILINE)
     assert result.returncode == 0 and passed, result.stdout[-6000:]
     return True
