@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import glob
 import json
+import logging as std_logging
 import math
 import os
 import weakref
@@ -54,14 +55,25 @@ class CorruptCheckpointError(ValueError):
 # dispatch per leaf, which only pays off for large slices. Arrays whose slice would be smaller
 # than this are written whole by replica 0, as orbax does on GPU; the files hold the same values.
 MIN_REPLICA_PARALLEL_SLICE_BYTES = 4 * 2**20
-# StandardCheckpointHandler reads its array handler from orbax's global registry.
-ocp.type_handlers.register_type_handler(
-    jax.Array,
-    ocp.type_handlers.ArrayHandler(
-        min_slice_bytes_for_replica_parallel=MIN_REPLICA_PARALLEL_SLICE_BYTES
-    ),
-    override=True,
-)
+
+
+def _register_array_handler() -> None:
+    """StandardCheckpointHandler reads its array handler from orbax's global registry. Orbax
+    logs a warning on any override of its default there; this one is deliberate, and the warning
+    would open the output of every `jaxlab` command, so absl's logger is quiet for the call."""
+    absl_logger = std_logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(std_logging.ERROR)
+    try:
+        handler = ocp.type_handlers.ArrayHandler(
+            min_slice_bytes_for_replica_parallel=MIN_REPLICA_PARALLEL_SLICE_BYTES
+        )
+        ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
+    finally:
+        absl_logger.setLevel(level)
+
+
+_register_array_handler()
 
 # Per manager: whether saves should block, and the step being saved (read by the commit callback).
 _SAVING: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
