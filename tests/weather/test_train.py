@@ -220,9 +220,11 @@ def test_training_learns_and_evaluation_writes_products(data_dir, tmp_path, one_
     workdir = str(tmp_path)
     metrics = train.train_and_evaluate(config, workdir)
     # An untrained network predicts eps with MSE >= 1; predicting eps ~ x_t at high noise alone
-    # gets under 1, and the planted advection lowers it further.
+    # gets under 1, and the planted advection lowers it further. Observed for config.seed 0-3
+    # (data and init): final eval loss 0.775 / 0.828 / 0.852 / 0.859, each below its first
+    # evaluation (0.866 / 0.901 / 0.925 / 0.928).
     losses = [r["eval_loss"] for r in read_metrics(workdir) if "eval_loss" in r]
-    assert metrics["eval_loss"] < 0.8 and losses[-1] < losses[0], losses
+    assert metrics["eval_loss"] < 0.9 and losses[-1] < losses[0], losses
     # DEF's plumbing: the diffusion checkpoint stands in for the deterministic forecaster and the
     # perturbation model (the same network, recorded under their objectives: each is restored
     # with its own recorded config); test_def.py checks the perturbation itself.
