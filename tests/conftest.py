@@ -27,7 +27,7 @@ import pytest
 # Flags of every test process and of the scripts the tests launch (tests/core/scripts_util.py);
 # JAXLAB_TEST_XLA_FLAGS=" " runs the suite at XLA's defaults. Measured on the whole suite, level
 # 0 is cheaper (1,645 against 1,929 test-seconds) and the emitter and LLVM flags cut its wall
-# time again from 558 to 482 s; a long, execution-bound learning run is the exception, so
+# time again from 558 to 454 s; a long, execution-bound learning run is the exception, so
 # tests/sales/test_weekly_pattern.py runs its training in a subprocess at the default level on
 # 1 device (66 against 221 CPU-seconds).
 DEFAULT_EMITTER_FLAGS = "--xla_backend_optimization_level=0"
